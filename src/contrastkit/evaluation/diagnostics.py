@@ -1,0 +1,206 @@
+"""Representation diagnostics: is the embedding spread out, or has it collapsed?
+
+All functions take (n, d) embeddings as numpy arrays or torch tensors; torch tensors stay on their
+device (the trainer calls these every epoch on the training device). Computation is in float32
+under ``torch.no_grad``; results are returned as Python floats. ``normalize(z)_i = z_i / ||z_i||``.
+
+- alignment (Wang & Isola, "Understanding Contrastive Representation Learning through Alignment
+  and Uniformity on the Hypersphere", ICML 2020):
+      A = mean_i || normalize(z_a)_i - normalize(z_b)_i ||_2^alpha         (lower = better aligned)
+- uniformity (same paper):
+      U = log mean_{i != j} exp(-t || normalize(z)_i - normalize(z)_j ||_2^2)
+  between 0 (all points equal) and -2t asymptotically for uniform points on a high-dimensional sphere.
+- effective rank / RankMe (Garrido et al., "RankMe: Assessing the Downstream Performance of
+  Pretrained Self-Supervised Representations by Their Rank", ICML 2023), on the raw embedding
+  matrix (not centred, not normalised, as in the paper):
+      p_k = sigma_k / sum_l sigma_l + eps,     RankMe = exp(-sum_k p_k log p_k)
+  between 1 (one direction) and min(n, d) (all singular values equal).
+- per-dimension std (SimSiam, Chen & He 2021, section 4.1): the standard deviation over samples of
+  each coordinate of normalize(z), averaged over the d coordinates. About 1/sqrt(d) for an
+  isotropic Gaussian; 0 when every sample maps to the same point.
+- isotropy (Su et al., "A Contrastive Framework for Neural Text Generation", NeurIPS 2022):
+  the average cosine similarity over distinct pairs; about 0 when directions are spread evenly,
+  1 when all vectors point the same way. Computed exactly over *all* distinct pairs in O(n d):
+      sum_{i != j} u_i . u_j = ||sum_i u_i||^2 - sum_i ||u_i||^2.
+
+Collapse thresholds of :func:`collapse_report` (each one that trips adds a reason):
+
+- ``per_dimension_std < 0.2 / sqrt(d)``: the normalised embeddings vary five times less than an
+  isotropic Gaussian's; since mean_j Var_j = (1 - ||mean_i u_i||^2) / d, this corresponds to an
+  average pairwise cosine above about 0.96 -- complete collapse (SimSiam's failure mode).
+- ``effective_rank < max(1.5, 0.02 * min(n, d))``: the spectrum has fewer than 1.5 effective
+  directions, or less than 2 % of the attainable ones -- dimensional collapse. 1.5 (not 2) so
+  that a healthy 2-D embedding (RankMe just under 2) is not flagged, while rank-1 data (RankMe
+  about 1) is.
+- ``uniformity > -0.1`` (t = 2): the mean of exp(-2 ||u_i - u_j||^2) is above 0.9, i.e. typical
+  squared distances below about 0.05; a healthy embedding sits near -2t = -4.
+
+An isotropic Gaussian trips none; all rows equal plus tiny noise trips all three; rank-1 data
+(every row a multiple of one vector) trips the effective-rank rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from contrastkit.errors import ConfigError, DataError
+
+PER_DIMENSION_STD_FRACTION = 0.2
+MIN_EFFECTIVE_RANK = 1.5
+EFFECTIVE_RANK_FRACTION = 0.02
+MAX_UNIFORMITY = -0.1
+RANKME_EPS = 1e-7
+
+
+def as_float_tensor(z: Any, name: str = "z", min_rows: int = 1) -> torch.Tensor:
+    """``z`` as a float32 (n, d) tensor, on its own device when it already is a tensor."""
+    tensor = z if isinstance(z, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(z))
+    tensor = tensor.detach()
+    if tensor.ndim != 2 or tensor.shape[0] < min_rows or tensor.shape[1] < 1:
+        raise DataError(
+            f"{name} must be a matrix (n_samples, dim) with at least {min_rows} row(s), but it has "
+            f"shape {tuple(tensor.shape)}."
+        )
+    return tensor.float()
+
+
+@torch.no_grad()
+def alignment(z_a: Any, z_b: Any, alpha: float = 2.0) -> float:
+    """mean_i ||normalize(z_a)_i - normalize(z_b)_i||^alpha over the positive pairs (rows)."""
+    a = F.normalize(as_float_tensor(z_a, "z_a"), dim=1)
+    b = F.normalize(as_float_tensor(z_b, "z_b"), dim=1).to(a.device)
+    if a.shape != b.shape:
+        raise DataError(
+            f"z_a {tuple(a.shape)} and z_b {tuple(b.shape)} must have the same shape: row i of "
+            f"each is one view of sample i."
+        )
+    return (a - b).norm(dim=1).pow(alpha).mean().item()
+
+
+@torch.no_grad()
+def uniformity(
+    z: Any, t: float = 2.0, max_samples: int | None = None, seed: int = 0, chunk_size: int = 2048
+) -> float:
+    """log mean_{i != j} exp(-t ||normalize(z)_i - normalize(z)_j||^2).
+
+    The mean over ordered distinct pairs equals the mean over unordered pairs (pdist). Rows are
+    processed ``chunk_size`` at a time and combined with log-sum-exp, so memory is
+    O(chunk_size * n) and no exp underflows. With ``max_samples``, a seeded random subset of that
+    many rows is used (an unbiased estimate at O(max_samples^2) cost).
+    """
+    u = F.normalize(_subsample(as_float_tensor(z, "z", min_rows=2), max_samples, seed), dim=1)
+    n = u.shape[0]
+    squared_norms = (u * u).sum(dim=1)
+    block_logsumexps = []
+    for start in range(0, n, chunk_size):
+        block = u[start : start + chunk_size]
+        squared_distances = (
+            squared_norms[start : start + chunk_size, None] + squared_norms[None, :] - 2 * block @ u.T
+        ).clamp_min(0)
+        logits = -t * squared_distances
+        rows = torch.arange(block.shape[0], device=u.device)
+        logits[rows, start + rows] = -math.inf  # exclude i == j
+        block_logsumexps.append(torch.logsumexp(logits.flatten(), dim=0))
+    total = torch.logsumexp(torch.stack(block_logsumexps), dim=0)
+    return (total - math.log(n * (n - 1))).item()
+
+
+@torch.no_grad()
+def singular_values(z: Any) -> np.ndarray:
+    """Singular values of the (n, d) embedding matrix, in decreasing order (float64 numpy)."""
+    return torch.linalg.svdvals(as_float_tensor(z, "z")).double().cpu().numpy()
+
+
+def effective_rank_from_singular_values(sigma: Any, eps: float = RANKME_EPS) -> float:
+    """RankMe: exp(-sum_k p_k log p_k) with p_k = sigma_k / sum(sigma) + eps; 0 for a zero matrix."""
+    s = np.asarray(sigma, dtype=np.float64)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum() + eps
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def effective_rank(z: Any, eps: float = RANKME_EPS) -> float:
+    """RankMe effective rank of the raw (n, d) embedding matrix (see the module docstring)."""
+    return effective_rank_from_singular_values(singular_values(z), eps)
+
+
+@torch.no_grad()
+def per_dimension_std(z: Any) -> float:
+    """mean_j std_i(normalize(z)_{ij}) (population std); healthy reference about 1/sqrt(d)."""
+    u = F.normalize(as_float_tensor(z, "z"), dim=1)
+    return u.std(dim=0, correction=0).mean().item()
+
+
+@torch.no_grad()
+def isotropy(z: Any) -> float:
+    """Average cosine similarity over all distinct pairs: (||sum u_i||^2 - sum ||u_i||^2) / (n(n-1))."""
+    u = F.normalize(as_float_tensor(z, "z", min_rows=2), dim=1)
+    n = u.shape[0]
+    total = u.sum(dim=0)
+    return ((total @ total - (u * u).sum()) / (n * (n - 1))).item()
+
+
+def collapse_report(
+    z: Any, z_b: Any = None, max_samples: int | None = 8192, seed: int = 0
+) -> dict[str, Any]:
+    """All diagnostics of ``z`` (and alignment with ``z_b`` when given), with a collapse verdict.
+
+    Returns ``n_samples``, ``dim``, ``uniformity``, ``effective_rank``, ``per_dimension_std``,
+    ``per_dimension_std_reference`` (1/sqrt(d)), ``isotropy``, ``alignment`` (only with ``z_b``),
+    ``collapsed`` (bool) and ``reasons`` (list of str, empty when healthy). Thresholds are the
+    module's constants, documented in the module docstring. ``max_samples`` bounds the rows used
+    for uniformity (the O(n^2) term); the other measures use every row.
+    """
+    tensor = as_float_tensor(z, "z", min_rows=2)
+    n, d = tensor.shape
+    if max_samples is not None and max_samples < 2:
+        raise ConfigError(f"max_samples must be at least 2 (or None), got {max_samples}.")
+    report: dict[str, Any] = {
+        "n_samples": int(n),
+        "dim": int(d),
+        "uniformity": uniformity(tensor, max_samples=max_samples, seed=seed),
+        "effective_rank": effective_rank(tensor),
+        "per_dimension_std": per_dimension_std(tensor),
+        "per_dimension_std_reference": 1.0 / math.sqrt(d),
+        "isotropy": isotropy(tensor),
+    }
+    if z_b is not None:
+        report["alignment"] = alignment(tensor, z_b)
+
+    reasons = []
+    std_floor = PER_DIMENSION_STD_FRACTION / math.sqrt(d)
+    if report["per_dimension_std"] < std_floor:
+        reasons.append(
+            f"mean per-dimension std of the normalised embeddings is {report['per_dimension_std']:.4g}, "
+            f"below {PER_DIMENSION_STD_FRACTION} / sqrt(d) = {std_floor:.4g} "
+            f"(about {1 / math.sqrt(d):.4g} when healthy): the embeddings have collapsed towards one point"
+        )
+    rank_floor = max(MIN_EFFECTIVE_RANK, EFFECTIVE_RANK_FRACTION * min(n, d))
+    if report["effective_rank"] < rank_floor:
+        reasons.append(
+            f"effective rank (RankMe) is {report['effective_rank']:.3g}, below {rank_floor:.3g} "
+            f"(max of {MIN_EFFECTIVE_RANK} and {EFFECTIVE_RANK_FRACTION:.0%} of min(n, d) = "
+            f"{min(n, d)}): dimensional collapse"
+        )
+    if report["uniformity"] > MAX_UNIFORMITY:
+        reasons.append(
+            f"uniformity is {report['uniformity']:.3g}, above {MAX_UNIFORMITY} (about -4 when the "
+            f"embeddings spread over the sphere): the embeddings are nearly identical"
+        )
+    report["collapsed"] = bool(reasons)
+    report["reasons"] = reasons
+    return report
+
+
+def _subsample(z: torch.Tensor, max_samples: int | None, seed: int) -> torch.Tensor:
+    if max_samples is None or z.shape[0] <= max_samples:
+        return z
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(z.shape[0], generator=generator)[:max_samples]
+    return z[rows.to(z.device)]

@@ -1,0 +1,63 @@
+"""Pieces every method builder needs: what the data looks like, and the backbone choice."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contrastkit import objectives
+from contrastkit.distributed import GatheredObjective
+from contrastkit.encoders import build_encoder
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method needs to know about its data (saved in checkpoints, so `embed` can rebuild it)."""
+
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_samples: int
+
+
+def backbone_name(name: str, image_size: int) -> str:
+    """`auto` picks the small CNN for tiny images (sklearn digits) and a ResNet-18 otherwise."""
+    if name != "auto":
+        return name
+    return "small-cnn" if image_size <= 16 else "resnet18"
+
+
+def build_backbone(name: str, data: DataInfo, width: float) -> nn.Module:
+    return build_encoder(backbone_name(name, data.image_size), in_channels=data.channels,
+                         image_size=data.image_size, width=width)
+
+
+def build_objective(name: str, temperature: float, num_samples: int, options: dict | None = None) -> nn.Module:
+    """The catalogue objective ``name``, wrapped for data-parallel training.
+
+    ``temperature`` and the training set's size (per-sample state such as individual temperatures)
+    are passed when the objective's constructor takes them; ``options`` (the YAML ``extra.objective``
+    mapping) are passed as they are. The wrapper is the identity in a single process; under DDP it
+    gathers the embeddings (with gradient) and computes each rank's own anchors when it can.
+    """
+    factory = objectives.OBJECTIVES.factory(name)
+    accepted = inspect.signature(factory).parameters
+    kwargs = {key: value for key, value in {"temperature": temperature, "num_samples": num_samples}.items()
+              if key in accepted}
+    kwargs.update(options or {})
+    objective = factory(**kwargs)
+    return GatheredObjective(objective, local_loss=hasattr(objective, "loss_terms"))
+
+
+def objective_inputs(objective: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch fields an objective's forward asks for by name (``indices`` for per-sample state,
+    ``labels`` for supervised variants); nothing else is passed."""
+    if isinstance(objective, GatheredObjective):
+        objective = objective.objective
+    wanted = inspect.signature(objective.forward).parameters
+    available = {"indices": batch["index"], "labels": batch["label"]}
+    return {name: value for name, value in available.items() if name in wanted}

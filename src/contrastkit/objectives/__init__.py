@@ -1,0 +1,68 @@
+"""The catalogue of objectives: embeddings in, scalar loss out.
+
+``get(name, **kwargs)`` builds an objective by its registered name; ``OBJECTIVES.names()`` lists
+them. Two-view objectives are called ``loss = objective(z_a, z_b, **extra)`` where row ``i`` of
+``z_a`` and ``z_b`` are two views (or two modalities) of sample ``i``; extra inputs (``labels``,
+``indices``, ``weights``, ``keys``) are explicit keyword arguments. Each module wraps a pure
+function whose docstring gives the formula and the paper.
+
+Adding an objective: create a module in this package (its name must not start with ``_``) and
+decorate the class with ``@OBJECTIVES.register("name", "alias")``; every module here is imported
+when the package is, so nothing needs to be edited in this file. To be usable under
+data-parallel training, follow the ``loss_terms`` / ``per_sample_inputs`` protocol described in
+:mod:`contrastkit.distributed` (the base :class:`ContrastiveObjective` implements ``forward`` from
+``loss_terms``), and add a case to ``tests/objective_cases.py`` if it needs extra inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from torch import nn
+
+from contrastkit.registry import Registry
+
+OBJECTIVES = Registry("objective")
+
+
+def get(name: str, **kwargs: Any) -> nn.Module:
+    """Build the objective registered as ``name`` (unknown names raise ConfigError with suggestions)."""
+    return OBJECTIVES.build(name, **kwargs)
+
+
+# Import every public module so that its @OBJECTIVES.register decorators run. OBJECTIVES is
+# defined above, so the modules can import it from this package while it is being initialised.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+from contrastkit.objectives._common import ContrastiveObjective, LossTerms  # noqa: E402
+from contrastkit.objectives.chunked import masked_logsumexp  # noqa: E402
+from contrastkit.objectives.clip import CLIPLoss, SigLIPLoss, clip_terms, siglip_terms  # noqa: E402
+from contrastkit.objectives.dcl import DCL, DCLW, dcl_terms  # noqa: E402
+from contrastkit.objectives.hcl import HCL, hcl_terms  # noqa: E402
+from contrastkit.objectives.infonce import InfoNCE, ntxent_terms  # noqa: E402
+from contrastkit.objectives.supcon import SupCon, supcon_terms  # noqa: E402
+
+__all__ = [
+    "OBJECTIVES",
+    "get",
+    "ContrastiveObjective",
+    "LossTerms",
+    "masked_logsumexp",
+    "InfoNCE",
+    "ntxent_terms",
+    "DCL",
+    "DCLW",
+    "dcl_terms",
+    "HCL",
+    "hcl_terms",
+    "SupCon",
+    "supcon_terms",
+    "CLIPLoss",
+    "clip_terms",
+    "SigLIPLoss",
+    "siglip_terms",
+]

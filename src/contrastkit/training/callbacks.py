@@ -1,0 +1,102 @@
+"""Callbacks of a `fit` run: the online kNN probe with representation diagnostics, throughput
+timing, and the per-epoch checkpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
+from contrastkit.evaluation.knn import weighted_knn_accuracy
+
+
+@torch.inference_mode()
+def embed_images(method: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                 batch_size: int = 512, space: str = "embed") -> torch.Tensor:
+    """Representations of uint8 images, in batches, with the method in eval mode (restored after).
+    ``space`` is "embed" (the downstream representation) or "project" (the objective's space)."""
+    was_training = method.training
+    method.eval()
+    encode = getattr(method, space)
+    try:
+        parts = [encode(images[i : i + batch_size].to(device, non_blocking=True)).float().cpu()
+                 for i in range(0, len(images), batch_size)]
+    finally:
+        method.train(was_training)
+    return torch.cat(parts)
+
+
+class OnlineProbe(L.Callback):
+    """Every ``every`` epochs: weighted kNN accuracy of the current representations (bank: labelled
+    training samples; queries: held-out samples), logged as ``probe/knn_top1``; the effective rank
+    of those representations (RankMe); and the collapse diagnostics of the held-out samples in the
+    objective's space (projection output, where Wang & Isola and the SimSiam paper measure them),
+    logged as ``diag/*``.
+
+    Only labels of the bank are used for prediction; the held-out labels only score it. The probe
+    is never used to choose an epoch or a hyper-parameter.
+    """
+
+    def __init__(self, bank_images, bank_labels, query_images, query_labels, every: int = 1,
+                 k: int = 200, temperature: float = 0.1):
+        self.bank_images, self.bank_labels = bank_images, bank_labels
+        self.query_images, self.query_labels = query_images, query_labels
+        self.every, self.k, self.temperature = every, k, temperature
+        self.collapse_warnings: list[str] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.every <= 0 or ((epoch + 1) % self.every and epoch + 1 != trainer.max_epochs):
+            return
+        method = module.method
+        queries = embed_images(method, self.query_images, module.device)
+        metrics = {}
+        if self.bank_labels is not None and self.query_labels is not None:
+            bank = embed_images(method, self.bank_images, module.device)
+            metrics["probe/knn_top1"] = weighted_knn_accuracy(
+                bank, self.bank_labels, queries, self.query_labels, k=self.k, temperature=self.temperature)
+        metrics["diag/rankme"] = float(effective_rank(queries))
+        report = collapse_report(embed_images(method, self.query_images, module.device, space="project"))
+        for name in ("effective_rank", "uniformity", "per_dimension_std"):
+            metrics[f"diag/{name}"] = float(report[name])
+        metrics["diag/collapsed"] = float(report["collapsed"])
+        if report["collapsed"]:
+            message = f"epoch {epoch}: representations look collapsed ({'; '.join(report['reasons'])})"
+            self.collapse_warnings.append(message)
+            L.pytorch.utilities.rank_zero_warn(message)
+        module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+
+
+class Throughput(L.Callback):
+    """Training samples per second, over the time spent inside training batches (probes, checkpoint
+    writing and evaluation excluded), counted across all processes."""
+
+    def __init__(self):
+        self.samples = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.samples += len(batch["index"]) * trainer.world_size
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+class EpochCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` (atomically, through the trainer's checkpoint I/O) at the end of every
+    epoch, after the probe has logged. `--resume` continues from it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)

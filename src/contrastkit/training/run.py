@@ -1,0 +1,218 @@
+"""`contrastkit fit`: pretrain, evaluate against baselines, and write the run directory.
+
+The run directory (``--out``) holds::
+
+    config.yaml        the resolved configuration
+    checkpoints/last.ckpt   written atomically at the end of every epoch (--resume continues it)
+    metrics.csv        Lightning's CSV log: train/loss per step, probe/* and diag/* per epoch
+    embeddings.npy     representations of every sample (training part first, then held-out)
+    labels.npy         their labels, when the data has labels
+    split.json         which rows of embeddings.npy are training and held-out samples
+    summary.json       figures of the run and of the baselines (untrained encoder, raw pixels)
+    report.md + *.png  the report
+
+Evaluation protocol: when the data has labels, a stratified ``--holdout`` share of it is kept out
+of pretraining. kNN and linear probes are fit on the training part's representations (the probes'
+only labels) and scored on the held-out part. The same split serves the trained encoder, the
+untrained encoder (the same architecture at its initial weights) and raw pixels.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from contrastkit.config import FitConfig, scaled_lr, to_yaml, validate
+from contrastkit.errors import ConfigError
+from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
+from contrastkit.evaluation.protocol import evaluate_embeddings
+from contrastkit.evaluation.splits import stratified_split
+from contrastkit.methods import METHODS
+from contrastkit.methods._parts import DataInfo, backbone_name
+from contrastkit.sources import ImageSource, open_image_source
+from contrastkit.training.callbacks import EpochCheckpoint, OnlineProbe, Throughput, embed_images
+from contrastkit.training.checkpoint import AtomicCheckpointIO
+from contrastkit.training.data import InMemoryImages
+from contrastkit.training.module import SSLModule
+
+RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "embeddings.npy", "report.md", "checkpoints")
+PROBE_BANK_SIZE = 5000
+PROBE_QUERY_SIZE = 2000
+
+
+def fit(config: FitConfig, echo=print) -> dict:
+    """Train ``config.method`` on ``config.data`` and write the run directory; return the summary."""
+    config = validate(config)
+    run_dir = prepare_run_dir(config)
+    config = dataclasses.replace(config, out=str(run_dir))
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    source = open_image_source(config.data, image_size=config.image_size)
+    if config.limit is not None:
+        source = source.subset(np.arange(min(config.limit, len(source))))
+    train_rows, holdout_rows = split_rows(source, config.holdout, config.seed)
+    train = source.subset(train_rows)
+    mean, std = train.channel_mean_std()
+    data = DataInfo(channels=source.channels, image_size=source.image_size[0], mean=mean, std=std,
+                    num_samples=len(train))
+    method = METHODS.build(config.method, config=config, data=data)
+    untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
+
+    probe = make_probe(source, train_rows, holdout_rows, config.probe_every)
+    throughput = Throughput()
+    callbacks = [throughput] + ([probe] if probe else []) + [EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
+        deterministic=config.deterministic,
+        default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # our sampler shards by rank itself (see training/data.py)
+        enable_checkpointing=False,  # EpochCheckpoint writes last.ckpt
+        enable_model_summary=False,
+        enable_progress_bar=os.isatty(2),
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    module = SSLModule(method, config, data)
+    datamodule = InMemoryImages(train, config.batch_size, config.seed, config.num_workers)
+    resume_from = run_dir / "checkpoints" / "last.ckpt" if config.resume else None
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return {}
+
+    summary = {
+        "method": config.method,
+        "objective": config.objective,
+        "data": config.data,
+        "backbone": backbone_name(config.backbone, data.image_size),
+        "epochs": config.epochs,
+        "seconds": round(seconds, 2),
+        "samples_per_second": round(throughput.samples_per_second, 2),
+        "world_size": trainer.world_size,
+        "per_process_batch_size": config.batch_size,
+        "global_batch_size": config.batch_size * trainer.world_size,
+        "lr": scaled_lr(config, config.batch_size * trainer.world_size),
+        "parameters": sum(p.numel() for p in method.parameters()),
+        "skipped_steps": module.skipped_steps,
+        "collapse_warnings": probe.collapse_warnings if probe else [],
+    }
+    summary.update(evaluate_run(method, untrained, source, train_rows, holdout_rows, run_dir, config.seed))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if config.report:
+        from contrastkit.report import write_report
+
+        write_report(run_dir, tsne=config.tsne)
+    return summary
+
+
+def prepare_run_dir(config: FitConfig) -> Path:
+    """Create (or, with --resume, reopen) the run directory; refuse to overwrite an existing run."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) > 0:
+        return Path(inherited)
+    if config.out is None:
+        if config.resume:
+            raise ConfigError("--resume needs --out: the run directory to continue.")
+        name = f"{config.method}-{Path(config.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path("runs") / name
+    else:
+        run_dir = Path(config.out)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if config.resume:
+        if not checkpoint.is_file():
+            raise ConfigError(
+                f"--resume: no checkpoint at '{checkpoint}'. A run directory holds checkpoints/last.ckpt once "
+                f"its first epoch has finished; start the run again without --resume."
+            )
+    elif run_dir.exists() and any((run_dir / name).exists() for name in RUN_FILES):
+        raise ConfigError(
+            f"The run directory '{run_dir}' already holds a run; nothing in it is overwritten. "
+            f"Pass --resume to continue it, or choose another --out."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(config, out=str(run_dir))))
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir
+
+
+def split_rows(source: ImageSource, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows); everything trains when the data has no labels or holdout is 0."""
+    if source.labels is None or holdout == 0:
+        return np.arange(len(source)), np.empty(0, dtype=np.int64)
+    return stratified_split(source.labels.numpy(), test_fraction=holdout, seed=seed)
+
+
+def make_probe(source: ImageSource, train_rows, holdout_rows, every: int) -> OnlineProbe | None:
+    """The online probe on a fixed, seeded subset (at most 5,000 bank and 2,000 query images)."""
+    if every <= 0 or source.labels is None or len(holdout_rows) == 0:
+        return None
+    rng = np.random.default_rng(0)
+    bank = np.sort(rng.permutation(train_rows)[:PROBE_BANK_SIZE])
+    queries = np.sort(rng.permutation(holdout_rows)[:PROBE_QUERY_SIZE])
+    return OnlineProbe(source.images[bank], source.labels[bank], source.images[queries], source.labels[queries],
+                       every=every)
+
+
+def evaluate_run(method, untrained, source: ImageSource, train_rows, holdout_rows, run_dir: Path,
+                 seed: int) -> dict:
+    """Embed every sample with the trained and untrained encoders, save the embeddings, and score them
+    and raw pixels with the same held-out protocol."""
+    order = np.concatenate([train_rows, holdout_rows])
+    images = source.images[order]
+    device = next(method.parameters()).device
+    learned = embed_images(method, images, device).numpy()
+    np.save(run_dir / "embeddings.npy", learned)
+    (run_dir / "split.json").write_text(json.dumps({"train": [0, len(train_rows)],
+                                                    "holdout": [len(train_rows), len(order)]}))
+    projected = embed_images(method, images, device, space="project")
+    results: dict = {"collapse": _jsonable(collapse_report(projected)),
+                     "rankme": float(effective_rank(torch.from_numpy(learned)))}
+    if source.labels is None or len(holdout_rows) == 0:
+        return results
+    labels = source.labels[order].numpy()
+    np.save(run_dir / "labels.npy", labels)
+    train_index = np.arange(len(train_rows))
+    test_index = np.arange(len(train_rows), len(order))
+
+    def score(embeddings: np.ndarray) -> dict:
+        figures = evaluate_embeddings(embeddings, labels, seed=seed, train_index=train_index, test_index=test_index)
+        return {k: v for k, v in figures.items() if k not in ("n_train", "n_test")}
+
+    results.update(score(learned))
+    results["n_train"], results["n_test"] = len(train_rows), len(holdout_rows)
+    raw = images.reshape(len(images), -1).float().div(255).numpy()
+    results["baselines"] = {
+        "untrained": score(embed_images(untrained, images, device).numpy()),
+        "raw": score(raw),
+    }
+    return results
+
+
+def _jsonable(report: dict) -> dict:
+    out = {}
+    for key, value in report.items():
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out

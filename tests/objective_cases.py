@@ -1,0 +1,101 @@
+"""Example inputs for every registered objective, shared by the catalogue-wide tests.
+
+tests/test_distributed.py runs EVERY name in ``contrastkit.objectives.OBJECTIVES`` on 2 processes
+and compares with one process on the concatenated batch. An objective that needs more than
+``objective(z_a, z_b)`` (labels, indices, a queue, constructor options) or that cannot be
+distributed exactly gets an entry in ``CASES`` below; names without an entry use
+``ObjectiveCase()`` (no options, no extra inputs, exact in both modes).
+
+How to add a case (for whoever adds an objective):
+
+* ``kwargs``: constructor options, e.g. ``{"temperature": 0.2}``.
+* ``make_extra(n, d, generator) -> dict``: the extra keyword inputs for a *global* batch of ``n``
+  samples of dimension ``d``. Use only ``generator`` for randomness (every process calls it with
+  the same seed and must get the same values). Inputs named in the objective's
+  ``per_sample_inputs`` are split across processes by rows (rank 0 gets the first rows);
+  every other input (e.g. a queue) is given whole to every process.
+* ``make_embeddings(n, d, generator) -> (z_a, z_b)``: only if the objective does not take two
+  (n, d) views, e.g. per-time-step (n, T, d) representations; float64, dimension 0 = samples.
+* ``distributed``: ``"exact"`` (default) -- loss and input gradients equal one process in both
+  ``local_loss`` modes; ``"full_only"`` -- exact with ``local_loss=False`` only (the objective has
+  no ``loss_terms``); ``"not_exact"`` -- only checks that every rank returns the same finite loss
+  and finite gradients (explain why in ``note``, and in the objective's docstring).
+* ``note``: one line for a reader of a failing test.
+
+The two embeddings are float64 (N, d) with rows of norm ~sqrt(d); ``z_a`` and ``z_b`` are
+correlated (``z_b = z_a + noise``) so that positives are closer than negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+MakeExtra = Callable[[int, int, torch.Generator], dict[str, Any]]
+MakeEmbeddings = Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def no_extra(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class ObjectiveCase:
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    make_extra: MakeExtra = no_extra
+    make_embeddings: MakeEmbeddings | None = None
+    distributed: Literal["exact", "full_only", "not_exact"] = "exact"
+    note: str = ""
+
+
+def labels_with_repeats(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # Few classes, so that anchors have positives beyond their other view; one singleton class
+    # id (n + 7) exercises "anchors without a positive are left out" in the single-view case.
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    labels[-1] = n + 7
+    return {"labels": labels}
+
+
+def queue_of_keys(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"keys": torch.randn(3 * n, d, generator=generator, dtype=torch.float64)}
+
+
+CASES: dict[str, ObjectiveCase] = {
+    "supcon": ObjectiveCase(make_extra=labels_with_repeats),
+    "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
+    "dclw": ObjectiveCase(kwargs={"temperature": 0.2, "sigma": 0.5}),
+}
+
+# Extra configurations of names already in the catalogue, run by the same tests under the label
+# "name[variant]" (e.g. a queue of negatives).
+VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
+    "infonce[queue]": ("infonce", ObjectiveCase(kwargs={"temperature": 0.2}, make_extra=queue_of_keys)),
+    "infonce[chunked]": ("infonce", ObjectiveCase(kwargs={"temperature": 0.2, "chunk_size": 3})),
+    "dcl[chunked]": ("dcl", ObjectiveCase(kwargs={"chunk_size": 3})),
+}
+
+
+def case_for(name: str) -> tuple[str, ObjectiveCase]:
+    """(registered name, case) for a catalogue name or a variant label."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    return name, CASES.get(name, ObjectiveCase())
+
+
+def all_case_labels(registered_names: list[str]) -> list[str]:
+    return list(registered_names) + sorted(VARIANTS)
+
+
+def make_inputs(n: int, d: int, case: ObjectiveCase, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Global (z_a, z_b, extra) in float64, the same in every process for the same seed."""
+    generator = torch.Generator().manual_seed(seed)
+    if case.make_embeddings is not None:
+        z_a, z_b = case.make_embeddings(n, d, generator)
+    else:
+        z_a = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        z_b = z_a + 0.5 * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    extra = case.make_extra(n, d, generator)
+    return z_a, z_b, extra

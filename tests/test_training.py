@@ -1,0 +1,164 @@
+"""The training path: schedule, LARS, sharded sampling, resume after SIGKILL, NaN guard, embed."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contrastkit.config import FitConfig
+from contrastkit.errors import TrainingError
+from contrastkit.training.data import BatchedSamples, EpochShuffleSampler
+from contrastkit.training.optim import LARS, warmup_cosine
+
+# A small, fast, label-free configuration: no held-out split means no probe and no evaluation.
+QUICK = dict(data="digits", limit=320, holdout=0.0, batch_size=64, width=0.25, report=False, probe_every=0)
+
+
+def test_warmup_cosine_matches_closed_form():
+    warmup, total = 10, 110
+    assert warmup_cosine(0, warmup, total) == pytest.approx(1 / 10)
+    assert warmup_cosine(9, warmup, total) == pytest.approx(1.0)
+    assert warmup_cosine(10, warmup, total) == pytest.approx(1.0)
+    assert warmup_cosine(60, warmup, total) == pytest.approx(0.5)  # half way through the decay: cos(pi/2)
+    assert warmup_cosine(35, warmup, total) == pytest.approx(0.5 * (1 + math.cos(math.pi * 25 / 100)))
+    assert warmup_cosine(110, warmup, total) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_lars_step_matches_hand_computation():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    b = torch.nn.Parameter(torch.randn(3))
+    w.grad, b.grad = torch.randn(4, 3), torch.randn(3)
+    w0, b0, gw, gb = (t.detach().clone().numpy() for t in (w, b, w.grad, b.grad))
+    lr, wd, eta = 0.5, 0.01, 0.001
+    opt = LARS([{"params": [w], "weight_decay": wd}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
+               lr=lr, momentum=0.9, trust_coefficient=eta)
+    opt.step()
+    g = gw + wd * w0
+    expected_w = w0 - lr * g * eta * np.linalg.norm(w0) / np.linalg.norm(g)
+    np.testing.assert_allclose(w.detach().numpy(), expected_w, rtol=1e-5)
+    np.testing.assert_allclose(b.detach().numpy(), b0 - lr * gb, rtol=1e-6)  # excluded: plain SGD
+
+
+def test_sharded_batches_concatenate_to_the_single_process_batch():
+    n, per_process, seed = 103, 8, 7
+    single = list(EpochShuffleSampler(n, 2 * per_process, seed))
+    shards = [EpochShuffleSampler(n, per_process, seed, rank=r, num_replicas=2) for r in range(2)]
+    for sampler in [*shards]:
+        sampler.set_epoch(0)
+    for step, (a, b) in enumerate(zip(*shards, strict=True)):
+        assert a + b == single[step]
+    assert len(single) == n // 16
+    # another epoch, another order; the same epoch, the same order
+    s = EpochShuffleSampler(n, 16, seed)
+    s.set_epoch(1)
+    assert list(s) != single
+    s.set_epoch(0)
+    assert list(s) == single
+
+
+def test_batched_samples_fetch_whole_batches():
+    images = torch.arange(5 * 1 * 2 * 2, dtype=torch.uint8).reshape(5, 1, 2, 2)
+    samples = BatchedSamples(images, torch.tensor([0, 1, 0, 1, 1]))
+    batch = samples.__getitems__([4, 0])
+    assert torch.equal(batch["image"], images[[4, 0]])
+    assert batch["index"].tolist() == [4, 0] and batch["label"].tolist() == [1, 0]
+
+
+def _fit(tmp_path: Path, name: str, **overrides):
+    from contrastkit.training.run import fit
+
+    return fit(FitConfig(**{**QUICK, "out": str(tmp_path / name), **overrides}))
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return checkpoint["state_dict"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "contrastkit.cli", *args]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    options = ["fit", "--data", "digits", "--limit", "320", "--holdout", "0", "--batch-size", "64",
+               "--width", "0.25", "--epochs", "3", "--no-report", "--seed", "3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_cli(*options, "--out", str(tmp_path / "whole")), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_cli(*options, "--out", str(killed)), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the run never wrote its first checkpoint"
+    first = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    assert first < 2, "killed too late to test anything"
+    subprocess.run(_cli("fit", "--out", str(killed), "--resume"), check=True, env=env, capture_output=True)
+
+    whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from contrastkit.methods.simclr import SimCLR
+
+    original = SimCLR.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, logs = original(self, batch)
+        return (loss * float("nan") if calls["n"] > 7 else loss), logs  # 5 steps per epoch: NaN in epoch 1
+
+    monkeypatch.setattr(SimCLR, "training_loss", poisoned)
+    with pytest.raises(TrainingError, match="NaN|nan") as error:
+        _fit(tmp_path, "nan", epochs=3)
+    assert "last good checkpoint" in str(error.value) and "--resume" in str(error.value)
+    kept = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert kept["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+
+
+def test_nan_policy_skip_skips_the_step(tmp_path, monkeypatch):
+    from contrastkit.methods.simclr import SimCLR
+
+    original = SimCLR.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, logs = original(self, batch)
+        return (loss * float("nan") if calls["n"] == 3 else loss), logs
+
+    monkeypatch.setattr(SimCLR, "training_loss", poisoned)
+    summary = _fit(tmp_path, "skip", epochs=1, nan_policy="skip")
+    assert summary["skipped_steps"] == 1
+
+
+def test_embed_command_reproduces_the_run_embeddings(tmp_path):
+    from contrastkit.cli import main
+
+    _fit(tmp_path, "run", epochs=1, limit=None)
+    run = tmp_path / "run"
+    out = tmp_path / "emb.npy"
+    assert main(["embed", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--data", "digits",
+                 "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), np.load(run / "embeddings.npy"), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(np.load(tmp_path / "emb.labels.npy"), __import__("sklearn.datasets").datasets.load_digits().target)
