@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--impls", nargs="+", default=OURS + ANCHORS, choices=OURS + ANCHORS)
     parser.add_argument("--anchors-venv", default=None, help="virtual environment with lightly / pytorch-metric-learning")
+    parser.add_argument(
+        "--pml-max-batch", type=int, default=1024,
+        help="largest batch for pml-ntxent, which materialises every pair (2 GiB already at batch 256)",
+    )  # fmt: skip
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -163,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.sizes:
         for impl in impls:
             if impl in skipped:
+                continue
+            if impl == "pml-ntxent" and batch > args.pml_max_batch:
+                print(f"note: pml-ntxent skipped at batch {batch} (> --pml-max-batch {args.pml_max_batch})")
                 continue
             result = _run_one(args, impl, batch)
             if "skipped" in result:

@@ -63,10 +63,71 @@ def queue_of_keys(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
     return {"keys": torch.randn(3 * n, d, generator=generator, dtype=torch.float64)}
 
 
+# --- inputs of the advanced objectives (mochi, cacr, isogclr, groco, listwise, quality_weighted,
+# augmented_negatives)
+
+ISOGCLR_DATASET_SIZE = 40
+LIST_LENGTH = 3
+
+
+def unique_dataset_indices(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"indices": torch.randperm(ISOGCLR_DATASET_SIZE, generator=generator)[:n]}
+
+
+def query_and_candidate_lists(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    query = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    candidates = query.unsqueeze(1) + torch.randn(n, LIST_LENGTH, d, generator=generator, dtype=torch.float64)
+    return query, candidates
+
+
+def graded_relevance(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"relevance": torch.randint(0, 4, (n, LIST_LENGTH), generator=generator)}
+
+
+def quality_scores(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"quality": torch.randn(n, generator=generator, dtype=torch.float64)}
+
+
+def three_views(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    z_a = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    views = z_a.unsqueeze(1) + 0.5 * torch.randn(n, 2, d, generator=generator, dtype=torch.float64)
+    return z_a, views  # (n, d) and (n, 2, d): three views per sample
+
+
+def time_series_overlaps(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    z1 = torch.randn(n, 6, d, generator=generator, dtype=torch.float64)
+    return z1, z1 + 0.5 * torch.randn(n, 6, d, generator=generator, dtype=torch.float64)  # (n, T, d) each
+
+
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
     "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
     "dclw": ObjectiveCase(kwargs={"temperature": 0.2, "sigma": 0.5}),
+    # advanced objectives
+    "mochi": ObjectiveCase(
+        kwargs={"temperature": 0.3, "num_hardest": 5, "num_mixed": 4, "num_query_mixed": 3, "seed": 1},
+        make_extra=queue_of_keys,
+        note="the mixes are drawn for the whole gathered batch from a generator seeded alike on every rank",
+    ),
+    "isogclr": ObjectiveCase(
+        kwargs={"dataset_size": ISOGCLR_DATASET_SIZE},
+        make_extra=unique_dataset_indices,
+        note="per-sample state is updated from the full gathered batch on every rank",
+    ),
+    "groco": ObjectiveCase(kwargs={"num_negatives": 3, "steepness": 5.0}),
+    "listwise": ObjectiveCase(
+        make_embeddings=query_and_candidate_lists,
+        make_extra=graded_relevance,
+        distributed="full_only",
+        note="the paper's Gaussian 2-Wasserstein is a statistic of the whole batch: no per-rank terms",
+    ),
+    "quality_weighted": ObjectiveCase(kwargs={"temperature": 0.3}, make_extra=quality_scores),
+    # time series
+    "ts2vec_hierarchical": ObjectiveCase(
+        make_embeddings=time_series_overlaps,
+        distributed="full_only",
+        note="no loss_terms: the instance term is computed over the whole gathered batch per time step",
+    ),
 }
 
 # Extra configurations of names already in the catalogue, run by the same tests under the label
@@ -75,6 +136,20 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
     "infonce[queue]": ("infonce", ObjectiveCase(kwargs={"temperature": 0.2}, make_extra=queue_of_keys)),
     "infonce[chunked]": ("infonce", ObjectiveCase(kwargs={"temperature": 0.2, "chunk_size": 3})),
     "dcl[chunked]": ("dcl", ObjectiveCase(kwargs={"chunk_size": 3})),
+    # advanced objectives
+    "cacr[3 views]": ("cacr", ObjectiveCase(kwargs={"positive_temperature": 0.5}, make_embeddings=three_views)),
+    "groco[3 views]": ("groco", ObjectiveCase(kwargs={"num_negatives": 2, "swap": "logistic"}, make_embeddings=three_views)),
+    "listwise[ordinal_w1]": ("listwise", ObjectiveCase(
+        kwargs={"distance": "ordinal_w1", "temperature": 0.2},
+        make_embeddings=query_and_candidate_lists,
+        make_extra=graded_relevance,
+    )),
+    "listwise[in-batch]": ("listwise", ObjectiveCase(
+        kwargs={"distance": "ordinal_w1", "in_batch_negatives": True},
+        make_embeddings=query_and_candidate_lists,
+        make_extra=graded_relevance,
+    )),
+    "augmented_negatives[margin]": ("augmented_negatives", ObjectiveCase(kwargs={"form": "margin", "margin": 0.6})),
 }
 
 

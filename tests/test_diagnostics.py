@@ -29,9 +29,14 @@ def test_alignment_matches_loop(alpha):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
     ua, ub = unit_rows(a), unit_rows(b)
-    expected = sum(math.sqrt(sum((ua[i, j] - ub[i, j]) ** 2 for j in range(5))) ** alpha for i in range(9)) / 9
+    expected = (
+        sum(math.sqrt(sum((ua[i, j] - ub[i, j]) ** 2 for j in range(5))) ** alpha for i in range(9))
+        / 9
+    )
     assert dg.alignment(a, b, alpha=alpha) == pytest.approx(expected, rel=1e-5)
-    assert dg.alignment(torch.from_numpy(a), torch.from_numpy(b), alpha=alpha) == pytest.approx(expected, rel=1e-5)
+    assert dg.alignment(torch.from_numpy(a), torch.from_numpy(b), alpha=alpha) == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("t", [1.0, 2.0, 5.0])
@@ -40,7 +45,9 @@ def test_uniformity_matches_loop_over_distinct_pairs(t):
     z = rng.normal(size=(13, 6))
     u = unit_rows(z)
     pair_terms = [
-        math.exp(-t * float(np.sum((u[i] - u[j]) ** 2))) for i in range(13) for j in range(i + 1, 13)
+        math.exp(-t * float(np.sum((u[i] - u[j]) ** 2)))
+        for i in range(13)
+        for j in range(i + 1, 13)
     ]
     expected = math.log(sum(pair_terms) / len(pair_terms))
     assert dg.uniformity(z, t=t) == pytest.approx(expected, abs=1e-5)

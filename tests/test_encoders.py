@@ -4,6 +4,7 @@ closed-form count, channels-last equivalence, stems, zero-init, and user errors.
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 import torch
@@ -191,6 +192,33 @@ def test_timm_missing_says_how_to_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
     with pytest.raises(ConfigError, match="pip install timm"):
         build_encoder("timm:resnet18", in_channels=3, image_size=32)
+
+
+def test_timm_adapter_asks_for_random_init_and_pooled_features(monkeypatch) -> None:
+    # A stand-in timm module records how the adapter calls it: never pretrained (nothing may be
+    # downloaded at run time), no classifier, the data's channel count.
+    calls = []
+
+    class FakeModel(nn.Module):
+        num_features = 12
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)).repeat(1, 6)[:, :12]
+
+    def create_model(name, **kwargs):
+        calls.append((name, kwargs))
+        return FakeModel()
+
+    fake = types.SimpleNamespace(is_model=lambda name: name == "tiny", create_model=create_model)
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    model = build_encoder("timm:tiny", in_channels=2, image_size=32, drop_rate=0.1)
+    assert calls == [
+        ("tiny", {"pretrained": False, "num_classes": 0, "in_chans": 2, "drop_rate": 0.1})
+    ]
+    assert model.output_dim == 12
+    assert model(torch.randn(3, 2, 8, 8)).shape == (3, 12)
+    with pytest.raises(ConfigError, match="no model named 'huge'"):
+        build_encoder("timm:huge", in_channels=3, image_size=32)
 
 
 def test_timm_model_when_installed() -> None:

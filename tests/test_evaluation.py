@@ -85,8 +85,11 @@ def test_knn_accepts_torch_and_counts_accuracy():
     queries, query_labels = clustered(80, 8, 4, spread=0.8, seed=9)  # same centres
     predictions = weighted_knn_predict(bank, bank_labels, queries, k=10)
     accuracy = weighted_knn_accuracy(
-        torch.from_numpy(bank), torch.from_numpy(bank_labels),
-        torch.from_numpy(queries), torch.from_numpy(query_labels), k=10,
+        torch.from_numpy(bank),
+        torch.from_numpy(bank_labels),
+        torch.from_numpy(queries),
+        torch.from_numpy(query_labels),
+        k=10,
     )
     assert accuracy == pytest.approx(np.count_nonzero(predictions == query_labels) / 80)
 
@@ -148,12 +151,16 @@ def test_linear_probe_equals_direct_sklearn_pipeline(digits_split):
     assert probe.selected_by_cross_validation
     # The C chosen by our cross-validation is the one GridSearchCV picks on the training part.
     grid = GridSearchCV(
-        Pipeline([("standardise", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))]),
+        Pipeline(
+            [("standardise", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))]
+        ),
         {"logistic__C": sorted(linear.C_GRID)},
         cv=StratifiedKFold(n_splits=linear.CV_FOLDS, shuffle=True, random_state=0),
     ).fit(x[train].astype(np.float32), y[train])
-    assert probe.C == grid.best_params_["logistic__C"]
-    direct = Pipeline([("s", StandardScaler()), ("lr", LogisticRegression(C=probe.C, max_iter=1000))])
+    assert grid.best_params_["logistic__C"] == probe.C
+    direct = Pipeline(
+        [("s", StandardScaler()), ("lr", LogisticRegression(C=probe.C, max_iter=1000))]
+    )
     direct.fit(x[train].astype(np.float32), y[train])
     expected = np.mean(direct.predict(x[test].astype(np.float32)) == y[test])
     assert linear.linear_probe_accuracy(x[train], y[train], x[test], y[test], seed=0) == expected
@@ -167,7 +174,9 @@ def test_linear_probe_without_enough_rows_for_cv_uses_default_c(digits_split):
     assert not probe.selected_by_cross_validation and probe.C == linear.DEFAULT_C
     direct = Pipeline([("s", StandardScaler()), ("lr", LogisticRegression(C=1.0, max_iter=1000))])
     direct.fit(x[few].astype(np.float32), y[few])
-    np.testing.assert_array_equal(probe.predict(x[test]), direct.predict(x[test].astype(np.float32)))
+    np.testing.assert_array_equal(
+        probe.predict(x[test]), direct.predict(x[test].astype(np.float32))
+    )
 
 
 def test_linear_probe_needs_two_classes():
@@ -189,9 +198,17 @@ def test_protocol_few_label_probe_never_sees_test_rows(monkeypatch, digits_split
         return 0.5
 
     monkeypatch.setattr(protocol, "linear_probe_accuracy", spy)
-    result = protocol.evaluate_embeddings(tagged, y, few_labels_per_class=7, train_index=train, test_index=test)
+    result = protocol.evaluate_embeddings(
+        tagged, y, few_labels_per_class=7, train_index=train, test_index=test
+    )
 
-    assert set(result) == {"knn_top1", "linear_top1", "linear_top1_7_per_class", "n_train", "n_test"}
+    assert set(result) == {
+        "knn_top1",
+        "linear_top1",
+        "linear_top1_7_per_class",
+        "n_train",
+        "n_test",
+    }
     assert (result["n_train"], result["n_test"]) == (len(train), len(test))
     (full_train, full_test, _), (few_train, few_test, few_labels) = calls
     np.testing.assert_array_equal(full_train, train)
@@ -268,7 +285,9 @@ def test_search_matches_numpy_argsort(metric):
     expected = np.argsort(-scores, axis=1)[:, :15]
     found_scores, found = retrieval.search(queries, corpus, k=15, metric=metric, batch_size=8)
     np.testing.assert_array_equal(found, expected)
-    np.testing.assert_allclose(found_scores, np.take_along_axis(scores, expected, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        found_scores, np.take_along_axis(scores, expected, 1), rtol=1e-5, atol=1e-5
+    )
     assert retrieval.search(queries, corpus[:5], k=15, metric=metric)[1].shape == (37, 5)
 
 
@@ -332,7 +351,10 @@ def test_ndcg_matches_naive_on_random_graded_qrels(k):
     docs = [f"d{i}" for i in range(30)]
     ranked = {f"q{q}": list(rng.permutation(docs)[:12]) for q in range(20)}
     qrels = {
-        f"q{q}": {d: int(rng.integers(0, 4)) for d in rng.choice(docs, size=rng.integers(0, 8), replace=False)}
+        f"q{q}": {
+            d: int(rng.integers(0, 4))
+            for d in rng.choice(docs, size=rng.integers(0, 8), replace=False)
+        }
         for q in range(20)
     }
     assert retrieval.ndcg_at_k(ranked, qrels, k=k) == pytest.approx(naive_ndcg(ranked, qrels, k))
@@ -342,7 +364,9 @@ def test_score_dicts_and_ignore_identical_ids():
     results = {"q1": {"q1": 0.99, "d1": 0.5, "d2": 0.7}}  # BEIR form: ranked d2 before d1
     relevant = {"q1": {"d1": 1}}
     assert retrieval.mrr_at_k(results, relevant, k=3) == pytest.approx(1 / 3)
-    assert retrieval.mrr_at_k(results, relevant, k=3, ignore_identical_ids=True) == pytest.approx(1 / 2)
+    assert retrieval.mrr_at_k(results, relevant, k=3, ignore_identical_ids=True) == pytest.approx(
+        1 / 2
+    )
     # self-retrieval on an array: row i's own index is dropped before the cut
     rankings = np.array([[0, 1, 2], [1, 2, 0]])
     assert retrieval.mrr_at_k(rankings, np.array([1, 0]), k=1, ignore_identical_ids=True) == 0.5

@@ -15,21 +15,30 @@ from contrastkit.errors import DataError
 from contrastkit.report import format_comparison_table, write_report
 from contrastkit.report.run_files import read_metrics_csv
 
-SUMMARY = {
+SUMMARY = {  # the layout contrastkit.training.run writes
     "method": "simclr",
     "data": "digits",
     "epochs": 3,
     "seconds": 12.5,
     "samples_per_second": 431.25,
     "seed": 0,
-    "learned": {"knn_top1": 0.9361, "linear_top1": 0.95543, "linear_top1_10_per_class": 0.8969,
-                "n_train": 1438, "n_test": 359},
+    "knn_top1": 0.9361,
+    "linear_top1": 0.95543,
+    "linear_top1_10_per_class": 0.8969,
+    "n_train": 1438,
+    "n_test": 359,
     "baselines": {
         "untrained": {"knn_top1": 0.4012, "linear_top1": 0.6, "linear_top1_10_per_class": 0.333},
         "raw": {"knn_top1": 0.97549, "linear_top1": 0.9612},
     },
-    "diagnostics": {"uniformity": -3.2, "effective_rank": 41.7, "per_dimension_std": 0.11,
-                    "collapsed": False, "reasons": []},
+    "collapse": {
+        "uniformity": -3.2,
+        "effective_rank": 41.7,
+        "per_dimension_std": 0.11,
+        "collapsed": False,
+        "reasons": [],
+    },
+    "collapse_warnings": [],
 }
 STEPS_PER_EPOCH = 10
 EPOCHS = 3
@@ -45,8 +54,12 @@ def write_metrics(run_dir: Path) -> list[float]:
             losses.append(5.0 / (1 + step) + 0.01 * (step % 3))
             logger.log_metrics({"train/loss": losses[-1], "epoch": epoch}, step=step)
         logger.log_metrics(
-            {"probe/knn_top1": 0.5 + 0.1 * epoch, "diag/uniformity": -1.0 - epoch,
-             "diag/effective_rank": 10.0 + epoch, "epoch": epoch},
+            {
+                "probe/knn_top1": 0.5 + 0.1 * epoch,
+                "diag/uniformity": -1.0 - epoch,
+                "diag/effective_rank": 10.0 + epoch,
+                "epoch": epoch,
+            },
             step=step,
         )
     logger.save()
@@ -63,14 +76,19 @@ def make_run(tmp_path: Path, summary=SUMMARY, metrics=True, embeddings=True, lab
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, size=240)
     if embeddings:
-        np.save(run_dir / "embeddings.npy", (rng.normal(size=(4, 16))[y] + 0.3 * rng.normal(size=(240, 16))).astype(np.float32))
+        np.save(
+            run_dir / "embeddings.npy",
+            (rng.normal(size=(4, 16))[y] + 0.3 * rng.normal(size=(240, 16))).astype(np.float32),
+        )
     if labels:
         np.save(run_dir / "labels.npy", y)
     return run_dir
 
 
 def linked_images(report: Path) -> list[Path]:
-    return [report.parent / link for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())]
+    return [
+        report.parent / link for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    ]
 
 
 def table_row(text: str, first_cell: str) -> list[str]:
@@ -105,8 +123,12 @@ def test_full_report_links_existing_pngs_and_shows_summary(tmp_path):
     assert report == run_dir / "report.md"
     images = linked_images(report)
     assert {p.name for p in images} == {
-        "loss_curve.png", "probe_accuracy.png", "diagnostics.png", "singular_values.png",
-        "embedding_pca.png", "embedding_tsne.png",
+        "loss_curve.png",
+        "probe_accuracy.png",
+        "diagnostics.png",
+        "singular_values.png",
+        "embedding_pca.png",
+        "embedding_tsne.png",
     }
     for image in images:
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
@@ -116,13 +138,14 @@ def test_full_report_links_existing_pngs_and_shows_summary(tmp_path):
     assert header[1:] == ["learned", "untrained", "raw"]
     for metric in ("knn_top1", "linear_top1", "linear_top1_10_per_class"):
         cells = table_row(text, metric)
-        assert_cell_shows(cells[1], SUMMARY["learned"].get(metric))
-        for column, baseline in zip(cells[2:], ("untrained", "raw")):
+        assert_cell_shows(cells[1], SUMMARY.get(metric))
+        for column, baseline in zip(cells[2:], ("untrained", "raw"), strict=True):
             assert_cell_shows(column, SUMMARY["baselines"][baseline].get(metric))
     assert table_row(text, "method")[1] == "simclr"
+    assert text.count("| knn_top1 |") == 1  # accuracies are not repeated among the run facts
     assert float(table_row(text, "samples_per_second")[1]) == pytest.approx(431.25, rel=1e-3)
     assert float(table_row(text, "effective_rank")[1]) == pytest.approx(41.7)
-    assert "collapsed" not in text.lower()
+    assert "Warning" not in text
 
 
 def test_comparison_table_text_matches_summary():
@@ -131,29 +154,48 @@ def test_comparison_table_text_matches_summary():
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert set(rows) == {"knn_top1", "linear_top1", "linear_top1_10_per_class"}
     for metric, cells in rows.items():
-        assert_cell_shows(cells[0], SUMMARY["learned"].get(metric))
+        assert_cell_shows(cells[0], SUMMARY.get(metric))
         assert_cell_shows(cells[1], SUMMARY["baselines"]["untrained"].get(metric))
         assert_cell_shows(cells[2], SUMMARY["baselines"]["raw"].get(metric))
 
 
 def test_comparison_table_uses_the_few_label_counts_present():
-    summary = {"learned": {"knn_top1": 0.5, "linear_top1_5_per_class": 0.25, "linear_top1_20_per_class": 0.4},
-               "baselines": {"random-projection": {"knn_top1": 0.1}}}
+    summary = {
+        "knn_top1": 0.5,
+        "linear_top1_5_per_class": 0.25,
+        "linear_top1_20_per_class": 0.4,
+        "baselines": {"random-projection": {"knn_top1": 0.1}},
+    }
     lines = format_comparison_table(summary).splitlines()
     assert lines[0].split()[-1] == "random-projection"
     assert [line.split()[0] for line in lines[2:]] == [
-        "knn_top1", "linear_top1", "linear_top1_5_per_class", "linear_top1_20_per_class"]
+        "knn_top1",
+        "linear_top1",
+        "linear_top1_5_per_class",
+        "linear_top1_20_per_class",
+    ]
 
 
-def test_collapse_warning_is_shown(tmp_path):
+def test_collapse_warnings_are_shown(tmp_path):
     reason = "effective rank (RankMe) is 1.02, below 10.2: dimensional collapse"
-    summary = dict(SUMMARY, diagnostics={"effective_rank": 1.02, "collapsed": True, "reasons": [reason]})
-    text = write_report(make_run(tmp_path, summary=summary, metrics=False, embeddings=False)).read_text()
-    assert "Warning" in text and reason in text
+    during_training = "epoch 1: representations look collapsed (uniformity is -0.01)"
+    summary = dict(
+        SUMMARY,
+        collapse={"effective_rank": 1.02, "collapsed": True, "reasons": [reason]},
+        collapse_warnings=[during_training] + [f"epoch {e}: ..." for e in range(2, 7)],
+    )
+    text = write_report(
+        make_run(tmp_path, summary=summary, metrics=False, embeddings=False)
+    ).read_text()
+    assert "Warning" in text and reason in text and during_training in text
+    assert "epoch 3: ..." in text and "epoch 4: ..." not in text and "3 more epochs" in text
+    assert float(table_row(text, "effective_rank")[1]) == pytest.approx(1.02)
 
 
 def test_missing_pieces_are_named(tmp_path):
-    text = write_report(make_run(tmp_path, metrics=False, embeddings=False, labels=False)).read_text()
+    text = write_report(
+        make_run(tmp_path, metrics=False, embeddings=False, labels=False)
+    ).read_text()
     assert "No metrics.csv" in text and "No embeddings.npy" in text
     assert linked_images(tmp_path / "run" / "report.md") == []
 

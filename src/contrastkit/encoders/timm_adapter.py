@@ -43,7 +43,7 @@ def timm_encoder(model_name: str, in_channels: int, image_size: int, **kwargs: A
             "installed. Install it with `pip install timm` (keeping your torch version), or choose "
             "a built-in backbone: small-cnn, resnet18 or resnet50."
         ) from error
-    if model_name not in timm.list_models():
+    if not timm.is_model(model_name):
         raise ConfigError(
             f"timm has no model named '{model_name}' (backbone '{PREFIX}{model_name}'). List the "
             "names with `python -c \"import timm; print(timm.list_models('*resnet*'))\"`."

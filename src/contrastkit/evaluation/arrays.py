@@ -58,12 +58,12 @@ def as_label_vector(y: Any, name: str, length: int | None = None) -> np.ndarray:
             f"{name} has {array.shape[0]} entries but the embeddings have {length} rows; "
             f"give one label per embedding row."
         )
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.mod(array, 1) == 0):
-            raise DataError(
-                f"{name} must hold integer class indices, but it has dtype {array.dtype} with "
-                f"non-integer values. Encode the classes as 0..C-1 first."
-            )
+    is_integer = np.issubdtype(array.dtype, np.integer)
+    if array.size and not is_integer and not np.all(np.mod(array, 1) == 0):
+        raise DataError(
+            f"{name} must hold integer class indices, but it has dtype {array.dtype} with "
+            f"non-integer values. Encode the classes as 0..C-1 first."
+        )
     array = array.astype(np.int64)
     if array.size and array.min() < 0:
         raise DataError(

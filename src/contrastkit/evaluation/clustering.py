@@ -31,7 +31,7 @@ def contingency_table(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 def cluster_accuracy(y_true: Any, y_pred: Any) -> float:
-    """Best one-to-one matching accuracy of cluster ids ``y_pred`` to classes ``y_true``, in [0, 1]."""
+    """Best one-to-one matching accuracy of cluster ids ``y_pred`` to classes ``y_true`` (0..1)."""
     truth = as_label_vector(y_true, "y_true")
     clusters = as_label_vector(y_pred, "y_pred", length=truth.shape[0])
     if truth.size == 0:

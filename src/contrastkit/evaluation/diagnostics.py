@@ -9,7 +9,7 @@ under ``torch.no_grad``; results are returned as Python floats. ``normalize(z)_i
       A = mean_i || normalize(z_a)_i - normalize(z_b)_i ||_2^alpha         (lower = better aligned)
 - uniformity (same paper):
       U = log mean_{i != j} exp(-t || normalize(z)_i - normalize(z)_j ||_2^2)
-  between 0 (all points equal) and -2t asymptotically for uniform points on a high-dimensional sphere.
+  between 0 (all points equal) and about -2t for uniform points on a high-dimensional sphere.
 - effective rank / RankMe (Garrido et al., "RankMe: Assessing the Downstream Performance of
   Pretrained Self-Supervised Representations by Their Rank", ICML 2023), on the raw embedding
   matrix (not centred, not normalised, as in the paper):
@@ -100,7 +100,9 @@ def uniformity(
     for start in range(0, n, chunk_size):
         block = u[start : start + chunk_size]
         squared_distances = (
-            squared_norms[start : start + chunk_size, None] + squared_norms[None, :] - 2 * block @ u.T
+            squared_norms[start : start + chunk_size, None]
+            + squared_norms[None, :]
+            - 2 * block @ u.T
         ).clamp_min(0)
         logits = -t * squared_distances
         rows = torch.arange(block.shape[0], device=u.device)
@@ -117,7 +119,7 @@ def singular_values(z: Any) -> np.ndarray:
 
 
 def effective_rank_from_singular_values(sigma: Any, eps: float = RANKME_EPS) -> float:
-    """RankMe: exp(-sum_k p_k log p_k) with p_k = sigma_k / sum(sigma) + eps; 0 for a zero matrix."""
+    """RankMe: exp(-sum_k p_k log p_k), p_k = sigma_k / sum(sigma) + eps; 0 for a zero matrix."""
     s = np.asarray(sigma, dtype=np.float64)
     if s.sum() <= 0:
         return 0.0
@@ -139,7 +141,7 @@ def per_dimension_std(z: Any) -> float:
 
 @torch.no_grad()
 def isotropy(z: Any) -> float:
-    """Average cosine similarity over all distinct pairs: (||sum u_i||^2 - sum ||u_i||^2) / (n(n-1))."""
+    """Mean cosine over all distinct pairs: (||sum_i u_i||^2 - sum_i ||u_i||^2) / (n (n - 1))."""
     u = F.normalize(as_float_tensor(z, "z", min_rows=2), dim=1)
     n = u.shape[0]
     total = u.sum(dim=0)
@@ -177,9 +179,11 @@ def collapse_report(
     std_floor = PER_DIMENSION_STD_FRACTION / math.sqrt(d)
     if report["per_dimension_std"] < std_floor:
         reasons.append(
-            f"mean per-dimension std of the normalised embeddings is {report['per_dimension_std']:.4g}, "
+            f"mean per-dimension std of the normalised embeddings is "
+            f"{report['per_dimension_std']:.4g}, "
             f"below {PER_DIMENSION_STD_FRACTION} / sqrt(d) = {std_floor:.4g} "
-            f"(about {1 / math.sqrt(d):.4g} when healthy): the embeddings have collapsed towards one point"
+            f"(about {1 / math.sqrt(d):.4g} when healthy): the embeddings have collapsed towards "
+            f"one point"
         )
     rank_floor = max(MIN_EFFECTIVE_RANK, EFFECTIVE_RANK_FRACTION * min(n, d))
     if report["effective_rank"] < rank_floor:

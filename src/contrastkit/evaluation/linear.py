@@ -27,7 +27,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from contrastkit.errors import DataError
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
 
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
@@ -63,10 +63,10 @@ def can_cross_validate(labels: np.ndarray, folds: int = CV_FOLDS) -> bool:
     return int(np.bincount(labels)[np.unique(labels)].min()) >= 2 * folds
 
 
-def select_C(
+def cross_validate_c(
     x: np.ndarray, y: np.ndarray, seed: int = 0, c_grid: tuple[float, ...] = C_GRID
 ) -> float:
-    """The C of ``c_grid`` with the best mean stratified-CV accuracy on (x, y); ties -> smaller C."""
+    """The C of ``c_grid`` with the best mean stratified-CV accuracy on (x, y); ties: smaller C."""
     folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
     best_c, best_score = None, -np.inf
     for c in sorted(c_grid):
@@ -87,8 +87,13 @@ def fit_linear_probe(
             f"the linear probe needs at least two classes in train_y, but all {len(y)} training "
             f"rows have label {y[0] if len(y) else None}. Use a labelled set with several classes."
         )
+    if not c_grid:
+        raise ConfigError("c_grid must hold at least one value of C (e.g. (1.0,)).")
     use_cv = len(c_grid) > 1 and can_cross_validate(y)
-    c = select_C(x, y, seed, c_grid) if use_cv else (c_grid[0] if len(c_grid) == 1 else DEFAULT_C)
+    if use_cv:
+        c = cross_validate_c(x, y, seed, c_grid)
+    else:  # a single candidate, or too few rows per class for the folds
+        c = c_grid[0] if len(c_grid) == 1 else DEFAULT_C
     pipeline = make_probe_pipeline(c).fit(x, y)
     return LinearProbe(pipeline=pipeline, C=float(c), selected_by_cross_validation=use_cv)
 

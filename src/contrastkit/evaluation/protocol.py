@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation import splits
 from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
 from contrastkit.evaluation.knn import weighted_knn_accuracy
 from contrastkit.evaluation.linear import linear_probe_accuracy
-from contrastkit.evaluation import splits
 
 
 def few_label_key(n_per_class: int) -> str:
@@ -100,7 +100,7 @@ def _check_index(index: Any, name: str, n_rows: int) -> np.ndarray:
     array = array.astype(np.int64).reshape(-1)
     if array.size and (array.min() < 0 or array.max() >= n_rows):
         raise DataError(
-            f"{name} holds row numbers outside 0..{n_rows - 1} (range {array.min()}..{array.max()}); "
-            f"it must index the rows of the embeddings."
+            f"{name} holds row numbers outside 0..{n_rows - 1} (range {array.min()}.."
+            f"{array.max()}); it must index the rows of the embeddings."
         )
     return array

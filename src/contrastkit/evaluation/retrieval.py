@@ -50,7 +50,9 @@ def search(
     ``batch_size`` at a time with faiss ``IndexFlatIP`` (exact).
     """
     if metric not in METRICS:
-        raise ConfigError(f"Unknown retrieval metric '{metric}'. Valid metrics: {', '.join(METRICS)}.")
+        raise ConfigError(
+            f"Unknown retrieval metric '{metric}'. Valid metrics: {', '.join(METRICS)}."
+        )
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"search k must be a positive integer, got {k!r}.")
     q = as_float32_matrix(queries, "queries")
@@ -65,7 +67,9 @@ def search(
     return top_k_inner_product(q, c, min(int(k), c.shape[0]), batch_size)
 
 
-def mrr_at_k(rankings: Any, relevant: Any, k: int = 10, ignore_identical_ids: bool = False) -> float:
+def mrr_at_k(
+    rankings: Any, relevant: Any, k: int = 10, ignore_identical_ids: bool = False
+) -> float:
     """Mean reciprocal rank of the first relevant doc within the top k."""
 
     def reciprocal_rank(ranked: list[Hashable], grades: dict[Hashable, float]) -> float:
@@ -89,12 +93,16 @@ def recall_at_k(
     return _mean_over_queries(rankings, relevant, k, ignore_identical_ids, recall)
 
 
-def ndcg_at_k(rankings: Any, relevant: Any, k: int = 10, ignore_identical_ids: bool = False) -> float:
+def ndcg_at_k(
+    rankings: Any, relevant: Any, k: int = 10, ignore_identical_ids: bool = False
+) -> float:
     """Mean normalised discounted cumulative gain at k with graded relevance."""
 
     def ndcg(ranked: list[Hashable], grades: dict[Hashable, float]) -> float:
-        dcg = sum(max(grades.get(doc, 0.0), 0.0) / math.log2(r + 1) for r, doc in enumerate(ranked, 1))
-        ideal = sorted((g for g in grades.values() if g > 0), reverse=True)
+        dcg = sum(
+            max(grades.get(doc, 0.0), 0.0) / math.log2(r + 1) for r, doc in enumerate(ranked, 1)
+        )
+        ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:k]
         idcg = sum(g / math.log2(r + 1) for r, g in enumerate(ideal, start=1))
         return dcg / idcg
 
@@ -129,7 +137,12 @@ def as_ranked_lists(rankings: Any) -> dict[Hashable, list[Hashable]]:
         for query, docs in rankings.items():
             if isinstance(docs, Mapping):
                 # trec_eval order: score descending, then doc id descending.
-                docs = [d for d, _ in sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+                docs = [
+                    d
+                    for d, _ in sorted(
+                        docs.items(), key=lambda item: (item[1], item[0]), reverse=True
+                    )
+                ]
             ranked[query] = list(docs)
         return ranked
     array = np.asarray(rankings.cpu() if hasattr(rankings, "cpu") else rankings)
@@ -156,7 +169,7 @@ def as_graded_qrels(relevant: Any) -> dict[Hashable, dict[Hashable, float]]:
     array = np.asarray(relevant.cpu() if hasattr(relevant, "cpu") else relevant)
     if array.ndim != 1:
         raise DataError(
-            f"relevant must be a (n_queries,) array with the relevant corpus index of each query, or "
-            f"a mapping from query id to relevant doc ids, but it has shape {array.shape}."
+            f"relevant must be a (n_queries,) array with the relevant corpus index of each query, "
+            f"or a mapping from query id to relevant doc ids, but it has shape {array.shape}."
         )
     return {query: {doc: 1.0} for query, doc in enumerate(array.tolist())}

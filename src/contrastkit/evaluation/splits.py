@@ -32,13 +32,17 @@ def stratified_split(
     train_parts, test_parts = [], []
     for cls in np.unique(y):
         rows = rng.permutation(np.flatnonzero(y == cls))
-        n_test = 0 if len(rows) < 2 else min(max(round(test_fraction * len(rows)), 1), len(rows) - 1)
+        n_test = (
+            0 if len(rows) < 2 else min(max(round(test_fraction * len(rows)), 1), len(rows) - 1)
+        )
         test_parts.append(rows[:n_test])
         train_parts.append(rows[n_test:])
     return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(test_parts))
 
 
-def few_labels_per_class(labels: Any, candidates: Any, n_per_class: int, seed: int = 0) -> np.ndarray:
+def few_labels_per_class(
+    labels: Any, candidates: Any, n_per_class: int, seed: int = 0
+) -> np.ndarray:
     """A seeded draw of ``n_per_class`` rows of each class among ``candidates`` (sorted int64).
 
     ``labels`` covers all rows; only the rows listed in ``candidates`` (e.g. the training part) can

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
 
-F_ = TypeVar("F_", bound=Callable[..., Any])
+FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 
 class LossTerms(NamedTuple):
@@ -56,7 +56,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def in_float32(fn: F_) -> F_:
+def in_float32(fn: FunctionT) -> FunctionT:
     """Run ``fn`` with autocast off and its floating tensor arguments upcast to float32.
 
     Why: at temperature 0.01 the logits reach +-100, where a bfloat16 value is only known to

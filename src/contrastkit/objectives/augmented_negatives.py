@@ -63,7 +63,7 @@ def cosine_distance_halved(x: Tensor, y: Tensor) -> Tensor:
 
 @in_float32
 def augmented_negatives_margin_terms(
-    benign: Tensor, augmented: Tensor, margin: float = 1.0, alpha: float = 0.5
+    benign: Tensor, augmented: Tensor, margin: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-anchor pieces of the margin form: benign distance sums (B,), hinge sums (B,) and the
     number of active hinge pairs of the whole batch, so that ``loss = alpha * sum(first) / (B(B-1))
@@ -84,7 +84,9 @@ def benign_distance_score(train_benign_emb: Tensor, test_emb: Tensor, k: int = 1
             f"{tuple(train_benign_emb.shape)} and {tuple(test_emb.shape)}."
         )
     if not 1 <= k <= train_benign_emb.shape[0]:
-        raise ConfigError(f"benign_distance_score: k must be in [1, {train_benign_emb.shape[0]}] (the benign set size), got {k}.")
+        raise ConfigError(
+            f"benign_distance_score: k must be in [1, {train_benign_emb.shape[0]}] (the benign set size), got {k}."
+        )
     train = F.normalize(train_benign_emb.float(), dim=-1)
     scores = []
     for start in range(0, test_emb.shape[0], chunk_size):
@@ -113,7 +115,8 @@ class AugmentedNegatives(ContrastiveObjective):
 
     Inputs:
         benign: (B, d) embeddings of benign samples (B >= 2).
-        augmented: (K, d) embeddings of augmented copies (the negatives; usually K = B).
+        augmented: (K, d) embeddings of augmented copies (the negatives); under
+            :class:`contrastkit.distributed.GatheredObjective` one per benign sample (K = B).
 
     Example::
 
@@ -122,7 +125,9 @@ class AugmentedNegatives(ContrastiveObjective):
         scores = benign_distance_score(encoder(x_train_benign), encoder(x_test))
     """
 
-    def __init__(self, temperature: float = 0.1, form: LossForm = "likelihood", margin: float = 1.0, alpha: float = 0.5):
+    def __init__(
+        self, temperature: float = 0.1, form: LossForm = "likelihood", margin: float = 1.0, alpha: float = 0.5
+    ):
         super().__init__()
         if form not in ("likelihood", "margin"):
             raise ConfigError(f"Unknown augmented_negatives form '{form}'. Valid forms: likelihood, margin.")
@@ -148,7 +153,7 @@ class AugmentedNegatives(ContrastiveObjective):
         if self.form == "likelihood":
             losses = augmented_negatives_loss_per_anchor(benign, augmented, self.temperature)
             return LossTerms(losses[rows].sum(), batch)
-        distance_sums, hinge_sums, active = augmented_negatives_margin_terms(benign, augmented, self.margin, self.alpha)
+        distance_sums, hinge_sums, active = augmented_negatives_margin_terms(benign, augmented, self.margin)
         per_anchor = self.alpha * distance_sums / (batch * (batch - 1)) + (1 - self.alpha) * hinge_sums / active
         return LossTerms(per_anchor[rows].sum(), 1.0)
 

@@ -33,8 +33,9 @@ from contrastkit.objectives._common import mask_value
 
 def masked_logits(queries: Tensor, keys: Tensor, scale: float, excluded: Tensor) -> Tensor:
     """``scale * queries @ keys.T`` with columns ``excluded[i]`` of row ``i`` set to the dtype's min."""
-    logits = (queries @ keys.T) * scale
-    return logits.scatter(1, excluded, mask_value(logits.dtype))
+    # In place: the matmul's backward needs only its inputs, so this saves two (A, M) copies.
+    logits = (queries @ keys.T).mul_(scale)
+    return logits.scatter_(1, excluded, mask_value(logits.dtype))
 
 
 def masked_logsumexp(

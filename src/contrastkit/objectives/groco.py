@@ -134,6 +134,7 @@ class GroCo(ContrastiveObjective):
         self.swap = swap
         self.stop_gradient = stop_gradient
 
+    @in_float32
     def loss_terms(
         self, z_a: Tensor, z_b: Tensor | None = None, *, anchor_rows: slice | None = None
     ) -> LossTerms:
@@ -142,7 +143,9 @@ class GroCo(ContrastiveObjective):
         views = normalize(stack_views(z_a, z_b))
         batch, num_views = views.shape[:2]
         if num_views < 2 or batch < 2:
-            raise DataError(f"groco needs at least 2 views of at least 2 samples; got (B, V, d) = {tuple(views.shape)}.")
+            raise DataError(
+                f"groco needs at least 2 views of at least 2 samples; got (B, V, d) = {tuple(views.shape)}."
+            )
         keys = views.detach() if self.stop_gradient else views
         rows = torch.arange(batch, device=views.device)[slice(None) if anchor_rows is None else anchor_rows]
         num_negatives = min(self.num_negatives, batch - 1)

@@ -33,6 +33,12 @@ buffers of size ``dataset_size`` and indexed by ``idx_i``):
        m[idx] <- (1 - beta) * m[idx] + beta * clip((G_i + G_{i+B}) / 2)
        tau[idx] <- clamp(tau[idx] - temperature_lr * m[idx], tau_min, tau_max)
 
+Why frequent semantics get larger temperatures: with ``u`` exact, ``dF_r/dtau = rho - KL(q_r || uniform)``
+where ``q_r`` is the softmax over the negatives of ``s_rj / tau``; the step moves ``tau`` until the
+weights are ``rho`` away (in KL) from uniform. An anchor with many similar negatives (a frequent
+class) reaches that with a flatter softmax, i.e. a larger ``tau``, than an anchor whose negatives
+are all far (a rare class).
+
 Steps 2 and 4 run only in training mode; the loss uses the temperatures from before the step.
 The returned value is the surrogate of step 3 (its gradient, not its value, is the point).
 
@@ -51,7 +57,7 @@ from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_pair, normalize
+from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_pair, in_float32, normalize
 
 
 def negatives_mask(batch_size: int, device: torch.device | str | None = None) -> Tensor:
@@ -108,7 +114,7 @@ class ISogCLR(ContrastiveObjective):
     Args:
         dataset_size: number of training samples; ``indices`` must lie in ``[0, dataset_size)``.
         gamma: moving-average rate of the inner-term estimate ``u``.
-        rho: KL-ball radius of the DRO objective (larger: flatter weights, larger temperatures).
+        rho: KL-ball radius of the DRO objective (larger: sharper weights, smaller temperatures).
         temperature_init, temperature_min, temperature_max: initial value and bounds of ``tau``.
         temperature_lr: step size of the temperature update (the paper's ``eta``).
         temperature_momentum: ``beta``, weight of the new gradient in the temperature momentum.
@@ -148,14 +154,18 @@ class ISogCLR(ContrastiveObjective):
     ):
         super().__init__()
         if dataset_size < 1:
-            raise ConfigError(f"isogclr: dataset_size must be >= 1 (the number of training samples), got {dataset_size}.")
+            raise ConfigError(
+                f"isogclr: dataset_size must be the number of training samples (>= 1), got {dataset_size}."
+            )
         if not 0 < temperature_min <= temperature_init <= temperature_max:
             raise ConfigError(
                 "isogclr: need 0 < temperature_min <= temperature_init <= temperature_max, got "
                 f"{temperature_min}, {temperature_init}, {temperature_max}."
             )
         if not 0 < gamma <= 1 or not 0 < temperature_momentum <= 1:
-            raise ConfigError(f"isogclr: gamma and temperature_momentum must be in (0, 1], got {gamma}, {temperature_momentum}.")
+            raise ConfigError(
+                f"isogclr: gamma and temperature_momentum must be in (0, 1], got {gamma}, {temperature_momentum}."
+            )
         self.dataset_size = dataset_size
         self.gamma = gamma
         self.rho = rho
@@ -207,6 +217,7 @@ class ISogCLR(ContrastiveObjective):
         new_temperature = self.temperature[indices] - self.temperature_lr * momentum
         self.temperature[indices] = new_temperature.clamp(self.temperature_min, self.temperature_max)
 
+    @in_float32
     def loss_terms(
         self,
         z_a: Tensor,

@@ -28,7 +28,8 @@ square roots of the eigenvalues of ``S_P S_T``, i.e. of the singular values of `
 (its nuclear norm). It is a statistic of the whole batch, not a sum over queries, so it has no
 per-rank ``local_loss`` form: wrap it with ``GatheredObjective(..., local_loss=False)``.
 
-``"ordinal_w1"`` (a per-query alternative). For each query, the 1-D Wasserstein-1 distance
+``"ordinal_w1"`` (a per-query alternative added here, not in the paper; it decomposes over
+queries, so it has a ``local_loss`` form, and needs no batch statistics). For each query, the 1-D Wasserstein-1 distance
 between ``p_i`` and ``t_i`` placed on the ordinal relevance axis (candidate ``l`` sits at
 ``r_il``): moving mass between grades ``g < h`` costs ``h - g``, inside a grade nothing::
 
@@ -93,7 +94,8 @@ class ListwiseWasserstein(ContrastiveObjective):
     """List-wise Wasserstein loss with graded relevance (module docstring).
 
     Args:
-        temperature: temperature of the predicted distribution over a list.
+        temperature: temperature of the predicted distribution over a list (the paper's value is
+            not given here; 0.05 is a common choice for cosine-similarity retrievers).
         label_temperature: temperature of the target distribution ``softmax(r / label_temperature)``.
         distance: ``"gaussian_w2"`` (paper) or ``"ordinal_w1"``.
         in_batch_negatives: also score each query against the other queries' candidates.
@@ -127,7 +129,10 @@ class ListwiseWasserstein(ContrastiveObjective):
         self.distance = distance
         self.in_batch_negatives = in_batch_negatives
 
-    def distributions(self, query: Tensor, candidates: Tensor, relevance: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    @in_float32
+    def distributions(
+        self, query: Tensor, candidates: Tensor, relevance: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted and target distributions (B, L') and the relevance of each list entry."""
         if relevance is None:
             raise DataError("listwise needs graded labels: call it as listwise(query, candidates, relevance=labels).")
@@ -163,7 +168,9 @@ class ListwiseWasserstein(ContrastiveObjective):
             return self.loss_terms(query, candidates, relevance=relevance).mean()
         predicted, target, _ = self.distributions(query, candidates, relevance)
         if predicted.shape[0] < 2:
-            raise DataError("listwise with distance='gaussian_w2' fits covariances over the batch: it needs B >= 2 queries.")
+            raise DataError(
+                "listwise with distance='gaussian_w2' fits covariances over the batch: it needs B >= 2 queries."
+            )
         return gaussian_wasserstein2_squared(predicted, target)
 
     def extra_repr(self) -> str:

@@ -29,7 +29,14 @@ from torch import Tensor
 
 from contrastkit.errors import DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_pair, check_temperature, in_float32, normalize
+from contrastkit.objectives._common import (
+    ContrastiveObjective,
+    LossTerms,
+    check_pair,
+    check_temperature,
+    in_float32,
+    normalize,
+)
 
 
 def quality_weights(quality: Tensor, sharpness: float = 1.0) -> Tensor:
@@ -47,7 +54,9 @@ def symmetric_infonce_per_pair(z_a: Tensor, z_b: Tensor, temperature: float, row
     index = torch.arange(z_a.shape[0], device=z_a.device)[rows]
     logits_ab = z_a[rows] @ z_b.T / temperature
     logits_ba = z_b[rows] @ z_a.T / temperature
-    return (F.cross_entropy(logits_ab, index, reduction="none") + F.cross_entropy(logits_ba, index, reduction="none")) / 2
+    loss_ab = F.cross_entropy(logits_ab, index, reduction="none")
+    loss_ba = F.cross_entropy(logits_ba, index, reduction="none")
+    return (loss_ab + loss_ba) / 2
 
 
 @OBJECTIVES.register("quality_weighted")
@@ -86,7 +95,9 @@ class QualityWeightedInfoNCE(ContrastiveObjective):
         if quality is None:
             weights = z_a.new_ones(batch)
         elif quality.numel() != batch:
-            raise DataError(f"quality_weighted: quality must hold one score per pair ({batch}); got shape {tuple(quality.shape)}.")
+            raise DataError(
+                f"quality_weighted: quality must hold one score per pair ({batch}); got shape {tuple(quality.shape)}."
+            )
         else:
             weights = quality_weights(quality.to(z_a.dtype), self.sharpness)
         rows = slice(None) if anchor_rows is None else anchor_rows

@@ -33,7 +33,8 @@ from contrastkit.report.run_files import (
     read_summary,
 )
 from contrastkit.report.tables import (
-    DIAGNOSTICS,
+    COLLAPSE,
+    COLLAPSE_WARNINGS,
     comparison_rows,
     format_value,
     markdown_table,
@@ -45,6 +46,7 @@ PLOTS_DIR = "plots"
 LOSS_COLUMNS = ("train/loss", "train/loss_step")
 MAP_MAX_POINTS = 5000
 TSNE_MAX_POINTS = 2000
+MAX_EPOCH_WARNINGS = 3  # collapse warnings logged during training, shown in the report
 
 
 def write_report(run_dir: str | Path, tsne: bool = False, seed: int = 0) -> Path:
@@ -80,7 +82,9 @@ def _title(summary: dict[str, Any] | None, run_dir: Path) -> str:
 
 def _summary_sections(summary: dict[str, Any] | None) -> list[str]:
     if summary is None:
-        return [f"_No {SUMMARY_FILE} in the run directory: accuracies and run facts are not shown._"]
+        return [
+            f"_No {SUMMARY_FILE} in the run directory: accuracies and run facts are not shown._"
+        ]
     header, rows = comparison_rows(summary)
     sections = [
         "## Accuracy",
@@ -89,17 +93,32 @@ def _summary_sections(summary: dict[str, Any] | None) -> list[str]:
         "*untrained* = the same encoder at initialisation, *raw* = the input itself.",
         markdown_table(header, rows),
     ]
-    diagnostics = summary.get(DIAGNOSTICS) or {}
-    if diagnostics.get("collapsed"):
-        reasons = "\n".join(f"> - {reason}" for reason in diagnostics.get("reasons", []))
-        sections.append("> **Warning: the learned embeddings look collapsed.**\n>\n" + reasons)
+    collapse = summary.get(COLLAPSE) or {}
+    warnings = list(collapse.get("reasons", [])) if collapse.get("collapsed") else []
+    during_training = list(summary.get(COLLAPSE_WARNINGS) or [])
+    warnings += during_training[:MAX_EPOCH_WARNINGS]
+    if len(during_training) > MAX_EPOCH_WARNINGS:
+        warnings.append(
+            f"... and {len(during_training) - MAX_EPOCH_WARNINGS} more epochs with a warning "
+            f"(`{COLLAPSE_WARNINGS}` in {SUMMARY_FILE})"
+        )
+    if warnings:
+        lines = "\n".join(f"> - {warning}" for warning in warnings)
+        sections.append("> **Warning: the embeddings look collapsed.**\n>\n" + lines)
     facts = run_fact_rows(summary)
     if facts:
         sections += ["## Run", markdown_table(["fact", "value"], facts, numeric=False)]
-    measures = [[k, format_value(v)] for k, v in diagnostics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    measures = [
+        [k, format_value(v)]
+        for k, v in collapse.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     if measures:
-        sections += ["## Representation diagnostics", markdown_table(["measure", "value"], measures)]
+        sections += [
+            "## Representation diagnostics",
+            "Of the final embeddings (see `contrastkit.evaluation.diagnostics`).",
+            markdown_table(["measure", "value"], measures),
+        ]
     return sections
 
 
@@ -111,15 +130,17 @@ def _curve_sections(run_dir: Path, plots_dir: Path) -> list[str]:
     sections.append(_loss_section(metrics, run_dir, plots_dir))
     probe = _epoch_series(metrics, "probe/")
     if probe:
-        path = plots.plot_epoch_series(probe, plots_dir / "probe_accuracy.png",
-                                       "Online probe accuracy", as_percent=True)
+        path = plots.plot_epoch_series(
+            probe, plots_dir / "probe_accuracy.png", "Online probe accuracy", as_percent=True
+        )
         sections.append(_image("Probe accuracy per epoch", path, run_dir))
     else:
         sections.append(f"_{METRICS_FILE} has no probe/ columns: no probe accuracy plot._")
     diagnostics = _epoch_series(metrics, "diag/")
     if diagnostics:
-        path = plots.plot_epoch_panels(diagnostics, plots_dir / "diagnostics.png",
-                                       "Representation diagnostics per epoch")
+        path = plots.plot_epoch_panels(
+            diagnostics, plots_dir / "diagnostics.png", "Representation diagnostics per epoch"
+        )
         sections.append(_image("Diagnostics per epoch", path, run_dir))
     else:
         sections.append(f"_{METRICS_FILE} has no diag/ columns: no diagnostics plot._")
@@ -150,8 +171,9 @@ def _embedding_sections(run_dir: Path, plots_dir: Path, tsne: bool, seed: int) -
     sections = ["## Embeddings"]
 
     sigma = singular_values(embeddings)
-    path = plots.plot_singular_values(sigma, plots_dir / "singular_values.png",
-                                      effective_rank_from_singular_values(sigma))
+    path = plots.plot_singular_values(
+        sigma, plots_dir / "singular_values.png", effective_rank_from_singular_values(sigma)
+    )
     sections.append(_image("Singular value spectrum", path, run_dir))
 
     labels, note = _labels_for(run_dir, len(embeddings))
@@ -160,15 +182,19 @@ def _embedding_sections(run_dir: Path, plots_dir: Path, tsne: bool, seed: int) -
     rng = np.random.default_rng(seed)
     shown = np.sort(rng.permutation(len(embeddings))[:MAP_MAX_POINTS])
     path = plots.plot_embedding_map(
-        plots.pca_2d(embeddings[shown]), None if labels is None else labels[shown],
-        plots_dir / "embedding_pca.png", f"PCA of {len(shown)} embeddings",
+        plots.pca_2d(embeddings[shown]),
+        None if labels is None else labels[shown],
+        plots_dir / "embedding_pca.png",
+        f"PCA of {len(shown)} embeddings",
     )
     sections.append(_image("PCA map of the embeddings", path, run_dir))
     if tsne:
         shown = np.sort(rng.permutation(len(embeddings))[:TSNE_MAX_POINTS])
         path = plots.plot_embedding_map(
-            plots.tsne_2d(embeddings[shown], seed), None if labels is None else labels[shown],
-            plots_dir / "embedding_tsne.png", f"t-SNE of {len(shown)} embeddings",
+            plots.tsne_2d(embeddings[shown], seed),
+            None if labels is None else labels[shown],
+            plots_dir / "embedding_tsne.png",
+            f"t-SNE of {len(shown)} embeddings",
         )
         sections.append(_image("t-SNE map of the embeddings", path, run_dir))
     return sections
@@ -179,8 +205,10 @@ def _labels_for(run_dir: Path, n_rows: int) -> tuple[np.ndarray | None, str | No
         return None, f"_No {LABELS_FILE} in the run directory: the maps are not coloured by class._"
     labels = read_array(run_dir / LABELS_FILE)
     if labels.shape != (n_rows,):
-        return None, (f"_{LABELS_FILE} has shape {labels.shape} but there are {n_rows} embeddings: "
-                      f"the maps are not coloured by class._")
+        return None, (
+            f"_{LABELS_FILE} has shape {labels.shape} but there are {n_rows} embeddings: "
+            f"the maps are not coloured by class._"
+        )
     return labels, None
 
 

@@ -26,15 +26,28 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def plot_loss_curve(steps: np.ndarray, losses: np.ndarray, path: Path, name: str = "train/loss") -> Path:
+def plot_loss_curve(
+    steps: np.ndarray, losses: np.ndarray, path: Path, name: str = "train/loss"
+) -> Path:
     """Raw loss per step (faint) and its trailing moving average over ~1/25 of the steps."""
     window = max(1, len(losses) // 25)
     figure, axes = _figure()
-    axes.plot(steps, losses, color="tab:blue", alpha=0.35 if window > 1 else 1.0, linewidth=0.8,
-              label="raw")
+    axes.plot(
+        steps,
+        losses,
+        color="tab:blue",
+        alpha=0.35 if window > 1 else 1.0,
+        linewidth=0.8,
+        label="raw",
+    )
     if window > 1:  # fewer than 50 logged steps: the raw curve is already readable
-        axes.plot(steps, moving_average(losses, window), color="tab:blue", linewidth=1.8,
-                  label=f"mean of the last {window} logged values")
+        axes.plot(
+            steps,
+            moving_average(losses, window),
+            color="tab:blue",
+            linewidth=1.8,
+            label=f"mean of the last {window} logged values",
+        )
     axes.set_xlabel("step")
     axes.set_ylabel(name)
     axes.set_title("Training loss")
@@ -43,12 +56,17 @@ def plot_loss_curve(steps: np.ndarray, losses: np.ndarray, path: Path, name: str
 
 
 def plot_epoch_series(
-    series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, as_percent: bool = False
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    title: str,
+    as_percent: bool = False,
 ) -> Path:
     """One line per metric against the epoch, on shared axes (e.g. the online probe accuracies)."""
     figure, axes = _figure()
     for name, (epochs, values) in series.items():
-        axes.plot(epochs, 100.0 * values if as_percent else values, marker="o", markersize=3, label=name)
+        axes.plot(
+            epochs, 100.0 * values if as_percent else values, marker="o", markersize=3, label=name
+        )
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("accuracy (%)" if as_percent else "value")
@@ -57,7 +75,9 @@ def plot_epoch_series(
     return _save(figure, path)
 
 
-def plot_epoch_panels(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+def plot_epoch_panels(
+    series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str
+) -> Path:
     """One small panel per metric against the epoch (for measures on different scales)."""
     columns = min(3, len(series))
     rows = -(-len(series) // columns)
@@ -85,8 +105,14 @@ def plot_embedding_map(
         palette = colormaps["tab10" if len(classes) <= 10 else "tab20"]
         for i, cls in enumerate(classes):
             at = labels == cls
-            axes.scatter(points[at, 0], points[at, 1], s=4, alpha=0.7,
-                         color=palette(i % palette.N), label=str(cls))
+            axes.scatter(
+                points[at, 0],
+                points[at, 1],
+                s=4,
+                alpha=0.7,
+                color=palette(i % palette.N),
+                label=str(cls),
+            )
         if len(classes) <= 20:
             axes.legend(markerscale=3, fontsize=7, title="label", loc="best")
     axes.set_title(title)
@@ -95,8 +121,10 @@ def plot_embedding_map(
     return _save(figure, path)
 
 
-def plot_singular_values(sigma: np.ndarray, path: Path, effective_rank: float | None = None) -> Path:
-    """Singular values sigma_k / sigma_1 against k on a log scale (the spectrum RankMe summarises)."""
+def plot_singular_values(
+    sigma: np.ndarray, path: Path, effective_rank: float | None = None
+) -> Path:
+    """sigma_k / sigma_1 against k on a log scale (the spectrum that RankMe summarises)."""
     figure, axes = _figure()
     normalised = sigma / sigma[0] if sigma.size and sigma[0] > 0 else sigma
     axes.semilogy(np.arange(1, len(sigma) + 1), np.maximum(normalised, 1e-12), linewidth=1.5)
@@ -124,7 +152,9 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.manifold import TSNE  # imported here: slow to import, used only on request
 
     perplexity = float(min(30.0, max(1.0, (len(x) - 1) / 3)))
-    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+        x
+    )
 
 
 def _figure(size: tuple[float, float] = (6.5, 4.0)):

@@ -37,13 +37,13 @@ class MetricsLog:
         pairs = [(row[x], row[column]) for row in self.rows if x in row and column in row]
         if not pairs:
             return np.empty(0), np.empty(0)
-        xs, ys = zip(*pairs)
+        xs, ys = zip(*pairs, strict=True)
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
     def per_epoch(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """(epochs, value) with the last value logged in each epoch, by increasing epoch."""
         last: dict[float, float] = {}
-        for epoch, value in zip(*self.series(column, x="epoch")):
+        for epoch, value in zip(*self.series(column, x="epoch"), strict=True):
             last[epoch] = value
         epochs = np.asarray(sorted(last))
         return epochs, np.asarray([last[e] for e in epochs])
@@ -53,7 +53,7 @@ class MetricsLog:
 
 
 def read_metrics_csv(path: Path) -> MetricsLog:
-    """Parse a CSVLogger metrics file with the csv module; empty or non-numeric cells are dropped."""
+    """Parse a CSVLogger metrics file with the csv module, dropping empty and non-numeric cells."""
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
@@ -73,7 +73,9 @@ def read_summary(path: Path) -> dict[str, Any]:
             f"trainer writes at the end of a run."
         ) from error
     if not isinstance(summary, dict):
-        raise DataError(f"the run summary {path} must hold a JSON object, not {type(summary).__name__}.")
+        raise DataError(
+            f"the run summary {path} must hold a JSON object, not {type(summary).__name__}."
+        )
     return summary
 
 

@@ -1,17 +1,19 @@
 """Tables of a run summary: learned embeddings against the baselines, and the run facts.
 
-The summary (``summary.json``, written by the trainer) is read with this layout; every part is
-optional and a missing value shows as ``-``:
+The summary (``summary.json``, written by ``contrastkit.training.run``) is read with this layout;
+every part is optional and a missing value shows as ``-``:
 
     {
       "method": "simclr", "data": "digits", "epochs": 20, "seconds": 63.2,
-      "samples_per_second": 540.1,            # and any other scalar run facts
-      "learned":   {"knn_top1": 0.936, "linear_top1": 0.955, "linear_top1_10_per_class": 0.897,
-                    "n_train": 1438, "n_test": 359},
-      "baselines": {"untrained": {...same keys...}, "raw": {...same keys...}},
-      "diagnostics": {...contrastkit.evaluation.collapse_report(...)...}
+      "samples_per_second": 540.1,            # ... and any other scalar run facts
+      "knn_top1": 0.936, "linear_top1": 0.955, "linear_top1_10_per_class": 0.897,   # learned
+      "n_train": 1438, "n_test": 359,
+      "baselines": {"untrained": {"knn_top1": ..., ...}, "raw": {"knn_top1": ..., ...}},
+      "collapse": {...contrastkit.evaluation.collapse_report(...)...},
+      "collapse_warnings": ["epoch 3: representations look collapsed (...)", ...]
     }
 
+The learned embeddings' accuracies are top-level entries; each baseline has the same keys.
 Accuracies are fractions in [0, 1] in the summary and percentages with one decimal in tables.
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 
 LEARNED = "learned"
 BASELINES = "baselines"
-DIAGNOSTICS = "diagnostics"
+COLLAPSE = "collapse"
+COLLAPSE_WARNINGS = "collapse_warnings"
 STANDARD_BASELINES = ("untrained", "raw")
 ACCURACY_METRICS = ("knn_top1", "linear_top1")
 DEFAULT_FEW_LABEL_METRIC = "linear_top1_10_per_class"
@@ -43,7 +46,7 @@ def comparison_columns(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[st
     """[(column name, metrics)]: learned, untrained, raw, then any other baseline in file order."""
     baselines = summary.get(BASELINES) or {}
     names = list(STANDARD_BASELINES) + [b for b in baselines if b not in STANDARD_BASELINES]
-    columns = [(LEARNED, summary.get(LEARNED) or {})]
+    columns = [(LEARNED, summary)]
     columns += [(name, baselines.get(name) or {}) for name in names]
     return columns
 
@@ -73,7 +76,7 @@ def format_comparison_table(summary: Mapping[str, Any]) -> str:
     lines = [
         "  ".join(
             cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths))
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
         )
         for line in [header, *rows]
     ]
@@ -81,9 +84,18 @@ def format_comparison_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_accuracy_metric(key: str) -> bool:
+    return key in ACCURACY_METRICS or FEW_LABEL_METRIC.match(key) is not None
+
+
 def run_fact_rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    """[[fact, value]] for the standard run facts present, then any other scalar top-level entry."""
-    scalar = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    """[[fact, value]]: the standard run facts present, then every other scalar top-level entry
+    that is not an accuracy (those are in the comparison table)."""
+    scalar = {
+        k: v
+        for k, v in summary.items()
+        if (isinstance(v, (str, int, float, bool)) or v is None) and not is_accuracy_metric(k)
+    }
     ordered = [k for k in RUN_FACTS if k in scalar] + [k for k in scalar if k not in RUN_FACTS]
     return [[key, format_value(scalar[key])] for key in ordered]
 

@@ -41,10 +41,14 @@ class OnlineProbe(L.Callback):
     """
 
     def __init__(self, bank_images, bank_labels, query_images, query_labels, every: int = 1,
-                 k: int = 200, temperature: float = 0.1):
+                 k: int = 200, temperature: float = 0.1, warn_from_epoch: int = 1):
         self.bank_images, self.bank_labels = bank_images, bank_labels
         self.query_images, self.query_labels = query_images, query_labels
         self.every, self.k, self.temperature = every, k, temperature
+        # A freshly initialised network maps every input to nearly the same direction (its ReLU
+        # features share a large mean), which the diagnostics rightly call collapsed; spreading them
+        # is what training does. Warnings start once the warm-up is over.
+        self.warn_from_epoch = warn_from_epoch
         self.collapse_warnings: list[str] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -63,7 +67,7 @@ class OnlineProbe(L.Callback):
         for name in ("effective_rank", "uniformity", "per_dimension_std"):
             metrics[f"diag/{name}"] = float(report[name])
         metrics["diag/collapsed"] = float(report["collapsed"])
-        if report["collapsed"]:
+        if report["collapsed"] and epoch >= self.warn_from_epoch:
             message = f"epoch {epoch}: representations look collapsed ({'; '.join(report['reasons'])})"
             self.collapse_warnings.append(message)
             L.pytorch.utilities.rank_zero_warn(message)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -68,7 +69,8 @@ def fit(config: FitConfig, echo=print) -> dict:
     method = METHODS.build(config.method, config=config, data=data)
     untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
 
-    probe = make_probe(source, train_rows, holdout_rows, config.probe_every)
+    probe = make_probe(source, train_rows, holdout_rows, config.probe_every,
+                       warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
     throughput = Throughput()
     callbacks = [throughput] + ([probe] if probe else []) + [EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
     trainer = L.Trainer(
@@ -161,7 +163,7 @@ def split_rows(source: ImageSource, holdout: float, seed: int) -> tuple[np.ndarr
     return stratified_split(source.labels.numpy(), test_fraction=holdout, seed=seed)
 
 
-def make_probe(source: ImageSource, train_rows, holdout_rows, every: int) -> OnlineProbe | None:
+def make_probe(source: ImageSource, train_rows, holdout_rows, every: int, warn_from_epoch: int) -> OnlineProbe | None:
     """The online probe on a fixed, seeded subset (at most 5,000 bank and 2,000 query images)."""
     if every <= 0 or source.labels is None or len(holdout_rows) == 0:
         return None
@@ -169,7 +171,7 @@ def make_probe(source: ImageSource, train_rows, holdout_rows, every: int) -> Onl
     bank = np.sort(rng.permutation(train_rows)[:PROBE_BANK_SIZE])
     queries = np.sort(rng.permutation(holdout_rows)[:PROBE_QUERY_SIZE])
     return OnlineProbe(source.images[bank], source.labels[bank], source.images[queries], source.labels[queries],
-                       every=every)
+                       every=every, warn_from_epoch=warn_from_epoch)
 
 
 def evaluate_run(method, untrained, source: ImageSource, train_rows, holdout_rows, run_dir: Path,

@@ -252,7 +252,7 @@ class SimCLRViews(nn.Module):
             ops.append(K.RandomHorizontalFlip(p=recipe["hflip_p"]))
         brightness, contrast, saturation, hue = recipe["jitter"]
         if self.channels != 3:
-            # Saturation and hue are defined only for RGB; brightness and contrast are not.
+            # Saturation and hue need RGB; brightness and contrast work on any channel count.
             saturation = hue = 0.0
         _check_probability("jitter_p", recipe["jitter_p"])
         if recipe["jitter_p"] > 0 and any(s > 0 for s in (brightness, contrast, saturation, hue)):

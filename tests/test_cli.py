@@ -1,0 +1,145 @@
+"""The command line: configuration resolution, and a one-paragraph message (exit 2, no traceback)
+for every bad input the foundation issue lists."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from contrastkit.cli import main
+
+QUICK = ["--data", "digits", "--limit", "200", "--holdout", "0", "--batch-size", "32", "--width", "0.25",
+         "--epochs", "1", "--no-report"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(capsys, args, *fragments: str) -> str:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().startswith("error:")
+    for fragment in fragments:
+        assert fragment in err.replace("\n", " "), (fragment, err)
+    return err
+
+
+def test_print_config_resolves_yaml_then_command_line(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 7, "temperature": 0.2, "batch-size": 64}))
+    code, out, _ = run_cli(capsys, "fit", "--config", str(config), "--epochs", "3", "--print-config")
+    assert code == 0
+    resolved = yaml.safe_load(out)
+    assert resolved["epochs"] == 3  # the command line wins
+    assert resolved["temperature"] == 0.2 and resolved["batch_size"] == 64  # from the file
+    assert resolved["method"] == "simclr" and resolved["data"] == "digits"  # defaults
+
+
+def test_unknown_method_names_the_closest(capsys):
+    assert_user_error(capsys, ["fit", "--method", "simclrr", "--out", "unused", *QUICK[:2]],
+                      "Unknown method 'simclrr'", "simclr")
+
+
+def test_unknown_objective_names_the_closest(tmp_path, capsys):
+    assert_user_error(capsys, ["fit", "--objective", "infonc", "--out", str(tmp_path / "r"), *QUICK],
+                      "Unknown objective 'infonc'", "infonce")
+
+
+def test_unknown_option_names_the_closest(capsys):
+    assert_user_error(capsys, ["fit", "--epoch", "3"], "--epoch", "--epochs")
+
+
+def test_unknown_yaml_key_names_the_closest(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("temperatur: 0.1\n")
+    assert_user_error(capsys, ["fit", "--config", str(config)], "temperatur", "temperature")
+
+
+def test_unknown_command(capsys):
+    assert_user_error(capsys, ["fitt"], "Unknown command 'fitt'", "fit")
+
+
+def test_invalid_value(capsys):
+    assert_user_error(capsys, ["fit", "--optimizer", "adam"], "--optimizer", "adamw")
+
+
+def test_missing_data_path(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert_user_error(capsys, ["fit", "--data", str(missing), "--out", str(tmp_path / "r")], str(missing))
+
+
+def test_empty_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(capsys, ["fit", "--data", str(empty), "--out", str(tmp_path / "r")], str(empty))
+
+
+def _image_folder(root, n=6, size=12):
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((size, size, 3), 40 * i, np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_corrupt_image(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert_user_error(capsys, ["fit", "--data", str(root), "--out", str(tmp_path / "r")], "broken.jpg")
+
+
+def test_non_image_file_in_image_folder(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs")
+    (root / "b" / "table.csv").write_text("a,b\n1,2\n")
+    assert_user_error(capsys, ["fit", "--data", str(root), "--out", str(tmp_path / "r")], "table.csv")
+
+
+def test_inconsistent_array_shapes(tmp_path, capsys):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((10, 8, 8), np.uint8), y=np.zeros(7, np.int64))
+    assert_user_error(capsys, ["fit", "--data", str(path), "--out", str(tmp_path / "r")], "bad.npz", "10", "7")
+
+
+def test_batch_larger_than_data(tmp_path, capsys):
+    assert_user_error(capsys, ["fit", *QUICK, "--batch-size", "500", "--out", str(tmp_path / "r")],
+                      "--batch-size", "200")
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "fit", *QUICK, "--out", str(out))[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert_user_error(capsys, ["fit", *QUICK, "--out", str(out)], str(out), "--resume")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    assert_user_error(capsys, ["fit", "--out", str(tmp_path / "fresh"), "--resume"], "--resume")
+
+
+def test_evaluate_command_matches_the_library(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.save(tmp_path / "x.npy", digits.data.astype(np.float32))
+    np.save(tmp_path / "y.npy", digits.target)
+    code, out, _ = run_cli(capsys, "evaluate", "--embeddings", str(tmp_path / "x.npy"), "--labels",
+                           str(tmp_path / "y.npy"), "--label-fractions", "0.1,1.0")
+    assert code == 0
+    results = json.loads(out)
+    assert 0.9 < results["knn_top1"] <= 1.0
+    assert set(results["linear_top1_by_label_fraction"]) == {"0.1", "1.0"}
+
+
+def test_evaluate_missing_file(tmp_path, capsys):
+    assert_user_error(capsys, ["evaluate", "--embeddings", str(tmp_path / "e.npy"), "--labels",
+                               str(tmp_path / "l.npy")], "e.npy")
