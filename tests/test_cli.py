@@ -16,6 +16,11 @@ QUICK = ["--data", "digits", "--limit", "200", "--holdout", "0", "--batch-size",
          "--epochs", "1", "--no-report"]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs without --out go to ./runs: keep them out of the checkout
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     captured = capsys.readouterr()

@@ -375,3 +375,30 @@ def test_score_dicts_and_ignore_identical_ids():
 def test_metrics_without_any_relevant_query_raise():
     with pytest.raises(DataError, match="relevant"):
         retrieval.ndcg_at_k({"q": ["a"]}, {"q": {"a": 0}}, k=5)
+
+
+def test_label_fractions_draw_from_the_training_part_only():
+    from sklearn.datasets import load_digits
+
+    from contrastkit.evaluation import protocol
+    from contrastkit.evaluation.splits import stratified_split
+
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target
+    train, test = stratified_split(y, 0.2, seed=0)
+    seen = []
+    original = protocol.linear_probe_accuracy
+
+    def spy(train_x, train_y, test_x, test_y, seed=0):
+        seen.append(len(train_y))
+        return original(train_x, train_y, test_x, test_y, seed)
+
+    protocol.linear_probe_accuracy = spy
+    try:
+        results = protocol.evaluate_with_label_fractions(x, y, fractions=(0.05, 1.0), test_fraction=0.2)
+    finally:
+        protocol.linear_probe_accuracy = original
+    expected_small = sum(max(1, round(0.05 * c)) for c in np.bincount(y[train]))
+    assert seen == [expected_small, len(train)]
+    assert results["n_test"] == len(test)
+    assert results["linear_top1_by_label_fraction"]["1.0"] > results["linear_top1_by_label_fraction"]["0.05"]

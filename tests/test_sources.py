@@ -14,14 +14,13 @@ import torch
 from PIL import Image
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation.splits import stratified_split
 from contrastkit.sources import (
     ImageSource,
     open_image_source,
-    per_class_subset,
     read_idx,
     read_image_folder,
     read_npz,
-    stratified_split,
 )
 from contrastkit.sources import pixels as pixels_module
 from contrastkit.sources.pixels import convert_channels, resize_images
@@ -489,19 +488,6 @@ def test_stratified_split_is_disjoint_covering_and_stratified():
     assert not np.array_equal(stratified_split(labels, 0.3, seed=12)[1], test)
     with pytest.raises(ConfigError, match="test_fraction"):
         stratified_split(labels, 1.0, seed=0)
-
-
-def test_per_class_subset_counts_and_errors():
-    labels, counts = _imbalanced_labels()
-    labels = labels[labels != 3]  # drop the class with a single sample
-    chosen = per_class_subset(labels, per_class=2, seed=0)
-    assert len(np.unique(chosen)) == len(chosen)
-    assert np.bincount(labels[chosen], minlength=5).tolist() == [2, 2, 2, 0, 2]
-    assert np.array_equal(chosen, per_class_subset(labels, 2, seed=0))
-    with pytest.raises(ConfigError, match="class 2 has only 2"):
-        per_class_subset(labels, per_class=3, seed=0)
-    with pytest.raises(DataError, match="unlabeled"):
-        per_class_subset(np.array([0, -1, 1]), 1, seed=0)
 
 
 def test_unzipped_mnist_copy_path_has_its_own_name(tmp_path):

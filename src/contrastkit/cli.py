@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 import textwrap
 from pathlib import Path
 
@@ -53,26 +55,31 @@ FLAGS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are ConfigErrors that name the closest valid option."""
+    """argparse whose errors are ConfigErrors that name the closest valid option. Abbreviations are
+    off: `--epoch` must not silently mean `--epochs`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        unknown = [w for w in message.replace(",", " ").split() if w.startswith("--")]
-        valid = [a for action in self._actions for a in action.option_strings if a.startswith("--")]
-        if "unrecognized arguments" in message and unknown:
-            parts = []
-            for option in unknown:
-                close = closest_names(option.split("=")[0], valid)
-                parts.append(f"'{option}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-            raise ConfigError(
-                f"Unknown option {', '.join(parts)} for 'contrastkit {self.prog.split()[-1]}'. "
-                f"Run 'contrastkit {self.prog.split()[-1]} --help' for the valid options."
-            )
-        raise ConfigError(f"contrastkit {self.prog.split()[-1]}: {message}. Run with --help for the options.")
+        raise ConfigError(f"{self.prog}: {message}. Run '{self.prog} --help' for the options.")
+
+
+def unknown_options_message(command: str, unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    valid = [a for action in parser._actions for a in action.option_strings if a.startswith("--")]
+    parts = []
+    for option in unknown:
+        close = closest_names(option.split("=")[0], valid) if option.startswith("-") else []
+        parts.append(f"'{option}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return (f"Unknown option {', '.join(parts)} for 'contrastkit {command}'. "
+            f"Run 'contrastkit {command} --help' for the valid options.")
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="contrastkit", description="Self-supervised representation learning.")
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
+    parser.commands = commands.choices  # name -> subparser, for messages about its options
 
     fit = commands.add_parser("fit", help="pretrain an encoder and write a run directory",
                               argument_default=argparse.SUPPRESS)
@@ -127,6 +134,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print(to_yaml(config), end="")
         return 0
+    quiet_lightning()
     from contrastkit.report import format_comparison_table
     from contrastkit.training.run import fit
 
@@ -135,6 +143,15 @@ def run_fit(args: argparse.Namespace) -> int:
         print(format_comparison_table(summary))
         print(f"\nRun directory: {summary.get('out', config.out or '')}")
     return 0
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up chatter (accelerator probes, tips, log-directory notes) says nothing a
+    contrastkit user can act on; its warnings about real problems still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -199,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             close = closest_names(argv[0], ["fit", "embed", "evaluate"])
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ConfigError(f"Unknown command '{argv[0]}'.{hint} Commands: fit, embed, evaluate.")
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
         handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate}
         return handlers[args.command](args)
     except ContrastkitError as exc:

@@ -64,6 +64,49 @@ def evaluate_embeddings(
     return results
 
 
+def evaluate_with_label_fractions(
+    embeddings: Any,
+    labels: Any,
+    fractions: tuple[float, ...] | list[float] = (0.01, 0.1, 1.0),
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> dict[str, Any]:
+    """kNN accuracy, and linear-probe accuracy when only a share of the training labels is known.
+
+    For each fraction f, ``max(1, round(f * n_c))`` training rows of each class c (seeded draw from the
+    training part only) fit the probe; every probe is scored on the same held-out rows.
+    Returns ``knn_top1``, ``linear_top1_by_label_fraction`` ({str(f): accuracy}) and the counts.
+    """
+    x = as_float32_matrix(embeddings, "embeddings")
+    y = as_label_vector(labels, "labels", length=x.shape[0])
+    train, test = _resolve_split(y, x.shape[0], test_fraction, seed, None, None)
+    by_fraction: dict[str, float] = {}
+    for fraction in fractions:
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"label fractions must be in (0, 1], got {fraction!r}.")
+        rows = _label_fraction_rows(y, train, fraction, seed)
+        by_fraction[str(fraction)] = linear_probe_accuracy(x[rows], y[rows], x[test], y[test], seed)
+    return {
+        "knn_top1": weighted_knn_accuracy(x[train], y[train], x[test], y[test], k, temperature),
+        "linear_top1_by_label_fraction": by_fraction,
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+    }
+
+
+def _label_fraction_rows(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    if fraction == 1:
+        return train
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(y[train]):
+        rows = train[y[train] == cls]
+        chosen.append(rng.choice(rows, size=max(1, round(fraction * len(rows))), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
 def _resolve_split(
     y: np.ndarray,
     n_rows: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from torch import nn
 from contrastkit import objectives
 from contrastkit.distributed import GatheredObjective
 from contrastkit.encoders import build_encoder
+from contrastkit.errors import ConfigError, closest_names
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,36 @@ def objective_inputs(objective: nn.Module, batch: dict[str, torch.Tensor]) -> di
     wanted = inspect.signature(objective.forward).parameters
     available = {"indices": batch["index"], "labels": batch["label"]}
     return {name: value for name, value in available.items() if name in wanted}
+
+
+def method_options(config, method: str, defaults: dict) -> dict:
+    """The method's options: ``defaults`` updated with the YAML mapping ``extra: {method: {...}}``.
+
+    Unknown option names raise ConfigError with the closest valid ones; values are checked by the
+    method's builder.
+    """
+    given = config.extra.get(method) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(
+            f"extra.{method} must be a mapping of option: value (e.g. extra: {{{method}: "
+            f"{{{next(iter(defaults))}: ...}}}}), got {type(given).__name__}."
+        )
+    for name in given:
+        if name not in defaults:
+            close = closest_names(name, defaults)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown option '{name}' in extra.{method}.{hint} Options of {method}: "
+                f"{', '.join(sorted(defaults))}."
+            )
+    return {**defaults, **given}
+
+
+def method_temperature(config, paper_default: float) -> float:
+    """``--temperature`` when the user set it, else the method's paper default.
+
+    FitConfig's default temperature (0.5) is SimCLR's; a config still holding that default (or
+    None) gets ``paper_default`` (e.g. MoCo v2's 0.2).
+    """
+    declared = next(f.default for f in dataclasses.fields(config) if f.name == "temperature")
+    return paper_default if config.temperature in (None, declared) else config.temperature

@@ -38,6 +38,7 @@ from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
 from contrastkit.evaluation.splits import stratified_split
 from contrastkit.methods import METHODS
+from contrastkit.objectives import OBJECTIVES
 from contrastkit.methods._parts import DataInfo, backbone_name
 from contrastkit.sources import ImageSource, open_image_source
 from contrastkit.training.callbacks import EpochCheckpoint, OnlineProbe, Throughput, embed_images
@@ -54,7 +55,10 @@ PROBE_QUERY_SIZE = 2000
 def fit(config: FitConfig, echo=print) -> dict:
     """Train ``config.method`` on ``config.data`` and write the run directory; return the summary."""
     config = validate(config)
-    run_dir = prepare_run_dir(config)
+    METHODS.factory(config.method)  # unknown names fail now, not after the data has loaded
+    if config.objective is not None:
+        OBJECTIVES.factory(config.objective)
+    run_dir = resolve_run_dir(config)
     config = dataclasses.replace(config, out=str(run_dir))
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -67,7 +71,11 @@ def fit(config: FitConfig, echo=print) -> dict:
     data = DataInfo(channels=source.channels, image_size=source.image_size[0], mean=mean, std=std,
                     num_samples=len(train))
     method = METHODS.build(config.method, config=config, data=data)
+    check_batch_fits(len(train), config)
     untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
+    # Written only now that the data loaded and the method built: a run that fails on bad input
+    # leaves no directory behind that would block the corrected command.
+    write_run_config(run_dir, config)
 
     probe = make_probe(source, train_rows, holdout_rows, config.probe_every,
                        warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
@@ -126,11 +134,11 @@ def fit(config: FitConfig, echo=print) -> dict:
     return summary
 
 
-def prepare_run_dir(config: FitConfig) -> Path:
-    """Create (or, with --resume, reopen) the run directory; refuse to overwrite an existing run."""
+def resolve_run_dir(config: FitConfig) -> Path:
+    """The run directory; refuse to reuse one that holds a run unless resuming (nothing is written)."""
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) > 0:
-        return Path(inherited)
+        return Path(inherited)  # a DDP child process: rank 0 chose the directory
     if config.out is None:
         if config.resume:
             raise ConfigError("--resume needs --out: the run directory to continue.")
@@ -150,10 +158,24 @@ def prepare_run_dir(config: FitConfig) -> Path:
             f"The run directory '{run_dir}' already holds a run; nothing in it is overwritten. "
             f"Pass --resume to continue it, or choose another --out."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(config, out=str(run_dir))))
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir
+
+
+def check_batch_fits(num_samples: int, config: FitConfig) -> None:
+    processes = config.devices * config.num_nodes if isinstance(config.devices, int) else 1
+    if config.batch_size * processes > num_samples:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} (x {processes} processes) is larger than the {num_samples} "
+            f"training samples of '{config.data}'. Lower --batch-size to at most {num_samples // processes}, "
+            f"or use more data (--holdout and --limit reduce it)."
+        )
+
+
+def write_run_config(run_dir: Path, config: FitConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) == 0:
+        (run_dir / "config.yaml").write_text(to_yaml(config))
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
 
 
 def split_rows(source: ImageSource, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

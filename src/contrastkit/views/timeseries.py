@@ -12,7 +12,9 @@ Two families:
   Sec. 3.2) :func:`sample_clip_pair` whose clips are close in time more often than far apart.
 
 Every function takes an optional ``torch.Generator`` so that views are reproducible without
-touching the global random state; the generator must live on the batch's device.
+touching the global random state. Positions (crops, segment orders, clip starts) are drawn on
+the CPU and need a CPU generator; values (jitter, scale factors, masks) are drawn on the
+batch's device and need a generator on that device.
 """
 
 from __future__ import annotations
