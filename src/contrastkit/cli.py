@@ -50,6 +50,7 @@ FLAGS = {
     "resume": "continue the run in --out from its last checkpoint",
     "deterministic": "use deterministic algorithms (slower)",
     "channels-last": "channels-last memory format for the images",
+    "sync-batchnorm": "BatchNorm statistics over the global batch under DDP",
     "tsne": "t-SNE (instead of PCA) for the report's 2-D map",
 }
 

@@ -48,6 +48,7 @@ class FitConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     num_workers: int = 0
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch under DDP (SimCLR's global BN)
     channels_last: bool = False
     # bookkeeping
     seed: int = 0
@@ -57,7 +58,8 @@ class FitConfig:
     probe_every: int = 1  # epochs between online kNN probes (0: never)
     report: bool = True
     tsne: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (YAML only)
+    # Options of the parts, YAML only: {views: {...SimCLRViews options}, objective: {...}, <method>: {...}}
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 CHOICES = {

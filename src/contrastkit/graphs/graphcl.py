@@ -19,6 +19,8 @@ edge drop 0.2 / 0.4, feature mask 0.3 / 0.4, temperature 0.4; Adam lr 5e-4, weig
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +29,13 @@ from contrastkit.encoders.gnn import GNNEncoder
 from contrastkit.heads import ProjectionHead
 from contrastkit.sources.graphs import Graph
 from contrastkit.views.graph import GraphAugment
+
+
+def build_objective(name: str, temperature: float) -> nn.Module:
+    """The catalogue objective ``name``, given ``temperature`` when it takes one."""
+    factory = objectives.OBJECTIVES.factory(name)
+    takes_temperature = "temperature" in inspect.signature(factory).parameters
+    return objectives.get(name, temperature=temperature) if takes_temperature else objectives.get(name)
 
 
 class GraphCL(nn.Module):
@@ -49,7 +58,7 @@ class GraphCL(nn.Module):
         hidden = 2 * hidden_dim if encoder == "gcn" else hidden_dim
         self.encoder = GNNEncoder(encoder, in_dim, hidden, hidden_dim, num_layers, heads, 1, activation="relu")
         self.projector = ProjectionHead(hidden_dim, hidden_dim, projection_dim, num_layers=2, batch_norm=False)
-        self.objective = objectives.get(objective, temperature=temperature) if objective != "clip" else objectives.get(objective)
+        self.objective = build_objective(objective, temperature)
         self.view_1 = view_1 or GraphAugment(edge_drop=0.2, feature_mask=0.3)
         self.view_2 = view_2 or GraphAugment(edge_drop=0.4, feature_mask=0.4)
         self.output_dim = hidden_dim

@@ -51,7 +51,8 @@ def build(config, data: DataInfo) -> SimCLR:
     return SimCLR(
         backbone=backbone,
         projection=ProjectionHead(backbone.output_dim, hidden, config.projection_dim, num_layers=2),
-        views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std),
+        views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
+                          **config.extra.get("views", {})),
         eval_view=EvalView(mean=data.mean, std=data.std),
         objective=build_objective(config.objective or "infonce", config.temperature, data.num_samples,
                                   config.extra.get("objective")),

@@ -11,6 +11,7 @@ import torch
 
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.knn import weighted_knn_accuracy
+from contrastkit.evaluation.predictor_diagnostics import predictor_report, scalar_summary
 
 
 @torch.inference_mode()
@@ -67,6 +68,9 @@ class OnlineProbe(L.Callback):
         for name in ("effective_rank", "uniformity", "per_dimension_std"):
             metrics[f"diag/{name}"] = float(report[name])
         metrics["diag/collapsed"] = float(report["collapsed"])
+        matrices = method.predictor_matrices() if hasattr(method, "predictor_matrices") else None
+        if matrices is not None:  # a linear predictor W and the correlation F of its input
+            metrics.update(scalar_summary(predictor_report(*matrices), prefix="diag/predictor_"))
         if report["collapsed"] and epoch >= self.warn_from_epoch:
             message = f"epoch {epoch}: representations look collapsed ({'; '.join(report['reasons'])})"
             self.collapse_warnings.append(message)

@@ -36,6 +36,7 @@ from contrastkit.config import FitConfig, scaled_lr, to_yaml, validate
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
+from contrastkit.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.evaluation.splits import stratified_split
 from contrastkit.methods import METHODS
 from contrastkit.objectives import OBJECTIVES
@@ -72,6 +73,8 @@ def fit(config: FitConfig, echo=print) -> dict:
                     num_samples=len(train))
     method = METHODS.build(config.method, config=config, data=data)
     check_batch_fits(len(train), config)
+    if config.sync_batchnorm:
+        convert_to_global_batchnorm(method)
     untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
     # Written only now that the data loaded and the method built: a run that fails on bad input
     # leaves no directory behind that would block the corrected command.

@@ -1,0 +1,41 @@
+"""Self-supervised learning on graphs: methods (SCGC, GraphMAE, GraphCL, GraphCLIP), their
+training loop (full graph or node batches) and the Planetoid evaluation protocol.
+
+Quick use::
+
+    from contrastkit.sources.graphs import open_graph_source, row_normalize_features
+    from contrastkit.graphs import GraphMAE, GraphTrainConfig, train_graph_method, embed_nodes
+    from contrastkit.graphs.evaluate import split_probe_accuracy
+
+    graph = open_graph_source("cora")
+    graph = graph.with_features(row_normalize_features(graph.x))
+    model = GraphMAE(graph.num_features)
+    train_graph_method(model, graph, GraphTrainConfig(epochs=1500, lr=1e-3, weight_decay=2e-4,
+                                                      cosine_schedule=True))
+    print(split_probe_accuracy(embed_nodes(model, graph), graph))
+
+Methods import torch-geometric (through ``contrastkit.encoders.gnn``) only when built.
+"""
+
+from __future__ import annotations
+
+from contrastkit.graphs.graphcl import GraphCL
+from contrastkit.graphs.graphclip import GraphCLIP
+from contrastkit.graphs.graphmae import GraphMAE, apply_feature_mask, sample_feature_mask, scaled_cosine_error
+from contrastkit.graphs.scgc import SCGC, neighbour_contrastive_loss, neighbour_positive_weights
+from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, train_graph_method
+
+__all__ = [
+    "GraphCL",
+    "GraphCLIP",
+    "GraphMAE",
+    "GraphTrainConfig",
+    "SCGC",
+    "apply_feature_mask",
+    "embed_nodes",
+    "neighbour_contrastive_loss",
+    "neighbour_positive_weights",
+    "sample_feature_mask",
+    "scaled_cosine_error",
+    "train_graph_method",
+]
