@@ -8,7 +8,7 @@ One run does three things, all on the same random float32 inputs (``z_a``, ``z_b
    pytorch-metric-learning ``NTXentLoss`` (views as pairs of a label); contrastkit ``dcl`` vs
    LightlySSL ``DCLLoss`` (and ``dclw`` vs ``DCLWLoss``); chunked == whole. LightlySSL's DCL returns
    ``0.5 * (loss_0 + loss_1)``, the mean of the two directions, which is our mean over the 2N
-   anchors, so the expected ratio is 1 (the paper's reference code sums the directions: 2).
+   anchors, so the expected loss ratio is 1 (a sum of the two directions would give 2).
 2. **Peak memory**, one fresh subprocess per (implementation, batch size): after a warm-up pass
    at batch 8 (lazy initialisation of kernels and thread pools is not the loss's memory), the
    process's resident-set high-water mark is reset (``echo 5 > /proc/self/clear_refs``) and the
@@ -20,9 +20,11 @@ One run does three things, all on the same random float32 inputs (``z_a``, ``z_b
    (Where ``clear_refs`` is not writable the script falls back to the rise of ``ru_maxrss``, which
    is exact only if the pass's peak exceeds every earlier peak of the process.)
 3. **Time**, one subprocess per batch size holding every implementation: one warm-up pass each,
-   then ``--repeats`` rounds, each timing one forward + backward of every implementation in a
-   rotated order (so a burst of load from other processes falls on all of them alike); the
-   median over rounds is reported, with the spread (min-max).
+   then ``--repeats`` rounds, each timing forward + backward of every implementation in a
+   rotated order (so a burst of load from other processes falls on all of them alike); a sample
+   is the mean of enough back-to-back passes to last 0.25 s of CPU time. Reported: the median
+   over rounds of the process's CPU time per pass (the work done; on a shared machine it moves
+   far less than wall time) and of the wall-clock time, with its min-max.
 
 Implementations (``--impls``):
     ours-ntxent           contrastkit ``ntxent`` (the (2N)^2 similarities at once)
@@ -39,15 +41,16 @@ It must run in an environment that has all three libraries; LightlySSL's ``light
 ``torchvision.ops``, so that environment needs a torchvision matching its torch
 (benchmarks/README.md, "anchor environment"). A library that does not import is skipped with a note.
 
-Usage (about 15 minutes on 2 cores with the defaults)::
+Usage (about half an hour on a shared 2-core machine with the defaults)::
 
-    /work/anchors-venv-tv/bin/python benchmarks/bench_objectives.py --repeats 5
+    /work/anchors-venv-tv/bin/python benchmarks/bench_objectives.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -69,6 +72,7 @@ RATIOS = [
 ]
 TEMPERATURE = 0.1
 WARMUP_BATCH = 8
+SAMPLE_SECONDS = 0.25  # CPU time of one timed sample (several passes at small batches)
 
 Objective = Callable[..., object]
 
@@ -168,7 +172,12 @@ def memory_worker(impl: str, batch: int, dim: int, chunk_size: int) -> dict:
 
 
 def time_worker(impls: list[str], batch: int, dim: int, chunk_size: int, repeats: int) -> dict:
-    """In one process: ``repeats`` rounds, each timing every implementation once in a rotated order."""
+    """In one process: ``repeats`` rounds, each timing every implementation once in a rotated order.
+
+    A round's sample for one implementation is the mean of ``k`` back-to-back passes, with ``k``
+    chosen from the warm-up pass so that a sample lasts at least ``SAMPLE_SECONDS``: at small
+    batches one pass takes milliseconds, below the scale of the scheduler's interruptions.
+    """
     objectives, skipped = {}, {}
     for impl in impls:
         try:
@@ -176,15 +185,22 @@ def time_worker(impls: list[str], batch: int, dim: int, chunk_size: int, repeats
         except ImportError as error:
             skipped[impl] = f"{type(error).__name__}: {error}"
     z_a, z_b = inputs(batch, dim)
-    losses = {impl: step(objective, z_a, z_b) for impl, objective in objectives.items()}  # warm-up
+    passes = {}
+    for impl, objective in objectives.items():  # warm-up
+        start = time.process_time()
+        step(objective, z_a, z_b)
+        passes[impl] = max(1, math.ceil(SAMPLE_SECONDS / max(time.process_time() - start, 1e-6)))
     names = list(objectives)
-    seconds: dict[str, list[float]] = {impl: [] for impl in names}
+    wall: dict[str, list[float]] = {impl: [] for impl in names}
+    cpu: dict[str, list[float]] = {impl: [] for impl in names}
     for round_ in range(repeats):
         for impl in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            start = time.perf_counter()
-            step(objectives[impl], z_a, z_b)
-            seconds[impl].append(time.perf_counter() - start)
-    return {"seconds": seconds, "losses": losses, "skipped": skipped}
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(passes[impl]):
+                step(objectives[impl], z_a, z_b)
+            cpu[impl].append((time.process_time() - cpu_start) / passes[impl])
+            wall[impl].append((time.perf_counter() - wall_start) / passes[impl])
+    return {"wall": wall, "cpu": cpu, "passes": passes, "skipped": skipped}
 
 
 def _run_worker(args: argparse.Namespace, payload: dict) -> dict:
@@ -211,8 +227,11 @@ def _worker_main(payload: dict) -> None:
 
 def agreement(impls: list[str], batch: int, dim: int, chunk_size: int) -> list[str]:
     """Loss and gradient differences between implementations of the same loss, in float64."""
+    import warnings
+
     import torch
 
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # lightly's DCLW weights
     results = {}
     candidates = sorted(set(impls) | {"ours-dclw", "lightly-dclw"})
     for impl in candidates:
@@ -276,13 +295,21 @@ def _load() -> str:
     return "load average (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per batch size (median reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per batch size (median reported)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="rows per block of the chunked variants")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every worker")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads in every worker; 1 on a shared machine, where more threads than free "
+        "cores measure the scheduler",
+    )  # fmt: skip
     parser.add_argument("--impls", nargs="+", default=OURS + ANCHORS, choices=OURS + ANCHORS)
     parser.add_argument("--agreement-batch", type=int, default=256)
     parser.add_argument(
@@ -306,14 +333,12 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
     print()
 
-    def runs_at(impl: str, batch: int) -> bool:
-        return impl != "pml-ntxent" or batch <= args.pml_max_batch
-
     memory: dict[tuple[str, int], float] = {}
-    timing: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    wall: dict[tuple[str, int], list[float]] = {}
     notes: list[str] = []
     for batch in args.sizes:
-        impls = [impl for impl in args.impls if runs_at(impl, batch)]
+        impls = [impl for impl in args.impls if impl != "pml-ntxent" or batch <= args.pml_max_batch]
         for impl in impls:
             payload = {"kind": "memory", "impl": impl, "batch": batch, "dim": args.dim, "chunk_size": args.chunk_size}
             result = _run_worker(args, payload)
@@ -324,47 +349,48 @@ def main(argv: list[str] | None = None) -> None:
         payload = {"kind": "time", "impls": impls, "batch": batch, "dim": args.dim,
                    "chunk_size": args.chunk_size, "repeats": args.repeats}  # fmt: skip
         result = _run_worker(args, payload)
-        if "skipped" in result and isinstance(result["skipped"], str):
+        if isinstance(result.get("skipped"), str):
             notes.append(f"batch {batch}: timing failed ({result['skipped']})")
             continue
-        for impl, why in result["skipped"].items():
-            notes.append(f"{impl} at batch {batch}: skipped ({why})")
-        for impl, samples in result["seconds"].items():
-            timing[impl, batch] = samples
+        notes += [f"{impl} at batch {batch}: skipped ({why})" for impl, why in result["skipped"].items()]
+        for impl in result["cpu"]:
+            cpu[impl, batch], wall[impl, batch] = result["cpu"][impl], result["wall"][impl]
         print(f"batch {batch} done; {_load()}", flush=True)
 
     print()
-    print(f"forward + backward, dim {args.dim}, temperature {TEMPERATURE}, float32, {args.threads} threads; "
-          f"time: median of {args.repeats} interleaved rounds (min-max); memory: peak RSS rise in a fresh process; "
-          f"chunked variants: chunk_size {args.chunk_size}")  # fmt: skip
+    print(f"forward + backward, dim {args.dim}, temperature {TEMPERATURE}, float32, {args.threads} thread(s); "
+          f"times: median over {args.repeats} interleaved rounds, CPU time of the process and wall-clock time "
+          f"(with its min-max); memory: rise of peak RSS in a fresh process; chunked: chunk_size {args.chunk_size}")  # fmt: skip
     print()
-    print("| batch | implementation | time (ms) | min-max (ms) | peak memory (MiB) |")
-    print("|---:|---|---:|---:|---:|")
+    print("| batch | implementation | CPU time (ms) | wall time (ms) | wall min-max (ms) | peak memory (MiB) |")
+    print("|---:|---|---:|---:|---:|---:|")
     for batch in args.sizes:
         for impl in args.impls:
-            if (impl, batch) not in timing and (impl, batch) not in memory:
+            if (impl, batch) not in cpu and (impl, batch) not in memory:
                 continue
-            samples = timing.get((impl, batch))
-            median = f"{1e3 * statistics.median(samples):.1f}" if samples else "-"
+            cpu_ms = f"{_median_ms(cpu[impl, batch]):.1f}" if (impl, batch) in cpu else "-"
+            samples = wall.get((impl, batch))
+            wall_ms = f"{_median_ms(samples):.1f}" if samples else "-"
             spread = f"{1e3 * min(samples):.1f}-{1e3 * max(samples):.1f}" if samples else "-"
             peak = f"{memory[impl, batch]:.1f}" if (impl, batch) in memory else "-"
-            print(f"| {batch} | {impl} | {median} | {spread} | {peak} |")
+            print(f"| {batch} | {impl} | {cpu_ms} | {wall_ms} | {spread} | {peak} |")
     print()
-    print("ratios ours / anchor (time: of medians; < 1 means ours is faster or lighter)")
+    print("ratios ours / anchor, of the medians (< 1: ours is faster or lighter)")
     print()
-    print("| batch | ours | anchor | time ratio | memory ratio |")
-    print("|---:|---|---|---:|---:|")
+    print("| batch | ours | anchor | CPU time ratio | wall time ratio | memory ratio |")
+    print("|---:|---|---|---:|---:|---:|")
     for batch in args.sizes:
         for ours, anchor in RATIOS:
-            if (ours, batch) not in timing or (anchor, batch) not in timing:
+            if (ours, batch) not in cpu or (anchor, batch) not in cpu:
                 continue
-            time_ratio = statistics.median(timing[ours, batch]) / statistics.median(timing[anchor, batch])
+            cpu_ratio = _median_ms(cpu[ours, batch]) / _median_ms(cpu[anchor, batch])
+            wall_ratio = _median_ms(wall[ours, batch]) / _median_ms(wall[anchor, batch])
             both = (ours, batch) in memory and (anchor, batch) in memory and memory[anchor, batch] > 0
-            memory_ratio = f"{memory[ours, batch] / memory[anchor, batch]:.2f}" if both else "-"
-            print(f"| {batch} | {ours} | {anchor} | {time_ratio:.2f} | {memory_ratio} |")
-    if any(batch > args.pml_max_batch for batch in args.sizes) and "pml-ntxent" in args.impls:
-        notes.append(f"pml-ntxent measured only up to batch {args.pml_max_batch} (--pml-max-batch): its pair "
-                     "tables need about 8x more memory per doubling of the batch")  # fmt: skip
+            memory_ratio = f"{memory[ours, batch] / memory[anchor, batch]:.3g}" if both else "-"
+            print(f"| {batch} | {ours} | {anchor} | {cpu_ratio:.3g} | {wall_ratio:.3g} | {memory_ratio} |")
+    if "pml-ntxent" in args.impls and any(batch > args.pml_max_batch for batch in args.sizes):
+        notes.append(f"pml-ntxent runs only up to batch {args.pml_max_batch} (--pml-max-batch): its pair tables "
+                     "grow as N^3, about 8x the memory per doubling of the batch")  # fmt: skip
     print()
     for note in notes:
         print(f"note: {note}")

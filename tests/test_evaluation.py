@@ -167,6 +167,33 @@ def test_linear_probe_equals_direct_sklearn_pipeline(digits_split):
     assert expected > 0.9
 
 
+def test_cross_validation_on_a_large_training_set_uses_a_stratified_subsample(digits_split, monkeypatch):
+    x, y, train, _ = digits_split
+    monkeypatch.setattr(linear, "CV_MAX_ROWS", 600)
+    rows = linear.cross_validation_rows(y[train], seed=0, max_rows=600)
+    counts, all_counts = np.bincount(y[train][rows]), np.bincount(y[train])
+    assert abs(len(rows) - 600) <= 10 and len(np.unique(rows)) == len(rows)
+    np.testing.assert_allclose(counts / counts.sum(), all_counts / all_counts.sum(), atol=0.01)
+    # The chosen C is GridSearchCV's on exactly that subsample of the training part.
+    grid = GridSearchCV(
+        Pipeline([("standardise", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))]),
+        {"logistic__C": sorted(linear.C_GRID)},
+        cv=StratifiedKFold(n_splits=linear.CV_FOLDS, shuffle=True, random_state=0),
+    ).fit(x[train][rows].astype(np.float32), y[train][rows])
+    seen_rows = []
+    original = linear.cross_val_score
+
+    def spy(estimator, x_cv, y_cv, **kwargs):
+        seen_rows.append(len(y_cv))
+        return original(estimator, x_cv, y_cv, **kwargs)
+
+    monkeypatch.setattr(linear, "cross_val_score", spy)
+    probe = linear.fit_linear_probe(x[train], y[train], seed=0)
+    assert seen_rows == [len(rows)] * len(linear.C_GRID)
+    assert grid.best_params_["logistic__C"] == probe.C
+    assert probe.pipeline.named_steps["standardise"].n_samples_seen_ == len(train)  # final fit: all rows
+
+
 def test_linear_probe_without_enough_rows_for_cv_uses_default_c(digits_split):
     x, y, train, test = digits_split
     few = splits.few_labels_per_class(y, train, n_per_class=3, seed=0)  # 3 < 2 * 3 folds

@@ -135,9 +135,10 @@ def run_fit(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print(to_yaml(config), end="")
         return 0
-    quiet_lightning()
     from contrastkit.report import format_comparison_table
     from contrastkit.training.run import fit
+
+    quiet_lightning()  # after Lightning's import, which sets its own loggers' levels
 
     summary = fit(config)
     if summary:

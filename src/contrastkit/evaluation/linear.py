@@ -12,7 +12,10 @@ in place of SGD):
    only (scaler refitted inside each fold); the largest mean validation accuracy wins, ties going
    to the smaller C (stronger regularisation). Cross-validation is used only when every class has
    at least 2 rows per validation fold (2 * CV_FOLDS rows); otherwise C = 1.0. The test labels are
-   never seen before the final score.
+   never seen before the final score. On large training sets the folds are drawn from a seeded,
+   stratified subsample of at most ``CV_MAX_ROWS`` training rows: choosing among four values of C
+   needs far fewer rows than the final fit, and this caps the 12 cross-validation fits' cost
+   (on 8,000 CIFAR images with 3,072 raw-pixel features, from minutes to seconds).
 4. Refit on all training rows with the chosen C; report top-1 accuracy on the test rows.
 """
 
@@ -32,6 +35,7 @@ from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
 
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 CV_FOLDS = 3
+CV_MAX_ROWS = 2500
 DEFAULT_C = 1.0
 MAX_ITER = 1000
 
@@ -68,12 +72,28 @@ def cross_validate_c(
 ) -> float:
     """The C of ``c_grid`` with the best mean stratified-CV accuracy on (x, y); ties: smaller C."""
     folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+    rows = cross_validation_rows(y, seed, CV_MAX_ROWS)
+    x, y = x[rows], y[rows]
     best_c, best_score = None, -np.inf
     for c in sorted(c_grid):
         score = cross_val_score(make_probe_pipeline(c), x, y, cv=folds, scoring="accuracy").mean()
         if score > best_score:
             best_c, best_score = c, score
     return float(best_c)
+
+
+def cross_validation_rows(y: np.ndarray, seed: int, max_rows: int) -> np.ndarray:
+    """All rows when there are at most ``max_rows``; else a seeded subsample of ``max_rows`` rows
+    with each class's share kept (at least ``2 * CV_FOLDS`` rows per class where it has them)."""
+    if len(y) <= max_rows:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(y):
+        rows = np.flatnonzero(y == cls)
+        take = min(len(rows), max(2 * CV_FOLDS, round(max_rows * len(rows) / len(y))))
+        chosen.append(rng.choice(rows, size=take, replace=False))
+    return np.sort(np.concatenate(chosen))
 
 
 def fit_linear_probe(

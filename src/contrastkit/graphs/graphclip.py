@@ -26,7 +26,7 @@ from contrastkit.encoders.gnn import GNNEncoder
 from contrastkit.errors import DataError
 from contrastkit.heads import ProjectionHead
 from contrastkit.sources.graphs import Graph
-from contrastkit.views.graph import random_walk_subgraph
+from contrastkit.views.graph import neighbour_lists, random_walk_subgraph
 
 
 class GraphCLIP(nn.Module):
@@ -57,9 +57,12 @@ class GraphCLIP(nn.Module):
     def subgraph_embeddings(self, graph: Graph, centres: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, hidden_dim): mean-pooled GNN embeddings of each centre's random-walk subgraph."""
         pooled = []
+        neighbours = neighbour_lists(graph.edge_index, graph.num_nodes)
         for centre in centres.tolist():
             start = torch.full((self.walks_per_centre,), centre, dtype=torch.long)
-            nodes, edges = random_walk_subgraph(graph.edge_index, graph.num_nodes, start, self.walk_length, generator)
+            nodes, edges = random_walk_subgraph(
+                graph.edge_index, graph.num_nodes, start, self.walk_length, generator, neighbours
+            )
             pooled.append((graph.x[nodes], edges))
         # One forward pass over the disjoint union of the B subgraphs.
         offsets = torch.tensor([0] + [x.shape[0] for x, _ in pooled]).cumsum(0)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, TrainingError
 from contrastkit.sources.graphs import Graph
-from contrastkit.views.graph import random_walk_subgraph
+from contrastkit.views.graph import neighbour_lists, random_walks
 
 
 @dataclass
@@ -71,10 +71,9 @@ def node_batches(graph: Graph, config: GraphTrainConfig) -> Iterator[Tensor]:
             yield order[start : start + size].sort().values
     elif config.sampler == "neighbourhood":
         seeds_per_batch = max(1, size // (config.walk_length + 1))
+        neighbours = neighbour_lists(graph.edge_index, n)
         for start in range(0, n, seeds_per_batch):
-            nodes, _ = random_walk_subgraph(
-                graph.edge_index, n, order[start : start + seeds_per_batch], config.walk_length
-            )
+            nodes = torch.unique(random_walks(neighbours, order[start : start + seeds_per_batch], config.walk_length))
             yield nodes[torch.randperm(len(nodes))[:size]].sort().values
     else:
         raise ConfigError(f"Unknown node sampler '{config.sampler}'. Valid samplers: random, neighbourhood.")

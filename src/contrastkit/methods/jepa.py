@@ -13,9 +13,10 @@ For an image cut into a ``g x g`` grid of patches (multi-block masking, I-JEPA S
   ``s_x = context_encoder(x restricted to the context)``; for each block ``i`` the predictor gets
   ``s_x`` and one mask token per position of ``B_i`` and predicts ``s_hat_i``. The loss (Eq. 1) is::
 
-      loss = 1 / M * sum_i mean_{j in B_i} || s_hat_{i,j} - s_y_j ||^2          (``loss: l2``)
+      loss = 1 / M * sum_i mean_{j in B_i} || s_hat_{i,j} - s_y_j ||^2 / D      (``loss: l2``)
 
-  or the smooth-L1 of the reference code (``loss: smooth_l1``).
+  (divided by the token width D -- the reference code's mean over elements -- so that the loss
+  does not grow with the width), or the reference code's smooth-L1 (``loss: smooth_l1``).
 
 The target follows the context encoder with a rate rising linearly from m_0 to 1 (I-JEPA: 0.996;
 here 0.99 for short runs). The only augmentation is a random resized crop (scale 0.3-1, as the
@@ -23,7 +24,7 @@ paper's). ``embed`` mean-pools the target encoder's tokens (the paper evaluates 
 encoder), and ``project`` is the same (the objective acts per token; the pooled token is where the
 collapse diagnostics look).
 
-Options (YAML ``extra: {jepa: {...}}``): ``dim`` (default ``192 * --width``, rounded to a multiple
+Options (YAML ``extra: {jepa: {...}}``): ``dim`` (default ``96 * --width``, rounded to a multiple
 of 4 * heads), ``depth`` (4), ``heads`` (3), ``patch_size`` (default: the smallest divisor of the
 image side giving at most 8 patches per side: 4 for 32 and 28 px, 1 for 8 px), ``predictor_dim``
 (dim / 2), ``predictor_depth`` (2), ``num_targets`` (4), ``target_scale`` ([0.15, 0.2]),
@@ -155,7 +156,7 @@ class JEPA(nn.Module):
                                      context_index.repeat_interleave(num_targets, dim=0),
                                      target_index.flatten(0, 1))
         if self.loss == "l2":
-            loss = (predictions.float() - targets.float()).pow(2).sum(-1).mean()
+            loss = F.mse_loss(predictions.float(), targets.float())
         else:
             loss = F.smooth_l1_loss(predictions.float(), targets.float())
         return loss, {"context_patches": float(context_index.shape[1])}
@@ -192,7 +193,7 @@ def build(config, data: DataInfo) -> JEPA:
         raise ConfigError(f"jepa uses its own patch transformer, not --backbone {config.backbone}; drop "
                           f"--backbone and size it with extra.jepa (dim, depth, heads, patch_size) and --width.")
     heads = options["heads"]
-    dim = options["dim"] or max(4 * heads, round(192 * config.width / (4 * heads)) * 4 * heads)
+    dim = options["dim"] or max(4 * heads, round(96 * config.width / (4 * heads)) * 4 * heads)
     patch_size = options["patch_size"] or default_patch_size(data.image_size)
     encoder = PatchTransformer(data.channels, data.image_size, patch_size, dim, options["depth"], heads)
     predictor_dim = options["predictor_dim"] or max(4 * heads, round(dim / 2 / (4 * heads)) * 4 * heads)

@@ -153,7 +153,7 @@ def row_normalize_features(x: Tensor) -> Tensor:
     return x / total.clamp(min=1e-12) * (total != 0)
 
 
-def coalesce_undirected(edge_index: np.ndarray, num_nodes: int, make_undirected: bool = True) -> np.ndarray:
+def coalesce_edges(edge_index: np.ndarray, num_nodes: int, make_undirected: bool = True) -> np.ndarray:
     """Unique directed edges without self-loops, both directions when ``make_undirected``, sorted
     by (src, dst). Returns (2, E) int64."""
     src, dst = edge_index
@@ -253,7 +253,7 @@ def read_planetoid(raw_dir: str | Path, name: str = "cora") -> Graph:
     edges = np.array([src, dst], dtype=np.int64)
     if edges.size and (edges.min() < 0 or edges.max() >= n):
         raise DataError(f"'{raw_dir}/ind.{key}.graph' refers to node ids outside 0..{n - 1}.")
-    edge_index = coalesce_undirected(edges, n, make_undirected=False)
+    edge_index = coalesce_edges(edges, n, make_undirected=False)
 
     num_train = parts["y"].shape[0]  # x/y hold the labelled training nodes, the first of allx
     masks = {}
@@ -291,7 +291,10 @@ def _read_numeric_csv(path: Path, what: str) -> list[list[str]]:
         except ValueError:
             rows = rows[1:]  # header
     if not rows:
-        raise DataError(f"The {what} file '{path}' has no data rows.")
+        raise DataError(
+            f"The {what} file '{path}' has no data rows (a first row that is not all numbers is "
+            f"read as a header)."
+        )
     return rows
 
 
@@ -392,7 +395,7 @@ def read_edge_list_graph(
             f"to match the feature rows."
         )
     if weight is None:
-        edge_index = coalesce_undirected(src_dst, n, undirected)
+        edge_index = coalesce_edges(src_dst, n, undirected)
         edge_weight = None
     else:
         if undirected:

@@ -53,7 +53,7 @@ PROBE_BANK_SIZE = 5000
 PROBE_QUERY_SIZE = 2000
 
 
-def fit(config: FitConfig, echo=print) -> dict:
+def fit(config: FitConfig) -> dict:
     """Train ``config.method`` on ``config.data`` and write the run directory; return the summary."""
     config = validate(config)
     METHODS.factory(config.method)  # unknown names fail now, not after the data has loaded
@@ -83,29 +83,12 @@ def fit(config: FitConfig, echo=print) -> dict:
     probe = make_probe(source, train_rows, holdout_rows, config.probe_every,
                        warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
     throughput = Throughput()
-    callbacks = [throughput] + ([probe] if probe else []) + [EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        strategy=config.strategy,
-        num_nodes=config.num_nodes,
-        precision=config.precision,
-        deterministic=config.deterministic,
-        default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # our sampler shards by rank itself (see training/data.py)
-        enable_checkpointing=False,  # EpochCheckpoint writes last.ckpt
-        enable_model_summary=False,
-        enable_progress_bar=os.isatty(2),
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
+    checkpoint = EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt")
+    callbacks = [throughput, *([probe] if probe else []), checkpoint]
+    trainer = make_trainer(config, run_dir, callbacks)
     module = SSLModule(method, config, data)
     datamodule = InMemoryImages(train, config.batch_size, config.seed, config.num_workers)
-    resume_from = run_dir / "checkpoints" / "last.ckpt" if config.resume else None
+    resume_from = checkpoint.path if config.resume else None
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
@@ -135,6 +118,28 @@ def fit(config: FitConfig, echo=print) -> dict:
 
         write_report(run_dir, tsne=config.tsne)
     return summary
+
+
+def make_trainer(config: FitConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
+        deterministic=config.deterministic,
+        default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # our sampler shards by rank itself (see training/data.py)
+        enable_checkpointing=False,  # EpochCheckpoint writes last.ckpt
+        enable_model_summary=False,
+        enable_progress_bar=os.isatty(2),
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
 
 
 def resolve_run_dir(config: FitConfig) -> Path:

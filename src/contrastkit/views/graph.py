@@ -77,34 +77,52 @@ def drop_nodes(
     return x * kept[:, None].to(x.dtype), edge_index[:, edge_kept], kept
 
 
+def neighbour_lists(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """CSR form ``(indptr, indices)`` of the out-neighbours: node u's are
+    ``indices[indptr[u]:indptr[u + 1]]``. Build once, walk many times."""
+    adjacency = sp.csr_matrix(
+        (np.ones(edge_index.shape[1]), edge_index.cpu().numpy()), shape=(num_nodes, num_nodes)
+    )
+    return torch.from_numpy(adjacency.indptr).long(), torch.from_numpy(adjacency.indices).long()
+
+
+def random_walks(
+    neighbours: tuple[Tensor, Tensor], start: Tensor, walk_length: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """(walk_length + 1, S) node ids of uniform random walks from ``start``; a walk at a node
+    without out-edges stays there."""
+    indptr, indices = neighbours
+    degree = indptr[1:] - indptr[:-1]
+    current = start.cpu().long()
+    if len(indices) == 0:  # no edges: every walk stays at its start
+        return current.expand(walk_length + 1, -1).clone()
+    visited = [current]
+    for _ in range(walk_length):
+        d = degree[current]
+        offset = (torch.rand(current.shape, generator=generator) * d.clamp(min=1)).long()
+        step = indices[(indptr[current] + offset).clamp(max=len(indices) - 1)]
+        current = torch.where(d > 0, step, current)
+        visited.append(current)
+    return torch.stack(visited)
+
+
 def random_walk_subgraph(
     edge_index: Tensor,
     num_nodes: int,
     start: Tensor,
     walk_length: int,
     generator: torch.Generator | None = None,
+    neighbours: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Nodes visited by uniform random walks of ``walk_length`` steps from each node of
     ``start``, and the subgraph they induce (GraphCL's "subgraph" augmentation).
 
     Returns ``(nodes, sub_edge_index)``: sorted global ids, and edges relabelled to 0..len-1.
-    A walk at a node without out-edges stays there.
+    ``neighbours`` (from :func:`neighbour_lists`) saves rebuilding the CSR on every call.
     """
-    adjacency = sp.csr_matrix(
-        (np.ones(edge_index.shape[1]), edge_index.cpu().numpy()), shape=(num_nodes, num_nodes)
-    )
-    indptr, indices = torch.from_numpy(adjacency.indptr), torch.from_numpy(adjacency.indices)
-    degree = indptr[1:] - indptr[:-1]
-    current = start.cpu().long()
-    visited = [current]
-    for _ in range(walk_length):
-        d = degree[current]
-        offset = (torch.rand(current.shape, generator=generator) * d.clamp(min=1)).long()
-        step = indices[(indptr[current] + offset).clamp(max=max(len(indices) - 1, 0))].long()
-        current = torch.where(d > 0, step, current)
-        visited.append(current)
-    nodes = torch.unique(torch.cat(visited))
-    return nodes.to(edge_index.device), induced_edges(edge_index, nodes, num_nodes)
+    neighbours = neighbours or neighbour_lists(edge_index, num_nodes)
+    nodes = torch.unique(random_walks(neighbours, start, walk_length, generator))
+    return nodes.to(edge_index.device), induced_edges(edge_index, nodes.to(edge_index.device), num_nodes)
 
 
 def induced_edges(edge_index: Tensor, nodes: Tensor, num_nodes: int) -> Tensor:

@@ -219,7 +219,8 @@ def sample_clip_pair(
     max_distance = length - clip_length
     probabilities = clip_distance_probabilities(max_distance, c)
     distances = torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
-    earlier = (torch.rand(batch_size, generator=generator, dtype=torch.float64) * (max_distance - distances + 1)).floor().long()
+    uniform = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+    earlier = (uniform * (max_distance - distances + 1)).floor().long()  # in [0, T - clip - d]
     later = earlier + distances
     swap = torch.rand(batch_size, generator=generator) < 0.5
     first = torch.where(swap, later, earlier)

@@ -1,0 +1,468 @@
+"""Graphs: loaders against Cora's published counts and PyG's own reader; GraphMAE's masking and
+scaled cosine error against hand computations; SCGC's positives against a dense numpy matrix
+power and its losses against naive loops; augmentations' rates against their binomial
+expectations; diffusion against its power series; the training loop and CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.graphs.evaluate import clustering_scores, split_probe_accuracy
+from contrastkit.graphs.graphmae import GraphMAE, apply_feature_mask, sample_feature_mask, scaled_cosine_error
+from contrastkit.graphs.scgc import (
+    SCGC,
+    neighbour_contrastive_loss,
+    neighbour_positive_weights,
+    normalized_adjacency,
+    student_t_assignments,
+    target_distribution,
+)
+from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, node_batches, train_graph_method
+from contrastkit.sources.graphs import Graph, open_graph_source, read_edge_list_graph, read_planetoid
+from contrastkit.views.graph import (
+    GraphAugment,
+    drop_edges,
+    drop_nodes,
+    mask_features,
+    ppr_diffusion,
+    random_walk_subgraph,
+)
+from tests.conftest import data_path
+
+pytest.importorskip("torch_geometric")
+
+
+def random_graph(n: int = 30, p: float = 0.15, features: int = 8, classes: int = 3, seed: int = 0) -> Graph:
+    """An undirected Erdos-Renyi graph without self-loops, with random features and labels."""
+    rng = np.random.default_rng(seed)
+    upper = np.triu(rng.random((n, n)) < p, k=1)
+    src, dst = np.nonzero(upper | upper.T)
+    labels = rng.integers(0, classes, n)
+    masks = [torch.from_numpy(np.arange(n) % 3 == k) for k in range(3)]
+    return Graph(
+        x=torch.from_numpy(rng.random((n, features), dtype=np.float32)),
+        edge_index=torch.from_numpy(np.stack([src, dst]).astype(np.int64)),
+        y=torch.from_numpy(labels),
+        train_mask=masks[0], val_mask=masks[1], test_mask=masks[2],
+        name="random",
+    )
+
+
+def dense_adjacency(graph: Graph) -> np.ndarray:
+    a = np.zeros((graph.num_nodes, graph.num_nodes))
+    a[graph.edge_index[0].numpy(), graph.edge_index[1].numpy()] = 1.0
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+
+
+def test_cora_matches_published_counts():
+    graph = read_planetoid(data_path("planetoid/Cora/raw"), "cora")
+    assert (graph.num_nodes, graph.num_features, graph.num_classes) == (2708, 1433, 7)
+    assert [int(m.sum()) for m in (graph.train_mask, graph.val_mask, graph.test_mask)] == [140, 500, 1000]
+    assert not (graph.train_mask & graph.test_mask).any() and not (graph.val_mask & graph.test_mask).any()
+    # 5,278 undirected links after removing the raw lists' duplicates and self-loops; PyG's 10,556.
+    assert graph.num_edges == 10556
+    edges = set(map(tuple, graph.edge_index.T.tolist()))
+    assert all((v, u) in edges for u, v in edges) and all(u != v for u, v in edges)
+    # Public split: 20 training nodes per class; binary bag-of-words features.
+    assert torch.bincount(graph.y[graph.train_mask]).tolist() == [20] * 7
+    assert set(torch.unique(graph.x).tolist()) == {0.0, 1.0}
+    # test.index lists the ids 1708..2707.
+    assert torch.nonzero(graph.test_mask).min() == 1708 and torch.nonzero(graph.test_mask).max() == 2707
+
+
+def test_cora_matches_torch_geometric_planetoid(tmp_path):
+    from torch_geometric.datasets import Planetoid
+
+    raw = data_path("planetoid/Cora/raw")
+    shutil.copytree(raw, tmp_path / "Cora" / "raw")  # PyG writes processed/ beside raw/
+    reference = Planetoid(str(tmp_path), "Cora")[0]
+    graph = read_planetoid(raw, "cora")
+    assert torch.equal(graph.x, reference.x) and torch.equal(graph.y, reference.y)
+    for split in ("train_mask", "val_mask", "test_mask"):
+        assert torch.equal(getattr(graph, split), getattr(reference, split))
+    assert set(map(tuple, graph.edge_index.T.tolist())) == set(map(tuple, reference.edge_index.T.tolist()))
+
+
+def test_open_graph_source_builtin_name():
+    data_path("planetoid/Cora/raw")
+    assert open_graph_source("cora").num_nodes == 2708
+
+
+def test_edge_list_graph(tmp_path):
+    (tmp_path / "edges.csv").write_text("src,dst\n0,1\n1,2\n1,0\n2,2\n")
+    np.save(tmp_path / "features.npy", np.eye(3, dtype=np.float32))
+    (tmp_path / "labels.txt").write_text("0\n1\n-1\n")
+    graph = open_graph_source(str(tmp_path))
+    # Both directions, duplicates (1,0) and self-loops (2,2) dropped.
+    assert sorted(map(tuple, graph.edge_index.T.tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
+    assert graph.y.tolist() == [0, 1, -1] and graph.num_features == 3
+
+
+def test_edge_list_weights_and_csv_features(tmp_path):
+    (tmp_path / "e.csv").write_text("0,1,0.5\n2,1,2.0\n")
+    (tmp_path / "x.csv").write_text("1,0\n0,1\n1,1\n")
+    graph = read_edge_list_graph(tmp_path / "e.csv", tmp_path / "x.csv")
+    weights = dict(zip(map(tuple, graph.edge_index.T.tolist()), graph.edge_weight.tolist()))
+    assert weights == {(0, 1): 0.5, (1, 0): 0.5, (1, 2): 2.0, (2, 1): 2.0}
+
+
+@pytest.mark.parametrize(
+    "edges, features, message",
+    [
+        (None, "1,0\n0,1\n", "does not exist"),
+        ("0,1\n1,2,3,4\n", "1,0\n0,1\n1,1\n", "ragged|2 columns"),
+        ("0,1\n1,5\n", "1,0\n0,1\n1,1\n", "refers to node 5.*3 nodes"),
+        ("0,1\n", "1,0\n0\n", "ragged"),
+        ("0,1\n1,a\n", "1,0\n0,1\n", "integers"),
+        ("src,dst\n", "1,0\n0,1\n", "no data rows"),
+    ],
+)
+def test_edge_list_errors(tmp_path, edges, features, message):
+    if edges is not None:
+        (tmp_path / "e.csv").write_text(edges)
+    (tmp_path / "x.csv").write_text(features)
+    with pytest.raises(DataError, match=message):
+        read_edge_list_graph(tmp_path / "e.csv", tmp_path / "x.csv")
+
+
+def test_label_count_mismatch(tmp_path):
+    (tmp_path / "e.csv").write_text("0,1\n")
+    (tmp_path / "x.csv").write_text("1\n2\n")
+    (tmp_path / "y.txt").write_text("0\n1\n1\n")
+    with pytest.raises(DataError, match="3 labels.*2 nodes"):
+        read_edge_list_graph(tmp_path / "e.csv", tmp_path / "x.csv", tmp_path / "y.txt")
+
+
+def test_unknown_graph_name_and_incomplete_folder(tmp_path):
+    with pytest.raises(ConfigError, match="neither a built-in"):
+        open_graph_source(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="edges.csv"):
+        open_graph_source(str(tmp_path))
+
+
+def test_planetoid_unpickler_rejects_other_classes(tmp_path):
+    import pickle
+
+    for part in ("x", "tx", "allx", "y", "ty", "ally", "graph"):
+        (tmp_path / f"ind.toy.{part}").write_bytes(pickle.dumps(print))  # a function: not allowed
+    (tmp_path / "ind.toy.test.index").write_text("0\n")
+    with pytest.raises(DataError, match="not allowed"):
+        read_planetoid(tmp_path, "toy")
+
+
+def test_subgraph_against_brute_force():
+    graph = random_graph()
+    nodes = torch.tensor([1, 4, 5, 9, 20])
+    sub = graph.subgraph(nodes)
+    expected = {(i, j) for i, u in enumerate(nodes.tolist()) for j, v in enumerate(nodes.tolist())
+                if dense_adjacency(graph)[u, v]}
+    assert set(map(tuple, sub.edge_index.T.tolist())) == expected
+    assert torch.equal(sub.x, graph.x[nodes]) and torch.equal(sub.y, graph.y[nodes])
+
+
+# ---------------------------------------------------------------------------------------------
+# GraphMAE
+
+
+def test_scaled_cosine_error_by_hand():
+    reconstruction = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    target = torch.tensor([[1.0, 1.0], [0.0, 5.0], [-1.0, 0.0]])
+    # cosines: 1/sqrt(2), 1, -1 -> errors (1 - 1/sqrt 2)^a, 0, 2^a
+    for alpha in (1.0, 2.0, 3.0):
+        expected = ((1 - 1 / math.sqrt(2)) ** alpha + 0.0 + 2.0**alpha) / 3
+        assert scaled_cosine_error(reconstruction, target, alpha).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_feature_mask_counts_and_placement():
+    n, f = 200, 6
+    x = torch.randn(n, f)
+    token = torch.full((1, f), 7.0)
+    mask = sample_feature_mask(n, 0.5, replace_rate=0.1, unchanged_rate=0.2, generator=torch.Generator().manual_seed(0))
+    # floor(0.5 * 200) = 100 masked; floor(0.1 * 100) = 10 replaced; floor(0.2 * 100) = 20 unchanged.
+    assert (len(mask.masked), len(mask.replaced), len(mask.unchanged), len(mask.token)) == (100, 10, 20, 70)
+    parts = torch.cat([mask.token, mask.replaced, mask.unchanged])
+    assert sorted(parts.tolist()) == sorted(mask.masked.tolist()) and len(set(parts.tolist())) == 100
+    out = apply_feature_mask(x, mask, token)
+    assert torch.equal(out[mask.token], token.expand(70, -1))
+    assert torch.equal(out[mask.replaced], x[mask.replacement_sources])
+    assert torch.equal(out[mask.unchanged], x[mask.unchanged])
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[mask.masked] = False
+    assert torch.equal(out[untouched], x[untouched])
+
+
+def test_feature_mask_paper_shares():
+    # The paper's Cora setting: 2708 nodes, mask 0.5, replace 0.05 -> 1354 masked, 67 replaced.
+    mask = sample_feature_mask(2708, 0.5, replace_rate=0.05)
+    assert (len(mask.masked), len(mask.replaced), len(mask.token)) == (1354, 67, 1287)
+    with pytest.raises(ConfigError):
+        sample_feature_mask(10, 0.5, replace_rate=0.6, unchanged_rate=0.5)
+
+
+def test_graphmae_remasks_decoder_input_and_scores_masked_nodes_only():
+    torch.manual_seed(0)
+    graph = random_graph(n=40, features=12)
+    model = GraphMAE(12, encoder="gat", hidden_dim=16, heads=2, feat_drop=0.0, attn_drop=0.0,
+                     mask_rate=0.5, replace_rate=0.1)
+    with torch.no_grad():
+        model.mask_token.normal_()
+    captured = {}
+    model.decoder.register_forward_pre_hook(lambda module, inputs: captured.update(h=inputs[0].detach()))
+    torch.manual_seed(1)
+    loss, _ = model.training_loss(graph)
+    torch.manual_seed(1)
+    mask = sample_feature_mask(40, 0.5, 0.1, 0.0)  # the same draws as inside training_loss
+    assert torch.all(captured["h"][mask.masked] == 0)
+    assert captured["h"][~torch.isin(torch.arange(40), mask.masked)].abs().sum() > 0
+    # The loss rebuilt step by step: token rows, encoder, re-mask, decoder, SCE over M by a loop.
+    x_tilde = graph.x.clone()
+    x_tilde[mask.replaced] = graph.x[mask.replacement_sources]
+    x_tilde[mask.token] = model.mask_token.detach()
+    with torch.no_grad():
+        h = model.encoder_to_decoder(model.encoder(x_tilde, graph.edge_index))
+        h[mask.masked] = 0
+        z = model.decoder(h, graph.edge_index)
+    errors = [(1 - float(torch.dot(z[i], graph.x[i]) / (z[i].norm() * graph.x[i].norm()))) ** 3
+              for i in mask.masked.tolist()]
+    assert loss.item() == pytest.approx(np.mean(errors), rel=1e-4)
+    loss.backward()
+    assert model.mask_token.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# SCGC
+
+
+@pytest.mark.parametrize("kind", ["row", "sym"])
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_positive_weights_against_dense_matrix_power(kind, cumulative):
+    graph = random_graph(n=25)
+    a = dense_adjacency(graph) + np.eye(25)
+    degree = a.sum(axis=1)
+    a_hat = a / degree[:, None] if kind == "row" else a / np.sqrt(np.outer(degree, degree))
+    order = 3
+    expected = (sum(np.linalg.matrix_power(a_hat, k) for k in range(1, order + 1))
+                if cumulative else np.linalg.matrix_power(a_hat, order))
+    normalized = normalized_adjacency(graph.adjacency(), kind)
+    full = neighbour_positive_weights(normalized, order, cumulative).numpy()
+    np.testing.assert_allclose(full, expected, rtol=1e-5, atol=1e-7)
+    nodes = np.array([0, 3, 7, 11, 24])
+    batch = neighbour_positive_weights(normalized, order, cumulative, nodes).numpy()
+    np.testing.assert_allclose(batch, expected[np.ix_(nodes, nodes)], rtol=1e-5, atol=1e-7)
+
+
+def test_neighbour_contrastive_loss_against_loop():
+    torch.manual_seed(0)
+    z = torch.randn(6, 4)
+    w = torch.rand(6, 6) * (torch.rand(6, 6) < 0.5)
+    w[2] = 0  # an anchor without positives is left out
+    w[2, 2] = 1  # the diagonal is ignored
+    tau = 0.3
+    zn = z / z.norm(dim=1, keepdim=True)
+    terms = []
+    for i in range(6):
+        positives = sum(w[i, j] * math.exp(zn[i] @ zn[j] / tau) for j in range(6) if j != i)
+        if positives == 0:
+            continue
+        denominator = sum(math.exp(zn[i] @ zn[k] / tau) for k in range(6) if k != i)
+        terms.append(-math.log(positives / denominator))
+    assert neighbour_contrastive_loss(z, w, tau).item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_student_t_and_target_distribution_against_loops():
+    torch.manual_seed(0)
+    z, mu = torch.randn(5, 3), torch.randn(2, 3)
+    q = student_t_assignments(z, mu)
+    for i in range(5):
+        raw = [1 / (1 + float(((z[i] - mu[j]) ** 2).sum())) for j in range(2)]
+        assert q[i].tolist() == pytest.approx([r / sum(raw) for r in raw], rel=1e-5)
+    p = target_distribution(q)
+    f = q.sum(dim=0)
+    for i in range(5):
+        raw = [float(q[i, j] ** 2 / f[j]) for j in range(2)]
+        assert p[i].tolist() == pytest.approx([r / sum(raw) for r in raw], rel=1e-5)
+
+
+def test_scgc_batch_of_all_nodes_equals_full_graph():
+    graph = random_graph(n=30)
+    torch.manual_seed(0)
+    model = SCGC(8, graph.adjacency(), 3, hidden=(16,), embedding_dim=4, order=2, warmup_epochs=0)
+    model.init_centres(graph)
+    full, _ = model.training_loss(graph)
+    batched, _ = model.training_loss(graph, nodes=torch.arange(30))
+    assert batched.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_scgc_trains_on_neighbourhood_batches():
+    graph = random_graph(n=60, p=0.08)
+    torch.manual_seed(0)
+    model = SCGC(8, graph.adjacency(), 3, hidden=(16,), embedding_dim=4, warmup_epochs=2)
+    config = GraphTrainConfig(epochs=4, batch_size=20, sampler="neighbourhood", walk_length=2, log_every=100)
+    history = train_graph_method(model, graph, config, log=None)
+    assert all(math.isfinite(h["loss"]) for h in history) and "kl" in history[-1]
+    batches = list(node_batches(graph, config))
+    assert all(len(b) <= 20 for b in batches)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentations
+
+
+def test_drop_edges_rate_is_binomial():
+    edge_index = torch.randint(0, 1000, (2, 20000))
+    kept = drop_edges(edge_index, 0.3, torch.Generator().manual_seed(0)).shape[1]
+    # kept ~ Binomial(20000, 0.7): mean 14000, sd 64.8; allow 4 sd.
+    assert abs(kept - 14000) < 4 * math.sqrt(20000 * 0.3 * 0.7)
+
+
+def test_drop_edges_undirected_drops_pairs_together():
+    graph = random_graph(n=80, p=0.2)
+    out = drop_edges(graph.edge_index, 0.5, torch.Generator().manual_seed(0), undirected=True)
+    edges = set(map(tuple, out.T.tolist()))
+    assert all((v, u) in edges for u, v in edges)
+    assert 0.35 < len(edges) / graph.num_edges < 0.65
+
+
+def test_mask_features_zeroes_whole_columns_at_rate():
+    x = torch.rand(50, 4000) + 0.1
+    out = mask_features(x, 0.25, torch.Generator().manual_seed(0))
+    zero_columns = (out == 0).all(dim=0)
+    assert ((out == 0) == zero_columns[None, :]).all()  # a column is zero for every node or none
+    assert abs(zero_columns.float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 4000)
+
+
+def test_drop_nodes_isolates_dropped_nodes():
+    graph = random_graph(n=400, p=0.05)
+    x, edge_index, kept = drop_nodes(graph.x, graph.edge_index, 0.2, torch.Generator().manual_seed(0))
+    assert abs((~kept).float().mean().item() - 0.2) < 4 * math.sqrt(0.2 * 0.8 / 400)
+    assert (x[~kept] == 0).all() and torch.equal(x[kept], graph.x[kept])
+    assert kept[edge_index].all()
+    expected = {(u, v) for u, v in graph.edge_index.T.tolist() if kept[u] and kept[v]}
+    assert set(map(tuple, edge_index.T.tolist())) == expected
+
+
+def test_ppr_diffusion_rows_sum_to_one_and_match_power_series():
+    graph = random_graph(n=20, p=0.2)
+    alpha = 0.2
+    s = ppr_diffusion(graph.edge_index, 20, alpha).double()
+    np.testing.assert_allclose(s.sum(dim=1).numpy(), 1.0, atol=1e-6)
+    a = dense_adjacency(graph) + np.eye(20)
+    t = a / a.sum(axis=1, keepdims=True)
+    series = alpha * sum((1 - alpha) ** k * np.linalg.matrix_power(t, k) for k in range(200))
+    np.testing.assert_allclose(s.numpy(), series, atol=1e-5)
+    sparse = ppr_diffusion(graph.edge_index, 20, alpha, top_k=5)
+    assert ((sparse > 0).sum(dim=1) <= 5).all()
+    np.testing.assert_allclose(sparse.sum(dim=1).numpy(), 1.0, atol=1e-5)
+
+
+def test_random_walk_subgraph_walks_along_edges():
+    graph = random_graph(n=50, p=0.1)
+    start = torch.tensor([0, 10, 20])
+    nodes, edges = random_walk_subgraph(graph.edge_index, 50, start, 4, torch.Generator().manual_seed(0))
+    assert set(start.tolist()) <= set(nodes.tolist())
+    a = dense_adjacency(graph)
+    expected = {(i, j) for i, u in enumerate(nodes.tolist()) for j, v in enumerate(nodes.tolist()) if a[u, v]}
+    assert set(map(tuple, edges.T.tolist())) == expected
+    # Every visited node other than the starts is reachable: it has a neighbour in the set.
+    for u in set(nodes.tolist()) - set(start.tolist()):
+        assert a[u, nodes.numpy()].sum() > 0
+
+
+def test_graph_augment_view_keeps_node_count():
+    graph = random_graph()
+    view = GraphAugment(edge_drop=0.3, feature_mask=0.3, node_drop=0.1)(graph.x, graph.edge_index)
+    assert view.x.shape == graph.x.shape and view.kept_nodes.shape == (30,)
+    with pytest.raises(ConfigError):
+        GraphAugment(edge_drop=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, methods end to end, CLI
+
+
+def test_graph_clustering_accuracy_matches_scipy_hungarian():
+    graph = random_graph(n=90, classes=3)
+    y = graph.y.numpy()
+    permutation = np.array([2, 0, 1])
+    rng = np.random.default_rng(0)
+    # Well-separated clusters whose ids are a permutation of the classes, 10% of nodes moved.
+    cluster_ids = permutation[y].copy()
+    moved = rng.choice(90, 9, replace=False)
+    cluster_ids[moved] = rng.integers(0, 3, 9)
+    embeddings = np.eye(3)[cluster_ids] * 10 + rng.normal(0, 0.01, (90, 3))
+    scores = clustering_scores(embeddings, graph)
+    counts = np.zeros((3, 3))
+    np.add.at(counts, (cluster_ids, y), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    assert scores["acc"] == pytest.approx(counts[rows, cols].sum() / 90)
+    assert scores["acc"] >= 0.9
+
+
+def test_split_probe_selects_c_on_validation_only():
+    graph = random_graph(n=90, classes=3)
+    embeddings = np.eye(3)[graph.y.numpy()] + np.random.default_rng(0).normal(0, 0.1, (90, 3))
+    result = split_probe_accuracy(embeddings, graph)
+    assert result["test"] == 1.0 and result["val"] == 1.0
+    # Scrambling the test labels changes the test score but not the chosen C.
+    scrambled = Graph(**{**graph.__dict__, "y": graph.y.clone()})
+    scrambled.y[graph.test_mask] = (scrambled.y[graph.test_mask] + 1) % 3
+    assert split_probe_accuracy(embeddings, scrambled)["C"] == result["C"]
+
+
+@pytest.mark.parametrize("method", ["graphmae", "graphcl", "graphclip"])
+def test_methods_train_and_embed(method):
+    from contrastkit.graphs.graphcl import GraphCL
+    from contrastkit.graphs.graphclip import GraphCLIP
+
+    graph = random_graph(n=40, features=10)
+    torch.manual_seed(0)
+    model = {
+        "graphmae": lambda: GraphMAE(10, encoder="gcn", hidden_dim=16, num_layers=2),
+        "graphcl": lambda: GraphCL(10, hidden_dim=8, projection_dim=8),
+        "graphclip": lambda: GraphCLIP(10, torch.randn(40, 5), hidden_dim=16, embedding_dim=8, batch_size=12),
+    }[method]()
+    history = train_graph_method(model, graph, GraphTrainConfig(epochs=3, lr=1e-2), log=None)
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert embed_nodes(model, graph).shape == (40, model.output_dim)
+
+
+def test_training_is_reproducible_with_a_seed():
+    from contrastkit.graphs.train import seed_everything
+
+    graph = random_graph(n=40, features=10)
+    losses = []
+    for _ in range(2):
+        seed_everything(3)
+        model = GraphMAE(10, encoder="gin", hidden_dim=16)
+        history = train_graph_method(model, graph, GraphTrainConfig(epochs=3, seed=3), log=None)
+        losses.append([h["loss"] for h in history])
+    assert losses[0] == losses[1]
+
+
+def test_cli_on_an_edge_list_folder(tmp_path, capsys):
+    from contrastkit.graphs.cli import main
+
+    graph = random_graph(n=30, features=6)
+    np.savetxt(tmp_path / "edges.csv", graph.edge_index.T.numpy(), fmt="%d", delimiter=",")
+    np.save(tmp_path / "features.npy", graph.x.numpy())
+    np.savetxt(tmp_path / "labels.txt", graph.y.numpy(), fmt="%d")
+    out = tmp_path / "result.json"
+    status = main(["--method", "scgc", "--data", str(tmp_path), "--epochs", "3", "--warmup-epochs", "1",
+                   "--hidden", "8", "--embedding-dim", "4", "--seeds", "2", "--out", str(out), "--quiet"])
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1] and "clustering_acc" in report["summary"]
+    assert main(["--method", "scgc", "--data", str(tmp_path / "missing")]) == 2
+    assert "neither a built-in" in capsys.readouterr().err
