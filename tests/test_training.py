@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
 
 from contrastkit.config import FitConfig
 from contrastkit.errors import TrainingError
@@ -110,6 +112,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert first < 2, "killed too late to test anything"
     subprocess.run(_cli("fit", "--out", str(killed), "--resume"), check=True, env=env, capture_output=True)
 
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["samples_per_second"] > 0  # the throughput of the killed part survived in the checkpoint
     whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
     assert whole.keys() == resumed.keys()
     for key in whole:
@@ -161,4 +165,4 @@ def test_embed_command_reproduces_the_run_embeddings(tmp_path):
     assert main(["embed", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--data", "digits",
                  "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), np.load(run / "embeddings.npy"), rtol=1e-5, atol=1e-6)
-    assert np.array_equal(np.load(tmp_path / "emb.labels.npy"), __import__("sklearn.datasets").datasets.load_digits().target)
+    assert np.array_equal(np.load(tmp_path / "emb.labels.npy"), load_digits().target)

@@ -94,6 +94,14 @@ class Throughput(L.Callback):
         self.seconds += time.perf_counter() - self._started
         self.samples += len(batch["index"]) * trainer.world_size
 
+    # Saved in checkpoints (Lightning stores a callback's state_dict), so a resumed run reports the
+    # throughput of all its training, not only of the part after the restart.
+    def state_dict(self) -> dict[str, float]:
+        return {"samples": self.samples, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.samples, self.seconds = int(state["samples"]), float(state["seconds"])
+
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0

@@ -103,6 +103,7 @@ def fit(config: FitConfig) -> dict:
         "epochs": config.epochs,
         "seconds": round(seconds, 2),
         "samples_per_second": round(throughput.samples_per_second, 2),
+        "train_seconds": round(throughput.seconds, 2),  # inside training steps, across resumes
         "world_size": trainer.world_size,
         "per_process_batch_size": config.batch_size,
         "global_batch_size": config.batch_size * trainer.world_size,
