@@ -148,3 +148,12 @@ def test_evaluate_command_matches_the_library(tmp_path, capsys):
 def test_evaluate_missing_file(tmp_path, capsys):
     assert_user_error(capsys, ["evaluate", "--embeddings", str(tmp_path / "e.npy"), "--labels",
                                str(tmp_path / "l.npy")], "e.npy")
+
+
+def test_graph_methods_point_to_the_graph_command(capsys):
+    assert_user_error(capsys, ["fit", "--method", "graphmae"], "contrastkit graph --method graphmae")
+
+
+def test_graph_command_is_reachable(capsys):
+    code, _, err = run_cli(capsys, "graph", "--method", "graphmae", "--data", "/nowhere/graph")
+    assert code == 2 and "/nowhere/graph" in err

@@ -78,7 +78,8 @@ def unknown_options_message(command: str, unknown: list[str], parser: argparse.A
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="contrastkit", description="Self-supervised representation learning.")
+    parser = Parser(prog="contrastkit", description="Self-supervised representation learning. "
+                    "Graph methods: 'contrastkit graph --help'.")
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
     parser.commands = commands.choices  # name -> subparser, for messages about its options
 
@@ -130,7 +131,13 @@ def resolve_fit_config(args: argparse.Namespace) -> FitConfig:
     return from_mapping({k.replace("-", "_"): v for k, v in values.items()}, origin="the options")
 
 
+GRAPH_METHODS = ("graphmae", "scgc", "graphcl", "graphclip")
+
+
 def run_fit(args: argparse.Namespace) -> int:
+    if getattr(args, "method", None) in GRAPH_METHODS:
+        raise ConfigError(f"'{args.method}' is a graph method: run it with "
+                          f"'contrastkit graph --method {args.method} --data cora' (see 'contrastkit graph --help').")
     config = resolve_fit_config(args)
     if getattr(args, "print_config", False):
         print(to_yaml(config), end="")
@@ -214,10 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         if not argv:
             parser.print_help()
             return 0
-        if argv[0] not in ("fit", "embed", "evaluate", "-h", "--help"):
-            close = closest_names(argv[0], ["fit", "embed", "evaluate"])
+        if argv[0] == "graph":  # graph methods train full graphs with their own loop
+            from contrastkit.graphs.cli import main as graph_main
+
+            return graph_main(argv[1:])
+        commands = ["fit", "embed", "evaluate", "graph"]
+        if argv[0] not in (*commands, "-h", "--help"):
+            close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"Unknown command '{argv[0]}'.{hint} Commands: fit, embed, evaluate.")
+            raise ConfigError(f"Unknown command '{argv[0]}'.{hint} Commands: {', '.join(commands)}.")
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
