@@ -128,7 +128,7 @@ def step(objective: Objective, z_a, z_b) -> float:
     z_a.grad = z_b.grad = None
     loss = objective(z_a, z_b)
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 # ----------------------------------------------------------------------------- workers (subprocesses)
@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
                 notes.append(f"{impl} at batch {batch}: memory not measured ({result['skipped']})")
             else:
                 memory[impl, batch] = result["peak_bytes"] / 2**20
+                if result["method"] != "VmHWM":
+                    notes.append(f"{impl} at batch {batch}: memory from the rise of ru_maxrss (clear_refs not writable)")
         payload = {"kind": "time", "impls": impls, "batch": batch, "dim": args.dim,
                    "chunk_size": args.chunk_size, "repeats": args.repeats}  # fmt: skip
         result = _run_worker(args, payload)
