@@ -30,12 +30,21 @@ def embed_images(method: torch.nn.Module, images: torch.Tensor, device: torch.de
     return torch.cat(parts)
 
 
+# A run whose projections lose more than 60 % of the effective rank they once had is collapsing
+# dimension by dimension, even when no single snapshot is degenerate: SimSiam without stop-gradient
+# keeps every dimension's variance (its output BatchNorm) while its RankMe falls from ~31 to ~9
+# (tests/test_collapse.py); healthy runs' rank rises and then plateaus.
+RANK_DROP_FRACTION = 0.4
+
+
 class OnlineProbe(L.Callback):
     """Every ``every`` epochs: weighted kNN accuracy of the current representations (bank: labelled
     training samples; queries: held-out samples), logged as ``probe/knn_top1``; the effective rank
     of those representations (RankMe); and the collapse diagnostics of the held-out samples in the
     objective's space (projection output, where Wang & Isola and the SimSiam paper measure them),
-    logged as ``diag/*``.
+    logged as ``diag/*``. A collapse warning is raised (and kept for summary.json) when a snapshot
+    is degenerate (:func:`collapse_report`) or when the effective rank has fallen below
+    ``RANK_DROP_FRACTION`` of its peak in this run; warnings start after the warm-up.
 
     Only labels of the bank are used for prediction; the held-out labels only score it. The probe
     is never used to choose an epoch or a hyper-parameter.
@@ -51,6 +60,8 @@ class OnlineProbe(L.Callback):
         # is what training does. Warnings start once the warm-up is over.
         self.warn_from_epoch = warn_from_epoch
         self.collapse_warnings: list[str] = []
+        self.peak_rank = 0.0  # highest effective rank of the projections seen so far
+        self.peak_rank_epoch = -1
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -71,11 +82,29 @@ class OnlineProbe(L.Callback):
         matrices = method.predictor_matrices() if hasattr(method, "predictor_matrices") else None
         if matrices is not None:  # a linear predictor W and the correlation F of its input
             metrics.update(scalar_summary(predictor_report(*matrices), prefix="diag/predictor_"))
-        if report["collapsed"] and epoch >= self.warn_from_epoch:
-            message = f"epoch {epoch}: representations look collapsed ({'; '.join(report['reasons'])})"
+        reasons = list(report["reasons"])
+        rank = float(report["effective_rank"])
+        if rank < RANK_DROP_FRACTION * self.peak_rank:
+            reasons.append(
+                f"the effective rank of the projections fell from {self.peak_rank:.1f} (epoch "
+                f"{self.peak_rank_epoch}) to {rank:.1f}, below {RANK_DROP_FRACTION:.0%} of its peak: "
+                f"dimensional collapse in progress")
+        if rank > self.peak_rank:
+            self.peak_rank, self.peak_rank_epoch = rank, epoch
+        if reasons and epoch >= self.warn_from_epoch:
+            message = f"epoch {epoch}: representations look collapsed ({'; '.join(reasons)})"
             self.collapse_warnings.append(message)
             L.pytorch.utilities.rank_zero_warn(message)
         module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    # Saved in checkpoints, so a resumed run keeps its warnings and the rank it is compared against.
+    def state_dict(self) -> dict:
+        return {"collapse_warnings": self.collapse_warnings, "peak_rank": self.peak_rank,
+                "peak_rank_epoch": self.peak_rank_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.collapse_warnings = list(state["collapse_warnings"])
+        self.peak_rank, self.peak_rank_epoch = float(state["peak_rank"]), int(state["peak_rank_epoch"])
 
 
 class Throughput(L.Callback):
