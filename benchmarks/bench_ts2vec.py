@@ -27,7 +27,10 @@ import numpy as np
 import torch
 
 from contrastkit.evaluation.ucr import one_nn_euclidean, svm_protocol
-from contrastkit.sources.timeseries import load_bundled, standardize_with_train_statistics
+from contrastkit.sources.timeseries import (
+    load_bundled,
+    standardize_with_train_statistics,
+)
 from contrastkit.timeseries import TS2Vec
 
 # Official TS2Vec (default UCR settings, SVM protocol) and 1-NN Euclidean, measured on aeon's

@@ -16,7 +16,12 @@ from scipy.optimize import linear_sum_assignment
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.graphs.evaluate import clustering_scores, split_probe_accuracy
-from contrastkit.graphs.graphmae import GraphMAE, apply_feature_mask, sample_feature_mask, scaled_cosine_error
+from contrastkit.graphs.graphmae import (
+    GraphMAE,
+    apply_feature_mask,
+    sample_feature_mask,
+    scaled_cosine_error,
+)
 from contrastkit.graphs.scgc import (
     SCGC,
     neighbour_contrastive_loss,
@@ -25,8 +30,18 @@ from contrastkit.graphs.scgc import (
     student_t_assignments,
     target_distribution,
 )
-from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, node_batches, train_graph_method
-from contrastkit.sources.graphs import Graph, open_graph_source, read_edge_list_graph, read_planetoid
+from contrastkit.graphs.train import (
+    GraphTrainConfig,
+    embed_nodes,
+    node_batches,
+    train_graph_method,
+)
+from contrastkit.sources.graphs import (
+    Graph,
+    open_graph_source,
+    read_edge_list_graph,
+    read_planetoid,
+)
 from contrastkit.views.graph import (
     GraphAugment,
     drop_edges,

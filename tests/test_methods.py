@@ -18,11 +18,25 @@ from contrastkit.config import FitConfig
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation import predictor_diagnostics as pd
 from contrastkit.methods import METHODS
-from contrastkit.methods._momentum import cosine_momentum, ema_update_, linear_momentum, momentum_copy
+from contrastkit.methods._momentum import (
+    cosine_momentum,
+    ema_update_,
+    linear_momentum,
+    momentum_copy,
+)
 from contrastkit.methods._parts import DataInfo
 from contrastkit.methods._patch_transformer import sincos_positions_2d
-from contrastkit.methods._predictor import DirectPredictor, directcopy_weights, directpred_weights
-from contrastkit.methods.jepa import MaskSpec, block_size, default_patch_size, sample_masks
+from contrastkit.methods._predictor import (
+    DirectPredictor,
+    directcopy_weights,
+    directpred_weights,
+)
+from contrastkit.methods.jepa import (
+    MaskSpec,
+    block_size,
+    default_patch_size,
+    sample_masks,
+)
 from contrastkit.training.optim import parameter_groups
 from tests.conftest import data_path
 from tests.ddp import run_distributed

@@ -21,9 +21,15 @@ from contrastkit.objectives.augmented_negatives import (
     benign_centroid_score,
     benign_distance_score,
 )
-from contrastkit.objectives.groco import group_ordering_loss_per_anchor, relaxed_odd_even_sort
+from contrastkit.objectives.groco import (
+    group_ordering_loss_per_anchor,
+    relaxed_odd_even_sort,
+)
 from contrastkit.objectives.isogclr import temperature_gradient
-from contrastkit.objectives.listwise import gaussian_wasserstein2_squared, ordinal_wasserstein1
+from contrastkit.objectives.listwise import (
+    gaussian_wasserstein2_squared,
+    ordinal_wasserstein1,
+)
 from contrastkit.objectives.mochi import (
     draw_mixing_plan,
     hardest_negatives,

@@ -37,7 +37,12 @@ from contrastkit.sources.timeseries import (
     read_ts_file,
     standardize_with_train_statistics,
 )
-from contrastkit.timeseries import TS2Vec, centre_observed_span, default_n_iters, prepare_training_series
+from contrastkit.timeseries import (
+    TS2Vec,
+    centre_observed_span,
+    default_n_iters,
+    prepare_training_series,
+)
 from contrastkit.views.timeseries import (
     binomial_timestamp_mask,
     clip_distance_probabilities,

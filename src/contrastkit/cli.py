@@ -10,8 +10,8 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 import textwrap
+import warnings
 from pathlib import Path
 
 from contrastkit.config import FitConfig, from_mapping, load_yaml, to_yaml

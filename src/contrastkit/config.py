@@ -31,7 +31,7 @@ class FitConfig:
     width: float = 1.0  # channel multiplier of the backbone
     projection_dim: int = 128
     projection_hidden_dim: int | None = None  # None: the backbone's output width
-    temperature: float = 0.5
+    temperature: float | None = None  # None: the method's paper value (SimCLR 0.5, MoCo v2 0.2)
     # optimisation
     epochs: int = 30
     batch_size: int = 256  # per process
@@ -121,6 +121,8 @@ def validate(config: FitConfig) -> FitConfig:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
     for name in ["temperature", "width"]:
         value = getattr(config, name)
+        if value is None and name == "temperature":
+            continue
         if not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"--{name} must be a positive number, got {value!r}.")
     if config.lr is not None and (not isinstance(config.lr, int | float) or config.lr <= 0):

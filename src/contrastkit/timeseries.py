@@ -239,7 +239,7 @@ class TS2Vec:
             x = x[:, None, :]
         if x.ndim != 3 or x.shape[1] != self.input_dims:
             hint = (
-                f" It looks like (N, T, C); transpose it with x.transpose(0, 2, 1)."
+                " It looks like (N, T, C); transpose it with x.transpose(0, 2, 1)."
                 if x.ndim == 3 and x.shape[2] == self.input_dims
                 else ""
             )

@@ -25,7 +25,11 @@ from typing import Any
 import numpy as np
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector, l2_normalize_rows
+from contrastkit.evaluation.arrays import (
+    as_float32_matrix,
+    as_label_vector,
+    l2_normalize_rows,
+)
 from contrastkit.evaluation.faiss_search import iter_top_k_inner_product
 
 

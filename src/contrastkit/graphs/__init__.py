@@ -21,8 +21,17 @@ from __future__ import annotations
 
 from contrastkit.graphs.graphcl import GraphCL
 from contrastkit.graphs.graphclip import GraphCLIP
-from contrastkit.graphs.graphmae import GraphMAE, apply_feature_mask, sample_feature_mask, scaled_cosine_error
-from contrastkit.graphs.scgc import SCGC, neighbour_contrastive_loss, neighbour_positive_weights
+from contrastkit.graphs.graphmae import (
+    GraphMAE,
+    apply_feature_mask,
+    sample_feature_mask,
+    scaled_cosine_error,
+)
+from contrastkit.graphs.scgc import (
+    SCGC,
+    neighbour_contrastive_loss,
+    neighbour_positive_weights,
+)
 from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, train_graph_method
 
 __all__ = [

@@ -24,9 +24,23 @@ import numpy as np
 import torch
 
 from contrastkit.errors import ConfigError, ContrastkitError, DataError
-from contrastkit.graphs.evaluate import clustering_scores, mean_std, split_probe_accuracy
-from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, seed_everything, train_graph_method
-from contrastkit.sources.graphs import Graph, open_graph_source, read_edge_list_graph, row_normalize_features
+from contrastkit.graphs.evaluate import (
+    clustering_scores,
+    mean_std,
+    split_probe_accuracy,
+)
+from contrastkit.graphs.train import (
+    GraphTrainConfig,
+    embed_nodes,
+    seed_everything,
+    train_graph_method,
+)
+from contrastkit.sources.graphs import (
+    Graph,
+    open_graph_source,
+    read_edge_list_graph,
+    row_normalize_features,
+)
 
 # Training defaults per method (papers' Cora settings; see each method's docstring).
 TRAIN_DEFAULTS: dict[str, GraphTrainConfig] = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -89,10 +88,5 @@ def method_options(config, method: str, defaults: dict) -> dict:
 
 
 def method_temperature(config, paper_default: float) -> float:
-    """``--temperature`` when the user set it, else the method's paper default.
-
-    FitConfig's default temperature (0.5) is SimCLR's; a config still holding that default (or
-    None) gets ``paper_default`` (e.g. MoCo v2's 0.2).
-    """
-    declared = next(f.default for f in dataclasses.fields(config) if f.name == "temperature")
-    return paper_default if config.temperature in (None, declared) else config.temperature
+    """``--temperature`` when the user set it, else the method's paper default."""
+    return paper_default if config.temperature is None else config.temperature

@@ -34,9 +34,18 @@ from torch import nn
 
 from contrastkit.heads import byol_projection
 from contrastkit.methods import METHODS
-from contrastkit.methods._momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
+from contrastkit.methods._momentum import (
+    check_momentum,
+    cosine_momentum,
+    ema_update_,
+    momentum_copy,
+)
 from contrastkit.methods._parts import DataInfo, build_backbone, method_options
-from contrastkit.methods._predictor import build_predictor, linear_predictor_matrices, normalized_mse
+from contrastkit.methods._predictor import (
+    build_predictor,
+    linear_predictor_matrices,
+    normalized_mse,
+)
 from contrastkit.views.image import BYOLViews, EvalView
 
 DEFAULTS = {"momentum": 0.99, "predictor": "mlp", "predictor_hidden_dim": None}

@@ -43,9 +43,18 @@ from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError
 from contrastkit.methods import METHODS
-from contrastkit.methods._momentum import check_momentum, ema_update_, linear_momentum, momentum_copy
+from contrastkit.methods._momentum import (
+    check_momentum,
+    ema_update_,
+    linear_momentum,
+    momentum_copy,
+)
 from contrastkit.methods._parts import DataInfo, method_options
-from contrastkit.methods._patch_transformer import MaskedTokenPredictor, PatchTransformer, gather_tokens
+from contrastkit.methods._patch_transformer import (
+    MaskedTokenPredictor,
+    PatchTransformer,
+    gather_tokens,
+)
 from contrastkit.views.image import EvalView, SimCLRViews
 
 DEFAULTS = {

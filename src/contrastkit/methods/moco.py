@@ -50,7 +50,13 @@ from contrastkit.errors import ConfigError
 from contrastkit.heads import ProjectionHead
 from contrastkit.methods import METHODS
 from contrastkit.methods._momentum import check_momentum, ema_update_, momentum_copy
-from contrastkit.methods._parts import DataInfo, build_backbone, build_objective, method_options, method_temperature
+from contrastkit.methods._parts import (
+    DataInfo,
+    build_backbone,
+    build_objective,
+    method_options,
+    method_temperature,
+)
 from contrastkit.sampling.queue import MemoryQueue
 from contrastkit.views.image import EvalView, SimCLRViews
 

@@ -14,8 +14,17 @@ from torch import nn
 
 from contrastkit.heads import ProjectionHead
 from contrastkit.methods import METHODS
-from contrastkit.methods._parts import DataInfo, build_backbone, build_objective, objective_inputs
+from contrastkit.methods._parts import (
+    DataInfo,
+    build_backbone,
+    build_objective,
+    method_temperature,
+    objective_inputs,
+)
 from contrastkit.views.image import EvalView, SimCLRViews
+
+# NT-Xent's temperature in SimCLR's CIFAR-10 recipe (and LightlySSL's CIFAR-10 benchmark).
+PAPER_TEMPERATURE = 0.5
 
 
 class SimCLR(nn.Module):
@@ -54,6 +63,7 @@ def build(config, data: DataInfo) -> SimCLR:
         views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
                           **config.extra.get("views", {})),
         eval_view=EvalView(mean=data.mean, std=data.std),
-        objective=build_objective(config.objective or "infonce", config.temperature, data.num_samples,
+        objective=build_objective(config.objective or "infonce", method_temperature(config, PAPER_TEMPERATURE),
+                                  data.num_samples,
                                   config.extra.get("objective")),
     )

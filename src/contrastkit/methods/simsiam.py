@@ -30,7 +30,11 @@ from contrastkit.errors import ConfigError
 from contrastkit.heads import ProjectionHead
 from contrastkit.methods import METHODS
 from contrastkit.methods._parts import DataInfo, build_backbone, method_options
-from contrastkit.methods._predictor import build_predictor, linear_predictor_matrices, negative_cosine
+from contrastkit.methods._predictor import (
+    build_predictor,
+    linear_predictor_matrices,
+    negative_cosine,
+)
 from contrastkit.views.image import EvalView, SimCLRViews
 
 DEFAULTS = {"stop_gradient": True, "predictor": "mlp", "predictor_hidden_dim": None}

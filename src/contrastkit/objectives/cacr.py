@@ -33,7 +33,13 @@ from torch import Tensor
 
 from contrastkit.errors import DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_temperature, in_float32, normalize
+from contrastkit.objectives._common import (
+    ContrastiveObjective,
+    LossTerms,
+    check_temperature,
+    in_float32,
+    normalize,
+)
 
 
 def stack_views(z_a: Tensor, z_b: Tensor | None) -> Tensor:

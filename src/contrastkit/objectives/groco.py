@@ -41,7 +41,12 @@ from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, in_float32, normalize
+from contrastkit.objectives._common import (
+    ContrastiveObjective,
+    LossTerms,
+    in_float32,
+    normalize,
+)
 from contrastkit.objectives.cacr import stack_views
 
 SwapFunction = Literal["logistic", "cauchy"]

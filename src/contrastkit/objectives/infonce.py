@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from contrastkit.errors import DataError
 from contrastkit.objectives import OBJECTIVES
 from contrastkit.objectives._common import (
     ContrastiveObjective,
@@ -16,7 +17,6 @@ from contrastkit.objectives._common import (
     two_view_anchors,
 )
 from contrastkit.objectives.chunked import masked_logsumexp
-from contrastkit.errors import DataError
 
 
 @in_float32

@@ -57,7 +57,13 @@ from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_pair, in_float32, normalize
+from contrastkit.objectives._common import (
+    ContrastiveObjective,
+    LossTerms,
+    check_pair,
+    in_float32,
+    normalize,
+)
 
 
 def negatives_mask(batch_size: int, device: torch.device | str | None = None) -> Tensor:

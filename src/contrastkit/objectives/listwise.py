@@ -46,7 +46,13 @@ from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_temperature, in_float32, normalize
+from contrastkit.objectives._common import (
+    ContrastiveObjective,
+    LossTerms,
+    check_temperature,
+    in_float32,
+    normalize,
+)
 
 ListDistance = Literal["gaussian_w2", "ordinal_w1"]
 

@@ -38,7 +38,13 @@ from torch import Tensor
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms, check_temperature, in_float32, normalize
+from contrastkit.objectives._common import (
+    ContrastiveObjective,
+    LossTerms,
+    check_temperature,
+    in_float32,
+    normalize,
+)
 
 
 def hardest_negatives(query: Tensor, queue: Tensor, num_hardest: int) -> Tensor:

@@ -20,7 +20,10 @@ from typing import Any
 import numpy as np
 
 from contrastkit.errors import DataError
-from contrastkit.evaluation.diagnostics import effective_rank_from_singular_values, singular_values
+from contrastkit.evaluation.diagnostics import (
+    effective_rank_from_singular_values,
+    singular_values,
+)
 from contrastkit.report import plots
 from contrastkit.report.run_files import (
     EMBEDDINGS_FILE,

@@ -149,7 +149,9 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """scikit-learn t-SNE (PCA initialisation, perplexity 30 or less for few points)."""
-    from sklearn.manifold import TSNE  # imported here: slow to import, used only on request
+    from sklearn.manifold import (
+        TSNE,  # imported here: slow to import, used only on request
+    )
 
     perplexity = float(min(30.0, max(1.0, (len(x) - 1) / 3)))
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(

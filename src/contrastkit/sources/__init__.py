@@ -7,7 +7,11 @@ Images: :func:`open_image_source` (built-in names, image folders, IDX, ``.npz``)
 from contrastkit.sources.idx import read_idx
 from contrastkit.sources.image_folder import read_image_folder
 from contrastkit.sources.image_source import ImageSource
-from contrastkit.sources.images import BUILTIN_SOURCES, load_digits_source, open_image_source
+from contrastkit.sources.images import (
+    BUILTIN_SOURCES,
+    load_digits_source,
+    open_image_source,
+)
 from contrastkit.sources.npz import read_npz
 
 __all__ = [

@@ -14,9 +14,9 @@ import torch
 
 from contrastkit.errors import DataError, closest_names
 from contrastkit.paths import data_root
+from contrastkit.sources.idx import idx_images_in, is_idx_file, labels_beside, read_idx
 from contrastkit.sources.image_folder import IMAGE_EXTENSIONS, read_image_folder
 from contrastkit.sources.image_source import ImageSource
-from contrastkit.sources.idx import idx_images_in, is_idx_file, labels_beside, read_idx
 from contrastkit.sources.npz import read_npz
 from contrastkit.sources.pixels import (
     check_channels,

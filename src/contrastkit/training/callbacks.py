@@ -11,7 +11,10 @@ import torch
 
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.knn import weighted_knn_accuracy
-from contrastkit.evaluation.predictor_diagnostics import predictor_report, scalar_summary
+from contrastkit.evaluation.predictor_diagnostics import (
+    predictor_report,
+    scalar_summary,
+)
 
 
 @torch.inference_mode()

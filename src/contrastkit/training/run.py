@@ -36,13 +36,18 @@ from contrastkit.config import FitConfig, scaled_lr, to_yaml, validate
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
-from contrastkit.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.evaluation.splits import stratified_split
+from contrastkit.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.methods import METHODS
-from contrastkit.objectives import OBJECTIVES
 from contrastkit.methods._parts import DataInfo, backbone_name
+from contrastkit.objectives import OBJECTIVES
 from contrastkit.sources import ImageSource, open_image_source
-from contrastkit.training.callbacks import EpochCheckpoint, OnlineProbe, Throughput, embed_images
+from contrastkit.training.callbacks import (
+    EpochCheckpoint,
+    OnlineProbe,
+    Throughput,
+    embed_images,
+)
 from contrastkit.training.checkpoint import AtomicCheckpointIO
 from contrastkit.training.data import InMemoryImages
 from contrastkit.training.module import SSLModule
