@@ -408,3 +408,22 @@ def test_user_errors_name_the_shape_or_option():
         get("dcl", temperature=0.0)
     with pytest.raises(ConfigError, match="tau_plus"):
         get("hcl", tau_plus=1.0)
+
+
+@pytest.mark.parametrize("name", ["ntxent", "dcl"])
+def test_whole_path_in_several_blocks_matches_naive_loop_and_one_block(name, monkeypatch):
+    # The unchunked path keeps the logits but still walks them in row blocks of _BLOCK_ELEMENTS
+    # entries; at test sizes that is one block, so force several (3 rows each, a partial last one).
+    from contrastkit.objectives import chunked
+
+    z_a, z_b = _pair()
+    one_a, one_b = z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
+    one = get(name, temperature=0.2)(one_a, one_b)
+    one.backward()
+    monkeypatch.setattr(chunked, "_BLOCK_ELEMENTS", 3 * 2 * len(z_a))
+    many_a, many_b = z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
+    many = get(name, temperature=0.2)(many_a, many_b)
+    many.backward()
+    _close(many, naive_ntxent(z_a, z_b, 0.2, remove_positive=(name == "dcl")))
+    torch.testing.assert_close(many_a.grad, one_a.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(many_b.grad, one_b.grad, rtol=1e-12, atol=1e-12)
