@@ -166,3 +166,20 @@ def test_embed_command_reproduces_the_run_embeddings(tmp_path):
                  "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), np.load(run / "embeddings.npy"), rtol=1e-5, atol=1e-6)
     assert np.array_equal(np.load(tmp_path / "emb.labels.npy"), load_digits().target)
+
+
+def test_raw_pixel_baseline_is_the_normalised_input():
+    from contrastkit.methods._parts import DataInfo
+    from contrastkit.training.run import raw_pixels
+
+    images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
+    data = DataInfo(channels=3, image_size=4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), num_samples=5)
+    x = images.double() / 255
+    mean, std = torch.tensor(data.mean).double(), torch.tensor(data.std).double()
+    expected = ((x - mean[:, None, None]) / std[:, None, None]).reshape(5, -1)
+    np.testing.assert_allclose(raw_pixels(images, data), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_no_baselines_skips_the_untrained_and_raw_scores(tmp_path):
+    summary = _fit(tmp_path, "nobase", epochs=1, holdout=0.2, baselines=False)
+    assert "knn_top1" in summary and "baselines" not in summary

@@ -92,6 +92,8 @@ def build_parser() -> Parser:
     for name, help_text in FLAGS.items():
         fit.add_argument(f"--{name}", action="store_true", help=help_text)
     fit.add_argument("--no-report", dest="report", action="store_false", help="skip the report")
+    fit.add_argument("--no-baselines", dest="baselines", action="store_false",
+                     help="skip scoring the untrained encoder and raw pixels (faster sweeps)")
 
     embed = commands.add_parser("embed", help="embed data with a trained checkpoint")
     embed.add_argument("--checkpoint", required=True, help="a checkpoint written by fit (checkpoints/last.ckpt)")

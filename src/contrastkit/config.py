@@ -57,6 +57,7 @@ class FitConfig:
     resume: bool = False
     probe_every: int = 1  # epochs between online kNN probes (0: never)
     report: bool = True
+    baselines: bool = True  # also score the untrained encoder and raw pixels (skip for sweeps)
     tsne: bool = False
     # Options of the parts, YAML only: {views: {...SimCLRViews options}, objective: {...}, <method>: {...}}
     extra: dict[str, Any] = field(default_factory=dict)

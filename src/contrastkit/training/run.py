@@ -51,6 +51,7 @@ from contrastkit.training.callbacks import (
 from contrastkit.training.checkpoint import AtomicCheckpointIO
 from contrastkit.training.data import InMemoryImages
 from contrastkit.training.module import SSLModule
+from contrastkit.views.image import EvalView
 
 RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "embeddings.npy", "report.md", "checkpoints")
@@ -117,7 +118,8 @@ def fit(config: FitConfig) -> dict:
         "skipped_steps": module.skipped_steps,
         "collapse_warnings": probe.collapse_warnings if probe else [],
     }
-    summary.update(evaluate_run(method, untrained, source, train_rows, holdout_rows, run_dir, config.seed))
+    summary.update(evaluate_run(method, untrained if config.baselines else None, source, data, train_rows,
+                                holdout_rows, run_dir, config.seed))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.report:
         from contrastkit.report import write_report
@@ -210,8 +212,8 @@ def make_probe(source: ImageSource, train_rows, holdout_rows, every: int, warn_f
                        every=every, warn_from_epoch=warn_from_epoch)
 
 
-def evaluate_run(method, untrained, source: ImageSource, train_rows, holdout_rows, run_dir: Path,
-                 seed: int) -> dict:
+def evaluate_run(method, untrained: torch.nn.Module | None, source: ImageSource, data: DataInfo, train_rows,
+                 holdout_rows, run_dir: Path, seed: int) -> dict:
     """Embed every sample with the trained and untrained encoders, save the embeddings, and score them
     and raw pixels with the same held-out protocol."""
     order = np.concatenate([train_rows, holdout_rows])
@@ -237,12 +239,21 @@ def evaluate_run(method, untrained, source: ImageSource, train_rows, holdout_row
 
     results.update(score(learned))
     results["n_train"], results["n_test"] = len(train_rows), len(holdout_rows)
-    raw = images.reshape(len(images), -1).float().div(255).numpy()
-    results["baselines"] = {
-        "untrained": score(embed_images(untrained, images, device).numpy()),
-        "raw": score(raw),
-    }
+    if untrained is not None:
+        results["baselines"] = {
+            "untrained": score(embed_images(untrained, images, device).numpy()),
+            "raw": score(raw_pixels(images, data)),
+        }
     return results
+
+
+def raw_pixels(images: torch.Tensor, data: DataInfo) -> np.ndarray:
+    """The input itself as the encoder sees it: pixels normalised per channel with the training
+    part's mean and std (the eval view), flattened. Centring matters for the cosine kNN: on pixels
+    in [0, 1] every pair of images has a large positive cosine dominated by brightness."""
+    view = EvalView(mean=data.mean, std=data.std)
+    with torch.inference_mode():
+        return torch.cat([view(images[i : i + 1024]).flatten(1) for i in range(0, len(images), 1024)]).numpy()
 
 
 def _jsonable(report: dict) -> dict:
