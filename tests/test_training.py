@@ -181,5 +181,17 @@ def test_raw_pixel_baseline_is_the_normalised_input():
 
 
 def test_no_baselines_skips_the_untrained_and_raw_scores(tmp_path):
-    summary = _fit(tmp_path, "nobase", epochs=1, holdout=0.2, baselines=False)
+    summary = _fit(tmp_path, "nobase", epochs=1, holdout=0.2, baselines=False, probe_every=1)
     assert "knn_top1" in summary and "baselines" not in summary
+
+
+def test_probe_logs_alignment_and_uniformity_every_epoch(tmp_path):
+    import csv
+
+    _fit(tmp_path, "diag", epochs=2, holdout=0.2, baselines=False, probe_every=1)
+    with open(tmp_path / "diag" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("diag/alignment")]
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    for row in rows:
+        assert 0.0 <= float(row["diag/alignment"]) <= 4.0  # squared distance of unit vectors
+        assert -4.0 <= float(row["diag/uniformity"]) <= 0.0

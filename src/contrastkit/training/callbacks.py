@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
+from contrastkit.evaluation.diagnostics import alignment, collapse_report, effective_rank
 from contrastkit.evaluation.knn import weighted_knn_accuracy
 from contrastkit.evaluation.predictor_diagnostics import (
     predictor_report,
@@ -40,12 +40,33 @@ def embed_images(method: torch.nn.Module, images: torch.Tensor, device: torch.de
 RANK_DROP_FRACTION = 0.4
 
 
+@torch.inference_mode()
+def two_view_projections(method: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                         batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Objective-space outputs of two augmented views of each image, for the alignment of Wang &
+    Isola; None for methods that are not two-view (they lack ``views.two_views``, ``backbone`` or
+    ``projection``, e.g. JEPA)."""
+    views = getattr(method, "views", None)
+    if not (hasattr(views, "two_views") and hasattr(method, "backbone") and hasattr(method, "projection")):
+        return None
+    was_training = method.training
+    method.eval()
+    try:
+        pairs = []
+        for i in range(0, len(images), batch_size):
+            view_a, view_b = views.two_views(images[i : i + batch_size].to(device, non_blocking=True))
+            pairs.append(method.projection(method.backbone(torch.cat([view_a, view_b]))).float().cpu().chunk(2))
+    finally:
+        method.train(was_training)
+    return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
+
+
 class OnlineProbe(L.Callback):
     """Every ``every`` epochs: weighted kNN accuracy of the current representations (bank: labelled
     training samples; queries: held-out samples), logged as ``probe/knn_top1``; the effective rank
     of those representations (RankMe); and the collapse diagnostics of the held-out samples in the
     objective's space (projection output, where Wang & Isola and the SimSiam paper measure them),
-    logged as ``diag/*``. A collapse warning is raised (and kept for summary.json) when a snapshot
+    logged as ``diag/*``, with the alignment of two augmented views for two-view methods. A collapse warning is raised (and kept for summary.json) when a snapshot
     is degenerate (:func:`collapse_report`) or when the effective rank has fallen below
     ``RANK_DROP_FRACTION`` of its peak in this run; warnings start after the warm-up.
 
@@ -81,6 +102,9 @@ class OnlineProbe(L.Callback):
         report = collapse_report(embed_images(method, self.query_images, module.device, space="project"))
         for name in ("effective_rank", "uniformity", "per_dimension_std"):
             metrics[f"diag/{name}"] = float(report[name])
+        pair = two_view_projections(method, self.query_images, module.device)
+        if pair is not None:
+            metrics["diag/alignment"] = alignment(*pair)
         metrics["diag/collapsed"] = float(report["collapsed"])
         matrices = method.predictor_matrices() if hasattr(method, "predictor_matrices") else None
         if matrices is not None:  # a linear predictor W and the correlation F of its input
