@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -112,6 +113,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert first < 2, "killed too late to test anything"
     subprocess.run(_cli("fit", "--out", str(killed), "--resume"), check=True, env=env, capture_output=True)
 
+    with open(killed / "metrics.csv") as handle:  # the killed part's history is kept, not repeated
+        steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert sorted(steps) == list(range(15)), steps  # 3 epochs x 320 // 64 steps, each once
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["samples_per_second"] > 0  # the throughput of the killed part survived in the checkpoint
     whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
@@ -186,8 +190,6 @@ def test_no_baselines_skips_the_untrained_and_raw_scores(tmp_path):
 
 
 def test_probe_logs_alignment_and_uniformity_every_epoch(tmp_path):
-    import csv
-
     _fit(tmp_path, "diag", epochs=2, holdout=0.2, baselines=False, probe_every=1)
     with open(tmp_path / "diag" / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("diag/alignment")]

@@ -136,12 +136,21 @@ class OnlineProbe(L.Callback):
 
 class Throughput(L.Callback):
     """Training samples per second, over the time spent inside training batches (probes, checkpoint
-    writing and evaluation excluded), counted across all processes."""
+    writing and evaluation excluded), counted across all processes; and the wall time of the
+    training epochs (``epoch_seconds``, data loading included, probes excluded)."""
 
     def __init__(self):
         self.samples = 0
         self.seconds = 0.0
+        self.epoch_seconds = 0.0
         self._started = 0.0
+        self._epoch_started = 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:  # runs before the probe (callback order)
+        self.epoch_seconds += time.perf_counter() - self._epoch_started
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self._started = time.perf_counter()
@@ -153,10 +162,11 @@ class Throughput(L.Callback):
     # Saved in checkpoints (Lightning stores a callback's state_dict), so a resumed run reports the
     # throughput of all its training, not only of the part after the restart.
     def state_dict(self) -> dict[str, float]:
-        return {"samples": self.samples, "seconds": self.seconds}
+        return {"samples": self.samples, "seconds": self.seconds, "epoch_seconds": self.epoch_seconds}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.samples, self.seconds = int(state["samples"]), float(state["seconds"])
+        self.epoch_seconds = float(state.get("epoch_seconds", 0.0))
 
     @property
     def samples_per_second(self) -> float:

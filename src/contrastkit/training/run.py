@@ -30,7 +30,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
 from contrastkit.config import FitConfig, scaled_lr, to_yaml, validate
 from contrastkit.errors import ConfigError
@@ -50,6 +49,7 @@ from contrastkit.training.callbacks import (
 )
 from contrastkit.training.checkpoint import AtomicCheckpointIO
 from contrastkit.training.data import InMemoryImages
+from contrastkit.training.metrics_log import ResumableCSVLogger, trim_after_epoch
 from contrastkit.training.module import SSLModule
 from contrastkit.views.image import EvalView
 
@@ -95,6 +95,8 @@ def fit(config: FitConfig) -> dict:
     module = SSLModule(method, config, data)
     datamodule = InMemoryImages(train, config.batch_size, config.seed, config.num_workers)
     resume_from = checkpoint.path if config.resume else None
+    if resume_from is not None and is_first_process():
+        trim_after_epoch(run_dir / "metrics.csv", torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"])
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
@@ -107,9 +109,10 @@ def fit(config: FitConfig) -> dict:
         "data": config.data,
         "backbone": backbone_name(config.backbone, data.image_size),
         "epochs": config.epochs,
-        "seconds": round(seconds, 2),
-        "samples_per_second": round(throughput.samples_per_second, 2),
+        "seconds": round(throughput.epoch_seconds, 2),  # training epochs' wall time, across resumes
+        "samples_per_second": round(throughput.samples_per_second, 2),  # inside training steps
         "train_seconds": round(throughput.seconds, 2),  # inside training steps, across resumes
+        "fit_call_seconds": round(seconds, 2),  # this invocation's trainer.fit, probes included
         "world_size": trainer.world_size,
         "per_process_batch_size": config.batch_size,
         "global_batch_size": config.batch_size * trainer.world_size,
@@ -128,6 +131,11 @@ def fit(config: FitConfig) -> dict:
     return summary
 
 
+def is_first_process() -> bool:
+    """Rank 0 of node 0, also before Lightning has launched (or in a launched DDP child)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) == 0
+
+
 def make_trainer(config: FitConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     return L.Trainer(
         max_epochs=config.epochs,
@@ -138,7 +146,7 @@ def make_trainer(config: FitConfig, run_dir: Path, callbacks: list[L.Callback]) 
         precision=config.precision,
         deterministic=config.deterministic,
         default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
+        logger=ResumableCSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # our sampler shards by rank itself (see training/data.py)
@@ -153,7 +161,7 @@ def make_trainer(config: FitConfig, run_dir: Path, callbacks: list[L.Callback]) 
 def resolve_run_dir(config: FitConfig) -> Path:
     """The run directory; refuse to reuse one that holds a run unless resuming (nothing is written)."""
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) > 0:
+    if inherited and not is_first_process():
         return Path(inherited)  # a DDP child process: rank 0 chose the directory
     if config.out is None:
         if config.resume:
@@ -189,7 +197,7 @@ def check_batch_fits(num_samples: int, config: FitConfig) -> None:
 
 def write_run_config(run_dir: Path, config: FitConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) == 0:
+    if is_first_process():
         (run_dir / "config.yaml").write_text(to_yaml(config))
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
 
