@@ -668,3 +668,18 @@ def test_benign_scores_match_scikit_learn():
 def test_augmented_negatives_gradcheck(form):
     objective = get("augmented_negatives", form=form, margin=0.7)
     torch.autograd.gradcheck(objective, (randn(4, 3, seed=76, requires_grad=True), randn(4, 3, seed=77, requires_grad=True)))
+
+
+def test_mochi_checkpoint_round_trip_continues_the_same_draws():
+    g = torch.Generator().manual_seed(11)
+    query, key = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    queue = torch.randn(32, 8, generator=g)
+    first = get("mochi", num_hardest=8, num_mixed=6, num_query_mixed=3, seed=5)
+    first(query, key, keys=queue)  # advance the generator by one draw
+    saved = first.state_dict()
+    expected = first(query, key, keys=queue)
+    restored = get("mochi", num_hardest=8, num_mixed=6, num_query_mixed=3, seed=99)
+    restored.load_state_dict(saved)
+    torch.testing.assert_close(restored(query, key, keys=queue), expected)
+    fresh = get("mochi", num_hardest=8, num_mixed=6, num_query_mixed=3, seed=5)
+    assert not torch.allclose(fresh(query, key, keys=queue), expected)  # a fresh one draws the first mixes

@@ -218,6 +218,14 @@ class MoCHi(ContrastiveObjective):
         losses = mochi_loss_per_query(query[rows], key[rows], queue, plan, num_hardest, self.temperature)
         return LossTerms(losses.sum(), query.shape[0])
 
+    # The generator's position is state: saved in checkpoints (state_dict's extra state), so a resumed
+    # run draws the same mixes as an uninterrupted one.
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, num_hardest={self.num_hardest}, num_mixed={self.num_mixed}, "
