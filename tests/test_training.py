@@ -197,3 +197,32 @@ def test_probe_logs_alignment_and_uniformity_every_epoch(tmp_path):
     for row in rows:
         assert 0.0 <= float(row["diag/alignment"]) <= 4.0  # squared distance of unit vectors
         assert -4.0 <= float(row["diag/uniformity"]) <= 0.0
+
+
+@pytest.mark.parametrize("name", __import__("contrastkit.objectives", fromlist=["OBJECTIVES"]).OBJECTIVES.names())
+def test_simclr_trains_with_every_catalogue_objective_or_says_why_not(name, tmp_path):
+    from contrastkit.errors import ConfigError
+    from contrastkit.methods.simclr import NOT_FOR_VIEW_PAIRS
+
+    if name == "ts2vec_hierarchical":
+        pytest.skip("a (B, T, D) time-series objective: used by contrastkit.timeseries.TS2Vec")
+    options = dict(epochs=1, limit=128, batch_size=32, objective=name)
+    if name in NOT_FOR_VIEW_PAIRS:
+        with pytest.raises(ConfigError, match=name):
+            _fit(tmp_path, name, **options)
+        return
+    summary = _fit(tmp_path, name, **options)
+    assert np.isfinite(summary["collapse"]["uniformity"])
+
+
+def test_supervised_objective_refuses_unlabeled_data(tmp_path):
+    from contrastkit.errors import ConfigError
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(40):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(ConfigError, match="unlabeled"):
+        _fit(tmp_path, "supcon", data=str(folder), epochs=1, batch_size=16, objective="supcon")

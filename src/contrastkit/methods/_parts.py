@@ -47,8 +47,8 @@ def build_objective(name: str, temperature: float, num_samples: int, options: di
     """
     factory = objectives.OBJECTIVES.factory(name)
     accepted = inspect.signature(factory).parameters
-    kwargs = {key: value for key, value in {"temperature": temperature, "num_samples": num_samples}.items()
-              if key in accepted}
+    offered = {"temperature": temperature, "num_samples": num_samples, "dataset_size": num_samples}
+    kwargs = {key: value for key, value in offered.items() if key in accepted}
     kwargs.update(options or {})
     objective = factory(**kwargs)
     return GatheredObjective(objective, local_loss=hasattr(objective, "loss_terms"))
@@ -59,7 +59,14 @@ def objective_inputs(objective: nn.Module, batch: dict[str, torch.Tensor]) -> di
     ``labels`` for supervised variants); nothing else is passed."""
     if isinstance(objective, GatheredObjective):
         objective = objective.objective
-    wanted = inspect.signature(objective.forward).parameters
+    # Named in forward's signature, or declared as per-sample inputs (the distributed protocol's list).
+    wanted = set(inspect.signature(objective.forward).parameters) | set(getattr(objective, "per_sample_inputs", ()))
+    if "labels" in wanted and bool((batch["label"] < 0).any()):
+        raise ConfigError(
+            f"The objective {type(objective).__name__} is supervised (it takes labels), but this data has "
+            f"unlabeled samples. Use labelled data (class subfolders, IDX labels, or y in the .npz), or a "
+            f"self-supervised objective such as infonce."
+        )
     available = {"indices": batch["index"], "labels": batch["label"]}
     return {name: value for name, value in available.items() if name in wanted}
 
