@@ -157,3 +157,30 @@ def test_graph_methods_point_to_the_graph_command(capsys):
 def test_graph_command_is_reachable(capsys):
     code, _, err = run_cli(capsys, "graph", "--method", "graphmae", "--data", "/nowhere/graph")
     assert code == 2 and "/nowhere/graph" in err
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_start_again(tmp_path, capsys):
+    out = tmp_path / "aborted"
+    out.mkdir()
+    (out / "config.yaml").write_text("epochs: 1\n")
+    (out / "metrics.csv").write_text("epoch,step,train/loss\n0,0,5.0\n")
+    assert run_cli(capsys, "fit", *QUICK, "--out", str(out))[0] == 0
+    kept = list(out.glob("metrics-aborted-*.csv"))
+    assert len(kept) == 1 and kept[0].read_text().endswith("0,0,5.0\n")  # the aborted log is kept
+    assert (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_shard_and_export_commands(tmp_path, capsys):
+    from contrastkit.export import load_exported
+    from contrastkit.sources.shards import ShardFolder
+
+    code, out, err = run_cli(capsys, "shard", "--data", "digits", "--out", str(tmp_path / "shards"),
+                             "--shard-size", "500")
+    assert code == 0, err
+    assert len(ShardFolder(tmp_path / "shards").read(np.arange(1797))) == 1797
+    run = tmp_path / "run"
+    assert run_cli(capsys, "fit", *QUICK, "--out", str(run))[0] == 0
+    code, out, err = run_cli(capsys, "export", "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
+                             "--out", str(tmp_path / "exported"))
+    assert code == 0, err
+    assert load_exported(tmp_path / "exported").output_dim > 0

@@ -14,8 +14,8 @@ import torch
 from contrastkit.config import FitConfig
 from contrastkit.errors import ConfigError, DataError
 
-QUICK = dict(data="digits", limit=192, holdout=0.0, batch_size=64, width=0.25, epochs=1, report=False,
-             probe_every=0, baselines=False)
+QUICK = {"data": "digits", "limit": 192, "holdout": 0.0, "batch_size": 64, "width": 0.25, "epochs": 1,
+         "report": False, "probe_every": 0, "baselines": False}
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,17 @@ def build_parser() -> Parser:
                           help="comma-separated shares of training labels for the linear probe")
     evaluate.add_argument("--k", type=int, default=200)
     evaluate.add_argument("--seed", type=int, default=0)
+    shard = commands.add_parser("shard", help="convert an image set into memory-mapped shards for streaming")
+    shard.add_argument("--data", required=True, help="images to convert (same forms as fit --data)")
+    shard.add_argument("--out", required=True, help="output folder (index.json, shard-*.npy, labels.npy)")
+    shard.add_argument("--shard-size", type=int, default=10_000, help="images per shard file (default 10000)")
+    shard.add_argument("--image-size", type=int, default=None, help="resize images to this side length")
+    shard.add_argument("--channels", type=int, default=None, help="1 or 3 to force grayscale or RGB")
+
+    export = commands.add_parser("export", help="save a trained encoder as safetensors + config.json")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint written by fit (checkpoints/last.ckpt)")
+    export.add_argument("--out", required=True, help="output folder (model.safetensors, config.json)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     return parser
 
 
@@ -194,6 +205,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_shard(args: argparse.Namespace) -> int:
+    from contrastkit.sources.shards import shard_image_source
+
+    index = shard_image_source(args.data, args.out, shard_size=args.shard_size, image_size=args.image_size,
+                               channels=args.channels)
+    written = json.loads(index.read_text())
+    print(f"Wrote {written['num_samples']} images of shape {tuple(written['image_shape'])} in "
+          f"{len(written['shards'])} shards to {index.parent}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from contrastkit.export import export_encoder
+
+    folder = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"Wrote the encoder to {folder}: model.safetensors + config.json "
+          f"(reload it with contrastkit.export.load_exported('{folder}'))")
+    return 0
+
+
 def _load_array(path: str, option: str):
     import numpy as np
 
@@ -227,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             from contrastkit.graphs.cli import main as graph_main
 
             return graph_main(argv[1:])
-        commands = ["fit", "embed", "evaluate", "graph"]
+        commands = ["fit", "embed", "evaluate", "graph", "shard", "export"]
         if argv[0] not in (*commands, "-h", "--help"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -235,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
-        handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate}
+        handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate, "shard": run_shard,
+                    "export": run_export}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100) + "\n", file=sys.stderr)

@@ -109,7 +109,9 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
     ``backbone(eval_view(x))`` is refused rather than exported wrongly. Returns ``out_dir``.
     """
     from contrastkit.methods._parts import backbone_name
-    from contrastkit.training.restore import load_method  # training code only on the export side
+    from contrastkit.training.restore import (
+        load_method,  # training code only on the export side
+    )
 
     folder = Path(out_dir)
     if not overwrite and ((folder / WEIGHTS_FILE).exists() or (folder / CONFIG_FILE).exists()):

@@ -54,7 +54,6 @@ from contrastkit.training.module import SSLModule
 from contrastkit.views.image import EvalView
 
 RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "embeddings.npy", "report.md", "checkpoints")
 PROBE_BANK_SIZE = 5000
 PROBE_QUERY_SIZE = 2000
 
@@ -177,11 +176,15 @@ def resolve_run_dir(config: FitConfig) -> Path:
                 f"--resume: no checkpoint at '{checkpoint}'. A run directory holds checkpoints/last.ckpt once "
                 f"its first epoch has finished; start the run again without --resume."
             )
-    elif run_dir.exists() and any((run_dir / name).exists() for name in RUN_FILES):
+    elif checkpoint.exists() or (run_dir / "summary.json").exists():
         raise ConfigError(
             f"The run directory '{run_dir}' already holds a run; nothing in it is overwritten. "
             f"Pass --resume to continue it, or choose another --out."
         )
+    elif is_first_process() and (run_dir / "metrics.csv").exists():
+        # A run that died before its first checkpoint cannot be resumed; it starts again here, and
+        # the little it logged is kept beside the new log.
+        (run_dir / "metrics.csv").rename(run_dir / f"metrics-aborted-{time.strftime('%Y%m%d-%H%M%S')}.csv")
     return run_dir
 
 
