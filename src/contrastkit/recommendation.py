@@ -1,0 +1,335 @@
+"""Two-tower retrieval with a self-supervised regulariser on the item tower (Yao et al. 2021).
+
+Yao, Yi, Hong, Chen, Yang et al., "Self-supervised Learning for Large-scale Item
+Recommendations", CIKM 2021 (https://arxiv.org/abs/2007.12865). A query tower ``q = f(x_u)``
+and an item tower ``v = g(y_i)`` map categorical features to d-dim vectors; retrieval scores
+are ``s(u, i) = <q, v> / temperature`` on L2-normalised vectors. Training minimises
+
+    loss = L_main + ssl_weight * L_ssl
+
+* ``L_main``, the in-batch softmax (Yi et al., RecSys 2019): for a batch of B positive
+  (query, item) pairs, ``L_main = -1/B sum_i log( exp(s_ii) / sum_j exp(s_ij) )`` where the
+  other items of the batch are the negatives. Optional corrections (both used by the paper's
+  production model): ``s_ij - log p_j`` with ``p_j`` the probability that item ``j`` appears in
+  a batch (the logQ correction of popularity-biased negatives), and masking ``j`` out of row
+  ``i`` when item ``j`` is the same item as ``i`` (a duplicate is not a negative).
+* ``L_ssl``, on the item tower only: two views of each item of a separate batch drawn
+  *uniformly* from the catalogue (the paper's Sec. 3.3: a different, less head-heavy
+  distribution for the SSL batch is what makes it help long-tail items), made by masking
+  complementary halves of its features — random feature masking (RFM), or correlated feature
+  masking (CFM: a random seed feature and the features of highest mutual information with it
+  are masked together, so that a masked feature cannot be read off a correlated one). A
+  masked feature's embedding is replaced by zeros. ``L_ssl`` is the catalogue's InfoNCE
+  (NT-Xent, :func:`contrastkit.objectives.infonce.ntxent_terms`) between the two views'
+  embeddings. (The paper's Eq. 3 keeps only cross-view negatives and one direction; NT-Xent
+  also uses the other items of the same view as negatives.)
+
+The masks reuse :mod:`contrastkit.views.tabular` (``random_subset_mask``, the mutual
+information and correlated groups); here a *feature* is one categorical input column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.objectives.infonce import ntxent_terms
+from contrastkit.views.tabular import (
+    correlated_feature_groups,
+    correlated_feature_mask,
+    mutual_information_matrix,
+    random_subset_mask,
+)
+
+MASKINGS = ("random", "correlated")
+
+# --------------------------------------------------------------------------- towers
+
+
+class FeatureTower(nn.Module):
+    """Categorical features (B, F) int64 -> (B, output_dim): one embedding table per feature,
+    concatenated, then an MLP. ``masked`` (B, F) bool replaces those features' embeddings by 0."""
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        embedding_dim: int = 16,
+        hidden_dim: int = 64,
+        output_dim: int = 32,
+    ):
+        super().__init__()
+        self.cardinalities = tuple(int(c) for c in cardinalities)
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(c, embedding_dim) for c in self.cardinalities
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(len(self.cardinalities) * embedding_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, output_dim),
+        )
+
+    def forward(self, features: Tensor, masked: Tensor | None = None) -> Tensor:
+        if features.ndim != 2 or features.shape[1] != len(self.embeddings):
+            raise DataError(
+                f"FeatureTower expects integer features (B, {len(self.embeddings)}), got shape {tuple(features.shape)}."
+            )
+        columns = torch.stack(
+            [table(features[:, f]) for f, table in enumerate(self.embeddings)], dim=1
+        )  # (B, F, e)
+        if masked is not None:
+            columns = columns.masked_fill(masked[:, :, None], 0.0)
+        return self.mlp(columns.flatten(1))
+
+
+class TwoTowerModel(nn.Module):
+    """A query tower and an item tower with the same output size."""
+
+    def __init__(
+        self,
+        query_cardinalities: Sequence[int],
+        item_cardinalities: Sequence[int],
+        **tower: int,
+    ):
+        super().__init__()
+        self.query_tower = FeatureTower(query_cardinalities, **tower)
+        self.item_tower = FeatureTower(item_cardinalities, **tower)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def in_batch_softmax_loss(
+    queries: Tensor,
+    items: Tensor,
+    temperature: float,
+    item_ids: Tensor | None = None,
+    log_item_probability: Tensor | None = None,
+) -> Tensor:
+    """``-1/B sum_i log softmax_j(s_ij)[i]`` with ``s_ij = <q_i, v_j> / temperature - log p_j``.
+
+    ``queries`` (B, d), ``items`` (B, d), row i a positive pair; both are L2-normalised.
+    ``log_item_probability`` (B,): ``log p_j`` of each batch item (logQ correction; omitted when
+    None). ``item_ids`` (B,): when given, a column ``j != i`` holding the same item as row ``i``
+    is left out of row i's softmax.
+    """
+    if queries.ndim != 2 or queries.shape != items.shape:
+        raise DataError(
+            f"in-batch softmax needs query and item embeddings of the same shape (B, d), got "
+            f"{tuple(queries.shape)} and {tuple(items.shape)}."
+        )
+    logits = F.normalize(queries, dim=1) @ F.normalize(items, dim=1).T / temperature
+    if log_item_probability is not None:
+        logits = logits - log_item_probability[None, :]
+    if item_ids is not None:
+        duplicate = (item_ids[:, None] == item_ids[None, :]) & ~torch.eye(
+            len(item_ids), dtype=torch.bool, device=logits.device
+        )
+        logits = logits.masked_fill(duplicate, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def item_ssl_loss(
+    item_tower: nn.Module,
+    features: Tensor,
+    masks: tuple[Tensor, Tensor],
+    temperature: float,
+) -> Tensor:
+    """InfoNCE (the catalogue's NT-Xent) between the item tower's embeddings of two masked views."""
+    first, second = masks
+    return ntxent_terms(
+        item_tower(features, first), item_tower(features, second), temperature
+    ).mean()
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def complementary_random_masks(
+    batch: int,
+    n_features: int,
+    mask_fraction: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Random feature masking (RFM): the first view masks exactly ``round(mask_fraction * F)``
+    features of each row, a uniform subset; the second view masks the complement."""
+    if not 0 < mask_fraction < 1:
+        raise ConfigError(f"mask_fraction must be in (0, 1), got {mask_fraction}.")
+    first = random_subset_mask(
+        batch, n_features, round(mask_fraction * n_features), generator
+    )
+    return first, ~first
+
+
+class CorrelatedMasks:
+    """Correlated feature masking (CFM): per row, a uniformly random seed feature and the
+    ``round(mask_fraction * F) - 1`` features most dependent on it (on the catalogue's item
+    features) are masked in the first view; the complement in the second.
+
+    Dependence is the mutual information ``MI(f_i, f_j)`` of Yao et al., by default normalised
+    as ``MI(f_i, f_j) / sqrt(H(f_i) H(f_j))``: an item-id column determines every other feature,
+    so its raw MI with each of them equals that feature's entropy ``H(f_j)`` — the maximum — and
+    raw MI would pair every seed with the id instead of with its genuinely correlated partner
+    (e.g. category with subcategory). ``normalize=False`` uses raw MI as in the paper.
+    """
+
+    def __init__(
+        self,
+        item_features: np.ndarray,
+        mask_fraction: float = 0.5,
+        normalize: bool = True,
+    ):
+        if not 0 < mask_fraction < 1:
+            raise ConfigError(f"mask_fraction must be in (0, 1), got {mask_fraction}.")
+        codes = np.asarray(item_features)
+        # Categorical codes must stay codes: enough bins that no column is quantile-binned.
+        mi = mutual_information_matrix(codes, n_bins=int(codes.max()) + 1)
+        if normalize:
+            entropy = np.sqrt(np.clip(np.diag(mi), 1e-12, None))  # MI(f, f) = H(f)
+            mi = mi / np.outer(entropy, entropy)
+        group_size = max(1, round(mask_fraction * codes.shape[1]))
+        self.groups = torch.from_numpy(correlated_feature_groups(mi, group_size))
+        self.dependence = mi
+
+    def __call__(
+        self, batch: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        first = correlated_feature_mask(self.groups, batch, generator)
+        return first, ~first
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """One training run. Variants that differ only in ``ssl_weight`` get the same budget
+    (steps, batch size, model); ``ssl_batch_size`` items are drawn uniformly per step."""
+
+    embedding_dim: int = 16
+    hidden_dim: int = 64
+    output_dim: int = 32
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 3e-3
+    temperature: float = 0.1
+    logq_correction: bool = True
+    ssl_weight: float = 0.0
+    ssl_temperature: float = 0.1
+    ssl_batch_size: int = 256
+    masking: str = "correlated"
+    mask_fraction: float = 0.5
+    seed: int = 0
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def fit_two_tower(
+    pairs: Tensor,
+    query_features: Tensor,
+    item_features: Tensor,
+    query_cardinalities: Sequence[int],
+    item_cardinalities: Sequence[int],
+    config: TwoTowerConfig,
+) -> TwoTowerModel:
+    """Train on positive ``pairs`` (P, 2) = (query index, item index) rows.
+
+    ``query_features`` (U, Fq) and ``item_features`` (I, Fi) are int64 codes; feature f of a
+    tower takes values in ``[0, cardinalities[f])``.
+    """
+    if config.masking not in MASKINGS:
+        raise ConfigError(
+            f"Unknown masking '{config.masking}'. Valid maskings: {', '.join(MASKINGS)}."
+        )
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) < 2:
+        raise DataError(
+            f"pairs must be (P, 2) rows of (query index, item index) with P >= 2, got {tuple(pairs.shape)}."
+        )
+    n_items = len(item_features)
+    correlated = (
+        CorrelatedMasks(item_features.numpy(), config.mask_fraction)
+        if config.masking == "correlated"
+        else None
+    )
+    counts = torch.bincount(pairs[:, 1], minlength=n_items).double()
+    log_item_probability = (counts / counts.sum()).clamp_min(1e-12).log().float()
+    with _seeded(config.seed):
+        model = TwoTowerModel(
+            query_cardinalities,
+            item_cardinalities,
+            embedding_dim=config.embedding_dim,
+            hidden_dim=config.hidden_dim,
+            output_dim=config.output_dim,
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        batch_size = min(config.batch_size, len(pairs))
+        for _ in range(config.steps):
+            batch = pairs[torch.randint(len(pairs), (batch_size,), generator=generator)]
+            items = batch[:, 1]
+            loss = in_batch_softmax_loss(
+                model.query_tower(query_features[batch[:, 0]]),
+                model.item_tower(item_features[items]),
+                config.temperature,
+                item_ids=items,
+                log_item_probability=log_item_probability[items]
+                if config.logq_correction
+                else None,
+            )
+            if config.ssl_weight > 0:
+                ssl_items = torch.randint(
+                    n_items, (config.ssl_batch_size,), generator=generator
+                )
+                n_features = item_features.shape[1]
+                masks = (
+                    correlated(config.ssl_batch_size, generator)
+                    if correlated is not None
+                    else complementary_random_masks(
+                        config.ssl_batch_size,
+                        n_features,
+                        config.mask_fraction,
+                        generator,
+                    )
+                )
+                loss = loss + config.ssl_weight * item_ssl_loss(
+                    model.item_tower,
+                    item_features[ssl_items],
+                    masks,
+                    config.ssl_temperature,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def rank_items(
+    model: TwoTowerModel,
+    query_features: Tensor,
+    item_features: Tensor,
+    exclude: Tensor | None = None,
+    k: int = 50,
+) -> Tensor:
+    """(Q, k) item indices by decreasing cosine score for each query row; ``exclude`` (Q, I)
+    bool removes items (e.g. each user's training items) from its ranking."""
+    queries = F.normalize(model.query_tower(query_features), dim=1)
+    items = F.normalize(model.item_tower(item_features), dim=1)
+    scores = queries @ items.T
+    if exclude is not None:
+        scores = scores.masked_fill(exclude, float("-inf"))
+    return scores.topk(min(k, scores.shape[1]), dim=1).indices
