@@ -273,3 +273,18 @@ def test_few_label_head_on_frozen_encoder_classifies():
     model.fit_classifier(x[few], y[few])
     assert all(torch.equal(a, b) for a, b in zip(weights_before, model.encoder.parameters()))  # frozen
     assert (model.predict(x) == y).mean() > 0.9
+
+
+def test_parquet_reads_the_same_table_as_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from contrastkit.sources.tabular import read_csv_table, read_table
+
+    csv_path = tmp_path / "flows.csv"
+    csv_path.write_text("protocol,bytes,flag\ntcp,491,SF\nudp,146,SF\ntcp,0,S0\n")
+    frame = pd.read_csv(csv_path, dtype=str)
+    frame.to_parquet(tmp_path / "flows.parquet")
+    from_csv, from_parquet = read_csv_table(csv_path), read_table(tmp_path / "flows.parquet")
+    assert from_csv.keys() == from_parquet.keys()
+    for column in from_csv:
+        assert list(from_csv[column]) == list(from_parquet[column]), column

@@ -116,6 +116,11 @@ def build_parser() -> Parser:
     shard.add_argument("--image-size", type=int, default=None, help="resize images to this side length")
     shard.add_argument("--channels", type=int, default=None, help="1 or 3 to force grayscale or RGB")
 
+    from contrastkit.timeseries_cli import add_arguments as add_timeseries_arguments
+
+    add_timeseries_arguments(commands.add_parser(
+        "timeseries", help="TS2Vec on a UCR/UEA set, scored with the SVM protocol and the 1-NN floor"))
+
     export = commands.add_parser("export", help="save a trained encoder as safetensors + config.json")
     export.add_argument("--checkpoint", required=True, help="a checkpoint written by fit (checkpoints/last.ckpt)")
     export.add_argument("--out", required=True, help="output folder (model.safetensors, config.json)")
@@ -216,6 +221,15 @@ def run_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_timeseries(args: argparse.Namespace) -> int:
+    from contrastkit.timeseries_cli import format_summary, run
+
+    summary = run(args)
+    print(format_summary(summary))
+    print(f"\nRun directory: {args.out}")
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     from contrastkit.export import export_encoder
 
@@ -258,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             from contrastkit.graphs.cli import main as graph_main
 
             return graph_main(argv[1:])
-        commands = ["fit", "embed", "evaluate", "graph", "shard", "export"]
+        commands = ["fit", "embed", "evaluate", "graph", "timeseries", "shard", "export"]
         if argv[0] not in (*commands, "-h", "--help"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -266,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
-        handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate, "shard": run_shard,
-                    "export": run_export}
+        handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate, "timeseries": run_timeseries,
+                    "shard": run_shard, "export": run_export}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100) + "\n", file=sys.stderr)
