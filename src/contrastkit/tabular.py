@@ -27,6 +27,7 @@ linear (multinomial logistic) head on the frozen encoder, trained on a handful o
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -55,7 +56,7 @@ def mlp_encoder(input_dims: int, hidden_dims: int = 256, depth: int = 4) -> nn.S
     return nn.Sequential(*layers)
 
 
-class TabularContrastive:
+class TabularContrastive(abc.ABC):
     """Shared training loop, encoding, scoring and few-label head of :class:`SCARF` and :class:`CLAN`.
 
     Subclasses build ``self.objective`` and the optional ``self.projector`` and implement
@@ -95,8 +96,9 @@ class TabularContrastive:
     def _build_projector(self, hidden_dims: int) -> nn.Module | None:
         return None
 
+    @abc.abstractmethod
     def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
-        raise NotImplementedError
+        """The method's training loss on one batch of encoded rows."""
 
     # ------------------------------------------------------------------ training
 

@@ -8,6 +8,7 @@ terms are summed, so that each process can compute only its own rows against the
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -34,7 +35,7 @@ class LossTerms(NamedTuple):
         return self.total / self.count
 
 
-class ContrastiveObjective(nn.Module):
+class ContrastiveObjective(nn.Module, abc.ABC):
     """Base of the objectives that implement ``loss_terms``: ``forward`` is ``total / count``.
 
     Subclasses set ``per_sample_inputs`` (keyword arguments with one row per sample, gathered
@@ -44,8 +45,9 @@ class ContrastiveObjective(nn.Module):
 
     per_sample_inputs: ClassVar[tuple[str, ...]] = ()
 
+    @abc.abstractmethod
     def loss_terms(self, z_a: Tensor, z_b: Tensor, *, anchor_rows: slice | None = None, **extra: Any) -> LossTerms:
-        raise NotImplementedError
+        """The summed loss terms of ``anchor_rows`` and the whole batch's normaliser."""
 
     def forward(self, z_a: Tensor, z_b: Tensor, **extra: Any) -> Tensor:
         return self.loss_terms(z_a, z_b, **extra).mean()
