@@ -29,7 +29,6 @@ past at forecast time) but their targets lie entirely inside their own part.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives.infonce import ntxent_terms
+from contrastkit.seeding import seeded
 from contrastkit.views.timeseries import jitter, scale
 
 # --------------------------------------------------------------------------- data
@@ -307,13 +307,6 @@ class ForecasterConfig:
     seed: int = 0
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global generator (dropout, initialisation) without leaking it to the caller."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
 
 def _batches(
     n: int, batch_size: int, steps: int, generator: torch.Generator
@@ -348,7 +341,7 @@ def fit_forecaster(
         raise ConfigError(
             "The contrastive term needs batches of at least 2 windows; raise batch_size."
         )
-    with _seeded(config.seed):
+    with seeded(config.seed):
         model = PatchTransformerForecaster(
             inputs.shape[1],
             targets.shape[1],

@@ -30,8 +30,7 @@ information and correlated groups); here a *feature* is one categorical input co
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +40,7 @@ from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives.infonce import ntxent_terms
+from contrastkit.seeding import seeded
 from contrastkit.views.tabular import (
     correlated_feature_groups,
     correlated_feature_mask,
@@ -228,12 +228,6 @@ class TwoTowerConfig:
     seed: int = 0
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
 
 def fit_two_tower(
     pairs: Tensor,
@@ -264,7 +258,7 @@ def fit_two_tower(
     )
     counts = torch.bincount(pairs[:, 1], minlength=n_items).double()
     log_item_probability = (counts / counts.sum()).clamp_min(1e-12).log().float()
-    with _seeded(config.seed):
+    with seeded(config.seed):
         model = TwoTowerModel(
             query_cardinalities,
             item_cardinalities,

@@ -41,6 +41,7 @@ from contrastkit import objectives
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
+from contrastkit.seeding import seeded
 from contrastkit.views.tabular import SCARFCorruption
 
 
@@ -195,11 +196,8 @@ class TabularContrastive(abc.ABC):
 
     @contextlib.contextmanager
     def _random_state(self) -> Iterator[None]:
-        if self._seeds is None:
-            yield
-            return
-        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            torch.manual_seed(int(self._seeds.integers(2**62)))
+        seed = None if self._seeds is None else int(self._seeds.integers(2**62))
+        with seeded(seed, self.device):
             yield
 
 

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from contrastkit.encoders.dilated_conv import DilatedConvEncoder
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives.hierarchical import hierarchical_contrastive_loss
+from contrastkit.seeding import seeded
 from contrastkit.sources.timeseries import TimeSeriesSource
 from contrastkit.views.timeseries import sample_overlapping_crops, take_crops
 
@@ -254,12 +255,8 @@ class TS2Vec:
     @contextlib.contextmanager
     def _random_state(self) -> Iterator[None]:
         """With a seed: a private torch random state seeded from this model's seed stream."""
-        if self._seeds is None:
-            yield
-            return
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(self._seeds.integers(2**62)))
+        seed = None if self._seeds is None else int(self._seeds.integers(2**62))
+        with seeded(seed, self.device):
             yield
 
 

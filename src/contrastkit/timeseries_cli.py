@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from contrastkit.evaluation.ucr import one_nn_euclidean, svm_protocol_result
-    from contrastkit.sources.timeseries import open_timeseries_source, standardize_with_train_statistics
+    from contrastkit.sources.timeseries import (
+        open_timeseries_source,
+        standardize_with_train_statistics,
+    )
     from contrastkit.timeseries import TS2Vec, default_n_iters
 
     out = Path(args.out)

@@ -18,6 +18,7 @@ from torch import nn
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, to_numpy
+from contrastkit.seeding import seeded
 
 
 def auroc(scores: Any, is_anomaly: Any) -> float:
@@ -96,8 +97,7 @@ def autoencoder_scores(
         raise ConfigError(f"autoencoder_scores: epochs and batch_size must be >= 1, got {epochs}, {batch_size}.")
     train_t = torch.from_numpy(as_float32_matrix(train, "train", min_rows=2))
     test_t = torch.from_numpy(as_float32_matrix(test, "test"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = ReconstructionAutoencoder(train_t.shape[1], hidden_dim, bottleneck_dim)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(epochs):

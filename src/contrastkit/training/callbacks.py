@@ -9,7 +9,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from contrastkit.evaluation.diagnostics import alignment, collapse_report, effective_rank
+from contrastkit.evaluation.diagnostics import (
+    alignment,
+    collapse_report,
+    effective_rank,
+)
 from contrastkit.evaluation.knn import weighted_knn_accuracy
 from contrastkit.evaluation.predictor_diagnostics import (
     predictor_report,

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.seeding import seeded
 
 SIMCLR_JITTER = (0.4, 0.4, 0.4, 0.1)
 """SimCLR colour-jitter strength s = 0.5 as (0.8 s, 0.8 s, 0.8 s, 0.2 s), the CIFAR recipe of
@@ -126,16 +127,8 @@ class Normalize(nn.Module):
 def seeded_from(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
     """Run the block with torch's global generators (CPU, and ``device`` when it is CUDA) seeded
     from ``generator``, restoring their state afterwards; a no-op when ``generator`` is None."""
-    if generator is None:
-        yield
-        return
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
+    seed = None if generator is None else int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    with seeded(seed, device):
         yield
 
 
