@@ -118,6 +118,16 @@ def test_batch_larger_than_data(tmp_path, capsys):
                       "--batch-size", "200")
 
 
+def test_fit_prints_the_table_and_where_the_run_is(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "fit", "--data", "digits", "--limit", "300", "--batch-size", "32", "--width",
+                           "0.25", "--epochs", "1", "--no-report")
+    assert code == 0
+    assert "knn_top1" in out and "untrained" in out and "raw" in out
+    run_dirs = list((tmp_path / "runs").iterdir())  # the default: runs/<method>-<data>-<time>
+    assert len(run_dirs) == 1 and run_dirs[0].name.startswith("simclr-digits-")
+    assert f"Run directory: {run_dirs[0].relative_to(tmp_path)}" in out
+
+
 def test_existing_run_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(capsys, "fit", *QUICK, "--out", str(out))[0] == 0

@@ -168,7 +168,7 @@ def run_fit(args: argparse.Namespace) -> int:
     summary = fit(config)
     if summary:
         print(format_comparison_table(summary))
-        print(f"\nRun directory: {summary.get('out', config.out or '')}")
+        print(f"\nRun directory: {summary['out']} (report.md, summary.json, checkpoints/)")
     return 0
 
 

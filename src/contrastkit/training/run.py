@@ -106,6 +106,7 @@ def fit(config: FitConfig) -> dict:
         "method": config.method,
         "objective": config.objective,
         "data": config.data,
+        "out": str(run_dir),
         "backbone": backbone_name(config.backbone, data.image_size),
         "epochs": config.epochs,
         "seconds": round(throughput.epoch_seconds, 2),  # training epochs' wall time, across resumes
