@@ -45,19 +45,15 @@ def conv_bn(
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
-class BasicBlock(nn.Module):
-    """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``; ``expansion = 1``."""
+class ResidualBlock(nn.Module):
+    """``relu(branch(x) + shortcut(x))``; the shortcut is a strided 1x1 conv + BN when the shape
+    changes, else the identity. Subclasses build the branch."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+    def __init__(self, branch: nn.Sequential, in_channels: int, out_channels: int, stride: int):
         super().__init__()
-        out_channels = channels * self.expansion
-        self.branch = nn.Sequential(
-            conv_bn(in_channels, channels, 3, stride),
-            nn.ReLU(inplace=True),
-            conv_bn(channels, out_channels, 3),
-        )
+        self.branch = branch
         self.shortcut = (
             conv_bn(in_channels, out_channels, 1, stride)
             if stride != 1 or in_channels != out_channels
@@ -72,34 +68,37 @@ class BasicBlock(nn.Module):
         return self.relu(self.branch(x) + self.shortcut(x))
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(ResidualBlock):
+    """``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``; ``expansion = 1``."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        out_channels = channels * self.expansion
+        branch = nn.Sequential(
+            conv_bn(in_channels, channels, 3, stride),
+            nn.ReLU(inplace=True),
+            conv_bn(channels, out_channels, 3),
+        )
+        super().__init__(branch, in_channels, out_channels, stride)
+
+
+class Bottleneck(ResidualBlock):
     """``relu(bn(conv1x1(relu(bn(conv3x3(relu(bn(conv1x1(x))))))) + shortcut(x))``;
     ``expansion = 4``. The stride sits on the 3x3 conv (torchvision's "ResNet v1.5")."""
 
     expansion = 4
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1):
-        super().__init__()
         out_channels = channels * self.expansion
-        self.branch = nn.Sequential(
+        branch = nn.Sequential(
             conv_bn(in_channels, channels, 1),
             nn.ReLU(inplace=True),
             conv_bn(channels, channels, 3, stride),
             nn.ReLU(inplace=True),
             conv_bn(channels, out_channels, 1),
         )
-        self.shortcut = (
-            conv_bn(in_channels, out_channels, 1, stride)
-            if stride != 1 or in_channels != out_channels
-            else nn.Identity()
-        )
-        self.relu = nn.ReLU(inplace=True)
-
-    def last_norm(self) -> nn.BatchNorm2d:
-        return self.branch[-1][1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.branch(x) + self.shortcut(x))
+        super().__init__(branch, in_channels, out_channels, stride)
 
 
 class ResNet(nn.Module):
