@@ -3,7 +3,9 @@ timing, and the per-epoch checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -21,20 +23,26 @@ from contrastkit.evaluation.predictor_diagnostics import (
 )
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def evaluating(method: torch.nn.Module) -> Iterator[None]:
+    """The block runs with ``method`` in eval mode and no autograd; its mode is restored after."""
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        method.train(was_training)
+
+
 def embed_images(method: torch.nn.Module, images: torch.Tensor, device: torch.device,
                  batch_size: int = 512, space: str = "embed") -> torch.Tensor:
     """Representations of uint8 images, in batches, with the method in eval mode (restored after).
     ``space`` is "embed" (the downstream representation) or "project" (the objective's space)."""
-    was_training = method.training
-    method.eval()
     encode = getattr(method, space)
-    try:
-        parts = [encode(images[i : i + batch_size].to(device, non_blocking=True)).float().cpu()
-                 for i in range(0, len(images), batch_size)]
-    finally:
-        method.train(was_training)
-    return torch.cat(parts)
+    with evaluating(method):
+        return torch.cat([encode(images[i : i + batch_size].to(device, non_blocking=True)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 # A run whose projections lose more than 60 % of the effective rank they once had is collapsing
@@ -44,7 +52,6 @@ def embed_images(method: torch.nn.Module, images: torch.Tensor, device: torch.de
 RANK_DROP_FRACTION = 0.4
 
 
-@torch.inference_mode()
 def two_view_projections(method: torch.nn.Module, images: torch.Tensor, device: torch.device,
                          batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Objective-space outputs of two augmented views of each image, for the alignment of Wang &
@@ -53,15 +60,11 @@ def two_view_projections(method: torch.nn.Module, images: torch.Tensor, device: 
     views = getattr(method, "views", None)
     if not (hasattr(views, "two_views") and hasattr(method, "backbone") and hasattr(method, "projection")):
         return None
-    was_training = method.training
-    method.eval()
-    try:
-        pairs = []
+    pairs = []
+    with evaluating(method):
         for i in range(0, len(images), batch_size):
             view_a, view_b = views.two_views(images[i : i + batch_size].to(device, non_blocking=True))
             pairs.append(method.projection(method.backbone(torch.cat([view_a, view_b]))).float().cpu().chunk(2))
-    finally:
-        method.train(was_training)
     return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
