@@ -5,8 +5,9 @@ A method is an ``nn.Module`` with
   training device), ``index`` (the samples' stable ids) and ``label`` (-1 when unknown, never used
   for self-supervised losses);
 - ``embed(images) -> Tensor``: the representation used downstream (backbone features, eval view);
-- ``project(images) -> Tensor``: the output in the space where the objective acts (projection or
-  prediction head, eval view), where collapse diagnostics are measured;
+- ``project_embedding(embedding) -> Tensor``: from ``embed``'s output to the space where the
+  objective acts (the projection head), where collapse diagnostics are measured; the two are
+  computed in one pass;
 - optionally ``after_optimizer_step(step, total_steps)`` for momentum (EMA) updates.
 
 ``METHODS`` maps a name to ``build(config, data) -> method``: the builder turns the run's

@@ -89,8 +89,8 @@ class BYOL(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.eval_view(images))
 
-    def project(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.embed(images))
+    def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.projection(embedding)
 
     def predictor_matrices(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(W, F) of a linear predictor, for the eigen-alignment diagnostic; None otherwise."""

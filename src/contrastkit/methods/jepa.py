@@ -177,8 +177,8 @@ class JEPA(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.target_encoder(self.eval_view(images)).mean(dim=1)
 
-    def project(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed(images)
+    def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        return embedding  # the predictor works on tokens; the pooled target encoding is the space
 
 
 def default_patch_size(image_size: int) -> int:

@@ -110,8 +110,8 @@ class MoCo(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.eval_view(images))
 
-    def project(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.embed(images))
+    def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.projection(embedding)
 
 
 def moco_objective(name: str | None, mochi, temperature: float, num_samples: int) -> nn.Module:

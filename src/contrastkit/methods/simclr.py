@@ -50,8 +50,8 @@ class SimCLR(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.eval_view(images))
 
-    def project(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.embed(images))
+    def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.projection(embedding)
 
 
 # Objectives of the catalogue that do not read their two inputs as two views of the same samples.

@@ -36,13 +36,23 @@ def evaluating(method: torch.nn.Module) -> Iterator[None]:
 
 
 def embed_images(method: torch.nn.Module, images: torch.Tensor, device: torch.device,
-                 batch_size: int = 512, space: str = "embed") -> torch.Tensor:
-    """Representations of uint8 images, in batches, with the method in eval mode (restored after).
-    ``space`` is "embed" (the downstream representation) or "project" (the objective's space)."""
-    encode = getattr(method, space)
+                 batch_size: int = 512) -> torch.Tensor:
+    """Representations (``method.embed``) of uint8 images, in batches, in eval mode."""
     with evaluating(method):
-        return torch.cat([encode(images[i : i + batch_size].to(device, non_blocking=True)).float().cpu()
+        return torch.cat([method.embed(images[i : i + batch_size].to(device, non_blocking=True)).float().cpu()
                           for i in range(0, len(images), batch_size)])
+
+
+def embed_and_project(method: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                      batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Representations and their projections into the objective's space, from one backbone pass."""
+    embeddings, projections = [], []
+    with evaluating(method):
+        for i in range(0, len(images), batch_size):
+            h = method.embed(images[i : i + batch_size].to(device, non_blocking=True))
+            embeddings.append(h.float().cpu())
+            projections.append(method.project_embedding(h).float().cpu())
+    return torch.cat(embeddings), torch.cat(projections)
 
 
 # A run whose projections lose more than 60 % of the effective rank they once had is collapsing
@@ -99,14 +109,14 @@ class OnlineProbe(L.Callback):
         if self.every <= 0 or ((epoch + 1) % self.every and epoch + 1 != trainer.max_epochs):
             return
         method = module.method
-        queries = embed_images(method, self.query_images, module.device)
+        queries, projected = embed_and_project(method, self.query_images, module.device)
         metrics = {}
         if self.bank_labels is not None and self.query_labels is not None:
             bank = embed_images(method, self.bank_images, module.device)
             metrics["probe/knn_top1"] = weighted_knn_accuracy(
                 bank, self.bank_labels, queries, self.query_labels, k=self.k, temperature=self.temperature)
         metrics["diag/rankme"] = float(effective_rank(queries))
-        report = collapse_report(embed_images(method, self.query_images, module.device, space="project"))
+        report = collapse_report(projected)
         for name in ("effective_rank", "uniformity", "per_dimension_std"):
             metrics[f"diag/{name}"] = float(report[name])
         pair = two_view_projections(method, self.query_images, module.device)

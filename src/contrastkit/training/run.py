@@ -45,6 +45,7 @@ from contrastkit.training.callbacks import (
     EpochCheckpoint,
     OnlineProbe,
     Throughput,
+    embed_and_project,
     embed_images,
 )
 from contrastkit.training.checkpoint import AtomicCheckpointIO
@@ -231,11 +232,11 @@ def evaluate_run(method, untrained: torch.nn.Module | None, source: ImageSource,
     order = np.concatenate([train_rows, holdout_rows])
     images = source.images[order]
     device = next(method.parameters()).device
-    learned = embed_images(method, images, device).numpy()
+    learned, projected = embed_and_project(method, images, device)
+    learned = learned.numpy()
     np.save(run_dir / "embeddings.npy", learned)
     (run_dir / "split.json").write_text(json.dumps({"train": [0, len(train_rows)],
                                                     "holdout": [len(train_rows), len(order)]}))
-    projected = embed_images(method, images, device, space="project")
     results: dict = {"collapse": _jsonable(collapse_report(projected)),
                      "rankme": float(effective_rank(torch.from_numpy(learned)))}
     if source.labels is None or len(holdout_rows) == 0:
