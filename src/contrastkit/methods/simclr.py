@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contrastkit import objectives
 from contrastkit.errors import ConfigError
 from contrastkit.heads import ProjectionHead
 from contrastkit.methods import METHODS
@@ -54,19 +55,11 @@ class SimCLR(nn.Module):
         return self.projection(embedding)
 
 
-# Objectives of the catalogue that do not read their two inputs as two views of the same samples.
-NOT_FOR_VIEW_PAIRS = {
-    "augmented_negatives": "it treats its second input as negatives (CLAN); use contrastkit.tabular's CLAN",
-    "mochi": "it needs a queue of keys; use --method moco with `extra: {moco: {mochi: true}}`",
-    "listwise": "it needs candidate lists with graded relevance labels, not view pairs",
-}
-
-
 @METHODS.register("simclr")
 def build(config, data: DataInfo) -> SimCLR:
-    if config.objective in NOT_FOR_VIEW_PAIRS:
-        raise ConfigError(f"--objective {config.objective} does not fit SimCLR's view pairs: "
-                          f"{NOT_FOR_VIEW_PAIRS[config.objective]}.")
+    reason = getattr(objectives.OBJECTIVES.factory(config.objective or "infonce"), "not_for_view_pairs", "")
+    if reason:
+        raise ConfigError(f"--objective {config.objective} does not fit SimCLR's view pairs: {reason}.")
     backbone = build_backbone(config.backbone, data, config.width)
     hidden = config.projection_hidden_dim or backbone.output_dim
     return SimCLR(

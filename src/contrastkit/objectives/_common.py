@@ -44,6 +44,9 @@ class ContrastiveObjective(nn.Module, abc.ABC):
     """
 
     per_sample_inputs: ClassVar[tuple[str, ...]] = ()
+    # Why the objective does not read (z_a, z_b) as two views of the same samples ("" when it does);
+    # methods that feed view pairs (SimCLR) refuse such objectives with this reason.
+    not_for_view_pairs: ClassVar[str] = ""
 
     @abc.abstractmethod
     def loss_terms(self, z_a: Tensor, z_b: Tensor, *, anchor_rows: slice | None = None, **extra: Any) -> LossTerms:

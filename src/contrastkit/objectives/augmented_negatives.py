@@ -131,6 +131,8 @@ class AugmentedNegatives(ContrastiveObjective):
         scores = benign_distance_score(encoder(x_train_benign), encoder(x_test))
     """
 
+    not_for_view_pairs = "it treats its second input as negatives (CLAN); use contrastkit.tabular's CLAN"
+
     def __init__(
         self, temperature: float = 0.1, form: LossForm = "likelihood", margin: float = 1.0, alpha: float = 0.5
     ):

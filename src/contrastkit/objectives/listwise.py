@@ -118,6 +118,8 @@ class ListwiseWasserstein(ContrastiveObjective):
         loss = objective(q, c.view(B, L, -1), relevance=grades)      # grades in {0, 1, 2, 3}
     """
 
+    not_for_view_pairs = "it needs candidate lists with graded relevance labels, not view pairs"
+
     per_sample_inputs = ("relevance",)
 
     def __init__(

@@ -162,6 +162,8 @@ class MoCHi(ContrastiveObjective):
         queue.enqueue(k)
     """
 
+    not_for_view_pairs = "it needs a queue of keys; use --method moco with `extra: {moco: {mochi: true}}`"
+
     def __init__(
         self,
         temperature: float = 0.2,
