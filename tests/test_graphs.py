@@ -117,18 +117,21 @@ def test_open_graph_source_builtin_name():
 
 def test_edge_list_graph(tmp_path):
     (tmp_path / "edges.csv").write_text("src,dst\n0,1\n1,2\n1,0\n2,2\n")
-    np.save(tmp_path / "features.npy", np.eye(3, dtype=np.float32))
+    features = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.save(tmp_path / "features.npy", features)
     (tmp_path / "labels.txt").write_text("0\n1\n-1\n")
     graph = open_graph_source(str(tmp_path))
+    assert torch.equal(graph.x, torch.from_numpy(features)) and graph.train_mask is None
     # Both directions, duplicates (1,0) and self-loops (2,2) dropped.
     assert sorted(map(tuple, graph.edge_index.T.tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
-    assert graph.y.tolist() == [0, 1, -1] and graph.num_features == 3
+    assert graph.y.tolist() == [0, 1, -1] and graph.num_features == 2
 
 
 def test_edge_list_weights_and_csv_features(tmp_path):
     (tmp_path / "e.csv").write_text("0,1,0.5\n2,1,2.0\n")
-    (tmp_path / "x.csv").write_text("1,0\n0,1\n1,1\n")
+    (tmp_path / "x.csv").write_text("f0,f1\n1,0\n0,1\n1,0.5\n")  # a header row, then one row per node
     graph = read_edge_list_graph(tmp_path / "e.csv", tmp_path / "x.csv")
+    assert graph.x.tolist() == [[1.0, 0.0], [0.0, 1.0], [1.0, 0.5]] and graph.x.dtype == torch.float32
     weights = dict(zip(map(tuple, graph.edge_index.T.tolist()), graph.edge_weight.tolist()))
     assert weights == {(0, 1): 0.5, (1, 0): 0.5, (1, 2): 2.0, (2, 1): 2.0}
 
@@ -408,9 +411,11 @@ def test_graph_augment_view_keeps_node_count():
 
 
 def test_graph_clustering_accuracy_matches_scipy_hungarian():
+    import itertools
+
     graph = random_graph(n=90, classes=3)
     y = graph.y.numpy()
-    permutation = np.array([2, 0, 1])
+    permutation = np.array([2, 0, 1])  # class k is cluster permutation[k]
     rng = np.random.default_rng(0)
     # Well-separated clusters whose ids are a permutation of the classes, 10% of nodes moved.
     cluster_ids = permutation[y].copy()
@@ -418,11 +423,20 @@ def test_graph_clustering_accuracy_matches_scipy_hungarian():
     cluster_ids[moved] = rng.integers(0, 3, 9)
     embeddings = np.eye(3)[cluster_ids] * 10 + rng.normal(0, 0.01, (90, 3))
     scores = clustering_scores(embeddings, graph)
+    # Three derivations of the same number: undoing the known permutation, scipy's assignment on
+    # the contingency table, and brute force over all 3! cluster -> class maps.
+    inverse = np.argsort(permutation)
+    known = np.mean(inverse[cluster_ids] == y)
     counts = np.zeros((3, 3))
     np.add.at(counts, (cluster_ids, y), 1)
     rows, cols = linear_sum_assignment(-counts)
-    assert scores["acc"] == pytest.approx(counts[rows, cols].sum() / 90)
-    assert scores["acc"] >= 0.9
+    brute = max(np.mean(np.array(m)[cluster_ids] == y) for m in itertools.permutations(range(3)))
+    assert scores["acc"] == pytest.approx(known) == pytest.approx(counts[rows, cols].sum() / 90)
+    assert scores["acc"] == pytest.approx(brute)
+    assert known == pytest.approx(1 - np.sum(cluster_ids[moved] != permutation[y[moved]]) / 90)
+    # No node moved: ACC, NMI and ARI are exactly 1 whatever the permutation.
+    perfect = clustering_scores(np.eye(3)[permutation[y]] * 10, graph)
+    assert perfect == pytest.approx({"acc": 1.0, "nmi": 1.0, "ari": 1.0})
 
 
 def test_split_probe_selects_c_on_validation_only():
@@ -434,6 +448,126 @@ def test_split_probe_selects_c_on_validation_only():
     scrambled = Graph(**{**graph.__dict__, "y": graph.y.clone()})
     scrambled.y[graph.test_mask] = (scrambled.y[graph.test_mask] + 1) % 3
     assert split_probe_accuracy(embeddings, scrambled)["C"] == result["C"]
+
+
+def blob_graph(n: int = 300, dim: int = 5, classes: int = 3, spread: float = 1.5, seed: int = 0) -> tuple[Graph, np.ndarray]:
+    """A graph whose embeddings are overlapping Gaussian blobs (one per class), split 50/25/25 %."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centres = rng.normal(0, 1, (classes, dim)) * 2
+    embeddings = (centres[y] + rng.normal(0, spread, (n, dim))).astype(np.float32)
+    part = rng.permutation(n)
+    masks = [np.zeros(n, dtype=bool) for _ in range(3)]
+    for mask, rows in zip(masks, (part[: n // 2], part[n // 2 : 3 * n // 4], part[3 * n // 4 :])):
+        mask[rows] = True
+    graph = Graph(x=torch.from_numpy(embeddings), edge_index=torch.zeros(2, 0, dtype=torch.long),
+                  y=torch.from_numpy(y), train_mask=torch.from_numpy(masks[0]),
+                  val_mask=torch.from_numpy(masks[1]), test_mask=torch.from_numpy(masks[2]))
+    return graph, embeddings
+
+
+def test_adam_probe_converges_to_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from contrastkit.graphs.evaluate import adam_probe_accuracy
+
+    graph, embeddings = blob_graph()
+    train, test = graph.train_mask.numpy(), graph.test_mask.numpy()
+    y = graph.y.numpy()
+    # Adam's coupled weight decay wd minimises mean CE + wd/2 ||theta||^2, i.e. scikit-learn's
+    # C * sum CE + ||W||^2 / 2 with C = 1 / (wd * n_train) (the bias aside, which sklearn leaves
+    # unpenalised; small here).
+    wd = 1e-3
+    reference = LogisticRegression(C=1 / (wd * train.sum()), max_iter=5000).fit(embeddings[train], y[train])
+    expected = np.mean(reference.predict(embeddings[test]) == y[test])
+    result = adam_probe_accuracy(embeddings, graph, seed=0, lr=0.05, weight_decay=wd, epochs=1500)
+    assert 0.5 < expected < 1.0  # overlapping classes: the comparison is not trivially 1 = 1
+    assert abs(result["final_test"] - expected) <= 2 / test.sum()
+
+
+def test_adam_probe_chooses_its_epoch_on_validation_labels_only():
+    from contrastkit.graphs.evaluate import adam_probe_accuracy
+
+    graph, embeddings = blob_graph(spread=2.5)
+    result = adam_probe_accuracy(embeddings, graph, seed=0, epochs=100)
+    scrambled = Graph(**{**graph.__dict__, "y": graph.y.clone()})
+    scrambled.y[graph.test_mask] = (scrambled.y[graph.test_mask] + 1) % 3
+    other = adam_probe_accuracy(embeddings, scrambled, seed=0, epochs=100)
+    assert (other["epoch"], other["val"]) == (result["epoch"], result["val"])
+    assert other["test"] != result["test"]
+    # The kept epoch is the last one with the best validation accuracy: training for fewer
+    # epochs than that epoch gives a lower or equal validation accuracy.
+    shorter = adam_probe_accuracy(embeddings, graph, seed=0, epochs=result["epoch"])
+    assert shorter["val"] <= result["val"] and shorter["epoch"] < result["epoch"]
+    # Seeds change only the initialisation: same seed, same result; several seeds, some spread.
+    assert adam_probe_accuracy(embeddings, graph, seed=0, epochs=100) == result
+    tests = {adam_probe_accuracy(embeddings, graph, seed=s, epochs=10)["test"] for s in range(5)}
+    assert len(tests) > 1
+    separable, _ = blob_graph(spread=0.05)
+    assert adam_probe_accuracy(separable.x, separable, epochs=50)["test"] == 1.0
+
+
+def test_probe_summary_splits_the_spread_over_probe_and_pretraining_seeds():
+    from contrastkit.graphs.cli import summarize
+
+    tests = [[0.80, 0.82, 0.81], [0.70, 0.74, 0.72]]  # 2 pretraining seeds x 3 probe seeds
+    runs = [{"probe": {"test": t, "val": t, "final_test": t, "epoch": [1, 2, 3]}} for t in tests]
+    summary = summarize(runs)
+    flat = [0.80, 0.82, 0.81, 0.70, 0.74, 0.72]
+    assert summary["probe_test"] == pytest.approx((np.mean(flat), np.std(flat)))
+    within = math.sqrt(((0.01**2 + 0.01**2 + 0) / 3 + (0.02**2 + 0.02**2 + 0) / 3) / 2)
+    assert summary["probe_test_std_over_probe_seeds"] == pytest.approx(within)
+    assert summary["probe_test_std_over_pretraining_seeds"] == pytest.approx(0.045)  # means 0.81, 0.72
+
+
+def write_graph_folder(folder, graph: Graph, split: bool = True) -> None:
+    np.savetxt(folder / "edges.csv", graph.edge_index.T.numpy(), fmt="%d", delimiter=",")
+    np.save(folder / "features.npy", graph.x.numpy())
+    np.savetxt(folder / "labels.txt", graph.y.numpy(), fmt="%d")
+    if split:
+        words = np.where(graph.train_mask, "train", np.where(graph.val_mask, "val", "test"))
+        (folder / "split.txt").write_text("\n".join(words) + "\n")
+
+
+def test_split_file_loads_and_checks(tmp_path):
+    graph = random_graph(n=12)
+    write_graph_folder(tmp_path, graph)
+    loaded = open_graph_source(str(tmp_path))
+    for key in ("train_mask", "val_mask", "test_mask"):
+        assert torch.equal(getattr(loaded, key), getattr(graph, key))
+    (tmp_path / "split.txt").write_text("train\nvalid\n" + "test\n" * 10)
+    with pytest.raises(DataError, match="valid"):
+        open_graph_source(str(tmp_path))
+    (tmp_path / "split.txt").write_text("train\nval\ntest\n")
+    with pytest.raises(DataError, match="3 lines.*12 nodes"):
+        open_graph_source(str(tmp_path))
+
+
+@pytest.mark.parametrize("method, options", [
+    ("graphmae", ["--hidden", "16"]),
+    ("scgc", ["--hidden", "16", "--embedding-dim", "4", "--warmup-epochs", "1"]),
+    ("graphcl", ["--hidden", "8"]),
+    ("graphcl", ["--hidden", "8", "--objective", "dcl"]),
+    ("graphclip", []),
+])
+def test_cli_every_method_reports_probe_over_seeds(tmp_path, method, options):
+    from contrastkit.graphs.cli import main
+
+    graph = random_graph(n=30, features=6)
+    write_graph_folder(tmp_path, graph)
+    if method == "graphclip":
+        np.save(tmp_path / "text.npy", np.random.default_rng(0).normal(size=(30, 5)).astype(np.float32))
+        options = [*options, "--text-embeddings", str(tmp_path / "text.npy")]
+    out = tmp_path / "result.json"
+    status = main(["--method", method, "--data", str(tmp_path), "--epochs", "2", "--seeds", "2",
+                   "--probe-seeds", "3", "--probe-epochs", "5", "--probe", "adam", "logreg",
+                   *options, "--out", str(out), "--quiet"])
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert [len(r["probe"]["test"]) for r in report["runs"]] == [3, 3]
+    flat = [t for r in report["runs"] for t in r["probe"]["test"]]
+    assert report["summary"]["probe_test"] == pytest.approx([np.mean(flat), np.std(flat)])
+    assert {"probe_logreg_test", "clustering_acc"} <= set(report["summary"])
 
 
 @pytest.mark.parametrize("method", ["graphmae", "graphcl", "graphclip"])
@@ -479,5 +613,11 @@ def test_cli_on_an_edge_list_folder(tmp_path, capsys):
     assert status == 0
     report = json.loads(out.read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 1] and "clustering_acc" in report["summary"]
+    assert "probe_test" not in report["summary"]  # labels but no split: clustering only
     assert main(["--method", "scgc", "--data", str(tmp_path / "missing")]) == 2
     assert "neither a built-in" in capsys.readouterr().err
+    # Asking for the probe on a graph without a split fails before any training.
+    assert main(["--method", "scgc", "--data", str(tmp_path), "--eval", "probe"]) == 2
+    assert "no split" in capsys.readouterr().err
+    assert main(["--method", "scgc", "--data", str(tmp_path), "--epoch", "3"]) == 2
+    assert "'--epoch' (did you mean --epochs" in capsys.readouterr().err

@@ -22,7 +22,8 @@ from contrastkit.errors import ConfigError, ContrastkitError, DataError, closest
 FIT_OPTIONS = {
     "method": (str, "self-supervised method (simclr, ...)"),
     "objective": (str, "objective of the catalogue, replacing the method's own (e.g. dcl, hcl)"),
-    "data": (str, "a path (image folder, IDX files, .npz) or a built-in name: digits, mnist-test, cifar10-test"),
+    "data": (str, ("a path (image folder, IDX files, .npz), a built-in name (digits, mnist-test, cifar10-test), "
+                   "or shards:DIR to stream a folder written by 'contrastkit shard'")),
     "image-size": (int, "resize images to this side length"),
     "holdout": (float, "share of labelled samples held out of pretraining for evaluation"),
     "limit": (int, "use only the first N samples"),
@@ -43,6 +44,8 @@ FIT_OPTIONS = {
     "num-nodes": (int, "number of nodes"),
     "precision": (str, "32-true, bf16-mixed, 16-mixed, ..."),
     "num-workers": (int, "DataLoader worker processes"),
+    "stream-order": (str, ("epoch order when streaming shards:DIR: shards (shards shuffled, then rows within each; "
+                           "sequential reads) or global (the in-memory order; random reads)")),
     "seed": (int, "random seed"),
     "out": (str, "run directory (default runs/<method>-<data>-<time>)"),
 }
@@ -50,9 +53,12 @@ FLAGS = {
     "resume": "continue the run in --out from its last checkpoint",
     "deterministic": "use deterministic algorithms (slower)",
     "channels-last": "channels-last memory format for the images",
-    "sync-batchnorm": "BatchNorm statistics over the global batch under DDP",
+    "sync-batchnorm": "BatchNorm statistics over the global batch under DDP (default: as the method's recipe)",
     "tsne": "t-SNE (instead of PCA) for the report's 2-D map",
 }
+
+
+EVALUATION_TASKS = ("probe", "sts", "retrieval")
 
 
 class Parser(argparse.ArgumentParser):
@@ -91,6 +97,8 @@ def build_parser() -> Parser:
         fit.add_argument(f"--{name}", type=kind, help=f"{help_text} (default: {_default(name)})")
     for name, help_text in FLAGS.items():
         fit.add_argument(f"--{name}", action="store_true", help=help_text)
+    fit.add_argument("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false",
+                     help="per-process BatchNorm statistics under DDP, even where the method's recipe is global")
     fit.add_argument("--no-report", dest="report", action="store_false", help="skip the report")
     fit.add_argument("--no-baselines", dest="baselines", action="store_false",
                      help="skip scoring the untrained encoder and raw pixels (faster sweeps)")
@@ -101,9 +109,24 @@ def build_parser() -> Parser:
     embed.add_argument("--out", required=True, help="output .npy file (labels go beside it as *.labels.npy)")
     embed.add_argument("--batch-size", type=int, default=512)
 
-    evaluate = commands.add_parser("evaluate", help="kNN and linear probes of embeddings with labels")
-    evaluate.add_argument("--embeddings", required=True, help=".npy file of shape (N, d)")
-    evaluate.add_argument("--labels", required=True, help=".npy file of N integer labels")
+    evaluate = commands.add_parser("evaluate", help="kNN and linear probes of embeddings with labels; "
+                                   "a text model on STS or a BEIR retrieval set")
+    evaluate.add_argument("--task", choices=EVALUATION_TASKS, default="probe",
+                          help="probe: kNN + linear probes of --embeddings/--labels (default); sts: Spearman "
+                               "x100 of a text model on an STS file; retrieval: nDCG/Recall/MRR on a BEIR folder")
+    evaluate.add_argument("--embeddings", help=".npy file of shape (N, d) (--task probe)")
+    evaluate.add_argument("--labels", help=".npy file of N integer labels (--task probe)")
+    evaluate.add_argument("--model", help="text model (sts, retrieval): 'minilm', a folder written by "
+                                          "TextEncoder.save or any local Hugging Face / sentence-transformers "
+                                          "folder; 'bm25' for the lexical baseline (retrieval)")
+    evaluate.add_argument("--data", help="an STS file (sts) or a BEIR folder (retrieval)")
+    evaluate.add_argument("--split", default="test", help="BEIR qrels split (retrieval; default test)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="texts per encoding batch (default 64)")
+    evaluate.add_argument("--cache-dir", help="corpus embedding cache (default $CONTRASTKIT_CACHE or "
+                                              "~/.cache/contrastkit)")
+    evaluate.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    evaluate.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                          help="encoding precision (bf16: CPU autocast)")
     evaluate.add_argument("--test-fraction", type=float, default=0.2)
     evaluate.add_argument("--label-fractions", default="0.01,0.1,1.0",
                           help="comma-separated shares of training labels for the linear probe")
@@ -121,9 +144,23 @@ def build_parser() -> Parser:
     add_timeseries_arguments(commands.add_parser(
         "timeseries", help="TS2Vec on a UCR/UEA set, scored with the SVM protocol and the 1-NN floor"))
 
-    export = commands.add_parser("export", help="save a trained encoder as safetensors + config.json")
-    export.add_argument("--checkpoint", required=True, help="a checkpoint written by fit (checkpoints/last.ckpt)")
-    export.add_argument("--out", required=True, help="output folder (model.safetensors, config.json)")
+    from contrastkit.multimodal.cli import add_arguments as add_pairs_arguments
+    from contrastkit.text.cli import add_arguments as add_text_arguments
+
+    add_text_arguments(commands.add_parser(
+        "text", help="train a sentence encoder (simcse, contriever, ict, ...) on unlabeled text"))
+    add_pairs_arguments(commands.add_parser(
+        "pairs", help="two-tower (CLIP-style) training on paired data, e.g. docstring <-> code"))
+
+    export = commands.add_parser("export", help="save a trained image encoder as safetensors + config.json, or a "
+                                 "text encoder as a sentence-transformers folder")
+    export.add_argument("--checkpoint", help="an image checkpoint written by fit (checkpoints/last.ckpt)")
+    export.add_argument("--text-model", help="a text encoder: a folder written by 'contrastkit text' (or "
+                        "TextEncoder.save), a Hugging Face model folder, or 'minilm'")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                        help="contrastkit (image encoders; default with --checkpoint) or sentence-transformers "
+                             "(text encoders; default with --text-model)")
+    export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     return parser
 
@@ -150,6 +187,7 @@ def resolve_fit_config(args: argparse.Namespace) -> FitConfig:
 
 
 GRAPH_METHODS = ("graphmae", "scgc", "graphcl", "graphclip")
+EXPORT_FORMATS = ("contrastkit", "sentence-transformers")
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -201,11 +239,37 @@ def run_embed(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from contrastkit.evaluation.protocol import evaluate_with_label_fractions
 
+    if args.task != "probe":
+        return run_text_evaluation(args)
+    missing = [option for option, value in (("--embeddings", args.embeddings), ("--labels", args.labels))
+               if value is None]
+    if missing:
+        raise ConfigError(f"evaluate --task probe needs {' and '.join(missing)}: an .npy file of embeddings "
+                          "(N, d) and one of N integer labels (contrastkit embed writes both). For a text "
+                          "model use --task sts or --task retrieval with --model and --data.")
     embeddings = _load_array(args.embeddings, "--embeddings")
     labels = _load_array(args.labels, "--labels")
     fractions = _parse_fractions(args.label_fractions)
     results = evaluate_with_label_fractions(embeddings, labels, fractions=fractions,
                                             test_fraction=args.test_fraction, k=args.k, seed=args.seed)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def run_text_evaluation(args: argparse.Namespace) -> int:
+    from contrastkit.text.evaluation import evaluate_text_task
+
+    for option, value in (("--model", args.model), ("--data", args.data)):
+        if value is None:
+            raise ConfigError(f"evaluate --task {args.task} needs {option} (--model: 'minilm', a model "
+                              "folder, or 'bm25' for retrieval; --data: an STS file or a BEIR folder).")
+    if args.embeddings or args.labels:
+        raise ConfigError(f"--embeddings and --labels belong to --task probe; --task {args.task} embeds "
+                          "the texts of --data with --model itself.")
+    results = evaluate_text_task(args.task, args.model, args.data, split=args.split,
+                                 batch_size=args.batch_size,
+                                 cache_dir=False if args.no_cache else args.cache_dir,
+                                 precision=args.precision)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -217,7 +281,8 @@ def run_shard(args: argparse.Namespace) -> int:
                                channels=args.channels)
     written = json.loads(index.read_text())
     print(f"Wrote {written['num_samples']} images of shape {tuple(written['image_shape'])} in "
-          f"{len(written['shards'])} shards to {index.parent}")
+          f"{len(written['shards'])} shards to {index.parent}; train from them with "
+          f"'contrastkit fit --data shards:{index.parent}'")
     return 0
 
 
@@ -230,7 +295,34 @@ def run_timeseries(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_text(args: argparse.Namespace) -> int:
+    from contrastkit.text.cli import run
+
+    return run(args)
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    from contrastkit.multimodal.cli import run
+
+    return run(args)
+
+
 def run_export(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (args.text_model is None):
+        raise ConfigError("contrastkit export needs exactly one of --checkpoint (an image run's checkpoint) and "
+                          "--text-model (a text encoder folder).")
+    expected = "contrastkit" if args.checkpoint is not None else "sentence-transformers"
+    if args.format not in (None, expected):
+        given = "--checkpoint" if args.checkpoint is not None else "--text-model"
+        raise ConfigError(f"--format {args.format} does not apply to {given}: image checkpoints export as "
+                          f"'contrastkit' (safetensors + config.json), text encoders as 'sentence-transformers'.")
+    if args.text_model is not None:
+        from contrastkit.text.export import export_text_model
+
+        folder = export_text_model(args.text_model, args.out, overwrite=args.overwrite)
+        print(f"Wrote a sentence-transformers folder to {folder} "
+              f"(load it with sentence_transformers.SentenceTransformer('{folder}'))")
+        return 0
     from contrastkit.export import export_encoder
 
     folder = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite)
@@ -272,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             from contrastkit.graphs.cli import main as graph_main
 
             return graph_main(argv[1:])
-        commands = ["fit", "embed", "evaluate", "graph", "timeseries", "shard", "export"]
+        commands = ["fit", "embed", "evaluate", "graph", "timeseries", "text", "pairs", "shard", "export"]
         if argv[0] not in (*commands, "-h", "--help"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -281,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
         handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate, "timeseries": run_timeseries,
-                    "shard": run_shard, "export": run_export}
+                    "text": run_text, "pairs": run_pairs, "shard": run_shard, "export": run_export}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100) + "\n", file=sys.stderr)

@@ -48,7 +48,10 @@ class FitConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     num_workers: int = 0
-    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch under DDP (SimCLR's global BN)
+    # BatchNorm statistics over the global batch under DDP: None follows the method's recipe
+    # (methods/_parts.GLOBAL_BATCHNORM_RECIPES) when more than one process trains; True/False force it.
+    sync_batchnorm: bool | None = None
+    stream_order: str = "shards"  # epoch order when streaming shards:DIR: shards (block) | global
     channels_last: bool = False
     # bookkeeping
     seed: int = 0
@@ -67,6 +70,7 @@ CHOICES = {
     "optimizer": ("sgd", "lars", "adamw"),
     "nan_policy": ("stop", "skip"),
     "accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
+    "stream_order": ("shards", "global"),
 }
 
 DEFAULT_LR = {"sgd": 0.06, "lars": 0.3, "adamw": 1e-3}
@@ -126,6 +130,9 @@ def validate(config: FitConfig) -> FitConfig:
             continue
         if not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"--{name} must be a positive number, got {value!r}.")
+    if config.sync_batchnorm is not None and not isinstance(config.sync_batchnorm, bool):
+        raise ConfigError(f"sync_batchnorm must be true, false or null (the method's recipe), "
+                          f"got {config.sync_batchnorm!r}.")
     if config.lr is not None and (not isinstance(config.lr, int | float) or config.lr <= 0):
         raise ConfigError(f"--lr must be a positive number, got {config.lr!r}.")
     if not 0.0 <= config.holdout < 1.0:

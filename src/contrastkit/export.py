@@ -12,7 +12,8 @@ the weights are plain tensors in safetensors (no pickle, so loading runs no code
 only ``torch``, ``safetensors`` and ``contrastkit.encoders`` — not Lightning, the methods or the
 training loop.
 
-Text encoders (a sentence-transformers folder) are not exported here.
+Text encoders are exported as sentence-transformers folders by :mod:`contrastkit.text.export`
+(``contrastkit export --text-model FOLDER``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ install is reported as a ConfigError naming the extra to install.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError
@@ -113,7 +115,7 @@ class NodeMLP(nn.Module):
         if len(dims) < 2:
             raise ConfigError(f"NodeMLP needs at least (in_dim, out_dim), got dims={dims}.")
         layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (d_in, d_out) in enumerate(pairwise(dims)):
             if i > 0:
                 layers += [_activation(activation), nn.Dropout(dropout)]
             layers.append(nn.Linear(d_in, d_out))

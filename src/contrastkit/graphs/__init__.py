@@ -5,14 +5,15 @@ Quick use::
 
     from contrastkit.sources.graphs import open_graph_source, row_normalize_features
     from contrastkit.graphs import GraphMAE, GraphTrainConfig, train_graph_method, embed_nodes
-    from contrastkit.graphs.evaluate import split_probe_accuracy
+    from contrastkit.graphs.evaluate import mean_std, probe_over_seeds
 
     graph = open_graph_source("cora")
     graph = graph.with_features(row_normalize_features(graph.x))
     model = GraphMAE(graph.num_features)
     train_graph_method(model, graph, GraphTrainConfig(epochs=1500, lr=1e-3, weight_decay=2e-4,
                                                       cosine_schedule=True))
-    print(split_probe_accuracy(embed_nodes(model, graph), graph))
+    probe = probe_over_seeds(embed_nodes(model, graph), graph, seeds=range(20))
+    print(mean_std(probe["test"]))  # GraphMAE's probe, 20 probe seeds on these embeddings
 
 Methods import torch-geometric (through ``contrastkit.encoders.gnn``) only when built.
 """
@@ -35,11 +36,11 @@ from contrastkit.graphs.scgc import (
 from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, train_graph_method
 
 __all__ = [
+    "SCGC",
     "GraphCL",
     "GraphCLIP",
     "GraphMAE",
     "GraphTrainConfig",
-    "SCGC",
     "apply_feature_mask",
     "embed_nodes",
     "neighbour_contrastive_loss",

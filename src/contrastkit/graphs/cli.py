@@ -1,14 +1,27 @@
 """``contrastkit graph``: pretrain a graph method over several seeds and evaluate it.
 
     contrastkit graph --method graphmae --data cora --seeds 20 --out graphmae-cora.json
-    contrastkit graph --method scgc --data cora --eval clustering
-    contrastkit graph --method graphcl --edges e.csv --features x.npy --labels y.txt --eval clustering
+    contrastkit graph --method scgc --data cora
+    contrastkit graph --method graphcl --objective dcl --edges e.csv --features x.npy --labels y.txt
 
-Each seed pretrains from scratch (seeds 0..S-1 seed the model, the masks/views and the batch
-order), trains for the fixed epochs of the method's defaults (the papers' settings; override with
---epochs etc.) and evaluates the final model: ``probe`` = linear probe on the public split with C
-chosen on the validation nodes, ``clustering`` = k-means ACC/NMI/ARI. The summary is mean and std
-over the seeds. ``main(argv)`` returns the exit status (2 for a user error).
+Each pretraining seed (0..S-1, from --first-seed) seeds the model, the masks/views and the batch
+order; the method trains for the fixed epochs of its defaults (the papers' settings; override with
+--epochs etc.) and the final model is evaluated -- no epoch is chosen, nothing looks at a label
+during training. Evaluations (``--eval``, default both):
+
+* ``probe``: node classification on the public split. ``--probe adam`` (default) is GraphMAE's
+  probe (:func:`contrastkit.graphs.evaluate.adam_probe_accuracy`: epoch chosen on the validation
+  nodes), run with ``--probe-seeds`` P (default 20) seeds on each pretraining seed's fixed
+  embeddings; ``--probe logreg`` is the deterministic scikit-learn probe with C chosen on the
+  validation nodes. Reported: mean ± std over all S x P (pretraining seed, probe seed) pairs, and
+  the two parts of the spread: over probe seeds (pooled within a pretraining seed) and over
+  pretraining seeds (of the per-seed means).
+* ``clustering``: k-means ACC / NMI / ARI, mean ± std over the pretraining seeds.
+
+By default both run when the graph has labels and a split, clustering alone with labels only, and
+none without labels (the embeddings are still trained; save them with the Python API).
+
+``main(argv)`` returns the exit status (2 for a user error).
 """
 
 from __future__ import annotations
@@ -23,10 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from contrastkit.errors import ConfigError, ContrastkitError, DataError
+from contrastkit.errors import ConfigError, ContrastkitError, DataError, closest_names
 from contrastkit.graphs.evaluate import (
     clustering_scores,
     mean_std,
+    pooled_std,
+    probe_over_seeds,
+    split_parts,
     split_probe_accuracy,
 )
 from contrastkit.graphs.train import (
@@ -49,7 +65,8 @@ TRAIN_DEFAULTS: dict[str, GraphTrainConfig] = {
     "graphcl": GraphTrainConfig(epochs=200, lr=5e-4, weight_decay=1e-5),
     "graphclip": GraphTrainConfig(epochs=100, lr=1e-3, weight_decay=0.0),
 }
-DEFAULT_EVAL = {"graphmae": "probe", "scgc": "clustering", "graphcl": "probe", "graphclip": "probe"}
+# GraphMAE's probe on Cora (configs.yml of github.com/THUDM/GraphMAE: lr_f, weight_decay_f, max_epoch_f).
+PROBE_DEFAULTS = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 300}
 
 
 def build_method(name: str, graph: Graph, args: argparse.Namespace) -> torch.nn.Module:
@@ -97,16 +114,28 @@ def build_method(name: str, graph: Graph, args: argparse.Namespace) -> torch.nn.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="contrastkit graph", description="Self-supervised learning on graphs.")
+    # No abbreviations: '--epoch' must not silently mean '--epochs'.
+    p = argparse.ArgumentParser(prog="contrastkit graph", description="Self-supervised learning on graphs.",
+                                allow_abbrev=False)
     p.add_argument("--method", required=True, choices=sorted(TRAIN_DEFAULTS))
-    p.add_argument("--data", help="built-in graph (cora, citeseer) or a folder (edges.csv + features.csv/.npy)")
+    p.add_argument("--data", help="built-in graph (cora, citeseer) or a folder (edges.csv + features.csv/.npy "
+                                  "[+ labels.txt/.csv/.npy, split.txt])")
     p.add_argument("--edges", help="edge-list CSV src,dst[,weight] (with --features)")
     p.add_argument("--features", help="node features, CSV or .npy, one row per node")
     p.add_argument("--labels", help="optional labels, one integer per line (-1 = unlabelled) or .npy")
+    p.add_argument("--split", help="optional split, one word per line: train, val, test or - (needs --labels)")
     p.add_argument("--raw-features", action="store_true", help="do not row-normalise the features")
     p.add_argument("--seeds", type=int, default=1, help="number of pretraining seeds (0..S-1)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--eval", choices=("probe", "clustering", "both"), help="default: the method's")
+    p.add_argument("--eval", choices=("probe", "clustering", "both"),
+                   help="default: probe when the graph has a train/val/test split, clustering when it has labels")
+    p.add_argument("--probe", nargs="+", choices=("adam", "logreg"), default=["adam"],
+                   help="adam: GraphMAE's probe (epoch chosen on validation nodes), over --probe-seeds; "
+                        "logreg: scikit-learn, C chosen on validation nodes (deterministic)")
+    p.add_argument("--probe-seeds", type=int, default=20, help="adam probe: seeds 0..P-1 per pretraining seed")
+    p.add_argument("--probe-lr", type=float, default=PROBE_DEFAULTS["lr"])
+    p.add_argument("--probe-weight-decay", type=float, default=PROBE_DEFAULTS["weight_decay"])
+    p.add_argument("--probe-epochs", type=int, default=PROBE_DEFAULTS["epochs"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
@@ -135,19 +164,89 @@ def load_graph(args: argparse.Namespace) -> Graph:
     if args.data:
         graph = open_graph_source(args.data)
     elif args.edges and args.features:
-        graph = read_edge_list_graph(args.edges, args.features, args.labels)
+        graph = read_edge_list_graph(args.edges, args.features, args.labels, split=args.split)
     else:
         raise ConfigError("Give --data NAME_OR_FOLDER, or --edges FILE and --features FILE (and optionally --labels).")
     return graph if args.raw_features else graph.with_features(row_normalize_features(graph.x))
 
 
+def default_evaluation(graph: Graph) -> str:
+    """Probe and clustering with labels and a split; clustering with labels only; else none."""
+    if graph.y is None:
+        return "none"
+    return "both" if graph.train_mask is not None else "clustering"
+
+
+def evaluate_seed(embeddings: torch.Tensor, graph: Graph, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The evaluations of one pretraining seed's embeddings (see the module docstring)."""
+    result: dict[str, Any] = {}
+    if args.eval in ("probe", "both"):
+        if "adam" in args.probe:
+            result["probe"] = probe_over_seeds(
+                embeddings, graph, range(args.probe_seeds),
+                lr=args.probe_lr, weight_decay=args.probe_weight_decay, epochs=args.probe_epochs,
+            )
+        if "logreg" in args.probe:
+            result["probe_logreg"] = split_probe_accuracy(embeddings, graph)
+    if args.eval in ("clustering", "both"):
+        result["clustering"] = clustering_scores(embeddings, graph, seed)
+    return result
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of every evaluation over the runs (see the module docstring for the probe's)."""
+    summary: dict[str, Any] = {}
+    if "probe" in runs[0]:
+        per_seed = [r["probe"]["test"] for r in runs]
+        summary["probe_test"] = mean_std([t for tests in per_seed for t in tests])
+        summary["probe_test_std_over_probe_seeds"] = pooled_std(per_seed)
+        summary["probe_test_std_over_pretraining_seeds"] = (
+            float(np.std([np.mean(t) for t in per_seed])) if len(runs) > 1 else None
+        )
+        summary["probe_val"] = mean_std([v for r in runs for v in r["probe"]["val"]])
+        summary["probe_final_epoch_test"] = mean_std([t for r in runs for t in r["probe"]["final_test"]])
+    if "probe_logreg" in runs[0]:
+        summary["probe_logreg_test"] = mean_std([r["probe_logreg"]["test"] for r in runs])
+    if "clustering" in runs[0]:
+        for key in ("acc", "nmi", "ari"):
+            summary[f"clustering_{key}"] = mean_std([r["clustering"][key] for r in runs])
+    return summary
+
+
+def summary_lines(summary: dict[str, Any], seeds: int, probe_seeds: int) -> list[str]:
+    def pct(pair: tuple[float, float]) -> str:
+        return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
+
+    lines = []
+    if "probe_test" in summary:
+        between = summary["probe_test_std_over_pretraining_seeds"]
+        lines.append(
+            f"probe test accuracy (adam, {seeds} pretraining x {probe_seeds} probe seeds): {pct(summary['probe_test'])}"
+            f"  [std over probe seeds {100 * summary['probe_test_std_over_probe_seeds']:.1f}, over pretraining seeds "
+            f"{'-' if between is None else f'{100 * between:.1f}'}; validation {pct(summary['probe_val'])}; "
+            f"last probe epoch {pct(summary['probe_final_epoch_test'])}]"
+        )
+    if "probe_logreg_test" in summary:
+        lines.append(f"probe test accuracy (logreg, {seeds} pretraining seeds): {pct(summary['probe_logreg_test'])}")
+    if "clustering_acc" in summary:
+        lines.append("clustering ({} pretraining seeds): ACC {}  NMI {}  ARI {}".format(
+            seeds, *(pct(summary[f"clustering_{k}"]) for k in ("acc", "nmi", "ari"))))
+    return lines
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.seeds < 1 or args.probe_seeds < 1:
+        raise ConfigError(f"--seeds and --probe-seeds must be >= 1, got {args.seeds} and {args.probe_seeds}.")
     graph = load_graph(args)
+    args.eval = args.eval or default_evaluation(graph)
+    if args.eval in ("probe", "both"):
+        split_parts(graph)  # a graph without labels or split fails now, not after training
+    if args.eval in ("clustering", "both") and graph.y is None:
+        raise DataError(f"Clustering scores on '{graph.name}' need node labels; give a label file.")
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "batch_size", "sampler")
                  if getattr(args, k) is not None}
-    evaluation = args.eval or DEFAULT_EVAL[args.method]
     log = None if args.quiet else print
     runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -155,36 +254,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed_everything(seed)
         method = build_method(args.method, graph, args)
         history = train_graph_method(method, graph, config, log)
-        embeddings = embed_nodes(method, graph)
-        result: dict[str, Any] = {"seed": seed, "final_loss": history[-1]["loss"] if history else None,
-                                  "train_seconds": sum(h["seconds"] for h in history)}
-        if evaluation in ("probe", "both"):
-            result["probe"] = split_probe_accuracy(embeddings, graph)
-        if evaluation in ("clustering", "both"):
-            result["clustering"] = clustering_scores(embeddings, graph, seed)
+        seconds = sum(h["seconds"] for h in history)
+        result: dict[str, Any] = {
+            "seed": seed, "final_loss": history[-1]["loss"] if history else None, "train_seconds": seconds,
+            "seconds_per_epoch": seconds / len(history) if history else None,
+        }
+        result.update(evaluate_seed(embed_nodes(method, graph), graph, args, seed))
         runs.append(result)
         if log:
-            log(f"seed {seed}: {json.dumps({k: v for k, v in result.items() if k in ('probe', 'clustering')})}")
-    summary: dict[str, Any] = {}
-    if evaluation in ("probe", "both"):
-        summary["probe_test"] = mean_std([r["probe"]["test"] for r in runs])
-    if evaluation in ("clustering", "both"):
-        for key in ("acc", "nmi", "ari"):
-            summary[f"clustering_{key}"] = mean_std([r["clustering"][key] for r in runs])
-    report = {"method": args.method, "data": graph.name, "seeds": args.seeds,
+            log(f"seed {seed}: " + "; ".join(summary_lines(summarize([result]), 1, args.probe_seeds)))
+    summary = summarize(runs)
+    report = {"method": args.method, "data": graph.name, "seeds": args.seeds, "probe_seeds": args.probe_seeds,
               "train": asdict(replace(TRAIN_DEFAULTS[args.method], **overrides)),
               "options": {k: v for k, v in vars(args).items() if v not in (None, False)},
               "summary": summary, "runs": runs}
-    for key, (mean, std) in summary.items():
-        print(f"{key}: {100 * mean:.1f} ± {100 * std:.1f}")
+    for line in summary_lines(summary, args.seeds, args.probe_seeds):
+        print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return report
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options; an unknown one is a ConfigError naming the closest valid ones."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        valid = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        named = []
+        for option in unknown:
+            close = closest_names(option.split("=")[0], valid) if option.startswith("-") else []
+            named.append(f"'{option}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(f"Unknown option {', '.join(named)} for 'contrastkit graph'. "
+                          f"Run 'contrastkit graph --help' for the valid options.")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        run(build_parser().parse_args(argv))
+        run(parse_args(argv))
     except ContrastkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -94,6 +94,25 @@ def method_options(config, method: str, defaults: dict) -> dict:
     return {**defaults, **given}
 
 
+# Methods whose recipes compute BatchNorm statistics over the global batch (all devices) when they
+# train data-parallel, and where that is stated. Per-device statistics would let a method find a
+# positive pair through batch-level cues (SimCLR, Sec. B.1) and would make a run's result depend on
+# how the batch is split. Methods not listed have no BatchNorm (JEPA: LayerNorm) or do not call for it.
+GLOBAL_BATCHNORM_RECIPES: dict[str, str] = {
+    "simclr": "SimCLR (Chen et al. 2020, App. B.1): global BN, mean and variance aggregated over all devices",
+    "byol": "BYOL (Grill et al. 2020): BatchNorm with cross-replica statistics in the official code",
+    "directpred": "DirectPred (Tian et al. 2021) trains with BYOL's recipe, cross-replica BatchNorm",
+    "simsiam": "SimSiam (Chen & He 2021): SyncBN over the model in the official distributed code",
+    "moco": "MoCo v3 (Chen, Xie & He 2021) uses SyncBN; it stands in for MoCo v2's shuffling BN, "
+            "which guards the same leak of per-device statistics and is not implemented here",
+}
+
+
+def recipe_uses_global_batchnorm(method: str) -> bool:
+    """Whether ``method``'s recipe normalises BatchNorm over the global batch under data parallelism."""
+    return method in GLOBAL_BATCHNORM_RECIPES
+
+
 def method_temperature(config, paper_default: float) -> float:
     """``--temperature`` when the user set it, else the method's paper default."""
     return paper_default if config.temperature is None else config.temperature

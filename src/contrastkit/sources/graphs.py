@@ -13,7 +13,8 @@ Readers:
   duplicates and self-loops removed, both directions stored (Cora: 10,556 directed edges).
 * :func:`read_edge_list_graph` — users' own graphs: an edge-list CSV (``src,dst[,weight]``,
   optional header), a node-feature file (CSV of numbers, one row per node, or ``.npy``) and
-  optional labels (one integer per line, or ``.npy``; ``-1`` = unlabelled).
+  optional labels (one integer per line, or ``.npy``; ``-1`` = unlabelled) and an optional split
+  (one word per line: ``train``, ``val``, ``test``, or ``-`` for a node in none of them).
 
 :func:`open_graph_source` resolves a built-in name (``cora``, ``citeseer``) through
 :func:`contrastkit.paths.data_root` (``<root>/planetoid/<Name>/raw``) or reads a folder.
@@ -369,14 +370,43 @@ def _read_labels(path: Path, num_nodes: int) -> np.ndarray:
     return labels
 
 
+SPLIT_WORDS = ("train", "val", "test", "-")
+
+
+def _read_split(path: Path, num_nodes: int) -> dict[str, Tensor]:
+    """``{"train_mask", "val_mask", "test_mask"}`` from a file of one split word per node."""
+    if not path.is_file():
+        raise DataError(f"The split file '{path}' does not exist. Check the path.")
+    words = [line.strip().lower() for line in path.read_text().splitlines() if line.strip()]
+    if words and words[0] in ("split", "set", "fold"):  # header
+        words = words[1:]
+    unknown = sorted(set(words) - set(SPLIT_WORDS))
+    if unknown:
+        raise DataError(
+            f"Split file '{path}' holds {unknown[:3]}; each line must be one of "
+            f"{', '.join(SPLIT_WORDS)} ('-': the node is in no split)."
+        )
+    if len(words) != num_nodes:
+        raise DataError(
+            f"Split file '{path}' has {len(words)} lines but the feature file has {num_nodes} nodes; "
+            f"give one split word per node, in node order."
+        )
+    array = np.array(words)
+    if not (array == "train").any() or not (array == "val").any() or not (array == "test").any():
+        raise DataError(f"Split file '{path}' must name at least one train, one val and one test node.")
+    return {f"{word}_mask": torch.from_numpy(array == word) for word in ("train", "val", "test")}
+
+
 def read_edge_list_graph(
     edges: str | Path,
     features: str | Path,
     labels: str | Path | None = None,
     undirected: bool = True,
     name: str | None = None,
+    split: str | Path | None = None,
 ) -> Graph:
-    """A graph from an edge-list CSV, a node-feature file and optional labels.
+    """A graph from an edge-list CSV, a node-feature file, optional labels and an optional split
+    (which needs the labels).
 
     Node ids are rows of the feature file, 0..N-1. With ``undirected`` (default) every edge is
     stored in both directions; duplicate edges and self-loops are dropped (a duplicate's weights
@@ -407,12 +437,16 @@ def read_edge_list_graph(
         edge_index = np.stack([keys // n, keys % n])
         edge_weight = torch.from_numpy(weight[keep][first])
     y = None if labels is None else torch.from_numpy(_read_labels(Path(labels), n))
+    if split is not None and y is None:
+        raise DataError(f"The split file '{split}' needs labels too: give a label file (one integer per node).")
+    masks = {} if split is None else _read_split(Path(split), n)
     return Graph(
         x=torch.from_numpy(x),
         edge_index=torch.from_numpy(edge_index.astype(np.int64)),
         edge_weight=edge_weight,
         y=y,
         name=name or edges.stem,
+        **masks,
     )
 
 
@@ -420,7 +454,8 @@ def open_graph_source(spec: str) -> Graph:
     """A built-in Planetoid name (``cora``, ``citeseer``) or a folder.
 
     A folder is either a Planetoid raw folder (it holds ``ind.*.graph``) or holds ``edges.csv``,
-    ``features.csv`` or ``features.npy``, and optionally ``labels.csv``/``labels.txt``/``labels.npy``.
+    ``features.csv`` or ``features.npy``, and optionally ``labels.csv``/``labels.txt``/``labels.npy``
+    and ``split.txt`` (one of train / val / test / - per node).
     """
     key = spec.lower()
     if key in PLANETOID_NAMES:
@@ -449,4 +484,5 @@ def open_graph_source(spec: str) -> Graph:
     labels = next(
         (folder / f for f in ("labels.npy", "labels.csv", "labels.txt") if (folder / f).is_file()), None
     )
-    return read_edge_list_graph(folder / "edges.csv", features, labels, name=folder.name)
+    split = folder / "split.txt" if (folder / "split.txt").is_file() else None
+    return read_edge_list_graph(folder / "edges.csv", features, labels, name=folder.name, split=split)

@@ -24,11 +24,18 @@ that one process with ``batch_size * world_size`` would see (the contract of the
 sampler, :class:`contrastkit.training.data.EpochShuffleSampler`). Shuffling within shards only
 mixes samples less than a global shuffle (a batch holds samples of one or two shards): write
 shards from shuffled data when the source is sorted by class.
+
+Training (``contrastkit fit --data shards:DIR``) uses the same pieces on the training part of a
+folder (held-out samples left out): :func:`shard_blocks` groups its samples by shard,
+:func:`block_shuffled_order` gives the epoch order, and
+:class:`contrastkit.training.data.ShardedSamples` reads the batches; the normalisation statistics
+come from :func:`streamed_channel_mean_std`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -46,6 +53,20 @@ INDEX_FILE = "index.json"
 LABELS_FILE = "labels.npy"
 DEFAULT_SHARD_SIZE = 10_000
 OPEN_SHARDS = 2  # a global batch spans at most two shards when batch <= shard_size
+SPEC_PREFIX = "shards:"  # `--data shards:DIR` trains from a shard folder without loading it
+STATS_CHUNK = 4096  # images read at once while counting pixel values
+
+
+def shard_spec_folder(spec: str | Path) -> Path | None:
+    """The folder of a ``shards:DIR`` data spec, or None for any other spec."""
+    text = str(spec)
+    if not text.startswith(SPEC_PREFIX):
+        return None
+    folder = text[len(SPEC_PREFIX):]
+    if not folder:
+        raise ConfigError(f"--data '{text}' names no folder: write shards:DIR with DIR a folder written by "
+                          f"'contrastkit shard'.")
+    return Path(folder).expanduser()
 
 
 def shard_file_name(shard: int) -> str:
@@ -202,13 +223,73 @@ class ShardFolder:
         return out
 
 
-def epoch_order(counts: np.ndarray, shard_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
-    """The global ids of one epoch, one shard at a time: shards in a random order, rows of each
-    shard in a random order. Deterministic from ``(seed, epoch)``; seeded by the pair rather than
-    by ``seed + epoch`` so that (seed 1, epoch 0) and (seed 0, epoch 1) differ."""
+def shard_blocks(rows: np.ndarray, shard_size: int, num_shards: int) -> list[np.ndarray]:
+    """Positions ``p`` of a list of global ids ``rows``, grouped by the shard that holds
+    ``rows[p]``: block ``k`` lists, in increasing order, the positions whose sample lives in shard
+    ``k`` (empty when none does). A training part that leaves out held-out samples is such a list."""
+    shard_of = np.asarray(rows, dtype=np.int64) // shard_size
+    positions = np.argsort(shard_of, kind="stable")
+    return np.split(positions, np.cumsum(np.bincount(shard_of, minlength=num_shards))[:-1])
+
+
+def block_shuffled_order(blocks: list[np.ndarray], seed: int, epoch: int) -> Iterator[np.ndarray]:
+    """One epoch's order, one block at a time: the blocks in a random order and the entries of each
+    block in a random order. Deterministic from ``(seed, epoch)``; seeded by the pair rather than by
+    ``seed + epoch`` so that (seed 1, epoch 0) and (seed 0, epoch 1) differ."""
     rng = np.random.default_rng((seed, epoch))
-    for k in rng.permutation(len(counts)):
-        yield k * shard_size + rng.permutation(int(counts[k]))
+    for k in rng.permutation(len(blocks)):
+        yield blocks[k][rng.permutation(len(blocks[k]))]
+
+
+def streamed_channel_mean_std(folder: ShardFolder, rows: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std, in [0, 1] units, of the pixels of samples ``rows``,
+    read ``STATS_CHUNK`` images at a time (memory: one chunk, whatever the number of rows).
+
+    Exact, like :meth:`contrastkit.sources.ImageSource.channel_mean_std`: the pixel values are
+    counted (``h_c[v]``, int64), and with M = sum_v h_c[v], S1 = sum_v v h_c[v], S2 = sum_v v^2 h_c[v]
+    (Python integers)::
+
+        mean_c = S1 / (255 M),    std_c = sqrt(M S2 - S1^2) / (255 M)
+
+    so the figures of the same images are equal bit for bit, whichever way they were read.
+    """
+    from contrastkit.sources.pixels import pixel_histogram
+
+    rows = np.sort(np.asarray(rows, dtype=np.int64))  # shard by shard: sequential reads
+    if len(rows) == 0:
+        raise DataError(f"No samples of '{folder.root}' to compute the pixel mean and std from.")
+    counts = torch.zeros((folder.image_shape[0], 256), dtype=torch.int64)
+    for start in range(0, len(rows), STATS_CHUNK):
+        counts += pixel_histogram(torch.from_numpy(folder.read(rows[start : start + STATS_CHUNK])))
+    means, stds = [], []
+    for histogram in counts.tolist():
+        m = sum(histogram)
+        s1 = sum(v * n for v, n in enumerate(histogram))
+        s2 = sum(v * v * n for v, n in enumerate(histogram))
+        means.append(s1 / (255 * m))
+        stds.append(math.sqrt(m * s2 - s1 * s1) / (255 * m))
+    return tuple(means), tuple(stds)
+
+
+def epoch_order(counts: np.ndarray, shard_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
+    """The global ids of one epoch over a whole shard folder, one shard at a time
+    (:func:`block_shuffled_order` of the shards' rows)."""
+    blocks = [k * shard_size + np.arange(int(count), dtype=np.int64) for k, count in enumerate(counts)]
+    return block_shuffled_order(blocks, seed, epoch)
+
+
+def global_batches(order: Iterable[np.ndarray], global_batch: int, drop_last: bool) -> Iterator[np.ndarray]:
+    """Consecutive global batches of ``global_batch`` entries cut from a stream of arrays; the
+    incomplete last one is dropped or yielded per ``drop_last``."""
+    pending = np.empty(0, dtype=np.int64)
+    for part in order:
+        pending = np.concatenate([pending, part])
+        full = len(pending) // global_batch * global_batch
+        for start in range(0, full, global_batch):
+            yield pending[start : start + global_batch]
+        pending = pending[full:]
+    if len(pending) and not drop_last:
+        yield pending
 
 
 class ShardedImages(IterableDataset):
@@ -260,16 +341,8 @@ class ShardedImages(IterableDataset):
                 yield self._batch(mine)
 
     def _global_batches(self) -> Iterator[np.ndarray]:
-        pending = np.empty(0, dtype=np.int64)
-        size = self.global_batch_size
-        for shard_ids in epoch_order(self.folder.counts, self.folder.shard_size, self.seed, self.epoch):
-            pending = np.concatenate([pending, shard_ids])
-            full = len(pending) // size * size
-            for start in range(0, full, size):
-                yield pending[start : start + size]
-            pending = pending[full:]
-        if len(pending) and not self.drop_last:
-            yield pending
+        order = epoch_order(self.folder.counts, self.folder.shard_size, self.seed, self.epoch)
+        return global_batches(order, self.global_batch_size, self.drop_last)
 
     def _batch(self, ids: np.ndarray) -> dict[str, torch.Tensor]:
         labels = self.folder.labels

@@ -15,6 +15,13 @@ Evaluation protocol: when the data has labels, a stratified ``--holdout`` share 
 of pretraining. kNN and linear probes are fit on the training part's representations (the probes'
 only labels) and scored on the held-out part. The same split serves the trained encoder, the
 untrained encoder (the same architecture at its initial weights) and raw pixels.
+
+``--data shards:DIR`` streams a shard folder instead of decoding the set into memory; what changes
+then (bounded statistics, probe and evaluation samples) is in :mod:`contrastkit.training.run_data`.
+
+Global BatchNorm: with more than one process, BatchNorm layers normalise over the global batch
+when the method's recipe calls for it (``methods/_parts.GLOBAL_BATCHNORM_RECIPES``), unless
+``--no-sync-batchnorm``; ``--sync-batchnorm`` forces it. summary.json says which and why.
 """
 
 from __future__ import annotations
@@ -35,12 +42,10 @@ from contrastkit.config import FitConfig, scaled_lr, to_yaml, validate
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
-from contrastkit.evaluation.splits import stratified_split
 from contrastkit.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.methods import METHODS
-from contrastkit.methods._parts import DataInfo, backbone_name
+from contrastkit.methods._parts import GLOBAL_BATCHNORM_RECIPES, DataInfo, backbone_name
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.sources import ImageSource, open_image_source
 from contrastkit.training.callbacks import (
     EpochCheckpoint,
     OnlineProbe,
@@ -49,14 +54,12 @@ from contrastkit.training.callbacks import (
     embed_images,
 )
 from contrastkit.training.checkpoint import AtomicCheckpointIO
-from contrastkit.training.data import InMemoryImages
 from contrastkit.training.metrics_log import ResumableCSVLogger, trim_after_epoch
 from contrastkit.training.module import SSLModule
+from contrastkit.training.run_data import RunData, open_run_data
 from contrastkit.views.image import EvalView
 
 RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
-PROBE_BANK_SIZE = 5000
-PROBE_QUERY_SIZE = 2000
 
 
 def fit(config: FitConfig) -> dict:
@@ -69,31 +72,25 @@ def fit(config: FitConfig) -> dict:
     config = dataclasses.replace(config, out=str(run_dir))
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    source = open_image_source(config.data, image_size=config.image_size)
-    if config.limit is not None:
-        source = source.subset(np.arange(min(config.limit, len(source))))
-    train_rows, holdout_rows = split_rows(source, config.holdout, config.seed)
-    train = source.subset(train_rows)
-    mean, std = train.channel_mean_std()
-    data = DataInfo(channels=source.channels, image_size=source.image_size[0], mean=mean, std=std,
-                    num_samples=len(train))
+    run_data = open_run_data(config)
+    data = run_data.info
     method = METHODS.build(config.method, config=config, data=data)
-    check_batch_fits(len(train), config)
-    if config.sync_batchnorm:
+    check_batch_fits(len(run_data.train_rows), config)
+    global_batchnorm, global_batchnorm_reason = global_batchnorm_choice(config, method)
+    if global_batchnorm:
         convert_to_global_batchnorm(method)
     untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
     # Written only now that the data loaded and the method built: a run that fails on bad input
     # leaves no directory behind that would block the corrected command.
     write_run_config(run_dir, config)
 
-    probe = make_probe(source, train_rows, holdout_rows, config.probe_every,
-                       warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
+    probe = make_probe(run_data, config.probe_every, warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
     throughput = Throughput()
     checkpoint = EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     callbacks = [throughput, *([probe] if probe else []), checkpoint]
     trainer = make_trainer(config, run_dir, callbacks)
     module = SSLModule(method, config, data)
-    datamodule = InMemoryImages(train, config.batch_size, config.seed, config.num_workers)
+    datamodule = run_data.datamodule
     resume_from = checkpoint.path if config.resume else None
     if resume_from is not None and is_first_process():
         trim_after_epoch(run_dir / "metrics.csv", torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"])
@@ -118,12 +115,14 @@ def fit(config: FitConfig) -> dict:
         "per_process_batch_size": config.batch_size,
         "global_batch_size": config.batch_size * trainer.world_size,
         "lr": scaled_lr(config, config.batch_size * trainer.world_size),
+        "sync_batchnorm": global_batchnorm,
+        "sync_batchnorm_reason": global_batchnorm_reason,
+        **run_data.describe(),
         "parameters": sum(p.numel() for p in method.parameters()),
         "skipped_steps": module.skipped_steps,
         "collapse_warnings": probe.collapse_warnings if probe else [],
     }
-    summary.update(evaluate_run(method, untrained if config.baselines else None, source, data, train_rows,
-                                holdout_rows, run_dir, config.seed))
+    summary.update(evaluate_run(method, untrained if config.baselines else None, run_data, run_dir, config.seed))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.report:
         from contrastkit.report import write_report
@@ -190,8 +189,33 @@ def resolve_run_dir(config: FitConfig) -> Path:
     return run_dir
 
 
+def process_count(config: FitConfig) -> int:
+    """Processes that train together: devices per node x nodes."""
+    return config.devices * config.num_nodes if isinstance(config.devices, int) else 1
+
+
+def global_batchnorm_choice(config: FitConfig, method: torch.nn.Module) -> tuple[bool, str]:
+    """(whether BatchNorm normalises over the global batch, why), before the method is converted.
+
+    The explicit ``--sync-batchnorm`` / ``--no-sync-batchnorm`` wins. Otherwise: with one process it
+    is not needed (BatchNorm already sees the whole batch); with several, the method's recipe decides.
+    ``--sync-batchnorm`` converts a one-process run too: the result is the same BatchNorm up to
+    float rounding, computed by the same code as the multi-process run it is compared with.
+    """
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules()):
+        return False, "the model has no BatchNorm"
+    if config.sync_batchnorm is not None:
+        return config.sync_batchnorm, f"--{'' if config.sync_batchnorm else 'no-'}sync-batchnorm"
+    if process_count(config) == 1:
+        return False, "one process: BatchNorm already sees the whole batch"
+    recipe = GLOBAL_BATCHNORM_RECIPES.get(config.method)
+    if recipe is None:
+        return False, f"the recipe of '{config.method}' keeps per-process BatchNorm statistics"
+    return True, f"the method's recipe: {recipe}"
+
+
 def check_batch_fits(num_samples: int, config: FitConfig) -> None:
-    processes = config.devices * config.num_nodes if isinstance(config.devices, int) else 1
+    processes = process_count(config)
     if config.batch_size * processes > num_samples:
         raise ConfigError(
             f"--batch-size {config.batch_size} (x {processes} processes) is larger than the {num_samples} "
@@ -207,51 +231,48 @@ def write_run_config(run_dir: Path, config: FitConfig) -> None:
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
 
 
-def split_rows(source: ImageSource, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows); everything trains when the data has no labels or holdout is 0."""
-    if source.labels is None or holdout == 0:
-        return np.arange(len(source)), np.empty(0, dtype=np.int64)
-    return stratified_split(source.labels.numpy(), test_fraction=holdout, seed=seed)
-
-
-def make_probe(source: ImageSource, train_rows, holdout_rows, every: int, warn_from_epoch: int) -> OnlineProbe | None:
+def make_probe(run_data: RunData, every: int, warn_from_epoch: int) -> OnlineProbe | None:
     """The online probe on a fixed, seeded subset (at most 5,000 bank and 2,000 query images)."""
-    if every <= 0 or source.labels is None or len(holdout_rows) == 0:
+    rows = run_data.probe_rows()
+    if every <= 0 or rows is None:
         return None
-    rng = np.random.default_rng(0)
-    bank = np.sort(rng.permutation(train_rows)[:PROBE_BANK_SIZE])
-    queries = np.sort(rng.permutation(holdout_rows)[:PROBE_QUERY_SIZE])
-    return OnlineProbe(source.images[bank], source.labels[bank], source.images[queries], source.labels[queries],
+    bank, queries = rows
+    labels = torch.from_numpy(run_data.labels)
+    return OnlineProbe(run_data.read(bank), labels[bank], run_data.read(queries), labels[queries],
                        every=every, warn_from_epoch=warn_from_epoch)
 
 
-def evaluate_run(method, untrained: torch.nn.Module | None, source: ImageSource, data: DataInfo, train_rows,
-                 holdout_rows, run_dir: Path, seed: int) -> dict:
-    """Embed every sample with the trained and untrained encoders, save the embeddings, and score them
-    and raw pixels with the same held-out protocol."""
-    order = np.concatenate([train_rows, holdout_rows])
-    images = source.images[order]
+def evaluate_run(method, untrained: torch.nn.Module | None, run_data: RunData, run_dir: Path, seed: int) -> dict:
+    """Embed the evaluation rows (every sample in memory; a bounded sample when streaming) with the
+    trained and untrained encoders, save the embeddings, and score them and raw pixels with the
+    same held-out protocol."""
+    data = run_data.info
+    order, n_train = run_data.eval_rows, run_data.eval_train
+    images = run_data.read(order)
     device = next(method.parameters()).device
     learned, projected = embed_and_project(method, images, device)
     learned = learned.numpy()
     np.save(run_dir / "embeddings.npy", learned)
-    (run_dir / "split.json").write_text(json.dumps({"train": [0, len(train_rows)],
-                                                    "holdout": [len(train_rows), len(order)]}))
+    split = {"train": [0, n_train], "holdout": [n_train, len(order)]}
+    if run_data.streamed:  # a sample of the set: which samples (global ids in the shard folder)
+        np.save(run_dir / "rows.npy", order)
+        split["rows"] = "rows.npy"
+    (run_dir / "split.json").write_text(json.dumps(split))
     results: dict = {"collapse": _jsonable(collapse_report(projected)),
                      "rankme": float(effective_rank(torch.from_numpy(learned)))}
-    if source.labels is None or len(holdout_rows) == 0:
+    if run_data.labels is None or n_train == len(order):
         return results
-    labels = source.labels[order].numpy()
+    labels = run_data.labels[order]
     np.save(run_dir / "labels.npy", labels)
-    train_index = np.arange(len(train_rows))
-    test_index = np.arange(len(train_rows), len(order))
+    train_index = np.arange(n_train)
+    test_index = np.arange(n_train, len(order))
 
     def score(embeddings: np.ndarray) -> dict:
         figures = evaluate_embeddings(embeddings, labels, seed=seed, train_index=train_index, test_index=test_index)
         return {k: v for k, v in figures.items() if k not in ("n_train", "n_test")}
 
     results.update(score(learned))
-    results["n_train"], results["n_test"] = len(train_rows), len(holdout_rows)
+    results["n_train"], results["n_test"] = n_train, len(order) - n_train
     if untrained is not None:
         results["baselines"] = {
             "untrained": score(embed_images(untrained, images, device).numpy()),

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.seeding import seeded
+from contrastkit.views.bss import build_bss
 
 SIMCLR_JITTER = (0.4, 0.4, 0.4, 0.1)
 """SimCLR colour-jitter strength s = 0.5 as (0.8 s, 0.8 s, 0.8 s, 0.2 s), the CIFAR recipe of
@@ -165,6 +166,11 @@ class SimCLRViews(nn.Module):
         blur_kernel_size: odd kernel side of the blur.
         solarize_p: probability of solarising (``x -> 1 - x`` where ``x >= 0.5``; BYOL).
         channels_last: return the views in channels-last memory format.
+        bss: Batch Styles Standardization (:mod:`contrastkit.views.bss`) after the colour ops:
+            ``False``/None (off), ``True`` (defaults) or a mapping of its options
+            (``ratio_range``, ``style``, ``p``). ``two_views`` standardises each view's batch
+            separately, so the two views of an image get different styles. From YAML:
+            ``extra: {views: {bss: true}}``.
     """
 
     def __init__(
@@ -185,6 +191,7 @@ class SimCLRViews(nn.Module):
         blur_sigma: tuple[float, float] = BLUR_SIGMA,
         solarize_p: float = 0.0,
         channels_last: bool = False,
+        bss: bool | dict | None = None,
     ):
         super().__init__()
         if image_size < 1 or channels < 1:
@@ -216,6 +223,7 @@ class SimCLRViews(nn.Module):
         tail = self._tail_ops(recipe["blur_p"], solarize_p)
         self.shared = nn.Sequential(*self._colour_ops(recipe), *tail)
         self.normalize = Normalize(mean, std, channels)
+        self.bss = build_bss(bss)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -282,6 +290,13 @@ class SimCLRViews(nn.Module):
             )
         return self.shared(x)
 
+    def _styled_halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The two view batches of ``[x; x]``, each with its own standardised style when BSS is on."""
+        first, second = x.chunk(2)
+        if self.bss is not None:
+            first, second = self.bss(first), self.bss(second)
+        return first, second
+
     def _finish(self, x: Tensor) -> Tensor:
         x = self.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -289,15 +304,18 @@ class SimCLRViews(nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One random view of each image: (B, C, H, W) -> (B, C, image_size, image_size)."""
         with seeded_from(generator, images.device):
-            return self._finish(self._geometry_and_colour(images))
+            x = self._geometry_and_colour(images)
+            return self._finish(x if self.bss is None else self.bss(x))
 
     def two_views(
         self, images: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """Two independent random views of each image, from one pipeline call on ``[x; x]``."""
         with seeded_from(generator, images.device):
-            views = self._finish(self._geometry_and_colour(torch.cat([images, images])))
-        first, second = views.chunk(2)
+            views = self._geometry_and_colour(torch.cat([images, images]))
+            if self.bss is not None:
+                return tuple(self._finish(view) for view in self._styled_halves(views))
+        first, second = self._finish(views).chunk(2)
         return first, second
 
 
@@ -339,13 +357,14 @@ class BYOLViews(SimCLRViews):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         with seeded_from(generator, images.device):
-            return self._finish(self.view_tails[0](self._geometry_and_colour(images)))
+            x = self._geometry_and_colour(images)
+            return self._finish(self.view_tails[0](x if self.bss is None else self.bss(x)))
 
     def two_views(
         self, images: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         with seeded_from(generator, images.device):
-            first, second = self._geometry_and_colour(torch.cat([images, images])).chunk(2)
+            first, second = self._styled_halves(self._geometry_and_colour(torch.cat([images, images])))
             first, second = self.view_tails[0](first), self.view_tails[1](second)
         return self._finish(first), self._finish(second)
 

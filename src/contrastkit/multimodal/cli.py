@@ -1,0 +1,196 @@
+"""``contrastkit pairs``: train a two-tower (``clip``) model on paired texts and evaluate retrieval
+both ways.
+
+    contrastkit pairs --data code-docstring --out runs/code-search            # docstring <-> code
+    contrastkit pairs --data code-docstring --steps 0 --out runs/zero-shot    # all-MiniLM-L6-v2 as is
+    contrastkit pairs --data pairs.jsonl --first-field caption --second-field text \\
+        --train-split train --eval-split test --out runs/mine
+    contrastkit pairs --data queries.csv --second-data docs.csv --id-field id \\
+        --first-field query --second-field text --eval-data held_out.jsonl --out runs/aligned
+
+``--data code-docstring`` reads ``code-docstring/pairs.jsonl.gz`` under the data root (first side:
+the docstring's first paragraph, second side: the function's code), trains on its train split and
+evaluates on ``--eval-split`` (test by default; choose hyper-parameters on valid). Writes
+``summary.json`` (options, training log, metrics), the trained towers (``tower_a/``, and
+``tower_b/`` when not shared, in Hugging Face layout) and ``heads.pt`` into ``--out``; an existing
+``summary.json`` there is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from contrastkit.errors import ConfigError
+
+CODE_DOCSTRING = "code-docstring"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("pairs")
+    data.add_argument("--data", required=True, help="'code-docstring', or a JSONL/CSV/TSV file of pairs "
+                                                     "(or of the first side, with --second-data)")
+    data.add_argument("--second-data", help="a file with the second side, joined to --data on --id-field")
+    data.add_argument("--eval-data", help="a file of evaluation pairs (default: --data's --eval-split)")
+    data.add_argument("--first-field", help="field of the first side (code-docstring: docstring_summary)")
+    data.add_argument("--second-field", help="field of the second side (code-docstring: code)")
+    data.add_argument("--id-field", help="field of unique ids (required with --second-data)")
+    data.add_argument("--split-field", default="split", help="field naming each record's split (default split)")
+    data.add_argument("--train-split", help="split to train on (code-docstring: train; default: every record)")
+    data.add_argument("--eval-split", help="split to evaluate on (code-docstring: test)")
+    data.add_argument("--out", required=True, help="output folder")
+
+    towers = parser.add_argument_group("towers")
+    towers.add_argument("--backbone", default="minilm", help="text model of the first tower (and the second "
+                                                             "when shared): 'minilm' or a local model folder")
+    towers.add_argument("--second-backbone", help="text model of the second tower (implies --separate-towers)")
+    towers.add_argument("--separate-towers", action="store_true", help="two encoders instead of shared weights")
+    towers.add_argument("--max-length-first", type=int, default=64, help="tokens per first-side text (default 64)")
+    towers.add_argument("--max-length-second", type=int, default=128, help="tokens per second-side text (default 128)")
+    towers.add_argument("--head", choices=("linear", "mlp", "none"), default="linear")
+    towers.add_argument("--embedding-dim", type=int, help="joint space size (default: the towers' size)")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--objective", choices=("clip", "siglip", "hcl"), default="clip")
+    method.add_argument("--temperature", type=float, default=0.05,
+                        help="initial CLIP temperature (learned) or HCL temperature (default 0.05)")
+    method.add_argument("--fixed-temperature", action="store_true", help="do not learn CLIP's temperature")
+    method.add_argument("--concentration", type=float, default=1.0, help="HCL's hard-negative concentration beta")
+    method.add_argument("--momentum", type=float, help="EMA rate of momentum encoders (e.g. 0.99; off when unset)")
+    method.add_argument("--queue-size", type=int, default=0, help="momentum keys kept per side (needs --momentum)")
+    method.add_argument("--augment-rate-first", type=float, default=0.0, help="soft-augmentation rate, first side")
+    method.add_argument("--augment-rate-second", type=float, default=0.0,
+                        help="soft-augmentation rate, second side (CoCoSoDa: about 0.1-0.2 of code tokens)")
+    method.add_argument("--in-modality-weight-first", type=float, default=0.0)
+    method.add_argument("--in-modality-weight-second", type=float, default=0.0)
+    method.add_argument("--in-modality-temperature", type=float, default=0.05)
+    method.add_argument("--harmonize", action="store_true", help="gradient harmonization between the losses")
+    method.add_argument("--curriculum-share", type=float, default=0.0,
+                        help="with --harmonize: initial share of the batch down-weighted for conflict")
+    method.add_argument("--curriculum-floor", type=float, default=0.0, help="weight of those samples")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--steps", type=int, help="optimiser steps (default: --epochs over the pairs; 0: zero-shot)")
+    training.add_argument("--epochs", type=float, default=1.0)
+    training.add_argument("--batch-size", type=int, default=32)
+    training.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (AdamW)")
+    training.add_argument("--head-lr", type=float, default=1e-3, help="heads' and temperature's learning rate")
+    training.add_argument("--warmup-fraction", type=float, default=0.1)
+    training.add_argument("--seed", type=int, default=0)
+
+
+def two_tower_options(args: argparse.Namespace):
+    from contrastkit.multimodal.two_tower import TwoTowerOptions
+
+    return TwoTowerOptions(
+        embedding_dim=args.embedding_dim, head=args.head, objective=args.objective,
+        temperature=args.temperature, learn_temperature=not args.fixed_temperature,
+        concentration=args.concentration, momentum=args.momentum, queue_size=args.queue_size,
+        in_modality_weights=(args.in_modality_weight_first, args.in_modality_weight_second),
+        in_modality_temperature=args.in_modality_temperature)
+
+
+def train_options(args: argparse.Namespace):
+    from contrastkit.multimodal.train import TrainOptions
+
+    return TrainOptions(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        head_lr=args.head_lr, warmup_fraction=args.warmup_fraction, seed=args.seed)
+
+
+def harmonizer(args: argparse.Namespace):
+    from contrastkit.multimodal.harmonization import GradientHarmonizer
+
+    if not args.harmonize:
+        if args.curriculum_share:
+            raise ConfigError("--curriculum-share belongs to gradient harmonization; add --harmonize.")
+        return None
+    if args.in_modality_weight_first == 0 and args.in_modality_weight_second == 0:
+        raise ConfigError("--harmonize reconciles several losses, but only the cross-modal one is on; add "
+                          "--in-modality-weight-first/--in-modality-weight-second.")
+    return GradientHarmonizer(realign=True, curriculum_share=args.curriculum_share,
+                              curriculum_floor=args.curriculum_floor)
+
+
+def read_train_and_eval(args: argparse.Namespace):
+    """(training pairs, evaluation pairs or None) from the data options."""
+    from contrastkit.multimodal.pairs import (
+        read_aligned_pairs,
+        read_code_docstring,
+        read_pairs,
+    )
+
+    if args.data == CODE_DOCSTRING:
+        query_field = args.first_field or "docstring_summary"
+        train = read_code_docstring(args.train_split or "train", query_field=query_field)
+        evaluation = read_code_docstring(args.eval_split or "test", query_field=query_field)
+        return train, evaluation
+    if not args.first_field or not args.second_field:
+        raise ConfigError("Pairs from a file need --first-field and --second-field (the two fields to pair).")
+    if args.second_data:
+        if not args.id_field:
+            raise ConfigError("--second-data is joined to --data on ids: name the id field with --id-field.")
+        train = read_aligned_pairs(args.data, args.second_data, args.first_field, args.second_field,
+                                   id_field=args.id_field)
+    else:
+        train = read_pairs(args.data, args.first_field, args.second_field, id_field=args.id_field,
+                           split=args.train_split, split_field=args.split_field)
+    evaluation = None
+    if args.eval_data:
+        evaluation = read_pairs(args.eval_data, args.first_field, args.second_field, id_field=args.id_field,
+                                split=args.eval_split, split_field=args.split_field)
+    elif args.eval_split:
+        evaluation = read_pairs(args.data, args.first_field, args.second_field, id_field=args.id_field,
+                                split=args.eval_split, split_field=args.split_field)
+    return train, evaluation
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from contrastkit.multimodal.text_towers import text_two_tower
+    from contrastkit.multimodal.train import (
+        evaluate_pairs,
+        options_record,
+        train_two_tower,
+    )
+
+    out = Path(args.out)
+    if (out / "summary.json").exists():
+        raise ConfigError(f"'{out}' already holds a pairs run (summary.json); choose another --out.")
+    train, evaluation = read_train_and_eval(args)
+    method_options, training_options = two_tower_options(args), train_options(args)
+    harmonize = harmonizer(args)
+    shared = not (args.separate_towers or args.second_backbone)
+    model, input_a, input_b = text_two_tower(
+        method_options, args.backbone, args.second_backbone, shared, args.max_length_first,
+        args.max_length_second, args.augment_rate_first, args.augment_rate_second)
+    history = train_two_tower(model, train, input_a, input_b, training_options, harmonize, log=print)
+    metrics = evaluate_pairs(model, evaluation, input_a, input_b) if evaluation is not None else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.encoder_a.save(out / "tower_a")
+    if not model.shared_encoder:
+        model.encoder_b.save(out / "tower_b")
+    torch.save({"head_a": model.head_a.state_dict(), "head_b": model.head_b.state_dict(),
+                "cross": model.cross.state_dict()}, out / "heads.pt")
+    summary = {"data": args.data, "train_pairs": len(train), "eval_pairs": len(evaluation) if evaluation else 0,
+               "sides": [train.first_name, train.second_name], "shared_towers": model.shared_encoder,
+               "options": {**options_record(method_options, training_options),
+                           "harmonize": args.harmonize, "curriculum_share": args.curriculum_share},
+               "history": history, "retrieval": metrics}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(format_metrics(metrics, train.first_name, train.second_name) if metrics else
+          "No evaluation pairs (--eval-split or --eval-data); nothing was scored.")
+    print(f"\nRun directory: {out}")
+    return 0
+
+
+def format_metrics(metrics: dict, first: str, second: str) -> str:
+    names = {"first_to_second": f"{first} -> {second}", "second_to_first": f"{second} -> {first}"}
+    lines = [f"{'direction':<32} {'MRR':>6} {'R@1':>6} {'R@5':>6} {'R@10':>6}  queries/corpus"]
+    for key, label in names.items():
+        m = metrics[key]
+        lines.append(f"{label:<32} {m['mrr']:6.3f} {m['recall@1']:6.3f} {m['recall@5']:6.3f} "
+                     f"{m['recall@10']:6.3f}  {m['queries']}/{m['corpus']}")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Text methods: sentence-embedding training objectives over a :class:`TextEncoder`.
+
+The contract
+============
+
+**Batches.** A text batch is a dict built by :mod:`contrastkit.text.data`:
+
+- ``"texts"``: ``list[str]``, the anchors (B sentences);
+- ``"contexts"``: ``list[str]``, only when the method sets ``needs_context = True``: for each
+  anchor, the neighbouring text of the same document (the lines around it in the file, the anchor
+  itself excluded, in file order, joined by spaces; see :class:`~contrastkit.text.data.SentenceData`);
+- ``"indices"``: ``LongTensor`` (B,), the anchors' row numbers in the data set.
+
+Methods tokenise the texts themselves (``encoder.tokenize``, at ``encoder.max_length`` tokens), so
+views can work on text or on token ids as the paper did.
+
+**Methods.** A text method is an ``nn.Module`` with
+
+- ``encoder``: the :class:`~contrastkit.text.encoders.TextEncoder` being trained (what is saved and
+  evaluated; any other module, e.g. a momentum copy, is auxiliary);
+- ``training_loss(batch) -> (loss, logs)``: a scalar tensor to call ``backward()`` on and a
+  ``dict[str, float]`` of diagnostics (written to metrics.csv, averaged over the logging window);
+- optionally ``after_optimizer_step(step, total_steps)``: called after each optimiser step
+  (``step`` counts from 1; ``total_steps`` is the planned number of steps, an estimate from the
+  measured pace when the run is limited by time), e.g. for momentum-encoder updates;
+- optionally ``needs_context: bool`` (class or instance attribute, default False): ask the data
+  layer for ``"contexts"``.
+
+Randomness (dropout, views) draws from torch's global generator, which the training loop reseeds
+from ``(seed, step)`` before every step, so a run is reproducible; a method may also own a seeded
+``torch.Generator``.
+
+**Registry.** :data:`TEXT_METHODS` maps a name to the module that implements it; modules are
+imported only when their method is built (so one method's optional dependencies never burden
+another). Each module defines ``build(encoder, **options) -> method``, which validates its options
+(:func:`check_options` gives the standard did-you-mean error for unknown ones) and raises
+:class:`~contrastkit.errors.ConfigError` for invalid values. Memory-hungry in-batch methods accept
+``grad_cache_chunk`` (rows per forward pass; see :mod:`contrastkit.text.gradcache`).
+
+Adding a method: write ``contrastkit/text/methods/<name>.py`` with ``build`` and add one line to
+:data:`TEXT_METHODS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from contrastkit.errors import ConfigError, closest_names, unknown_name_message
+
+TEXT_METHODS: dict[str, str] = {
+    "simcse": "contrastkit.text.methods.simcse",
+    "contriever": "contrastkit.text.methods.contriever",
+    "debcse": "contrastkit.text.methods.debcse",
+    "whitenedcse": "contrastkit.text.methods.whitenedcse",
+    "ccp": "contrastkit.text.methods.ccp",
+    "ict": "contrastkit.text.methods.ict",
+}
+
+
+def build_text_method(name: str, encoder: nn.Module, **options: Any) -> nn.Module:
+    """The text method ``name`` around ``encoder``, configured by ``options`` (each method's own)."""
+    if name not in TEXT_METHODS:
+        raise ConfigError(unknown_name_message("text method", name, TEXT_METHODS))
+    module = importlib.import_module(TEXT_METHODS[name])
+    return module.build(encoder, **options)
+
+
+def check_options(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``options``; an option not in ``defaults`` raises ConfigError
+    naming the closest valid ones."""
+    for key in options:
+        if key not in defaults:
+            close = closest_names(key, defaults)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown option '{key}' for text method '{method}'.{hint} Valid options: "
+                f"{', '.join(sorted(defaults))}."
+            )
+    return {**defaults, **options}
+
+
+__all__ = ["TEXT_METHODS", "build_text_method", "check_options"]

@@ -1,0 +1,199 @@
+"""Text sources read from disk: one text per line, JSONL, STS sentence pairs with scores, and BEIR
+retrieval folders. Every reader returns plain Python lists (and numpy scores), in file order.
+
+Formats:
+
+- lines: ``.txt`` or ``.txt.gz``, UTF-8, one text per line; blank lines are skipped.
+- JSONL: ``.jsonl`` or ``.jsonl.gz``, one object per line; ``field`` names the text (``text``).
+- STS: the STS Benchmark csv files, tab-separated *without quoting* (quotes are part of sentences):
+  genre, file, year, id, score, sentence1, sentence2 [, extra source columns]. Columns 4, 5, 6 are
+  read; the csv module must not be used, its quote handling merges lines.
+- BEIR: ``corpus.jsonl[.gz]`` ({_id, title, text}), ``queries.jsonl[.gz]`` ({_id, text}),
+  ``qrels/<split>.tsv`` (header, then query-id, corpus-id, score). Only queries with qrels in the
+  split are kept; grades are integers (graded relevance).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contrastkit.errors import DataError
+
+
+def _open_text(path: Path):
+    if not path.is_file():
+        raise DataError(f"The text file '{path}' does not exist (or is not a file).")
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line.rstrip("\n").rstrip("\r")
+    except (UnicodeDecodeError, OSError, EOFError) as error:
+        raise DataError(f"Could not read '{path}' as UTF-8 text (plain or gzip): {error}.") from error
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Non-blank lines of a ``.txt`` / ``.txt.gz`` file, stripped of surrounding whitespace."""
+    path = Path(path)
+    texts = [line.strip() for _, line in _lines(path) if line.strip()]
+    if not texts:
+        raise DataError(f"'{path}' holds no text lines.")
+    return texts
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All objects of a JSONL file (plain or gzip)."""
+    path = Path(path)
+    records = []
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"Line {number} of '{path}' is not valid JSON: {error}.") from error
+        if not isinstance(record, dict):
+            raise DataError(f"Line {number} of '{path}' is not a JSON object.")
+        records.append(record)
+    if not records:
+        raise DataError(f"'{path}' holds no JSON records.")
+    return records
+
+
+def read_jsonl_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
+    """The ``field`` of every record of a JSONL file."""
+    records = read_jsonl(path)
+    missing = next((i for i, r in enumerate(records) if not isinstance(r.get(field), str)), None)
+    if missing is not None:
+        raise DataError(
+            f"Record {missing + 1} of '{path}' has no text field '{field}' (fields: "
+            f"{', '.join(sorted(records[missing]))}). Choose the field with --text-field."
+        )
+    return [r[field] for r in records]
+
+
+def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
+    """Texts from lines (``.txt[.gz]``) or JSONL (``.jsonl[.gz]``), chosen by suffix."""
+    name = Path(path).name.removesuffix(".gz")
+    if name.endswith((".jsonl", ".json")):
+        return read_jsonl_texts(path, field)
+    return read_lines(path)
+
+
+@dataclass(frozen=True)
+class SentencePairs:
+    """Sentence pairs with gold similarity scores (STS)."""
+
+    first: list[str]
+    second: list[str]
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+
+def read_sts(path: str | os.PathLike) -> SentencePairs:
+    """An STS Benchmark file (see the module docstring for the layout)."""
+    path = Path(path)
+    first, second, scores = [], [], []
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) < 7:
+            raise DataError(
+                f"Line {number} of '{path}' has {len(columns)} tab-separated columns; an STS "
+                "file has at least 7 (genre, file, year, id, score, sentence1, sentence2)."
+            )
+        try:
+            scores.append(float(columns[4]))
+        except ValueError as error:
+            raise DataError(f"Line {number} of '{path}': score '{columns[4]}' is not a number.") from error
+        first.append(columns[5])
+        second.append(columns[6])
+    if not first:
+        raise DataError(f"'{path}' holds no sentence pairs.")
+    return SentencePairs(first, second, np.asarray(scores, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """A BEIR-layout retrieval set: corpus, the queries of one split, and graded qrels."""
+
+    doc_ids: list[str]
+    titles: list[str]
+    texts: list[str]
+    query_ids: list[str]
+    queries: list[str]
+    qrels: dict[str, dict[str, int]]
+
+    def documents(self, separator: str = " ") -> list[str]:
+        """Title and text joined as BEIR's dense models embed them (title, separator, text)."""
+        return [f"{t}{separator}{x}".strip() if t else x for t, x in zip(self.titles, self.texts)]
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"The BEIR folder '{folder}' has no {stem} (or {stem}.gz).")
+
+
+def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """``query id -> {doc id: grade}`` from a BEIR qrels tsv (header line skipped)."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in _lines(path):
+        columns = line.split("\t")
+        if number == 1 and not columns[-1].strip().lstrip("-").isdigit():
+            continue  # header
+        if not line.strip():
+            continue
+        if len(columns) != 3:
+            raise DataError(f"Line {number} of '{path}' should have 3 tab-separated columns "
+                            "(query-id, corpus-id, score).")
+        try:
+            qrels.setdefault(columns[0], {})[columns[1]] = int(columns[2])
+        except ValueError as error:
+            raise DataError(f"Line {number} of '{path}': grade '{columns[2]}' is not an integer.") from error
+    return qrels
+
+
+def read_beir(folder: str | os.PathLike, split: str = "test") -> RetrievalSet:
+    """A BEIR folder (corpus, queries, ``qrels/<split>.tsv``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"The BEIR folder '{folder}' does not exist.")
+    qrels_file = folder / "qrels" / f"{split}.tsv"
+    if not qrels_file.is_file():
+        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise DataError(f"'{folder}' has no qrels for split '{split}' (available: "
+                        f"{', '.join(available) or 'none'}).")
+    qrels = read_qrels(qrels_file)
+    corpus = read_jsonl(_find(folder, "corpus.jsonl"))
+    queries = {str(r["_id"]): r.get("text", "") for r in read_jsonl(_find(folder, "queries.jsonl"))}
+    missing = [q for q in qrels if q not in queries]
+    if missing:
+        raise DataError(f"{len(missing)} query ids of {qrels_file} are not in queries.jsonl "
+                        f"(first: {missing[0]}).")
+    query_ids = [q for q in queries if q in qrels]
+    return RetrievalSet(
+        doc_ids=[str(r["_id"]) for r in corpus],
+        titles=[r.get("title", "") or "" for r in corpus],
+        texts=[r.get("text", "") or "" for r in corpus],
+        query_ids=query_ids,
+        queries=[queries[q] for q in query_ids],
+        qrels={q: qrels[q] for q in query_ids},
+    )

@@ -1,0 +1,120 @@
+"""Text readers against the real files' published counts (STS-B, SciFact in BEIR layout, the
+SciFact sentences) and against an independent line count; bad input raises DataError naming the
+file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from contrastkit.errors import DataError
+from contrastkit.text.sources import (
+    read_beir,
+    read_jsonl,
+    read_lines,
+    read_sts,
+    read_texts,
+)
+from tests.conftest import data_path
+
+STSB_COUNTS = {"train": 5749, "dev": 1500, "test": 1379}  # Cer et al. 2017, and PROVENANCE.txt
+
+
+@pytest.mark.parametrize("split", sorted(STSB_COUNTS))
+def test_stsb_counts_and_columns(split):
+    path = data_path("stsb") / f"sts-{split}.csv"
+    pairs = read_sts(path)
+    assert len(pairs) == len(pairs.first) == len(pairs.second) == len(pairs.scores) == STSB_COUNTS[split]
+    assert pairs.scores.min() >= 0.0 and pairs.scores.max() <= 5.0
+    # Second derivation: every non-blank line of the file is one pair (a csv reader that honours
+    # quotes would merge lines and get fewer), and its sentences are tab fields 5 and 6.
+    raw = [line.rstrip("\n").split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(raw) == STSB_COUNTS[split]
+    assert pairs.first == [columns[5] for columns in raw]
+    assert pairs.second == [columns[6] for columns in raw]
+    np.testing.assert_array_equal(pairs.scores, [float(columns[4]) for columns in raw])
+    assert any(len(columns) > 7 for columns in raw)  # rows with extra source columns are read too
+
+
+def test_scifact_test_split_counts():
+    scifact = read_beir(data_path("scifact"), "test")
+    assert len(scifact.doc_ids) == len(set(scifact.doc_ids)) == len(scifact.texts) == 5183
+    assert len(scifact.query_ids) == len(scifact.queries) == 300
+    assert sum(len(docs) for docs in scifact.qrels.values()) == 339
+    assert set(scifact.qrels) == set(scifact.query_ids)
+    doc_ids = set(scifact.doc_ids)
+    assert all(doc in doc_ids for docs in scifact.qrels.values() for doc in docs)
+    assert all(grade == 1 for docs in scifact.qrels.values() for grade in docs.values())
+    documents = scifact.documents()
+    assert documents[0] == f"{scifact.titles[0]} {scifact.texts[0]}"
+
+
+def test_scifact_train_split_counts():
+    scifact = read_beir(data_path("scifact"), "train")
+    assert len(scifact.query_ids) == 809
+    assert sum(len(docs) for docs in scifact.qrels.values()) == 919
+
+
+def test_scifact_sentences_count():
+    path = data_path("scifact") / "sentences.txt.gz"
+    sentences = read_lines(path)
+    assert len(sentences) == 49676
+    with gzip.open(path, "rt", encoding="utf-8") as handle:  # independent count
+        assert sum(1 for line in handle if line.strip()) == 49676
+    assert read_texts(path) == sentences
+
+
+def test_missing_files_raise_data_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        read_lines(tmp_path / "absent.txt")
+    with pytest.raises(DataError, match="does not exist"):
+        read_sts(tmp_path / "absent.csv")
+    with pytest.raises(DataError, match="does not exist"):
+        read_beir(tmp_path / "absent")
+
+
+def test_sts_line_with_too_few_columns(tmp_path):
+    path = tmp_path / "sts.csv"
+    path.write_text("main-news\tf\t2012\t1\t4.0\ta cat\ta feline\nmain-news\tf\t2012\t2\t3.0\tonly one\n")
+    with pytest.raises(DataError, match=r"Line 2 of .*sts\.csv.* 6 tab-separated columns"):
+        read_sts(path)
+
+
+def test_sts_score_that_is_not_a_number(tmp_path):
+    path = tmp_path / "sts.csv"
+    path.write_text("main-news\tf\t2012\t1\tfour\ta cat\ta feline\n")
+    with pytest.raises(DataError, match="not a number"):
+        read_sts(path)
+
+
+def test_jsonl_line_that_is_not_json(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"_id": "1", "text": "fine"}) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"Line 2 of .*corpus\.jsonl.* not valid JSON"):
+        read_jsonl(path)
+
+
+def test_jsonl_missing_text_field_names_the_fields(tmp_path):
+    path = tmp_path / "texts.jsonl"
+    path.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(DataError, match="no text field 'text'.*body"):
+        read_texts(path)
+
+
+def test_beir_unknown_split_lists_the_available_ones(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(DataError, match="no qrels for split 'dev' .*available: test"):
+        read_beir(tmp_path, "dev")
+
+
+def test_beir_qrels_with_a_bad_column_count(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\n")
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "text": "t"}) + "\n")
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "q"}) + "\n")
+    with pytest.raises(DataError, match="3 tab-separated columns"):
+        read_beir(tmp_path, "test")
