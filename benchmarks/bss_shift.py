@@ -38,8 +38,8 @@ from contrastkit.training.data import EpochShuffleSampler
 from contrastkit.views.image import EvalView
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gsimclr import train_simclr  # noqa: E402
-from image_side_by_side import cifar_small  # noqa: E402
+from gsimclr import train_simclr
+from image_side_by_side import cifar_small
 
 
 def embed(backbone, view, images) -> np.ndarray:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                                np.repeat([0, 1], [len(query_mnist), len(query_cifar)]))
         rows.append((name, cifar_top1, mnist_top1, purity, seconds))
         print(rows[-1], flush=True)
-    print(f"\n| pretraining | kNN top-1 CIFAR-10 gray | kNN top-1 MNIST | domain purity@20 | train s |")
+    print("\n| pretraining | kNN top-1 CIFAR-10 gray | kNN top-1 MNIST | domain purity@20 | train s |")
     print("|---|---:|---:|---:|---:|")
     for name, cifar_top1, mnist_top1, purity, seconds in rows:
         print(f"| {name} | {cifar_top1:.2f} | {mnist_top1:.2f} | {purity:.3f} | {seconds:.0f} |")

@@ -38,7 +38,7 @@ from contrastkit.training.data import BatchedSamples, EpochShuffleSampler
 from contrastkit.training.module import SSLModule
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from image_side_by_side import cifar_small, knn_top1, trainer  # noqa: E402
+from image_side_by_side import cifar_small, knn_top1, trainer
 
 
 def train_simclr(images: torch.Tensor, batch_sampler, epochs: int, seed: int, width: float,

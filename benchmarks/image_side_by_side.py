@@ -64,8 +64,8 @@ STEPS_PER_FLOOR = 3
 def cifar_small(data: str, per_class: int = PRETRAIN_PER_CLASS):
     """(train images uint8 (8000, 3, 32, 32), train labels, query images (2000, ...), query labels,
     train files): images 0-799 of each class pretrain, 800-999 are queries."""
-    from contrastkit.sources.image_folder import list_image_files
     from contrastkit.sources import open_image_source
+    from contrastkit.sources.image_folder import list_image_files
 
     source = open_image_source(data)
     files, _, _ = list_image_files(Path(data))
@@ -209,9 +209,18 @@ def run_lightly(method: str, split, args, workdir: Path) -> tuple[dict, torch.nn
     import lightning as L
     from lightly.data import LightlyDataset
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
+    from lightly.models.modules import (
+        BYOLPredictionHead,
+        BYOLProjectionHead,
+        SimCLRProjectionHead,
+    )
     from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimCLRTransform
+    from lightly.transforms import (
+        BYOLTransform,
+        BYOLView1Transform,
+        BYOLView2Transform,
+        SimCLRTransform,
+    )
     from lightly.utils.scheduler import cosine_schedule
 
     normalize = {"mean": list(split["mean"]), "std": list(split["std"])}

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         for variant in args.variants:
             try:
                 row = measure(method, variant, batch, data, args)
-            except Exception as error:  # e.g. inductor without a working C++ toolchain
+            except Exception as error:  # noqa: BLE001 - e.g. inductor without a working C++ toolchain
                 print(f"{method} {variant} failed: {type(error).__name__}: {error}", flush=True)
                 continue
             rows.append(row)

@@ -94,8 +94,8 @@ def test_module_is_seeded_by_the_global_generator_and_checks_options():
 def test_views_standardize_each_view_batch_separately(views_class):
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     # No random op other than BSS, no normalisation: the views are BSS of the raw batch.
-    options = dict(random_crop=False, hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0, mean=0.0, std=1.0,
-                   bss={"ratio_range": [1.0, 1.0]})
+    options = {"random_crop": False, "hflip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "mean": 0.0,
+               "std": 1.0, "bss": {"ratio_range": [1.0, 1.0]}}
     if views_class is BYOLViews:
         options["solarize_p"] = (0.0, 0.0)
     views = views_class(16, **options)

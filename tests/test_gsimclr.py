@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.sampling.pseudo_labels import pseudo_labels, train_denoising_autoencoder
+from contrastkit.sampling.pseudo_labels import (
+    pseudo_labels,
+    train_denoising_autoencoder,
+)
 from contrastkit.sampling.spread_batches import SpreadBatchSampler
 from contrastkit.training.data import EpochShuffleSampler
 
@@ -109,7 +112,7 @@ def test_pseudo_labels_recover_known_groups():
     groups = np.repeat(np.arange(3), 40)
     images = np.clip(prototypes[groups] + rng.normal(0, 20, size=(120, 1, 12, 12)), 0, 255).astype(np.uint8)
     images = torch.from_numpy(images)
-    options = dict(epochs=6, batch_size=30, latent_dim=8, width=8, lr=3e-3)
+    options = {"epochs": 6, "batch_size": 30, "latent_dim": 8, "width": 8, "lr": 3e-3}
     found = pseudo_labels(images, num_clusters=3, **options)
     assert adjusted_rand_score(groups, found) > 0.95
     _, history = train_denoising_autoencoder(images, **options)

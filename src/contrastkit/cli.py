@@ -46,6 +46,8 @@ FIT_OPTIONS = {
     "num-workers": (int, "DataLoader worker processes"),
     "stream-order": (str, ("epoch order when streaming shards:DIR: shards (shards shuffled, then rows within each; "
                            "sequential reads) or global (the in-memory order; random reads)")),
+    "batch-sampler": (str, ("shuffle, or spread: G-SimCLR batches that keep each pseudo-class (denoising "
+                            "autoencoder + k-means) spread out; options in extra.gsimclr")),
     "seed": (int, "random seed"),
     "out": (str, "run directory (default runs/<method>-<data>-<time>)"),
 }

@@ -52,6 +52,7 @@ class FitConfig:
     # (methods/_parts.GLOBAL_BATCHNORM_RECIPES) when more than one process trains; True/False force it.
     sync_batchnorm: bool | None = None
     stream_order: str = "shards"  # epoch order when streaming shards:DIR: shards (block) | global
+    batch_sampler: str = "shuffle"  # shuffle | spread (G-SimCLR: pseudo-classes spread over batches)
     channels_last: bool = False
     # bookkeeping
     seed: int = 0
@@ -71,6 +72,7 @@ CHOICES = {
     "nan_policy": ("stop", "skip"),
     "accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
     "stream_order": ("shards", "global"),
+    "batch_sampler": ("shuffle", "spread"),
 }
 
 DEFAULT_LR = {"sgd": 0.06, "lars": 0.3, "adamw": 1e-3}

@@ -35,6 +35,7 @@ from torch import nn
 from contrastkit.errors import ConfigError, DataError
 
 POOLINGS = ("mean", "cls", "last")
+SAVED_SETTINGS_FILE = "contrastkit_text.json"  # written beside the model by TextEncoder.save
 MODEL_ALIASES = ("minilm",)
 
 
@@ -85,7 +86,10 @@ def sentence_transformers_settings(folder: Path) -> dict:
     pooling_file = folder / "1_Pooling" / "config.json"
     if pooling_file.is_file():
         pooling = json.loads(pooling_file.read_text())
-        if pooling.get("pooling_mode_cls_token"):
+        mode = pooling.get("pooling_mode")  # sentence-transformers >= 5 writes one key
+        if isinstance(mode, str) and mode in ("cls", "lasttoken", "mean"):
+            settings["pooling"] = {"lasttoken": "last"}.get(mode, mode)
+        elif pooling.get("pooling_mode_cls_token"):
             settings["pooling"] = "cls"
         elif pooling.get("pooling_mode_lasttoken"):
             settings["pooling"] = "last"
@@ -100,9 +104,13 @@ def sentence_transformers_settings(folder: Path) -> dict:
         max_length = json.loads(config_file.read_text()).get("max_seq_length")
         if max_length:
             settings["max_length"] = int(max_length)
-    own_file = folder / "contrastkit_text.json"
+    own_file = folder / SAVED_SETTINGS_FILE
     if own_file.is_file():
-        own = json.loads(own_file.read_text())
+        try:
+            own = json.loads(own_file.read_text())
+        except json.JSONDecodeError as error:
+            raise DataError(f"'{own_file}' is not valid JSON ({error}); it should hold the pooling, "
+                            "normalize and max_length that TextEncoder.save wrote.") from None
         settings.update({k: own[k] for k in ("pooling", "normalize", "max_length") if k in own})
     return settings
 
@@ -230,10 +238,37 @@ class TextEncoder(nn.Module):
         quiet_transformers()
         self.transformer.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
-        (folder / "contrastkit_text.json").write_text(json.dumps(
+        (folder / SAVED_SETTINGS_FILE).write_text(json.dumps(
             {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length},
             indent=2))
         return folder
+
+
+def text_model_folder(path: str | os.PathLike) -> Path | str:
+    """The encoder folder behind ``path``: ``minilm``, a folder saved by :meth:`TextEncoder.save`
+    (it has ``contrastkit_text.json``), a run folder holding exactly one such folder among its
+    subfolders (``contrastkit text`` writes ``encoder/``), or any local Hugging Face /
+    sentence-transformers model folder."""
+    if str(path) == "minilm":
+        return "minilm"
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"The text model '{folder}' is not a folder. Pass a folder written by 'contrastkit text' "
+                        "(or TextEncoder.save), a Hugging Face model folder, or 'minilm'.")
+    if (folder / SAVED_SETTINGS_FILE).is_file() or (folder / "config.json").is_file():
+        return folder
+    saved = sorted(p.parent for p in folder.glob(f"*/{SAVED_SETTINGS_FILE}"))
+    if len(saved) == 1:
+        return saved[0]
+    found = f"several saved encoders ({', '.join(p.name for p in saved)})" if saved else "no saved encoder"
+    raise DataError(f"The text model folder '{folder}' holds {found}: pass the encoder folder itself (the one "
+                    f"with {SAVED_SETTINGS_FILE} or config.json).")
+
+
+def load_text_encoder(path: str | os.PathLike) -> TextEncoder:
+    """The encoder of :func:`text_model_folder`, with the pooling, normalisation and length it was
+    saved with (``contrastkit_text.json``; otherwise the folder's sentence-transformers files)."""
+    return TextEncoder.from_folder(text_model_folder(path))
 
 
 def _model_inputs(tokens: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation.diagnostics import isotropy
 from contrastkit.evaluation.retrieval import mrr_at_k, ndcg_at_k, recall_at_k, search
-from contrastkit.text.encoders import TextEncoder
+from contrastkit.text.encoders import TextEncoder, load_text_encoder
 from contrastkit.text.sources import RetrievalSet, SentencePairs
 
 PRECISIONS = ("fp32", "bf16")
@@ -334,21 +334,6 @@ def sentence_isotropy(encoder: TextEncoder, texts: Sequence[str], batch_size: in
 
 
 # ------------------------------------------------------------------------- command-line tasks
-
-
-def load_text_encoder(name_or_path: str | os.PathLike) -> TextEncoder:
-    """``minilm``, a folder written by :meth:`TextEncoder.save` (its ``contrastkit_text.json`` gives
-    pooling, normalisation and max length), or any local Hugging Face / sentence-transformers folder."""
-    settings: dict = {}
-    saved = Path(name_or_path).expanduser() / "contrastkit_text.json"
-    if str(name_or_path) != "minilm" and saved.is_file():
-        try:
-            settings = json.loads(saved.read_text())
-        except json.JSONDecodeError as error:
-            raise DataError(f"'{saved}' is not valid JSON ({error}); it should hold the pooling, "
-                            "normalize and max_length that TextEncoder.save wrote.") from error
-        settings = {k: settings[k] for k in ("pooling", "normalize", "max_length") if k in settings}
-    return TextEncoder.from_folder(name_or_path, **settings)
 
 
 def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: str = "test",

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.encoders import TextEncoder
+from contrastkit.errors import ConfigError
+from contrastkit.text.encoders import TextEncoder, load_text_encoder
 
-SAVED_SETTINGS_FILE = "contrastkit_text.json"  # written beside the model by TextEncoder.save
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
 ALL_POOLING_KEYS = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                     "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
@@ -43,42 +42,6 @@ PROBE_SENTENCES = (
     "Contrastive learning pulls two views of one sentence together.",
     "short",
 )
-
-
-def text_model_folder(path: str | os.PathLike) -> Path | str:
-    """The encoder folder behind ``path``: ``minilm``, a folder saved by :meth:`TextEncoder.save`
-    (it has ``contrastkit_text.json``), a run folder holding exactly one such folder among its
-    subfolders, or any local Hugging Face / sentence-transformers model folder."""
-    if str(path) == "minilm":
-        return "minilm"
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"--text-model '{folder}' is not a folder. Pass a folder written by 'contrastkit text' "
-                        f"(or TextEncoder.save), a Hugging Face model folder, or 'minilm'.")
-    if (folder / SAVED_SETTINGS_FILE).is_file() or (folder / "config.json").is_file():
-        return folder
-    saved = sorted(p.parent for p in folder.glob(f"*/{SAVED_SETTINGS_FILE}"))
-    if len(saved) == 1:
-        return saved[0]
-    found = f"several saved encoders ({', '.join(p.name for p in saved)})" if saved else "no saved encoder"
-    raise DataError(f"--text-model '{folder}' holds {found}: pass the encoder folder itself (the one with "
-                    f"{SAVED_SETTINGS_FILE} or config.json).")
-
-
-def load_text_model(path: str | os.PathLike) -> TextEncoder:
-    """The encoder of :func:`text_model_folder`, with the pooling, normalisation and length it was
-    saved with (``contrastkit_text.json``; otherwise the folder's sentence-transformers files)."""
-    folder = text_model_folder(path)
-    settings = {}
-    saved = Path(folder) / SAVED_SETTINGS_FILE if folder != "minilm" else None
-    if saved is not None and saved.is_file():
-        try:
-            settings = json.loads(saved.read_text())
-        except json.JSONDecodeError as error:
-            raise DataError(f"'{saved}' is not valid JSON ({error}); it should hold the pooling, normalize and "
-                            f"max_length written by TextEncoder.save.") from None
-        settings = {key: settings[key] for key in ("pooling", "normalize", "max_length") if key in settings}
-    return TextEncoder.from_folder(folder, **settings)
 
 
 def sentence_transformers_files(encoder: TextEncoder) -> dict[str, object]:
@@ -130,7 +93,7 @@ def export_sentence_transformers(encoder: TextEncoder, out_dir: str | os.PathLik
 
 def export_text_model(text_model: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """`contrastkit export --text-model FOLDER --format sentence-transformers`."""
-    return export_sentence_transformers(load_text_model(text_model), out_dir, overwrite=overwrite)
+    return export_sentence_transformers(load_text_encoder(text_model), out_dir, overwrite=overwrite)
 
 
 def _check_round_trip(encoder: TextEncoder, folder: Path) -> None:

@@ -186,14 +186,23 @@ class InMemoryImages(L.LightningDataModule):
     """A decoded image source as Lightning training data; the loader is built once the process's
     rank and the world size are known."""
 
-    def __init__(self, source, batch_size: int, seed: int, num_workers: int = 0):
+    def __init__(self, source, batch_size: int, seed: int, num_workers: int = 0,
+                 pseudo_labels: np.ndarray | None = None):
         super().__init__()
         self.samples = BatchedSamples(source.images, source.labels)
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        # G-SimCLR: batches keep samples of one pseudo-class apart (sampling/spread_batches.py)
+        self.pseudo_labels = pseudo_labels
 
     def train_dataloader(self) -> DataLoader:
+        if self.pseudo_labels is not None:
+            from contrastkit.sampling.spread_batches import SpreadBatchSampler
+
+            sampler = SpreadBatchSampler(self.pseudo_labels, self.batch_size, self.seed, self.trainer.global_rank,
+                                         self.trainer.world_size)
+            return batch_loader(self.samples, sampler, self.num_workers)
         return training_loader(self.samples, self.batch_size, self.seed, self.trainer.global_rank,
                                self.trainer.world_size, self.num_workers)
 

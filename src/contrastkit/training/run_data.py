@@ -117,14 +117,31 @@ def _in_memory(config) -> RunData:
                     num_samples=len(train))
     return RunData(
         info=info,
-        datamodule=InMemoryImages(train, config.batch_size, config.seed, config.num_workers),
+        datamodule=InMemoryImages(train, config.batch_size, config.seed, config.num_workers,
+                                  pseudo_labels=_pseudo_labels(config, train)),
         read=lambda wanted: source.images[torch.from_numpy(np.asarray(wanted, dtype=np.int64))],
         labels=labels, train_rows=train_rows, holdout_rows=holdout_rows,
         eval_rows=np.concatenate([train_rows, holdout_rows]), eval_train=len(train_rows), streamed=False,
     )
 
 
+def _pseudo_labels(config, train) -> np.ndarray | None:
+    """G-SimCLR's pseudo-labels of the training images (``--batch-sampler spread``), else None."""
+    if config.batch_sampler != "spread":
+        return None
+    if (config.devices or 1) * (config.num_nodes or 1) > 1:
+        raise ConfigError("--batch-sampler spread runs in one process for now: every process would have to "
+                          "train the same denoising autoencoder bit for bit to agree on the batches. Drop "
+                          "--devices/--num-nodes, or use --batch-sampler shuffle.")
+    from contrastkit.sampling.pseudo_labels import pseudo_labels
+
+    return pseudo_labels(train.images, seed=config.seed, **(config.extra.get("gsimclr") or {}))
+
+
 def _streamed(config, root: Path) -> RunData:
+    if config.batch_sampler != "shuffle":
+        raise ConfigError("--batch-sampler spread needs the images in memory (the pseudo-labels come from an "
+                          "autoencoder trained on all of them); it is not available with --data shards:DIR.")
     folder = ShardFolder(root)
     channels, height, width = folder.image_shape
     if config.image_size is not None and (config.image_size, config.image_size) != (height, width):
