@@ -9,7 +9,7 @@ see ``RUNS``); nothing is selected on test labels.
 
     python benchmarks/bench_graphs.py                                     # paper epochs, 3 seeds
     python benchmarks/bench_graphs.py --methods graphmae --seeds 20       # GraphMAE's own protocol
-    python benchmarks/bench_graphs.py --seeds 1 --graphmae-epochs 500 --json-dir /work/notes/graphs
+    python benchmarks/bench_graphs.py --seeds 1 --graphmae-epochs 500 --json-dir runs/graphs
 
 Published (Cora, public split, linear probe): GraphMAE 84.2 ± 0.4 (Hou et al. 2022, Table 1:
 mean ± std over 20 seeds, each seed pretraining *and* probing anew); DGI 82.3 ± 0.6 and BGRL

@@ -13,7 +13,7 @@ pairs) and the test split (354 pairs) is scored once with them. Metrics: MRR and
 both directions (docstring -> code and code -> docstring), exact faiss search.
 
     OMP_NUM_THREADS=2 python benchmarks/code_search.py --eval-split test --steps 40 --select-lr 2e-5,1e-4 \
-        --out /work/notes/code_search.json      # lr chosen on valid, then every row on test
+        --out runs/code_search.json      # lr chosen on valid, then every row on test
     OMP_NUM_THREADS=2 python benchmarks/code_search.py --time-steps 4     # seconds per step of each row
 """
 
