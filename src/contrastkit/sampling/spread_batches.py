@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.training.data import EpochShuffleSampler
 
 
 def spread_order(labels: np.ndarray, global_batch: int, num_replicas: int, seed: int) -> np.ndarray:
@@ -54,11 +54,11 @@ def spread_order(labels: np.ndarray, global_batch: int, num_replicas: int, seed:
     return batches[rng.permutation(num_batches)]
 
 
-class SpreadBatchSampler(Sampler[list[int]]):
+class SpreadBatchSampler(EpochShuffleSampler):
     """A batch sampler that spreads each pseudo-class evenly over the batches of an epoch.
 
-    The same interface as :class:`~contrastkit.training.data.EpochShuffleSampler` (``set_epoch``,
-    ``sampler``, rank-aware), so it drops into ``DataLoader(batch_sampler=...)``. Per epoch, with
+    An :class:`~contrastkit.training.data.EpochShuffleSampler` (``set_epoch``, ``sampler``, length,
+    rank-aware) whose epoch order spreads the classes, so it drops into ``DataLoader(batch_sampler=...)``. Per epoch, with
     ``M = floor(N / (batch_size * num_replicas))`` batches, every global batch holds at most
     ``ceil(n_c / M)`` samples of pseudo-class ``c`` and every process's batch at most
     ``ceil(n_c / (M * num_replicas))`` (``ceil(batch_size * n_c / N)`` when the global batch
@@ -88,25 +88,8 @@ class SpreadBatchSampler(Sampler[list[int]]):
             )
         if not 0 <= rank < num_replicas:
             raise ConfigError(f"rank must be in [0, {num_replicas}), got {rank}.")
+        super().__init__(len(labels), batch_size, seed, rank, num_replicas)
         self.labels = labels
-        self.num_samples = len(labels)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch (with the resumed epoch after --resume)."""
-        self.epoch = epoch
-
-    @property
-    def sampler(self) -> SpreadBatchSampler:
-        # Lightning calls set_epoch on `loader.batch_sampler.sampler` (see EpochShuffleSampler).
-        return self
-
-    def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = spread_order(self.labels, self.batch_size * self.num_replicas, self.num_replicas,
