@@ -28,22 +28,21 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastkit.errors import DataError
 from contrastkit.objectives._common import (
-    ContrastiveObjective,
     LossTerms,
     anchor_range,
     check_pair,
     in_float32,
     normalize,
 )
+from contrastkit.objectives.clip import CLIPLoss
 
 
 def _candidates(keys: Tensor, queue: Tensor | None, dim: int, name: str) -> Tensor:
@@ -81,22 +80,14 @@ def queued_clip_terms(
     return LossTerms(total, n)
 
 
-class QueuedCLIP(ContrastiveObjective):
-    """The queued CLIP loss with a learned logit scale (initialised at ``log(1 / init_temperature)``).
+class QueuedCLIP(CLIPLoss):
+    """The queued CLIP loss with CLIP's learned logit scale (initialised at ``log(1 / init_temperature)``,
+    clamped at ``max_scale``): the catalogue's ``clip`` with momentum keys and queues as candidates.
 
     Called as ``objective(a, b, keys_a=..., keys_b=..., queue_a=..., queue_b=...)``.
     """
 
     per_sample_inputs: ClassVar[tuple[str, ...]] = ("keys_a", "keys_b")
-
-    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0, learn_scale: bool = True):
-        super().__init__()
-        init = torch.tensor(math.log(1.0 / init_temperature))
-        if learn_scale:
-            self.logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("logit_scale", init)
-        self.max_scale = float(max_scale)
 
     def loss_terms(self, z_a: Tensor, z_b: Tensor, *, anchor_rows: slice | None = None,
                    keys_a: Tensor | None = None, keys_b: Tensor | None = None,
@@ -105,6 +96,3 @@ class QueuedCLIP(ContrastiveObjective):
             raise DataError("queued clip needs the momentum keys of the batch (keys_a, keys_b).")
         return queued_clip_terms(z_a, z_b, keys_a, keys_b, self.logit_scale, queue_a, queue_b,
                                  self.max_scale, anchor_rows)
-
-    def extra_repr(self) -> str:
-        return f"max_scale={self.max_scale}"
