@@ -45,3 +45,11 @@ def test_bss_option_reaches_byol_views():
                                          extra={"views": {"bss": True}}))
     assert getattr(plain.views, "bss", None) is None
     assert with_bss.views.bss is not None
+
+
+@pytest.mark.parametrize("method", ["moco", "simsiam", "directpred"])
+def test_view_options_reach_every_method_with_image_views(method):
+    data = DataInfo(channels=1, image_size=8, mean=(0.5,), std=(0.25,), num_samples=100)
+    built = METHODS.build(method, data=data, config=FitConfig(method=method, backbone="small-cnn", width=0.25,
+                                                              extra={"views": {"bss": True}}))
+    assert built.views.bss is not None

@@ -150,7 +150,8 @@ def build(config, data: DataInfo) -> MoCo:
     return MoCo(
         backbone=backbone,
         projection=ProjectionHead(backbone.output_dim, hidden, config.projection_dim, num_layers=2, batch_norm=False),
-        views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std),
+        views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
+                          **config.extra.get("views", {})),
         eval_view=EvalView(mean=data.mean, std=data.std),
         objective=moco_objective(config.objective, options["mochi"], method_temperature(config, PAPER_TEMPERATURE),
                                  data.num_samples),

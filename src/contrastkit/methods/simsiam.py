@@ -90,7 +90,8 @@ def build(config, data: DataInfo) -> SimSiam:
         backbone=backbone,
         projection=simsiam_projection(backbone.output_dim, hidden, dim, data.image_size),
         predictor=build_predictor(options["predictor"], dim, options["predictor_hidden_dim"] or max(1, dim // 4)),
-        views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std),
+        views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
+                          **config.extra.get("views", {})),
         eval_view=EvalView(mean=data.mean, std=data.std),
         stop_gradient=options["stop_gradient"],
     )
