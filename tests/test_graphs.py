@@ -229,6 +229,26 @@ def test_feature_mask_paper_shares():
         sample_feature_mask(10, 0.5, replace_rate=0.6, unchanged_rate=0.5)
 
 
+def test_graphmae_gat_init_matches_the_closed_form_variances():
+    # Official GraphMAE: W, a ~ N(0, 1.414^2 * 2 / (fan_in + fan_out)), bias 0. PyG's default is
+    # Glorot uniform on [-l, l], l = sqrt(6 / (fan_in + fan_out)): variance l^2 / 3, half as much.
+    torch.manual_seed(0)
+    official = GraphMAE(300, hidden_dim=256, heads=4)
+    library = GraphMAE(300, hidden_dim=256, heads=4, init="pyg")
+    first, first_pyg = official.encoder.convs[0], library.encoder.convs[0]
+    fan_in, fan_out = 300, 256  # lin: (heads * 64 = 256, 300)
+    assert first.lin.weight.std().item() == pytest.approx(1.414 * math.sqrt(2 / (fan_in + fan_out)), rel=0.02)
+    assert first_pyg.lin.weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.02)
+    assert first_pyg.lin.weight.abs().max().item() <= math.sqrt(6 / (fan_in + fan_out)) + 1e-6
+    # att_src (1, 4, 64): torch's fans for a 3-d tensor are (4 * 64, 1 * 64).
+    att_std = 1.414 * math.sqrt(2 / (4 * 64 + 64))
+    atts = torch.cat([c.att_src.flatten() for c in official.encoder.convs[:1]] + [first.att_dst.flatten()])
+    assert atts.std().item() == pytest.approx(att_std, rel=0.15)
+    assert all(torch.count_nonzero(c.bias) == 0 for c in [*official.encoder.convs, *official.decoder.convs])
+    with pytest.raises(ConfigError, match="init"):
+        GraphMAE(10, init="xavier")
+
+
 def test_graphmae_remasks_decoder_input_and_scores_masked_nodes_only():
     torch.manual_seed(0)
     graph = random_graph(n=40, features=12)

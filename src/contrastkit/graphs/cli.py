@@ -65,6 +65,13 @@ TRAIN_DEFAULTS: dict[str, GraphTrainConfig] = {
     "graphcl": GraphTrainConfig(epochs=200, lr=5e-4, weight_decay=1e-5),
     "graphclip": GraphTrainConfig(epochs=100, lr=1e-3, weight_decay=0.0),
 }
+# Node features as each method's reference code reads them: GraphMAE (PyG's NormalizeFeatures),
+# GRACE and GraphCLIP row-normalise; SCGC's code (SDCN's loader) reads the raw values, and its
+# autoencoder warm-up only learns on them (on row-normalised Cora it never beats predicting the
+# feature means; see graphs/scgc.py).
+FEATURE_NORMS = ("row", "none")
+FEATURE_NORM_DEFAULTS = {"scgc": "none"}
+
 # GraphMAE's probe on Cora (configs.yml of github.com/THUDM/GraphMAE: lr_f, weight_decay_f, max_epoch_f).
 PROBE_DEFAULTS = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 300}
 
@@ -78,13 +85,16 @@ def build_method(name: str, graph: Graph, args: argparse.Namespace) -> torch.nn.
         options = {k: given[k] for k in ("encoder", "mask_rate", "replace_rate", "alpha") if k in given}
         if "hidden" in given:
             options["hidden_dim"] = given["hidden"]
+        if "gat_init" in given:
+            options["init"] = given["gat_init"]
         return GraphMAE(graph.num_features, **options)
     if name == "scgc":
         from contrastkit.graphs.scgc import SCGC
 
         if graph.y is None and "clusters" not in given:
             raise ConfigError("scgc needs --clusters K on a graph without labels.")
-        options = {k: given[k] for k in ("order", "temperature", "warmup_epochs") if k in given}
+        options = {k: given[k] for k in ("order", "temperature", "warmup_epochs", "pretrain_epochs",
+                                         "reconstruction_weight") if k in given}
         if "hidden" in given:
             options["hidden"] = (given["hidden"],) * 2
         if "embedding_dim" in given:
@@ -124,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="node features, CSV or .npy, one row per node")
     p.add_argument("--labels", help="optional labels, one integer per line (-1 = unlabelled) or .npy")
     p.add_argument("--split", help="optional split, one word per line: train, val, test or - (needs --labels)")
-    p.add_argument("--raw-features", action="store_true", help="do not row-normalise the features")
+    p.add_argument("--features-norm", choices=FEATURE_NORMS,
+                   help="row: x_i / sum_j x_ij; none: the file's values (default: the method's reference "
+                        "code: none for scgc, row for the others)")
+    p.add_argument("--raw-features", action="store_true", help="same as --features-norm none")
     p.add_argument("--seeds", type=int, default=1, help="number of pretraining seeds (0..S-1)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--eval", choices=("probe", "clustering", "both"),
@@ -148,11 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-rate", type=float)
     p.add_argument("--replace-rate", type=float)
     p.add_argument("--alpha", type=float, help="graphmae: SCE exponent")
+    p.add_argument("--gat-init", choices=("graphmae", "pyg"),
+                   help="graphmae: GAT weights drawn as the official code (default) or as torch-geometric does")
     p.add_argument("--order", type=int, help="scgc: r of A^r")
     p.add_argument("--no-influence", action="store_true", help="scgc: positives A^r only, not A + ... + A^r")
     p.add_argument("--clusters", type=int, help="scgc: K (default: number of classes)")
     p.add_argument("--embedding-dim", type=int, help="scgc: size of z")
-    p.add_argument("--warmup-epochs", type=int, help="scgc: epochs before the clustering head starts")
+    p.add_argument("--warmup-epochs", type=int, help="scgc: epochs before k-means places the centres (default 0)")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help="scgc: reconstruction-autoencoder epochs before training (default 30, SDCN's; 0: none)")
+    p.add_argument("--reconstruction-weight", type=float,
+                   help="scgc: weight of the reconstruction loss during training (default 0: SCGC*; 1: SCGC)")
     p.add_argument("--text-embeddings", help="graphclip: (N, D) .npy of text-summary embeddings")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", help="write the per-seed results and the summary as JSON")
@@ -167,7 +186,12 @@ def load_graph(args: argparse.Namespace) -> Graph:
         graph = read_edge_list_graph(args.edges, args.features, args.labels, split=args.split)
     else:
         raise ConfigError("Give --data NAME_OR_FOLDER, or --edges FILE and --features FILE (and optionally --labels).")
-    return graph if args.raw_features else graph.with_features(row_normalize_features(graph.x))
+    return graph if feature_norm(args) == "none" else graph.with_features(row_normalize_features(graph.x))
+
+
+def feature_norm(args: argparse.Namespace) -> str:
+    """``--features-norm``, ``none`` with ``--raw-features``, else the method's default."""
+    return "none" if args.raw_features else (args.features_norm or FEATURE_NORM_DEFAULTS.get(args.method, "row"))
 
 
 def default_evaluation(graph: Graph) -> str:
@@ -207,9 +231,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["probe_final_epoch_test"] = mean_std([t for r in runs for t in r["probe"]["final_test"]])
     if "probe_logreg" in runs[0]:
         summary["probe_logreg_test"] = mean_std([r["probe_logreg"]["test"] for r in runs])
-    if "clustering" in runs[0]:
-        for key in ("acc", "nmi", "ari"):
-            summary[f"clustering_{key}"] = mean_std([r["clustering"][key] for r in runs])
+    for part in ("clustering", "head_clustering"):
+        if part in runs[0]:
+            for key in ("acc", "nmi", "ari"):
+                summary[f"{part}_{key}"] = mean_std([r[part][key] for r in runs])
     return summary
 
 
@@ -228,9 +253,11 @@ def summary_lines(summary: dict[str, Any], seeds: int, probe_seeds: int) -> list
         )
     if "probe_logreg_test" in summary:
         lines.append(f"probe test accuracy (logreg, {seeds} pretraining seeds): {pct(summary['probe_logreg_test'])}")
-    if "clustering_acc" in summary:
-        lines.append("clustering ({} pretraining seeds): ACC {}  NMI {}  ARI {}".format(
-            seeds, *(pct(summary[f"clustering_{k}"]) for k in ("acc", "nmi", "ari"))))
+    for part, what in (("clustering", "clustering (k-means on the embeddings"),
+                       ("head_clustering", "clustering (argmax of the clustering head")):
+        if f"{part}_acc" in summary:
+            lines.append("{}, {} pretraining seeds): ACC {}  NMI {}  ARI {}".format(
+                what, seeds, *(pct(summary[f"{part}_{k}"]) for k in ("acc", "nmi", "ari"))))
     return lines
 
 
@@ -260,11 +287,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_per_epoch": seconds / len(history) if history else None,
         }
         result.update(evaluate_seed(embed_nodes(method, graph), graph, args, seed))
+        if args.eval in ("clustering", "both") and hasattr(method, "predict_clusters") \
+                and bool(getattr(method, "centres_ready", True)):
+            # A method with a clustering head (SCGC's DEC q) is also scored by argmax_j q_ij,
+            # the clustering its reference code reports.
+            from contrastkit.graphs.scgc import head_clustering_scores
+
+            result["head_clustering"] = head_clustering_scores(method, graph)
         runs.append(result)
         if log:
             log(f"seed {seed}: " + "; ".join(summary_lines(summarize([result]), 1, args.probe_seeds)))
     summary = summarize(runs)
-    report = {"method": args.method, "data": graph.name, "seeds": args.seeds, "probe_seeds": args.probe_seeds,
+    report = {"method": args.method, "data": graph.name, "features_norm": feature_norm(args), "seeds": args.seeds, "probe_seeds": args.probe_seeds,
               "train": asdict(replace(TRAIN_DEFAULTS[args.method], **overrides)),
               "options": {k: v for k, v in vars(args).items() if v not in (None, False)},
               "summary": summary, "runs": runs}

@@ -1,7 +1,8 @@
 """SCGC: self-supervised contrastive graph clustering with an MLP encoder.
 
 Kulatilleke, Portmann & Chandra, "SCGC: Self-Supervised Contrastive Graph Clustering", 2022
-(https://arxiv.org/abs/2204.12656; reference code github.com/gayanku/SCGC, whose contrastive
+(https://arxiv.org/abs/2204.12656; reference code github.com/gayanku/SCGC, ``train.py`` and
+``models.py``, forked from SDCN, Bo et al., WWW 2020, github.com/bdy9527/SDCN; its contrastive
 term comes from Graph-MLP, Hu et al. 2021, https://arxiv.org/abs/2106.04051).
 
 No message passing: an MLP maps each node's features to z_i, and the graph enters only the loss.
@@ -17,8 +18,9 @@ Neighbour contrastive loss (Graph-MLP's NContrast), with s_ij = cos(z_i, z_j) / 
     L_N = -1/|I| sum_{i in I} log( sum_{j != i} w_ij exp(s_ij) / sum_{k != i} exp(s_ik) )
 
 over the anchors I with some positive weight. (The reference code keeps j = i in both sums with
-s_ii forced to 0; we leave the anchor out, as in every other InfoNCE of the catalogue. Its
-``tau`` multiplies the similarities, so its tau = 1 / temperature here.)
+s_ii forced to 0, i.e. a constant w_ii in the numerator and 1 in the denominator; we leave the
+anchor out, as in every other InfoNCE of the catalogue. Its ``tau`` multiplies the
+similarities, so its tau = 1 / temperature here: its tau 0.25 is our temperature 4.)
 
 Clustering head (DEC, Xie et al., ICML 2016): centres mu_j (K, d) and Student-t assignments
 
@@ -26,9 +28,25 @@ Clustering head (DEC, Xie et al., ICML 2016): centres mu_j (K, d) and Student-t 
     p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'),   f_j = sum_i q_ij   (target, no gradient)
     L_C  = KL(P || Q) = 1/B sum_i sum_j p_ij log(p_ij / q_ij)
 
-Total: L = alpha * L_N + beta * L_C. The reference code starts from an autoencoder pretrained by
-SDCN and places mu by k-means on its z; we have no such checkpoint, so the first
-``warmup_epochs`` train L_N alone and then k-means on z places mu (:meth:`SCGC.init_centres`).
+Total: L = alpha * L_N + beta * L_C (+ lambda * ||x^ - x||^2 / F for the full SCGC, whose
+decoder stays; SCGC* drops it, ``reconstruction_weight`` 0).
+
+Start (the reference's, SDCN's): an autoencoder F-500-500-2000-10 / 10-2000-500-500-F is first
+trained to reconstruct the node features (mean squared error, Adam lr 1e-3, batches of 256,
+30 epochs: SDCN's ``data/pretrain.py``), then k-means (20 restarts) on its z places mu, and the
+clustering loss is on from the first epoch. The reference code loads SDCN's checkpoint of that
+autoencoder (none exists for Cora); :func:`pretrain_reconstruction` trains it here, on the
+unlabelled features, when training starts (``pretrain_epochs``). Without it
+(``pretrain_epochs=0``) the first ``warmup_epochs`` train L_N alone before k-means places mu.
+The reference's features are raw (SDCN's Citeseer: binary bag of words), and so are SCGC's in
+the graph CLI (``--features-norm none`` is its default). Row-normalised ones (Cora's entries
+become about 1/18) leave the autoencoder at the feature means, with a collapsed z, so
+:func:`warn_if_reconstruction_is_trivial` warns then.
+
+What is clustered: the reference reports argmax_j q_ij (:meth:`SCGC.predict_clusters`,
+:func:`head_clustering_scores`); ``embed`` gives z, on which the graph CLI runs k-means.
+(The reference also prints, per metric, the maximum over the 200 epochs of the score computed
+with the labels; that selects on labels, and we evaluate the final model.)
 
 Batching: every term needs only the nodes of a batch, so a batch of nodes B uses W[B, B]
 (:func:`neighbour_positive_weights` computes those rows of A^r sparsely, without the N x N
@@ -37,14 +55,18 @@ power) and p from the batch's q. Sampling batches from neighbourhoods keeps posi
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
 
 from contrastkit.encoders.gnn import NodeMLP
-from contrastkit.errors import ConfigError
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.evaluation.clustering import cluster_accuracy
 from contrastkit.sources.graphs import Graph
 
 
@@ -116,16 +138,91 @@ def clustering_kl(q: Tensor, p: Tensor) -> Tensor:
     return F.kl_div(q.clamp(min=1e-12).log(), p, reduction="batchmean")
 
 
+def pretrain_reconstruction(
+    encoder: nn.Module, decoder: nn.Module, x: Tensor, epochs: int = 30, lr: float = 1e-3, batch_size: int = 256
+) -> list[float]:
+    """Train ``decoder(encoder(x))`` to reconstruct x: min 1/(B F) sum_i ||x^_i - x_i||^2 over
+    shuffled batches of ``batch_size`` rows, Adam(lr), ``epochs`` passes (SDCN's autoencoder
+    pretraining, ``data/pretrain.py`` of github.com/bdy9527/SDCN: 30 epochs, lr 1e-3, batch 256).
+
+    Unsupervised: only the features are read. The shuffling draws from torch's global generator,
+    so a seeded run is reproducible. Returns the mean batch loss of each epoch.
+    """
+    if epochs < 0 or batch_size < 1:
+        raise ConfigError(f"Autoencoder pretraining needs epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}.")
+    parameters = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    encoder.train()
+    decoder.train()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0]).to(x.device)
+        total, batches = 0.0, 0
+        for start in range(0, x.shape[0], batch_size):
+            rows = x[order[start : start + batch_size]]
+            loss = F.mse_loss(decoder(encoder(rows)), rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches = total + float(loss.detach()), batches + 1
+        losses.append(total / batches)
+    return losses
+
+
+def warn_if_reconstruction_is_trivial(final_loss: float | None, x: Tensor) -> None:
+    """Warn when the autoencoder reconstructs no better than the feature means (the mean squared
+    deviation of x from its column means): its z then carries nothing, and neither do the centres
+    placed on it. Seen on row-normalised bag-of-words features (Cora: every entry about 1/18, and
+    an untrained decoder's output noise is larger than the signal); the reference feeds raw ones."""
+    if final_loss is None:
+        return
+    mean_only = float(((x - x.mean(dim=0)) ** 2).mean())
+    if final_loss >= 0.99 * mean_only:
+        warnings.warn(
+            f"SCGC's autoencoder start reconstructs the features no better than their means (loss "
+            f"{final_loss:.3g}, means alone {mean_only:.3g}): its z is uninformative. Row-normalised "
+            f"features are a known cause; the reference uses raw ones (contrastkit graph --features-norm none, "
+            "SCGC's default).",
+            stacklevel=3,
+        )
+
+
+def head_clustering_scores(model: SCGC, graph: Graph) -> dict[str, float]:
+    """ACC / NMI / ARI of argmax_j q_ij (the clustering the reference code reports) on the
+    labelled nodes. Labels only score the clusters."""
+    if graph.y is None:
+        raise DataError(f"Clustering scores on '{graph.name}' need node labels; give a label file.")
+    was_training = model.training
+    model.eval()
+    clusters = model.predict_clusters(graph).cpu().numpy()
+    model.train(was_training)
+    y = graph.y.cpu().numpy()
+    labelled = y >= 0
+    truth, clusters = y[labelled], clusters[labelled]
+    return {
+        "acc": cluster_accuracy(truth, clusters),
+        "nmi": float(normalized_mutual_info_score(truth, clusters)),
+        "ari": float(adjusted_rand_score(truth, clusters)),
+    }
+
+
 class SCGC(nn.Module):
-    """SCGC / SCGC* (see the module docstring).
+    """SCGC / SCGC* (see the module docstring). Defaults: the reference's SCGC* on its
+    citation and co-authorship graphs (ACM, DBLP, Citeseer: order 1, tau 0.25 i.e. temperature
+    4, alpha 1, beta 0.1), started from a reconstruction autoencoder as the reference is.
 
     Args:
         in_dim: node feature size. adjacency: the graph's (N, N) adjacency (scipy).
-        num_clusters: K. hidden: MLP widths (the paper's SDCN encoder: 500, 500, 2000).
+        num_clusters: K. hidden: MLP widths (SDCN's encoder: 500, 500, 2000; the decoder mirrors it).
         embedding_dim: d of z (the paper: 10).
-        order: r. cumulative: True for the IAC loss (SCGC*).
-        temperature: of L_N. alpha, beta: weights of L_N and L_C.
-        warmup_epochs: epochs of L_N alone before k-means places the centres.
+        order: r. cumulative: True for the IAC loss (SCGC*); with r = 1 both are A^.
+        temperature: of L_N (the reference's 1 / tau). alpha, beta: weights of L_N and L_C.
+        pretrain_epochs: autoencoder epochs before training (0: none).
+        pretrain_lr, pretrain_batch_size: its Adam learning rate and batch size.
+        reconstruction_weight: lambda of the reconstruction term during training (0: SCGC*;
+            the full SCGC keeps the decoder with lambda 1).
+        warmup_epochs: epochs of training before k-means on z places the centres (0 with the
+            autoencoder start: the centres are placed on its z).
     """
 
     def __init__(
@@ -135,25 +232,41 @@ class SCGC(nn.Module):
         num_clusters: int,
         hidden: tuple[int, ...] = (500, 500, 2000),
         embedding_dim: int = 10,
-        order: int = 2,
+        order: int = 1,
         cumulative: bool = True,
-        temperature: float = 0.5,
+        temperature: float = 4.0,
         alpha: float = 1.0,
         beta: float = 0.1,
-        warmup_epochs: int = 50,
+        pretrain_epochs: int = 30,
+        pretrain_lr: float = 1e-3,
+        pretrain_batch_size: int = 256,
+        reconstruction_weight: float = 0.0,
+        warmup_epochs: int = 0,
         dropout: float = 0.0,
         normalization: str = "row",
     ):
         super().__init__()
         if num_clusters < 1:
             raise ConfigError(f"SCGC needs num_clusters >= 1, got {num_clusters}.")
+        if pretrain_epochs < 0 or warmup_epochs < 0 or reconstruction_weight < 0:
+            raise ConfigError(
+                f"SCGC needs pretrain_epochs, warmup_epochs and reconstruction_weight >= 0, got "
+                f"{pretrain_epochs}, {warmup_epochs} and {reconstruction_weight}."
+            )
         self.encoder = NodeMLP((in_dim, *hidden, embedding_dim), "relu", dropout)
+        # The decoder exists only where it is trained: for the start, or for the full SCGC's loss.
+        needs_decoder = pretrain_epochs > 0 or reconstruction_weight > 0
+        self.decoder = NodeMLP((embedding_dim, *reversed(hidden), in_dim), "relu", dropout) if needs_decoder else None
         self.centres = nn.Parameter(torch.zeros(num_clusters, embedding_dim))
         self.register_buffer("centres_ready", torch.tensor(False))
+        self.register_buffer("pretrained", torch.tensor(pretrain_epochs == 0))
         self.normalized = normalized_adjacency(adjacency, normalization)
         self.order, self.cumulative = order, cumulative
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
+        self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size = pretrain_epochs, pretrain_lr, pretrain_batch_size
+        self.reconstruction_weight = reconstruction_weight
         self.warmup_epochs = warmup_epochs
+        self.pretrain_losses: list[float] = []
         self._full_weights: Tensor | None = None
         self.output_dim = embedding_dim
 
@@ -165,14 +278,27 @@ class SCGC(nn.Module):
         return neighbour_positive_weights(self.normalized, self.order, self.cumulative, nodes.cpu().numpy()).to(device)
 
     def on_epoch_start(self, epoch: int, graph: Graph) -> None:
-        if epoch == self.warmup_epochs and not bool(self.centres_ready):
+        """Called by the training loop: the autoencoder start before epoch 0, then the centres."""
+        if not bool(self.pretrained):
+            self.pretrain_losses = pretrain_reconstruction(
+                self.encoder, self.decoder, graph.x, self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size
+            )
+            self.pretrained.fill_(True)
+            warn_if_reconstruction_is_trivial(self.pretrain_losses[-1] if self.pretrain_losses else None, graph.x)
+        if epoch >= self.warmup_epochs and not bool(self.centres_ready):
             self.init_centres(graph)
 
     @torch.no_grad()
-    def init_centres(self, graph: Graph, seed: int = 0) -> None:
-        """mu <- k-means (20 restarts, as the reference code) centres of z over all nodes."""
+    def init_centres(self, graph: Graph, seed: int | None = None) -> None:
+        """mu <- k-means (20 restarts, as the reference code) centres of z over all nodes.
+
+        ``seed``: k-means' random state; by default drawn from torch's global generator, so it
+        follows the run's seed (the reference leaves it to numpy's global state, seeded by the run).
+        """
         from sklearn.cluster import KMeans
 
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)))
         was_training = self.training
         self.eval()
         z = self.encoder(graph.x).cpu().numpy()
@@ -192,6 +318,10 @@ class SCGC(nn.Module):
             kl = clustering_kl(q, target_distribution(q.detach()))
             loss = loss + self.beta * kl
             logs["kl"] = float(kl.detach())
+        if self.reconstruction_weight > 0:
+            reconstruction = F.mse_loss(self.decoder(z), x)
+            loss = loss + self.reconstruction_weight * reconstruction
+            logs["reconstruction"] = float(reconstruction.detach())
         return loss, logs
 
     @torch.no_grad()
@@ -201,4 +331,6 @@ class SCGC(nn.Module):
     @torch.no_grad()
     def predict_clusters(self, graph: Graph) -> Tensor:
         """argmax_j q_ij (needs the centres, i.e. after the warm-up)."""
+        if not bool(self.centres_ready):
+            raise ConfigError("SCGC's centres are not placed yet: train past the warm-up, or call init_centres.")
         return student_t_assignments(self.encoder(graph.x), self.centres).argmax(dim=1)

@@ -88,9 +88,13 @@ def train_graph_method(
     graph: Graph,
     config: GraphTrainConfig,
     log: Callable[[str], None] | None = print,
+    after_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``method`` (with ``training_loss`` and ``embed``) on ``graph``; returns one log dict
-    per epoch (mean of the batch logs, plus ``loss``, ``lr`` and ``seconds``)."""
+    per epoch (mean of the batch logs, plus ``loss``, ``lr`` and ``seconds``).
+
+    ``after_epoch(epoch, record)``, if given, runs after each epoch's optimiser steps (for learning
+    curves; whatever it does to the mode, training resumes in train mode)."""
     if config.epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {config.epochs}.")
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -131,6 +135,8 @@ def train_graph_method(
         history.append(record)
         if scheduler is not None:
             scheduler.step()
+        if after_epoch is not None:
+            after_epoch(epoch, record)
         if log is not None and (epoch % config.log_every == 0 or epoch == config.epochs - 1):
             shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds"))
             log(f"epoch {epoch + 1}/{config.epochs} {shown} ({record['seconds']:.2f}s)")
