@@ -16,6 +16,8 @@ Variants (each switchable in contrastkit, measured here before anything is on by
     channels_last   model and views in channels-last memory format (FitConfig.channels_last)
     compile         torch.compile(backbone) (inductor, C++ on CPU); compile time reported apart
     compile_step    torch.compile of the whole training_loss (views + model + loss)
+    bf16            forward passes under CPU bfloat16 autocast (FitConfig.precision "bf16-mixed";
+                    changes the numerics, so never a default: reported for what it would buy)
 
 and, for the kNN probe, the time to embed the 8,000-image bank under ``torch.inference_mode``
 (what the probe does) against ``torch.no_grad`` and against plain autograd-enabled eval.
@@ -30,6 +32,7 @@ Prints a markdown table and the command that made it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import statistics
 import sys
@@ -43,7 +46,7 @@ from contrastkit.methods._parts import DataInfo
 from contrastkit.sources import open_image_source
 from contrastkit.training.optim import build_optimizer
 
-VARIANTS = ("base", "channels_last", "compile", "compile_step")
+VARIANTS = ("base", "channels_last", "compile", "compile_step", "bf16")
 
 
 def median_seconds(fn, steps: int, warmup: int) -> float:
@@ -89,9 +92,14 @@ def measure(method: str, variant: str, images: torch.Tensor, data: DataInfo, arg
         view_a, view_b = model.views.two_views(batch["image"])
     views = torch.cat([view_a, view_b]).detach()
 
+    precision = (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16"
+                 else contextlib.nullcontext())
+
     def floor():
         model.zero_grad(set_to_none=True)
-        backbone(views).sum().backward()
+        with precision:
+            out = backbone(views).sum()
+        out.backward()
 
     def augment():
         with torch.no_grad():
@@ -101,7 +109,8 @@ def measure(method: str, variant: str, images: torch.Tensor, data: DataInfo, arg
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(batch)
+        with precision:
+            loss, _ = loss_fn(batch)
         loss.backward()
         optimizer.step()
         step_count[0] += 1

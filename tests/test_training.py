@@ -227,3 +227,42 @@ def test_supervised_objective_refuses_unlabeled_data(tmp_path):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
     with pytest.raises(ConfigError, match="unlabeled"):
         _fit(tmp_path, "supcon", data=str(folder), epochs=1, batch_size=16, objective="supcon")
+
+
+@pytest.mark.parametrize("method_name", ["simclr", "byol"])
+def test_channels_last_method_gives_the_contiguous_loss_and_gradients(method_name):
+    import copy
+
+    from contrastkit.methods import METHODS
+    from contrastkit.methods._parts import DataInfo
+    from contrastkit.training.module import use_channels_last
+
+    data = DataInfo(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, num_samples=8)
+    config = FitConfig(method=method_name, backbone="resnet18", width=0.125, batch_size=8)
+    torch.manual_seed(0)
+    contiguous = METHODS.build(method_name, config=config, data=data)
+    nhwc = use_channels_last(copy.deepcopy(contiguous))
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    view_a, _ = nhwc.views.two_views(images)
+    assert view_a.is_contiguous(memory_format=torch.channels_last)
+    losses, grads = [], []
+    for model in (contiguous, nhwc):
+        torch.manual_seed(1)  # the same views for both
+        loss, _ = model.training_loss({"image": images, "index": torch.arange(8), "label": torch.zeros(8, dtype=torch.long)})
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.backbone.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)  # summation order differs
+
+
+def test_channels_last_default_is_on_for_one_process_only():
+    from contrastkit.training.module import resolve_channels_last
+
+    assert resolve_channels_last(None, 1) is True
+    assert resolve_channels_last(None, 2) is False  # see tests/test_ddp_training.py
+    assert resolve_channels_last(False, 1) is False
+    with pytest.warns(UserWarning, match="channels-last with several processes"):
+        assert resolve_channels_last(True, 2) is True

@@ -54,7 +54,6 @@ FIT_OPTIONS = {
 FLAGS = {
     "resume": "continue the run in --out from its last checkpoint",
     "deterministic": "use deterministic algorithms (slower)",
-    "channels-last": "channels-last memory format for the images",
     "sync-batchnorm": "BatchNorm statistics over the global batch under DDP (default: as the method's recipe)",
     "tsne": "t-SNE (instead of PCA) for the report's 2-D map",
 }
@@ -101,6 +100,10 @@ def build_parser() -> Parser:
         fit.add_argument(f"--{name}", action="store_true", help=help_text)
     fit.add_argument("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false",
                      help="per-process BatchNorm statistics under DDP, even where the method's recipe is global")
+    fit.add_argument("--channels-last", action="store_true",
+                     help="channels-last weights and views (default: on for one process, off under DDP)")
+    fit.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                     help="contiguous (NCHW) weights and views instead of channels-last")
     fit.add_argument("--no-report", dest="report", action="store_false", help="skip the report")
     fit.add_argument("--no-baselines", dest="baselines", action="store_false",
                      help="skip scoring the untrained encoder and raw pixels (faster sweeps)")
@@ -129,6 +132,9 @@ def build_parser() -> Parser:
     evaluate.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     evaluate.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                           help="encoding precision (bf16: CPU autocast)")
+    evaluate.add_argument("--hybrid-weight", type=float,
+                          help="retrieval: rank by w * cosine + (1 - w) * BM25, both min-max normalised per "
+                               "query (w in [0, 1]; set it on development queries)")
     evaluate.add_argument("--test-fraction", type=float, default=0.2)
     evaluate.add_argument("--label-fractions", default="0.01,0.1,1.0",
                           help="comma-separated shares of training labels for the linear probe")
@@ -271,7 +277,7 @@ def run_text_evaluation(args: argparse.Namespace) -> int:
     results = evaluate_text_task(args.task, args.model, args.data, split=args.split,
                                  batch_size=args.batch_size,
                                  cache_dir=False if args.no_cache else args.cache_dir,
-                                 precision=args.precision)
+                                 precision=args.precision, hybrid_weight=args.hybrid_weight)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -53,7 +53,11 @@ class FitConfig:
     sync_batchnorm: bool | None = None
     stream_order: str = "shards"  # epoch order when streaming shards:DIR: shards (block) | global
     batch_sampler: str = "shuffle"  # shuffle | spread (G-SimCLR: pseudo-classes spread over batches)
-    channels_last: bool = False
+    # Channels-last weights and views. None (auto): on for one process, where it measured 1.4x (SimCLR)
+    # and 1.6x (BYOL) the images/s of NCHW on the 2-core CPU with the same numbers (benchmarks/image_speed.py,
+    # docs/benchmarks.md); off under multi-process training, where it has not been measured. True/False
+    # force it.
+    channels_last: bool | None = None
     # bookkeeping
     seed: int = 0
     deterministic: bool = False
@@ -132,6 +136,8 @@ def validate(config: FitConfig) -> FitConfig:
             continue
         if not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"--{name} must be a positive number, got {value!r}.")
+    if config.channels_last is not None and not isinstance(config.channels_last, bool):
+        raise ConfigError(f"channels_last must be true, false or null (on for one process), got {config.channels_last!r}.")
     if config.sync_batchnorm is not None and not isinstance(config.sync_batchnorm, bool):
         raise ConfigError(f"sync_batchnorm must be true, false or null (the method's recipe), "
                           f"got {config.sync_batchnorm!r}.")
