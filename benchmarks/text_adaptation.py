@@ -39,7 +39,12 @@ RUNS = {
     "contriever-context": ("contriever", {"use_context": True}, 2, 1e-5, 64, 128),
     "ccp": ("ccp", {}, 1, 1e-5, 64, 64),
     "debcse": ("debcse", {}, 0, 1e-5, 64, 64),
+    # ICT whose passage is the rest of the sentence's own document (title included): the corpus's
+    # documents (corpus.jsonl.gz, unlabeled) bound the contexts, which the sentence file cannot.
+    "ict-doc": ("ict", {"keep_sentence": 0.1, "context_length": 128}, 64, 1e-5, 32, 64),
 }
+# Runs trained on the corpus's documents instead of the sentence file.
+DOCUMENT_RUNS = {"ict-doc"}
 
 
 def evaluate(encoder: TextEncoder, data: Path, precision: str) -> dict:
@@ -85,8 +90,9 @@ def main() -> None:
         method_name, options, window, lr, batch, length = RUNS[name]
         encoder = TextEncoder.from_folder("minilm")
         method = build_text_method(method_name, encoder, **options)
+        source = data / "scifact" / "corpus.jsonl.gz" if name in DOCUMENT_RUNS else sentences
         summary = fit_text(
-            method, SentenceData.from_file(sentences, context_window=max(window, 1)), batch_size=batch,
+            method, SentenceData.from_file(source, context_window=max(window, 1)), batch_size=batch,
             lr=lr, max_minutes=args.minutes, max_steps=args.steps, warmup_steps=20, seed=args.seed, out_dir=out / name,
             max_length=length, precision=args.precision,
             extra_summary={"method": method_name, "options": options},

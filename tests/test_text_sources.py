@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 
 from contrastkit.errors import DataError
+from contrastkit.text.data import SentenceData
 from contrastkit.text.sources import (
     read_beir,
+    read_documents,
     read_jsonl,
     read_lines,
     read_sts,
     read_texts,
+    split_sentences,
 )
 from tests.conftest import data_path
 
@@ -118,3 +121,41 @@ def test_beir_qrels_with_a_bad_column_count(tmp_path):
     (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "q"}) + "\n")
     with pytest.raises(DataError, match="3 tab-separated columns"):
         read_beir(tmp_path, "test")
+
+
+def test_split_sentences_by_hand():
+    text = ("Aspirin lowers risk (p = 0.01). 25 patients were seen! Was it safe? "
+            "Yes, e.g. in trials. \"Quoted\" starts here.  ")
+    assert split_sentences(text) == [
+        "Aspirin lowers risk (p = 0.01).", "25 patients were seen!", "Was it safe?",
+        "Yes, e.g. in trials.", '"Quoted" starts here.',
+    ]
+    assert split_sentences("   ") == []
+
+
+def test_scifact_documents_against_the_release_sentences():
+    documents = read_documents(data_path("scifact"))
+    scifact = read_beir(data_path("scifact"), "test")
+    assert len(documents) == 5183
+    assert [d[0] for d in documents[:50]] == [t.strip() for t in scifact.titles[:50]]
+    # Second derivation: sentences.txt.gz holds the SciFact release's own sentence split (titles and
+    # sentences of >= 5 words, deduplicated). Nearly all of ours must be among its lines.
+    lines = set(read_lines(data_path("scifact") / "sentences.txt.gz"))
+    ours = [" ".join(s.split()) for d in documents for s in d if len(s.split()) >= 5]
+    assert sum(s in lines for s in ours) / len(ours) > 0.95
+
+
+def test_documents_give_contexts_that_stay_inside_their_document(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    records = [{"_id": "a", "title": "T1", "text": "A one. A two. A three."},
+               {"_id": "b", "title": "", "text": "B one. B two."},
+               {"_id": "c", "title": "T3", "text": ""}]
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    data = SentenceData.from_file(path, context_window=10)
+    assert data.texts == ["T1", "A one.", "A two.", "A three.", "B one.", "B two.", "T3"]
+    # Naive loop: the context of i is every other sentence of its own document, in order.
+    owner = [0, 0, 0, 0, 1, 1, 2]
+    for i in range(len(data)):
+        expected = " ".join(t for j, t in enumerate(data.texts) if owner[j] == owner[i] and j != i)
+        assert data.context(i) == expected
+    assert SentenceData.from_file(path, context_window=1).context(2) == "A one. A three."

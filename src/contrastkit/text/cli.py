@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True,
                         help="simcse, contriever, ict, debcse, whitenedcse or ccp")
     parser.add_argument("--backbone", default="minilm", help=BACKBONE_HELP)
-    parser.add_argument("--data", required=True, help="unlabeled sentences: .txt or .txt.gz, one per line")
+    parser.add_argument("--data", required=True, help="unlabeled text: .txt or .txt.gz, one sentence per line; or a JSONL "
+                        "corpus (.jsonl[.gz] with title and text fields, or a BEIR folder), whose "
+                        "documents bound the contexts")
     parser.add_argument("--out", required=True, help="run folder (must not exist or be empty)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-5)

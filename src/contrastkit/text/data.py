@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.sources import read_lines
+from contrastkit.text.sources import read_documents, read_lines
 
 
 class SentenceData:
@@ -56,8 +56,23 @@ class SentenceData:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, context_window: int = 1) -> SentenceData:
-        """One sentence per line of a ``.txt`` / ``.txt.gz`` file."""
-        return cls(read_lines(path), context_window=context_window, name=str(Path(path)))
+        """One sentence per line of a ``.txt`` / ``.txt.gz`` file; or, for a JSONL corpus
+        (``.jsonl[.gz]``, or a BEIR folder), its documents (:meth:`from_documents`)."""
+        path = Path(path)
+        if path.is_dir() or path.name.removesuffix(".gz").endswith(".jsonl"):
+            return cls.from_documents(read_documents(path), context_window, name=str(path))
+        return cls(read_lines(path), context_window=context_window, name=str(path))
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Sequence[str]], context_window: int = 1,
+                       name: str = "documents") -> SentenceData:
+        """The sentences of ``documents`` (lists of sentences, a title first where there is
+        one) in order, with their document ids: contexts stay inside their document, so a
+        window as long as the documents makes a sentence's context the rest of its document
+        (the Inverse Cloze Task's passage)."""
+        texts = [sentence for document in documents for sentence in document]
+        ids = [number for number, document in enumerate(documents) for _ in document]
+        return cls(texts, context_window=context_window, document_ids=ids, name=name)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -338,12 +338,16 @@ def sentence_isotropy(encoder: TextEncoder, texts: Sequence[str], batch_size: in
 
 def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: str = "test",
                        batch_size: int = 64, cache_dir: str | os.PathLike | bool | None = None,
-                       precision: str = "fp32") -> dict:
+                       precision: str = "fp32", hybrid_weight: float | None = None) -> dict:
     """What ``contrastkit evaluate --task sts|retrieval`` prints: the task's scores with the
-    model, data and sizes they came from. ``model="bm25"`` runs the BM25 baseline (retrieval)."""
+    model, data and sizes they came from. ``model="bm25"`` runs the BM25 baseline (retrieval);
+    ``hybrid_weight`` w fuses the model's cosine with BM25 (:mod:`contrastkit.text.hybrid`)."""
     from contrastkit.text.sources import read_beir, read_sts
 
     check_precision(precision)
+    if hybrid_weight is not None and (task != "retrieval" or model == "bm25"):
+        raise ConfigError("--hybrid-weight fuses a text encoder with BM25 for --task retrieval; give --model "
+                          "'minilm' or a model folder (not bm25).")
     if task == "sts":
         if model == "bm25":
             raise ConfigError("--model bm25 is a retrieval baseline; STS needs a text encoder "
@@ -360,6 +364,11 @@ def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: st
 
             return {**header, **evaluate_bm25(retrieval_set)}
         encoder = load_text_encoder(model)
+        if hybrid_weight is not None:
+            from contrastkit.text.hybrid import evaluate_hybrid
+
+            return {**header, **evaluate_hybrid(encoder, retrieval_set, hybrid_weight, cache_dir=cache_dir,
+                                                precision=precision, batch_size=batch_size)}
         return {**header, **evaluate_retrieval(encoder, retrieval_set, cache_dir=cache_dir,
                                                precision=precision, batch_size=batch_size)}
     raise ConfigError(f"Unknown text evaluation task '{task}'. Valid tasks: sts, retrieval.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,42 @@ def read_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
     if name.endswith((".jsonl", ".json")):
         return read_jsonl_texts(path, field)
     return read_lines(path)
+
+
+# A sentence ends at . ! or ? followed by white space and what can open a sentence: a capital,
+# a digit, or an opening quote / bracket before one. Rule-based: "e.g. Smith" splits, "e.g. the"
+# does not; good enough to find pseudo-queries in abstracts, not a linguistic tool.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut at :data:`SENTENCE_END`, each piece stripped, empty pieces dropped."""
+    return [piece.strip() for piece in SENTENCE_END.split(text) if piece.strip()]
+
+
+def read_documents(path: str | os.PathLike, text_field: str = "text",
+                   title_field: str | None = "title") -> list[list[str]]:
+    """A JSONL corpus (e.g. a BEIR ``corpus.jsonl[.gz]``, or the BEIR folder holding it) as
+    documents: each is ``[title, sentence_1, sentence_2, ...]`` (no title when the record has an
+    empty one or ``title_field`` is None), with the sentences from :func:`split_sentences`.
+    Records whose text is empty are skipped; none left is an error."""
+    path = Path(path)
+    if path.is_dir():
+        path = _find(path, "corpus.jsonl")
+    documents = []
+    for record in read_jsonl(path):
+        text = record.get(text_field)
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"The field '{text_field}' of a record of '{path}' is not text ({type(text).__name__}).")
+        title = record.get(title_field) if title_field else None
+        sentences = split_sentences(text or "")
+        if isinstance(title, str) and title.strip():
+            sentences = [title.strip(), *sentences]
+        if sentences:
+            documents.append(sentences)
+    if not documents:
+        raise DataError(f"'{path}' holds no record with text in its field '{text_field}'.")
+    return documents
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from typing import Any
 
 from torch import nn
 
-from contrastkit.errors import ConfigError, closest_names, unknown_name_message
+from contrastkit.errors import ConfigError, unknown_name_message, with_known_options
 
 TEXT_METHODS: dict[str, str] = {
     "simcse": "contrastkit.text.methods.simcse",
@@ -72,15 +72,7 @@ def build_text_method(name: str, encoder: nn.Module, **options: Any) -> nn.Modul
 def check_options(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """``defaults`` updated with ``options``; an option not in ``defaults`` raises ConfigError
     naming the closest valid ones."""
-    for key in options:
-        if key not in defaults:
-            close = closest_names(key, defaults)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"Unknown option '{key}' for text method '{method}'.{hint} Valid options: "
-                f"{', '.join(sorted(defaults))}."
-            )
-    return {**defaults, **options}
+    return with_known_options(defaults, options, f"text method '{method}'")
 
 
 __all__ = ["TEXT_METHODS", "build_text_method", "check_options"]
