@@ -7,14 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from contrastkit.encoders import build_encoder
 from contrastkit.errors import ConfigError
 from contrastkit.heads import (
     PredictionHead,
     ProjectionHead,
     byol_prediction,
     byol_projection,
-    convert_sync_batch_norm,
     simclr_projection,
 )
 
@@ -106,15 +104,3 @@ def test_invalid_sizes_are_config_errors() -> None:
         ProjectionHead(8, 8, 8, num_layers=0)
     with pytest.raises(ConfigError, match="positive"):
         ProjectionHead(8, 0, 8)
-
-
-def test_convert_sync_batch_norm_replaces_every_batch_norm() -> None:
-    model = nn.Sequential(
-        build_encoder("resnet18", in_channels=3, image_size=32, width=0.125), simclr_projection(64)
-    )
-    n_norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    converted = convert_sync_batch_norm(model)
-    assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == n_norms == 21
-    assert not any(
-        isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in converted.modules()
-    )

@@ -9,7 +9,8 @@ without a traceback; library users catch the class like any exception.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class ContrastkitError(Exception):
@@ -43,3 +44,14 @@ def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
     close = closest_names(name, choices)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return f"Unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(choices)}."
+
+
+def with_known_options(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``defaults`` updated with ``given``; a name of ``given`` that ``defaults`` lacks raises
+    ConfigError: "Unknown option 'x' in <where>. Did you mean: ...? Valid options: ..."."""
+    for name in given:
+        if name not in defaults:
+            close = closest_names(name, defaults)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Unknown option '{name}' in {where}.{hint} Valid options: {', '.join(sorted(defaults))}.")
+    return {**defaults, **given}

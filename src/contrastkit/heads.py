@@ -127,12 +127,3 @@ def byol_prediction(
     """BYOL's predictor: ``out_dim -> hidden_dim -> out_dim``; ``hidden_dim`` defaults to
     ``2 * backbone_dim``, the projector's hidden size (4096 for ResNet-50, as in the paper)."""
     return PredictionHead(out_dim, hidden_dim or 2 * backbone_dim, out_dim)
-
-
-def convert_sync_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm layer in ``module`` by a SyncBatchNorm, so that batch statistics
-    are computed over the global batch in multi-process training (SimCLR and BYOL do this; with
-    per-device statistics a contrastive model can "cheat" by spotting which device a sample
-    came from). Returns the converted module (which may be a new object); use before wrapping
-    in DistributedDataParallel."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -11,7 +11,7 @@ from torch import nn
 from contrastkit import objectives
 from contrastkit.distributed import GatheredObjective
 from contrastkit.encoders import build_encoder
-from contrastkit.errors import ConfigError, closest_names
+from contrastkit.errors import ConfigError, with_known_options
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,7 @@ def method_options(config, method: str, defaults: dict) -> dict:
             f"extra.{method} must be a mapping of option: value (e.g. extra: {{{method}: "
             f"{{{next(iter(defaults))}: ...}}}}), got {type(given).__name__}."
         )
-    for name in given:
-        if name not in defaults:
-            close = closest_names(name, defaults)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"Unknown option '{name}' in extra.{method}.{hint} Options of {method}: "
-                f"{', '.join(sorted(defaults))}."
-            )
-    return {**defaults, **given}
+    return with_known_options(defaults, given, f"extra.{method}")
 
 
 # Methods whose recipes compute BatchNorm statistics over the global batch (all devices) when they

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from contrastkit.errors import DataError
-from contrastkit.sources.pixels import pixel_histogram
+from contrastkit.sources.pixels import histogram_mean_std, pixel_histogram
 
 
 class ImageSource(Dataset):
@@ -114,25 +113,12 @@ class ImageSource(Dataset):
     def channel_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and (population) standard deviation of the pixels in [0, 1] units.
 
-        Pixels are uint8, so the sums are taken exactly from the histogram h_c[v] (the number
-        of pixels of channel c with value v, counted in chunks; see ``pixel_histogram``).
-        With M = N * H * W, S1 = sum_v v h_c[v] and S2 = sum_v v^2 h_c[v] (Python integers):
-            mean_c = S1 / (255 M),
-            std_c  = sqrt(M S2 - S1^2) / (255 M).
-        M S2 - S1^2 is computed exactly, so there is no cancellation, and only the final
-        division and square root round (float64).
+        Pixels are uint8, so the sums are taken exactly from the histogram of each channel
+        (:func:`~contrastkit.sources.pixels.histogram_mean_std` gives the formula).
         """
         if len(self) == 0:
             raise DataError(f"ImageSource '{self.name}' is empty; it has no mean or std.")
-        counts = pixel_histogram(self.images).tolist()
-        means, stds = [], []
-        for h in counts:
-            m = sum(h)
-            s1 = sum(v * n for v, n in enumerate(h))
-            s2 = sum(v * v * n for v, n in enumerate(h))
-            means.append(s1 / (255 * m))
-            stds.append(math.sqrt(m * s2 - s1 * s1) / (255 * m))
-        return tuple(means), tuple(stds)
+        return histogram_mean_std(pixel_histogram(self.images))
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSource:
         """A new source holding copies of the images at ``indices`` (in that order).

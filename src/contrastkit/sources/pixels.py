@@ -8,6 +8,8 @@ so that an IDX file, an ``.npz`` and an image folder given the same ``image_size
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -134,6 +136,25 @@ def pixel_histogram(images: torch.Tensor) -> torch.Tensor:
         for c in range(images.shape[1]):
             counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256)
     return counts
+
+
+def histogram_mean_std(counts: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std, in [0, 1] units, from ``counts[c, v]``
+    (:func:`pixel_histogram`). With M = sum_v h_c[v], S1 = sum_v v h_c[v], S2 = sum_v v^2 h_c[v]
+    in Python integers::
+
+        mean_c = S1 / (255 M),    std_c = sqrt(M S2 - S1^2) / (255 M)
+
+    M S2 - S1^2 is exact (no cancellation); only the last division and square root round, so the
+    same pixels give the same figures bit for bit however they were counted."""
+    means, stds = [], []
+    for histogram in counts.tolist():
+        m = sum(histogram)
+        s1 = sum(v * n for v, n in enumerate(histogram))
+        s2 = sum(v * v * n for v, n in enumerate(histogram))
+        means.append(s1 / (255 * m))
+        stds.append(math.sqrt(m * s2 - s1 * s1) / (255 * m))
+    return tuple(means), tuple(stds)
 
 
 def chunk_length(images: torch.Tensor, values_per_chunk: int = 1 << 24) -> int:

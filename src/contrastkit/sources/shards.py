@@ -35,7 +35,6 @@ come from :func:`streamed_channel_mean_std`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -245,15 +244,11 @@ def streamed_channel_mean_std(folder: ShardFolder, rows: np.ndarray) -> tuple[tu
     """Per-channel mean and population std, in [0, 1] units, of the pixels of samples ``rows``,
     read ``STATS_CHUNK`` images at a time (memory: one chunk, whatever the number of rows).
 
-    Exact, like :meth:`contrastkit.sources.ImageSource.channel_mean_std`: the pixel values are
-    counted (``h_c[v]``, int64), and with M = sum_v h_c[v], S1 = sum_v v h_c[v], S2 = sum_v v^2 h_c[v]
-    (Python integers)::
-
-        mean_c = S1 / (255 M),    std_c = sqrt(M S2 - S1^2) / (255 M)
-
-    so the figures of the same images are equal bit for bit, whichever way they were read.
+    Exact, like :meth:`contrastkit.sources.ImageSource.channel_mean_std` (both end in
+    :func:`~contrastkit.sources.pixels.histogram_mean_std`), so the figures of the same images are
+    equal bit for bit, whichever way they were read.
     """
-    from contrastkit.sources.pixels import pixel_histogram
+    from contrastkit.sources.pixels import histogram_mean_std, pixel_histogram
 
     rows = np.sort(np.asarray(rows, dtype=np.int64))  # shard by shard: sequential reads
     if len(rows) == 0:
@@ -261,14 +256,7 @@ def streamed_channel_mean_std(folder: ShardFolder, rows: np.ndarray) -> tuple[tu
     counts = torch.zeros((folder.image_shape[0], 256), dtype=torch.int64)
     for start in range(0, len(rows), STATS_CHUNK):
         counts += pixel_histogram(torch.from_numpy(folder.read(rows[start : start + STATS_CHUNK])))
-    means, stds = [], []
-    for histogram in counts.tolist():
-        m = sum(histogram)
-        s1 = sum(v * n for v, n in enumerate(histogram))
-        s2 = sum(v * v * n for v, n in enumerate(histogram))
-        means.append(s1 / (255 * m))
-        stds.append(math.sqrt(m * s2 - s1 * s1) / (255 * m))
-    return tuple(means), tuple(stds)
+    return histogram_mean_std(counts)
 
 
 def epoch_order(counts: np.ndarray, shard_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
