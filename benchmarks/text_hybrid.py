@@ -14,7 +14,7 @@ import argparse
 
 from contrastkit.paths import data_root
 from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.hybrid import evaluate_hybrid
+from contrastkit.text.hybrid import fused_metrics, hybrid_scores
 from contrastkit.text.sources import read_beir
 
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
@@ -30,11 +30,14 @@ def main() -> None:
     dev, test = read_beir(data, "train"), read_beir(data, "test")
     print("| dense weight w | dev nDCG@10 | test nDCG@10 | test Recall@100 | test MRR@10 |")
     print("|---:|---:|---:|---:|---:|")
-    dev_scores = {w: evaluate_hybrid(encoder, dev, w, precision=args.precision)["ndcg@10"] for w in WEIGHTS}
+    # Each split's cosine and BM25 matrices once; every weight only re-fuses them.
+    dev_matrices = hybrid_scores(encoder, dev, precision=args.precision)
+    dev_scores = {w: fused_metrics(dev, *dev_matrices, w)["ndcg@10"] for w in WEIGHTS}
     chosen = max((w for w in WEIGHTS if 0 < w < 1), key=lambda w: dev_scores[w])
+    test_matrices = hybrid_scores(encoder, test, precision=args.precision)
     for w in WEIGHTS:
         shown = w in (0.0, 1.0, chosen)
-        test_metrics = evaluate_hybrid(encoder, test, w, precision=args.precision) if shown else None
+        test_metrics = fused_metrics(test, *test_matrices, w) if shown else None
         cells = ([f"{100 * test_metrics[k]:.2f}" for k in ("ndcg@10", "recall@100", "mrr@10")] if shown
                  else ["", "", ""])
         label = f"{w:g}" + (" (BM25)" if w == 0 else " (dense)" if w == 1 else " **chosen on dev**" if w == chosen else "")

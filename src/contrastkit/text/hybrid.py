@@ -68,30 +68,53 @@ def bm25_score_matrix(documents: Sequence[str], queries: Sequence[str], k1: floa
     return full
 
 
-def hybrid_search(encoder: TextEncoder, retrieval_set: RetrievalSet, dense_weight: float, depth: int,
+def hybrid_scores(encoder: TextEncoder, retrieval_set: RetrievalSet,
                   cache_dir: str | os.PathLike | bool | None = None, precision: str = "fp32",
-                  batch_size: int = 64) -> np.ndarray:
-    """(Q, depth) corpus row indices of each query's best fused scores, best first (ties: corpus order)."""
-    check_dense_weight(dense_weight)
+                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(dense, lexical)``: the (Q, N) cosine and BM25 scores of every query against every
+    document. Computed once, they serve every dense weight (:func:`fused_metrics`)."""
     corpus = encode_corpus(encoder, retrieval_set, cache_dir, batch_size, precision)
     queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
     norms = np.linalg.norm(queries, axis=1, keepdims=True) * np.linalg.norm(corpus, axis=1)[None, :]
     dense = (queries @ corpus.T) / np.maximum(norms, 1e-12)
     lexical = bm25_score_matrix(retrieval_set.documents(DOCUMENT_SEPARATOR), retrieval_set.queries)
+    return dense, lexical
+
+
+def rank_fused(dense: np.ndarray, lexical: np.ndarray, dense_weight: float, depth: int) -> np.ndarray:
+    """(Q, depth) corpus row indices of each query's best fused scores, best first (ties: corpus order)."""
     fused = fuse_scores(dense, lexical, dense_weight)
     return np.argsort(-fused, axis=1, kind="stable")[:, :min(depth, fused.shape[1])]
+
+
+def fused_metrics(retrieval_set: RetrievalSet, dense: np.ndarray, lexical: np.ndarray, dense_weight: float,
+                  k_values: Sequence[int] = (10, 100), ignore_identical_ids: bool = True) -> dict[str, float]:
+    """The metrics of :func:`~contrastkit.text.evaluation.evaluate_retrieval` for the ranking
+    fused from :func:`hybrid_scores`' matrices with ``dense_weight``."""
+    if not retrieval_set.queries:
+        raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
+    top = rank_fused(dense, lexical, dense_weight, search_depth(k_values, ignore_identical_ids))
+    metrics = retrieval_metrics(ranked_doc_ids(top, retrieval_set), retrieval_set.qrels, k_values,
+                                ignore_identical_ids)
+    return {**metrics, "queries": len(retrieval_set.query_ids), "documents": len(retrieval_set.doc_ids),
+            "dense_weight": dense_weight}
+
+
+def hybrid_search(encoder: TextEncoder, retrieval_set: RetrievalSet, dense_weight: float, depth: int,
+                  cache_dir: str | os.PathLike | bool | None = None, precision: str = "fp32",
+                  batch_size: int = 64) -> np.ndarray:
+    """:func:`rank_fused` of the encoder's and BM25's scores on ``retrieval_set``."""
+    check_dense_weight(dense_weight)
+    return rank_fused(*hybrid_scores(encoder, retrieval_set, cache_dir, precision, batch_size), dense_weight, depth)
 
 
 def evaluate_hybrid(encoder: TextEncoder, retrieval_set: RetrievalSet, dense_weight: float,
                     k_values: Sequence[int] = (10, 100), ignore_identical_ids: bool = True,
                     cache_dir: str | os.PathLike | bool | None = None, precision: str = "fp32",
                     batch_size: int = 64) -> dict[str, float]:
-    """The metrics of :func:`~contrastkit.text.evaluation.evaluate_retrieval` for the fused ranking."""
+    """:func:`fused_metrics` of the encoder's and BM25's scores on ``retrieval_set``."""
+    check_dense_weight(dense_weight)
     if not retrieval_set.queries:
         raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
-    top = hybrid_search(encoder, retrieval_set, dense_weight, search_depth(k_values, ignore_identical_ids),
-                        cache_dir, precision, batch_size)
-    metrics = retrieval_metrics(ranked_doc_ids(top, retrieval_set), retrieval_set.qrels, k_values,
-                                ignore_identical_ids)
-    return {**metrics, "queries": len(retrieval_set.query_ids), "documents": len(retrieval_set.doc_ids),
-            "dense_weight": dense_weight}
+    dense, lexical = hybrid_scores(encoder, retrieval_set, cache_dir, precision, batch_size)
+    return fused_metrics(retrieval_set, dense, lexical, dense_weight, k_values, ignore_identical_ids)
