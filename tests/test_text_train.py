@@ -209,3 +209,35 @@ def test_simcse_on_stsb_train_improves_dev_spearman(tmp_path):
     print(f"STS-B dev Spearman: random {before:.2f} -> SimCSE {after:.2f} after {summary['steps']} steps "
           f"({time.perf_counter() - started:.0f} s)")
     assert after > before + 5
+
+
+def test_bf16_run_equals_a_loop_with_only_the_forward_under_autocast(tmp_path):
+    """PyTorch's rule for autocast: the forward pass and the loss inside, backward, clipping and the
+    optimiser step outside. A run of fit_text at bf16 must equal that loop written out by hand."""
+    from contrastkit.text.evaluation import autocast
+    from contrastkit.text.train import adamw, step_seed
+    from contrastkit.training.optim import parameter_groups
+
+    data = SentenceData(LINES, context_window=0)
+    trained = build_text_method("simcse", tiny_encoder())
+    fit_text(trained, data, batch_size=4, lr=1e-3, max_steps=6, warmup_steps=2, seed=3, out_dir=tmp_path / "run",
+             precision="bf16", log_every=3)
+
+    method = build_text_method("simcse", tiny_encoder())
+    optimizer = adamw(parameter_groups(method, 0.01), 1e-3)
+    parameters = [p for p in method.parameters() if p.requires_grad]
+    method.train()
+    with torch.random.fork_rng(devices=[]):
+        batches = [b for epoch in (0, 1) for b in data.epoch(epoch, 4, 3, False)]  # 3 batches an epoch
+        for step, batch in enumerate(batches):
+            torch.default_generator.manual_seed(step_seed(3, step))
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-3 * linear_warmup_decay(step, 2, 6)
+            with autocast("bf16"):
+                loss, _ = method.training_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+    for (name, got), expected in zip(trained.encoder.state_dict().items(), method.encoder.state_dict().values()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-7, msg=lambda detail, name=name: f"{name}: {detail}")

@@ -135,6 +135,9 @@ def build_parser() -> Parser:
     evaluate.add_argument("--hybrid-weight", type=float,
                           help="retrieval: rank by w * cosine + (1 - w) * BM25, both min-max normalised per "
                                "query (w in [0, 1]; set it on development queries)")
+    evaluate.add_argument("--document-model",
+                          help="retrieval with a two-tower model: the model that embeds the documents "
+                               "(--model embeds the queries), e.g. minilm for a hybrid-distill run")
     evaluate.add_argument("--test-fraction", type=float, default=0.2)
     evaluate.add_argument("--label-fractions", default="0.01,0.1,1.0",
                           help="comma-separated shares of training labels for the linear probe")
@@ -277,7 +280,8 @@ def run_text_evaluation(args: argparse.Namespace) -> int:
     results = evaluate_text_task(args.task, args.model, args.data, split=args.split,
                                  batch_size=args.batch_size,
                                  cache_dir=False if args.no_cache else args.cache_dir,
-                                 precision=args.precision, hybrid_weight=args.hybrid_weight)
+                                 precision=args.precision, hybrid_weight=args.hybrid_weight,
+                                 document_model=args.document_model)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -49,24 +49,52 @@ def _bm25s():
     return bm25s, Stemmer
 
 
+class BM25Index:
+    """A BM25 index of ``documents`` (bm25s, Lucene scoring; the module docstring's tokenisation).
+
+    Built once, it serves both top-k search (:meth:`search`) and every document's score for a few
+    queries (:meth:`scores`, what a hybrid or a distillation teacher needs).
+    """
+
+    def __init__(self, documents: Sequence[str], k1: float = K1, b: float = B, stem: bool = True):
+        if not documents:
+            raise DataError("BM25 needs at least one document to index.")
+        bm25s, Stemmer = _bm25s()
+        self._bm25s = bm25s
+        self.stemmer = Stemmer.Stemmer("english") if stem else None
+        self.documents = len(documents)
+        corpus_tokens = bm25s.tokenize(list(documents), stopwords="en", stemmer=self.stemmer, show_progress=False)
+        self.index = bm25s.BM25(k1=k1, b=b, method="lucene")
+        self.index.index(corpus_tokens, show_progress=False)
+
+    def _query_tokens(self, queries: Sequence[str]) -> list[list[str]]:
+        # Queries as token strings: bm25s maps them onto the corpus vocabulary (unknown words score 0).
+        return self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self.stemmer,
+                                    return_ids=False, show_progress=False)
+
+    def search(self, queries: Sequence[str], k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, indices)``, both (Q, min(k, N)), best first."""
+        if k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k}.")
+        indices, scores = self.index.retrieve(self._query_tokens(queries), k=min(k, self.documents),
+                                              show_progress=False, n_threads=1)
+        return np.asarray(scores), np.asarray(indices, dtype=np.int64)
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """(Q, N) float64: every document's score for each query (0 where it has none of its words)."""
+        rows = np.zeros((len(queries), self.documents))
+        for row, tokens in zip(rows, self._query_tokens(queries)):
+            if tokens:  # a query of stopwords only has no tokens (and bm25s cannot score an empty list)
+                row[:] = self.index.get_scores(tokens)
+        return rows
+
+
 def bm25_search(documents: Sequence[str], queries: Sequence[str], k: int = 100, k1: float = K1,
                 b: float = B, stem: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, indices)``, both (Q, min(k, N)), best first: BM25 top-k of each query."""
-    if not documents:
-        raise DataError("BM25 needs at least one document to index.")
     if k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}.")
-    bm25s, Stemmer = _bm25s()
-    stemmer = Stemmer.Stemmer("english") if stem else None
-    corpus_tokens = bm25s.tokenize(list(documents), stopwords="en", stemmer=stemmer, show_progress=False)
-    index = bm25s.BM25(k1=k1, b=b, method="lucene")
-    index.index(corpus_tokens, show_progress=False)
-    # Queries as token strings: bm25s maps them onto the corpus vocabulary (unknown words score 0).
-    query_tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=stemmer,
-                                  return_ids=False, show_progress=False)
-    indices, scores = index.retrieve(query_tokens, k=min(k, len(documents)), show_progress=False,
-                                     n_threads=1)
-    return np.asarray(scores), np.asarray(indices, dtype=np.int64)
+    return BM25Index(documents, k1, b, stem).search(queries, k)
 
 
 def evaluate_bm25(retrieval_set: RetrievalSet, k_values: Sequence[int] = (10, 100),

@@ -29,7 +29,7 @@ BACKBONE_HELP = "minilm (all-MiniLM-L6-v2, bundled), a local Hugging Face model 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True,
-                        help="simcse, contriever, ict, debcse, whitenedcse or ccp")
+                        help="simcse, contriever, ict, debcse, whitenedcse, ccp or hybrid-distill")
     parser.add_argument("--backbone", default="minilm", help=BACKBONE_HELP)
     parser.add_argument("--data", required=True, help="unlabeled text: .txt or .txt.gz, one sentence per line; or a JSONL "
                         "corpus (.jsonl[.gz] with title and text fields, or a BEIR folder), whose "
@@ -107,12 +107,13 @@ def build_eval_fn(args: argparse.Namespace):
     if retrieval_set is not None and args.eval_queries is not None:
         retrieval_set = subsample_retrieval_set(retrieval_set, args.eval_queries, args.eval_documents, seed=0)
 
-    def evaluate(encoder) -> dict:
+    def evaluate(encoder, document_encoder=None) -> dict:
         result: dict = {}
         if pairs is not None:
             result["sts_spearman"] = round(sts_spearman(encoder, pairs), 4)
         if retrieval_set is not None:
-            metrics = evaluate_retrieval(encoder, retrieval_set, cache_dir=args.cache_dir, precision=args.precision)
+            metrics = evaluate_retrieval(encoder, retrieval_set, cache_dir=args.cache_dir, precision=args.precision,
+                                         document_encoder=document_encoder)
             result["retrieval"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
         return result
 
@@ -155,6 +156,10 @@ def format_summary(summary: dict) -> str:
                 f"{summary['train_seconds']} s, {summary['steps_per_second']} steps/s; stopped by "
                 f"{summary['stopped_by']}; encoder saved to {summary['encoder_dir']}")
     lines = [headline]
+    if "documents_embedded_by" in summary:
+        lines.append(f"two-tower model: queries with {summary['encoder_dir']}, documents with "
+                     f"{summary['document_encoder_dir']} (contrastkit evaluate --task retrieval --model "
+                     f"{summary['encoder_dir']} --document-model {summary['document_encoder_dir']} ...)")
     evaluation = summary.get("evaluation")
     if evaluation:
         before, after = evaluation["before"], evaluation["after"]

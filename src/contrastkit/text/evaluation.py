@@ -234,13 +234,16 @@ def evaluate_retrieval(encoder: TextEncoder, retrieval_set: RetrievalSet,
                        k_values: Sequence[int] = (10, 100),
                        cache_dir: str | os.PathLike | bool | None = None,
                        ignore_identical_ids: bool = True, precision: str = "fp32",
-                       batch_size: int = 64) -> dict[str, float]:
+                       batch_size: int = 64, document_encoder: TextEncoder | None = None) -> dict[str, float]:
     """Dense retrieval with cosine similarity; returns :func:`retrieval_metrics` plus the counts
-    ``queries`` and ``documents``. Corpus embeddings go through :func:`encode_corpus`'s cache."""
+    ``queries`` and ``documents``. Corpus embeddings go through :func:`encode_corpus`'s cache.
+
+    ``document_encoder`` embeds the corpus of a two-tower model (queries: ``encoder``), e.g. the
+    base model of a query-side fine-tuning (:mod:`contrastkit.text.methods.hybrid_distill`)."""
     if not retrieval_set.queries:
         raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
     depth = search_depth(k_values, ignore_identical_ids)
-    corpus = encode_corpus(encoder, retrieval_set, cache_dir, batch_size, precision)
+    corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
     queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
     _, indices = search(queries, corpus, k=depth, metric="cosine")
     rankings = ranked_doc_ids(indices, retrieval_set)
@@ -338,13 +341,18 @@ def sentence_isotropy(encoder: TextEncoder, texts: Sequence[str], batch_size: in
 
 def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: str = "test",
                        batch_size: int = 64, cache_dir: str | os.PathLike | bool | None = None,
-                       precision: str = "fp32", hybrid_weight: float | None = None) -> dict:
+                       precision: str = "fp32", hybrid_weight: float | None = None,
+                       document_model: str | None = None) -> dict:
     """What ``contrastkit evaluate --task sts|retrieval`` prints: the task's scores with the
     model, data and sizes they came from. ``model="bm25"`` runs the BM25 baseline (retrieval);
-    ``hybrid_weight`` w fuses the model's cosine with BM25 (:mod:`contrastkit.text.hybrid`)."""
+    ``hybrid_weight`` w fuses the model's cosine with BM25 (:mod:`contrastkit.text.hybrid`);
+    ``document_model`` embeds the documents of a two-tower model (``model`` embeds the queries)."""
     from contrastkit.text.sources import read_beir, read_sts
 
     check_precision(precision)
+    if document_model is not None and (task != "retrieval" or model == "bm25"):
+        raise ConfigError("--document-model is the document tower of a two-tower text model for --task "
+                          "retrieval (--model embeds the queries); STS and BM25 have no document tower.")
     if hybrid_weight is not None and (task != "retrieval" or model == "bm25"):
         raise ConfigError("--hybrid-weight fuses a text encoder with BM25 for --task retrieval; give --model "
                           "'minilm' or a model folder (not bm25).")
@@ -364,11 +372,17 @@ def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: st
 
             return {**header, **evaluate_bm25(retrieval_set)}
         encoder = load_text_encoder(model)
+        documents = None
+        if document_model is not None:
+            header["document_model"] = str(document_model)
+            documents = load_text_encoder(document_model)
         if hybrid_weight is not None:
             from contrastkit.text.hybrid import evaluate_hybrid
 
             return {**header, **evaluate_hybrid(encoder, retrieval_set, hybrid_weight, cache_dir=cache_dir,
-                                                precision=precision, batch_size=batch_size)}
+                                                precision=precision, batch_size=batch_size,
+                                                document_encoder=documents)}
         return {**header, **evaluate_retrieval(encoder, retrieval_set, cache_dir=cache_dir,
-                                               precision=precision, batch_size=batch_size)}
+                                               precision=precision, batch_size=batch_size,
+                                               document_encoder=documents)}
     raise ConfigError(f"Unknown text evaluation task '{task}'. Valid tasks: sts, retrieval.")

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.bm25 import K1, B, bm25_search
+from contrastkit.text.bm25 import K1, B, BM25Index
 from contrastkit.text.encoders import TextEncoder
 from contrastkit.text.evaluation import (
     DOCUMENT_SEPARATOR,
@@ -62,18 +62,16 @@ def fuse_scores(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.nda
 
 def bm25_score_matrix(documents: Sequence[str], queries: Sequence[str], k1: float = K1, b: float = B) -> np.ndarray:
     """(Q, N) BM25 scores of every document (0 where a document shares no word with the query)."""
-    scores, indices = bm25_search(documents, queries, k=len(documents), k1=k1, b=b)
-    full = np.zeros((len(queries), len(documents)), dtype=np.float64)
-    np.put_along_axis(full, indices, scores, axis=1)
-    return full
+    return BM25Index(documents, k1, b).scores(queries)
 
 
 def hybrid_scores(encoder: TextEncoder, retrieval_set: RetrievalSet,
                   cache_dir: str | os.PathLike | bool | None = None, precision: str = "fp32",
-                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 64, document_encoder: TextEncoder | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(dense, lexical)``: the (Q, N) cosine and BM25 scores of every query against every
-    document. Computed once, they serve every dense weight (:func:`fused_metrics`)."""
-    corpus = encode_corpus(encoder, retrieval_set, cache_dir, batch_size, precision)
+    document. Computed once, they serve every dense weight (:func:`fused_metrics`).
+    ``document_encoder`` embeds the documents of a two-tower model (default: ``encoder``)."""
+    corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
     queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
     norms = np.linalg.norm(queries, axis=1, keepdims=True) * np.linalg.norm(corpus, axis=1)[None, :]
     dense = (queries @ corpus.T) / np.maximum(norms, 1e-12)
@@ -111,10 +109,10 @@ def hybrid_search(encoder: TextEncoder, retrieval_set: RetrievalSet, dense_weigh
 def evaluate_hybrid(encoder: TextEncoder, retrieval_set: RetrievalSet, dense_weight: float,
                     k_values: Sequence[int] = (10, 100), ignore_identical_ids: bool = True,
                     cache_dir: str | os.PathLike | bool | None = None, precision: str = "fp32",
-                    batch_size: int = 64) -> dict[str, float]:
+                    batch_size: int = 64, document_encoder: TextEncoder | None = None) -> dict[str, float]:
     """:func:`fused_metrics` of the encoder's and BM25's scores on ``retrieval_set``."""
     check_dense_weight(dense_weight)
     if not retrieval_set.queries:
         raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
-    dense, lexical = hybrid_scores(encoder, retrieval_set, cache_dir, precision, batch_size)
+    dense, lexical = hybrid_scores(encoder, retrieval_set, cache_dir, precision, batch_size, document_encoder)
     return fused_metrics(retrieval_set, dense, lexical, dense_weight, k_values, ignore_identical_ids)

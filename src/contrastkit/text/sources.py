@@ -208,6 +208,28 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def read_corpus(path: str | os.PathLike, text_field: str = "text", title_field: str = "title") -> RetrievalSet:
+    """A corpus alone, as a :class:`RetrievalSet` without queries: a BEIR folder (its
+    ``corpus.jsonl[.gz]``) or a JSONL file of records with ``text_field`` (and optionally
+    ``title_field`` and ``_id``; the record's line number is the id when it has none)."""
+    path = Path(path)
+    if path.is_dir():
+        path = _find(path, "corpus.jsonl")
+    elif not path.is_file():
+        raise DataError(f"The corpus '{path}' does not exist (give a BEIR folder or a .jsonl[.gz] file).")
+    records = read_jsonl(path)
+    bad = next((i for i, r in enumerate(records) if not isinstance(r.get(text_field, ""), str)), None)
+    if bad is not None or all(not r.get(text_field) for r in records):
+        raise DataError(f"The records of '{path}' need a text field '{text_field}'"
+                        + (f" (record {bad + 1} has a non-text one)." if bad is not None else "."))
+    return RetrievalSet(
+        doc_ids=[str(r.get("_id", i)) for i, r in enumerate(records)],
+        titles=[r.get(title_field, "") or "" for r in records],
+        texts=[r.get(text_field, "") or "" for r in records],
+        query_ids=[], queries=[], qrels={},
+    )
+
+
 def read_beir(folder: str | os.PathLike, split: str = "test") -> RetrievalSet:
     """A BEIR folder (corpus, queries, ``qrels/<split>.tsv``)."""
     folder = Path(folder)

@@ -58,6 +58,7 @@ TEXT_METHODS: dict[str, str] = {
     "whitenedcse": "contrastkit.text.methods.whitenedcse",
     "ccp": "contrastkit.text.methods.ccp",
     "ict": "contrastkit.text.methods.ict",
+    "hybrid-distill": "contrastkit.text.methods.hybrid_distill",
 }
 
 
