@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from contrastkit.evaluation.retrieval import ndcg_at_k
+from contrastkit.evaluation.retrieval import ndcg_at_k, search
 from contrastkit.paths import data_root
 from contrastkit.text.encoders import TextEncoder, load_text_encoder
 from contrastkit.text.evaluation import (
@@ -24,6 +24,7 @@ from contrastkit.text.evaluation import (
     encode_texts,
     ranked_doc_ids,
     retrieval_metrics,
+    search_depth,
     sts_spearman,
 )
 from contrastkit.text.sources import read_beir, read_sts
@@ -51,15 +52,14 @@ def main() -> None:
     pairs = read_sts(data / f"stsb/sts-{args.sts}.csv")
     base = TextEncoder.from_folder("minilm")
     documents = encode_corpus(base, retrieval_set, precision=args.precision)
-    documents = documents / np.linalg.norm(documents, axis=1, keepdims=True)
     print(f"| query encoder | STS-B {args.sts} | SciFact {args.split} nDCG@10 | Recall@100 | MRR@10 | "
           "change of nDCG@10 vs base [95 % CI] | queries up / down |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     base_scores = None
     for name, encoder in [("all-MiniLM-L6-v2 (base)", base)] + [(m, load_text_encoder(m)) for m in args.models]:
+        # The ranking of evaluate_retrieval (exact cosine top-k with faiss), kept per query.
         queries = encode_texts(encoder, retrieval_set.queries, 64, args.precision)
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-        top = np.argsort(-(queries @ documents.T), axis=1, kind="stable")[:, :101]
+        _, top = search(queries, documents, k=search_depth((10, 100), True), metric="cosine")
         rankings = ranked_doc_ids(top, retrieval_set)
         metrics = retrieval_metrics(rankings, retrieval_set.qrels)
         scores = per_query_ndcg(rankings, retrieval_set.qrels)

@@ -92,8 +92,6 @@ class BM25Index:
 def bm25_search(documents: Sequence[str], queries: Sequence[str], k: int = 100, k1: float = K1,
                 b: float = B, stem: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, indices)``, both (Q, min(k, N)), best first: BM25 top-k of each query."""
-    if k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k}.")
     return BM25Index(documents, k1, b, stem).search(queries, k)
 
 

@@ -169,7 +169,8 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
         "max_length": max_length or method.encoder.max_length, "precision": precision,
         **(extra_summary or {}),
     }
-    if getattr(method, "document_encoder", None) is not None:
+    document_encoder = getattr(method, "document_encoder", None)
+    if document_encoder is not None:
         # A two-tower method trains the query side only: documents keep the base model's embeddings.
         summary["documents_embedded_by"] = "the base model, frozen (document_encoder/)"
     evaluation = {}
@@ -187,10 +188,10 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
     summary.update(progress)
     method.encoder.save(out / "encoder")
     summary["encoder_dir"] = str(out / "encoder")
-    if getattr(method, "document_encoder", None) is not None:
+    if document_encoder is not None:
         # Saved beside the query tower, so the run alone is enough to retrieve with (its base may
         # be a random-small draw or a folder that later changes).
-        method.document_encoder.save(out / "document_encoder")
+        document_encoder.save(out / "document_encoder")
         summary["document_encoder_dir"] = str(out / "document_encoder")
     if eval_fn is not None:
         evaluation["after"] = _evaluate(eval_fn, method)

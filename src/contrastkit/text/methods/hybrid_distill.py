@@ -22,14 +22,14 @@ method moves that advantage into the dense model itself, using only the corpus:
       loss(q) = KL( softmax(t / tau_t) || softmax(s / tau) ) = sum_j p_j (log p_j - log softmax(s / tau)_j)
               + lambda * (1 - cos(f(q), f0(q))) / tau
 
+  where the second term (``anchor_weight`` lambda, 0 by default) keeps each query's embedding near
+  the base model's, in the same units as the logits: the lexical pull changes every sentence's
+  embedding, and sentence similarity (STS) is where that shows.
+
   With ``query_crop`` r > 0 each pseudo-query is first cut to a random contiguous span of its words,
   a share ~ U[r, 1] of them (at least 5 words, or all of a shorter sentence), and the teacher scores
   the cut text: a corpus sentence is longer and more specific than a typical query (a SciFact claim
   is about 12 words), and a span of it looks more like one (Contriever's cropping, on words).
-
-  where the second term (``anchor_weight`` lambda, 0 by default) keeps each query's embedding near
-  the base model's, in the same units as the logits: the lexical pull changes every sentence's
-  embedding, and sentence similarity (STS) is where that shows.
 
 Only the query side is trained ("query-side fine-tuning", Lee, Sung, Kang & Chen, "Learning
 Dense Representations of Phrases at Scale", ACL 2021, https://arxiv.org/abs/2012.12624, Sec. 4.3):
@@ -37,7 +37,7 @@ the document index is never rebuilt, so the corpus is embedded once (and cached)
 one forward and backward pass over B short sentences plus a (B, N) product; a full-corpus softmax
 is what makes the teacher's whole ranking, not a few sampled negatives, the target. The trained
 model is a two-tower retriever: embed **queries with the trained encoder and documents with the
-base model** (``contrastkit evaluate --model RUN/encoder --document-model minilm``).
+base model** (``contrastkit evaluate --model RUN/encoder --document-model RUN/document_encoder``).
 
 Related: GPL (Wang, Thakur, Reimers & Gurevych, NAACL 2022, https://arxiv.org/abs/2112.07577)
 distils a cross-encoder into a dense retriever with generated pseudo-queries; SPAR (Chen et al.,
@@ -78,7 +78,6 @@ from contrastkit.text.evaluation import (
     check_precision,
     encode_corpus,
 )
-from contrastkit.text.hybrid import check_dense_weight
 from contrastkit.text.methods import check_options
 from contrastkit.text.sources import RetrievalSet, read_corpus
 
@@ -133,10 +132,9 @@ class HybridDistillation(nn.Module):
         super().__init__()
         check_temperature(temperature)
         check_temperature(teacher_temperature)
-        check_dense_weight(dense_weight)
-        if dense_weight == 0.0:
-            raise ConfigError("dense_weight 0 is BM25 alone, which has no cosine scale to distil into; use a "
-                              "weight in (0, 1].")
+        if not 0.0 < dense_weight <= 1.0:
+            raise ConfigError(f"Option 'dense_weight' must be in (0, 1], got {dense_weight}: 1 is the cosine alone, "
+                              "and dense_weight 0 (BM25 alone) has no cosine scale to distil into.")
         if not anchor_weight >= 0:
             raise ConfigError(f"Option 'anchor_weight' must be >= 0, got {anchor_weight}.")
         if not 0.0 <= query_crop <= 1.0:
