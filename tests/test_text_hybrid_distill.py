@@ -94,11 +94,11 @@ def test_bm25_score_rows_agree_with_top_k_search():
 # ----------------------------------------------------------------------------------- the method
 
 
-@pytest.fixture()
-def method(tmp_path):
+@pytest.fixture(params=["term-residual", "encoder"])
+def method(tmp_path, request):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     return build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
-                             teacher_temperature=0.1)
+                             teacher_temperature=0.1, student=request.param)
 
 
 def test_teacher_logits_against_a_hand_computation(method):
@@ -127,6 +127,11 @@ def test_only_the_query_tower_learns(method):
     assert 0.0 <= logs["top1_agreement"] <= 1.0
     torch.optim.SGD(method.parameters(), lr=0.5).step()
     assert all(torch.equal(before[k], v) for k, v in method.document_encoder.state_dict().items())
+    learning = {name for name, p in method.encoder.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    if method.student == "term-residual":  # the Transformer is frozen: only the table learns
+        assert learning == {"term_residual.weight"}
+    else:
+        assert "term_residual.weight" not in learning and len(learning) > 10
 
 
 def test_options_are_checked(tmp_path):
@@ -135,6 +140,8 @@ def test_options_are_checked(tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl", SENTENCES)
     with pytest.raises(ConfigError, match="dense_weight 0"):
         build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), dense_weight=0.0, cache_dir=False)
+    with pytest.raises(ConfigError, match="student"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), student="adapter", cache_dir=False)
     with pytest.raises(ConfigError, match="dense_wieght|dense_weight"):
         build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), dense_wieght=0.5)
     with pytest.raises(DataError, match="does not exist"):
@@ -209,10 +216,11 @@ def test_read_corpus_without_ids_uses_line_numbers(tmp_path):
         read_corpus(path)
 
 
-def test_anchor_term_by_hand(tmp_path):
+@pytest.mark.parametrize("student", ["term-residual", "encoder"])
+def test_anchor_term_by_hand(tmp_path, student):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
-                               anchor_weight=0.5)
+                               anchor_weight=0.5, student=student)
     method.eval()  # no dropout: a student equal to its base has not drifted
     texts = SENTENCES[:5]
     loss, logs = method.training_loss({"texts": texts})
@@ -220,7 +228,8 @@ def test_anchor_term_by_hand(tmp_path):
     assert float(loss.detach()) == pytest.approx(logs["distillation"], abs=1e-5)
     with torch.no_grad():
         for p in method.encoder.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            if p.requires_grad:  # the term-residual student's Transformer is frozen by design
+                p.add_(0.05 * torch.randn_like(p))
     loss, logs = method.training_loss({"texts": texts})
     student = encode_texts(method.encoder, texts)
     base = encode_texts(method.document_encoder, texts)
@@ -247,6 +256,9 @@ def test_cli_trains_the_query_tower_and_says_how_to_retrieve(tmp_path, capsys):
     saved = encode_texts(load_text_encoder(run / "document_encoder"), SENTENCES)
     np.testing.assert_allclose(saved, encode_texts(small_random_encoder(max_length=64, seed=0), SENTENCES), atol=1e-6)
     assert not np.allclose(encode_texts(load_text_encoder(run / "encoder"), SENTENCES), saved, atol=1e-6)
+    # the default student is the term residual: saved beside the (unchanged) Transformer
+    assert (run / "encoder" / "term_residual.safetensors").is_file()
+    assert load_text_encoder(run / "encoder").term_residual is not None
 
 
 def test_crop_words_keeps_a_contiguous_span_of_the_stated_share():

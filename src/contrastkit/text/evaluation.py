@@ -101,6 +101,9 @@ def encoder_fingerprint(encoder: TextEncoder) -> str:
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, 0-d too
+    if encoder.term_residual is not None:  # hashed apart, so encoders without one keep their old fingerprint
+        weight = encoder.term_residual.weight.detach().float().cpu().contiguous()
+        digest.update(b"term_residual|" + weight.reshape(-1).view(torch.uint8).numpy().tobytes())
     digest.update(_tokenizer_description(encoder.tokenizer).encode())
     digest.update(f"|{encoder.pooling}|{encoder.normalize}|{encoder.max_length}".encode())
     return digest.hexdigest()

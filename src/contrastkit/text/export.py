@@ -73,6 +73,11 @@ def export_sentence_transformers(encoder: TextEncoder, out_dir: str | os.PathLik
     Raises ConfigError when ``out_dir`` already holds a model (unless ``overwrite``) or when the
     folder read back does not embed like ``encoder``.
     """
+    if encoder.term_residual is not None:
+        raise ConfigError("This encoder carries a term residual (a learned vector per token added to its embedding, "
+                          "from hybrid-distill's student=term-residual), which sentence-transformers has no module "
+                          "for: an export would embed differently. Use the folder with contrastkit "
+                          "(TextEncoder.from_folder, contrastkit evaluate), or train with --option student=encoder.")
     folder = Path(out_dir)
     if folder.exists() and any(folder.iterdir()):
         if not overwrite:

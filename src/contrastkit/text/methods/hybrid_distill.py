@@ -31,6 +31,16 @@ method moves that advantage into the dense model itself, using only the corpus:
   the cut text: a corpus sentence is longer and more specific than a typical query (a SciFact claim
   is about 12 words), and a span of it looks more like one (Contriever's cropping, on words).
 
+What learns (``student``):
+
+- ``term-residual`` (the default): the Transformer stays frozen and only a lexical term learns, one
+  vector per vocabulary token added to the base embedding (:mod:`contrastkit.text.term_residual`:
+  ``f(q) = normalise(f0(q) + sum_{t in q} W[t] / sqrt(n))``). The base embedding of each training
+  sentence is computed once and reused every epoch, so an epoch over SciFact's 49,676 sentences
+  costs about half a minute once they are embedded; this is the setting that raised SciFact's development
+  claims well above the base (docs/benchmarks.md, fourth round);
+- ``encoder``: the whole Transformer is fine-tuned (with dropout), as in the third round.
+
 Only the query side is trained ("query-side fine-tuning", Lee, Sung, Kang & Chen, "Learning
 Dense Representations of Phrases at Scale", ACL 2021, https://arxiv.org/abs/2012.12624, Sec. 4.3):
 the document index is never rebuilt, so the corpus is embedded once (and cached) and a step costs
@@ -60,6 +70,7 @@ Options (``build(encoder, **options)``):
     anchor_weight: lambda (0).
     query_crop: r, the smallest share of a sentence's words kept as its pseudo-query (0: whole
         sentences).
+    student: ``term-residual`` (default) or ``encoder`` (above).
 """
 
 from __future__ import annotations
@@ -83,7 +94,8 @@ from contrastkit.text.sources import RetrievalSet, read_corpus
 
 DEFAULTS = {"corpus": None, "dense_weight": 0.6, "temperature": 0.05, "teacher_temperature": 0.05,
             "corpus_precision": "fp32", "cache_dir": None, "anchor_weight": 0.0,
-            "query_crop": 0.0}
+            "query_crop": 0.0, "student": "term-residual"}
+STUDENTS = ("term-residual", "encoder")
 
 MIN_QUERY_WORDS = 5
 
@@ -128,7 +140,7 @@ class HybridDistillation(nn.Module):
     def __init__(self, encoder: TextEncoder, corpus: RetrievalSet, *, dense_weight: float = 0.6,
                  temperature: float = 0.05, teacher_temperature: float = 0.05,
                  corpus_precision: str = "fp32", cache_dir=None, anchor_weight: float = 0.0,
-                 query_crop: float = 0.0):
+                 query_crop: float = 0.0, student: str = "term-residual"):
         super().__init__()
         check_temperature(temperature)
         check_temperature(teacher_temperature)
@@ -139,11 +151,21 @@ class HybridDistillation(nn.Module):
             raise ConfigError(f"Option 'anchor_weight' must be >= 0, got {anchor_weight}.")
         if not 0.0 <= query_crop <= 1.0:
             raise ConfigError(f"Option 'query_crop' must be a share of words in [0, 1] (0: no cropping), got {query_crop}.")
+        if student not in STUDENTS:
+            raise ConfigError(f"Option 'student' must be one of {', '.join(STUDENTS)}, got '{student}'.")
         if len(corpus.doc_ids) < 2:
             raise DataError("Hybrid distillation needs a corpus of at least 2 documents to rank.")
         self.encoder = encoder
         # The base model, frozen: it embeds the documents (once) and the teacher's side of each query.
         self.document_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
+        self.student = student
+        if student == "term-residual":
+            encoder.transformer.requires_grad_(False)
+            if encoder.term_residual is None:
+                encoder.add_term_residual()
+        # The base model's pooled embedding of each whole training sentence, computed once: the
+        # teacher's side never changes (and neither does the student's, when the Transformer is frozen).
+        self.pooled_cache: dict[tuple[int, str], Tensor] = {}  # keyed by (max_length, text)
         self.dense_weight = dense_weight
         self.temperature = temperature
         self.teacher_temperature = teacher_temperature
@@ -158,13 +180,33 @@ class HybridDistillation(nn.Module):
     def train(self, mode: bool = True) -> HybridDistillation:
         super().train(mode)
         self.document_encoder.eval()  # the teacher never draws dropout
+        if self.student == "term-residual":
+            self.encoder.transformer.eval()  # frozen: its embeddings are the cached base ones
         return self
 
-    def base_embeddings(self, texts: list[str]) -> Tensor:
+    def base_pooled(self, texts: list[str]) -> Tensor:
+        """(B, D) the base model's pooled embeddings of the texts (no gradient; whole sentences are
+        cached, crops are not)."""
+        length = self.encoder.max_length
+        keys = [(length, t) for t in texts]
+        known = self.pooled_cache
+        missing = list(dict.fromkeys(t for t in texts if (length, t) not in known))
+        if missing:
+            with torch.no_grad():
+                pooled = self.document_encoder.pooled(self.document_encoder.tokenize(missing, length))
+            fresh = {(length, t): row for t, row in zip(missing, pooled.float(), strict=True)}
+            if self.query_crop > 0:  # crops rarely repeat: not worth keeping
+                known = {**known, **fresh}
+            else:
+                self.pooled_cache.update(fresh)
+        return torch.stack([known[key] for key in keys]).to(self.documents.device)
+
+    def base_embeddings(self, texts: list[str], tokens=None, pooled: Tensor | None = None) -> Tensor:
         """(B, D) the base model's unit embeddings of the texts (no gradient)."""
+        tokens = self.document_encoder.tokenize(texts, self.encoder.max_length) if tokens is None else tokens
+        pooled = self.base_pooled(texts) if pooled is None else pooled
         with torch.no_grad():
-            tokens = self.document_encoder.tokenize(texts, self.encoder.max_length)
-            return torch.nn.functional.normalize(self.document_encoder(tokens).float(), dim=1)
+            return torch.nn.functional.normalize(self.document_encoder.finish(pooled, tokens).float(), dim=1)
 
     def teacher_logits(self, texts: list[str], base: Tensor | None = None) -> Tensor:
         """(B, N) hybrid teacher logits ``t`` of the texts over the corpus (``base``: the texts'
@@ -177,9 +219,15 @@ class HybridDistillation(nn.Module):
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         # Crops draw from torch's generator, which the training loop reseeds every step.
         texts = [crop_words(text, self.query_crop) for text in batch["texts"]]
-        base = self.base_embeddings(texts)
+        tokens = self.encoder.tokenize(texts)
+        pooled = self.base_pooled(texts)
+        base = self.base_embeddings(texts, tokens, pooled)
         teacher = self.teacher_logits(texts, base)
-        queries = torch.nn.functional.normalize(self.encoder(self.encoder.tokenize(texts)).float(), dim=1)
+        if self.student == "term-residual":  # frozen Transformer: its pooled output is the base's
+            queries = self.encoder.finish(pooled, tokens)
+        else:
+            queries = self.encoder(tokens)
+        queries = torch.nn.functional.normalize(queries.float(), dim=1)
         student = queries @ self.documents.T
         distillation = listwise_distillation(student, teacher, self.temperature, self.teacher_temperature)
         drift = (1.0 - (queries * base).sum(dim=1)).mean()
@@ -200,6 +248,7 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
         temperature=float(settings["temperature"]), teacher_temperature=float(settings["teacher_temperature"]),
         corpus_precision=settings["corpus_precision"], cache_dir=settings["cache_dir"],
         anchor_weight=float(settings["anchor_weight"]), query_crop=float(settings["query_crop"]),
+        student=str(settings["student"]),
     )
 
 
