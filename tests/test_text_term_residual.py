@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.errors import DataError
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.text.data import SentenceData
 from contrastkit.text.encoders import load_text_encoder, small_random_encoder
 from contrastkit.text.evaluation import encoder_fingerprint
 from contrastkit.text.methods import build_text_method
+from contrastkit.text.methods.hybrid_distill import hybrid_teacher_logits, listwise_distillation
 from contrastkit.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
 from contrastkit.text.train import fit_text
 from tests.test_text_evaluation import SENTENCES
@@ -118,19 +119,39 @@ def test_the_students_cached_shortcut_equals_the_full_forward_pass(tmp_path):
         method.encoder.term_residual.weight.normal_(std=0.2)
     method.train()
     assert not method.encoder.transformer.training  # frozen Transformer: no dropout either
-    texts = SENTENCES[:5]
+    texts = SENTENCES[:5] + SENTENCES[:2]  # repeats within a batch
     first, _ = method.training_loss({"texts": texts})  # fills the cache
     second, _ = method.training_loss({"texts": texts})  # reads it
     method.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # everything from full forward passes, nothing from the cache
         queries = torch.nn.functional.normalize(method.encoder(method.encoder.tokenize(texts)), dim=1)
-        from contrastkit.text.methods.hybrid_distill import listwise_distillation
-
-        expected = listwise_distillation(queries @ method.documents.T, method.teacher_logits(texts),
+        base = torch.nn.functional.normalize(method.document_encoder(method.document_encoder.tokenize(texts)), dim=1)
+        lexical = torch.from_numpy(method.bm25.scores(texts)).float()
+        teacher = hybrid_teacher_logits(base @ method.documents.T, lexical, method.dense_weight)
+        expected = listwise_distillation(queries @ method.documents.T, teacher,
                                          method.temperature, method.teacher_temperature)
     assert float(first.detach()) == pytest.approx(float(expected), rel=1e-5)
     assert float(second.detach()) == pytest.approx(float(expected), rel=1e-5)
     assert set(method.pooled_cache) == {(method.encoder.max_length, t) for t in texts}
+    method.encoder.max_length = 4  # another length: other rows, not the cached ones
+    short = method.base_pooled(texts[:1])
+    assert not torch.allclose(short, method.pooled_cache[(32, texts[0])].unsqueeze(0))
+    assert (4, texts[0]) in method.pooled_cache
+
+
+def test_going_on_from_a_trained_residual_keeps_documents_on_the_plain_base(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
+    plain = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False)
+    trained = small_encoder()
+    trained.add_term_residual()
+    with torch.no_grad():
+        trained.term_residual.weight.normal_(std=0.3)
+    method = build_text_method("hybrid-distill", trained, corpus=str(corpus), cache_dir=False)
+    assert method.document_encoder.term_residual is None and method.encoder.term_residual is not None
+    torch.testing.assert_close(method.documents, plain.documents)
+    torch.testing.assert_close(method.teacher_logits(SENTENCES[:3]), plain.teacher_logits(SENTENCES[:3]))
+    with pytest.raises(ConfigError, match="student=encoder"):
+        build_text_method("hybrid-distill", trained, corpus=str(corpus), cache_dir=False, student="encoder")
 
 
 def test_training_moves_only_the_rows_of_tokens_seen_and_leaves_the_transformer(tmp_path):
@@ -153,7 +174,6 @@ def test_training_moves_only_the_rows_of_tokens_seen_and_leaves_the_transformer(
 
 
 def test_export_to_sentence_transformers_refuses_a_residual(tmp_path):
-    from contrastkit.errors import ConfigError
     from contrastkit.text.export import export_sentence_transformers
 
     encoder = small_encoder()

@@ -157,7 +157,14 @@ class HybridDistillation(nn.Module):
             raise DataError("Hybrid distillation needs a corpus of at least 2 documents to rank.")
         self.encoder = encoder
         # The base model, frozen: it embeds the documents (once) and the teacher's side of each query.
+        if student == "encoder" and encoder.term_residual is not None:
+            raise ConfigError("Option student=encoder fine-tunes the Transformer, but this encoder carries a trained "
+                              "term residual on top of it; start from the plain model, or keep student=term-residual "
+                              "to go on training the residual.")
         self.document_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
+        # Documents (and the teacher's dense half) are the plain base model's, even when training goes on
+        # from an encoder that already carries a residual: that residual belongs to the query side.
+        self.document_encoder.term_residual = None
         self.student = student
         if student == "term-residual":
             encoder.transformer.requires_grad_(False)
