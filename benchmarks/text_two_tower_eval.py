@@ -55,8 +55,8 @@ def main() -> None:
     pairs = read_sts(data / f"stsb/sts-{args.sts}.csv")
     base = TextEncoder.from_folder("minilm")
     documents = encode_corpus(base, retrieval_set, precision=args.precision)
-    _, bm25_top = bm25_search(retrieval_set.documents(DOCUMENT_SEPARATOR), retrieval_set.queries,
-                              k=search_depth((10, 100), True))
+    depth = search_depth((10, 100), True)  # evaluate_retrieval's: Recall@100 with identical ids ignored
+    _, bm25_top = bm25_search(retrieval_set.documents(DOCUMENT_SEPARATOR), retrieval_set.queries, k=depth)
     bm25_scores = per_query_ndcg(ranked_doc_ids(bm25_top, retrieval_set), retrieval_set.qrels)
     print(f"BM25 nDCG@10 on SciFact {args.split}: {100 * bm25_scores.mean():.2f}")
     print(f"| query encoder | STS-B {args.sts} | SciFact {args.split} nDCG@10 | Recall@100 | MRR@10 | "
@@ -66,7 +66,7 @@ def main() -> None:
     for name, encoder in [("all-MiniLM-L6-v2 (base)", base)] + [(m, load_text_encoder(m)) for m in args.models]:
         # The ranking of evaluate_retrieval (exact cosine top-k with faiss), kept per query.
         queries = encode_texts(encoder, retrieval_set.queries, 64, args.precision)
-        _, top = search(queries, documents, k=search_depth((10, 100), True), metric="cosine")
+        _, top = search(queries, documents, k=depth, metric="cosine")
         rankings = ranked_doc_ids(top, retrieval_set)
         metrics = retrieval_metrics(rankings, retrieval_set.qrels)
         scores = per_query_ndcg(rankings, retrieval_set.qrels)

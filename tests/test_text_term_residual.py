@@ -16,7 +16,10 @@ from contrastkit.text.data import SentenceData
 from contrastkit.text.encoders import load_text_encoder, small_random_encoder
 from contrastkit.text.evaluation import encoder_fingerprint
 from contrastkit.text.methods import build_text_method
-from contrastkit.text.methods.hybrid_distill import hybrid_teacher_logits, listwise_distillation
+from contrastkit.text.methods.hybrid_distill import (
+    hybrid_teacher_logits,
+    listwise_distillation,
+)
 from contrastkit.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
 from contrastkit.text.train import fit_text
 from tests.test_text_evaluation import SENTENCES

@@ -175,7 +175,7 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
         summary["documents_embedded_by"] = "the base model, frozen (document_encoder/)"
     evaluation = {}
     if eval_fn is not None:
-        evaluation["before"] = _evaluate(eval_fn, method)
+        evaluation["before"] = _evaluate(eval_fn, method.encoder, document_encoder)
 
     inference_length = method.encoder.max_length
     try:
@@ -194,15 +194,14 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
         document_encoder.save(out / "document_encoder")
         summary["document_encoder_dir"] = str(out / "document_encoder")
     if eval_fn is not None:
-        evaluation["after"] = _evaluate(eval_fn, method)
+        evaluation["after"] = _evaluate(eval_fn, method.encoder, document_encoder)
         summary["evaluation"] = evaluation
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _evaluate(eval_fn: EvalFn, method: nn.Module) -> dict:
-    documents = getattr(method, "document_encoder", None)
-    return eval_fn(method.encoder) if documents is None else eval_fn(method.encoder, document_encoder=documents)
+def _evaluate(eval_fn: EvalFn, encoder: nn.Module, document_encoder: nn.Module | None) -> dict:
+    return eval_fn(encoder) if document_encoder is None else eval_fn(encoder, document_encoder=document_encoder)
 
 
 def _train(method: nn.Module, data: SentenceData, batch_size: int, lr: float, max_steps: int | None,

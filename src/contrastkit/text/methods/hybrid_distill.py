@@ -44,7 +44,8 @@ What learns (``student``):
 Only the query side is trained ("query-side fine-tuning", Lee, Sung, Kang & Chen, "Learning
 Dense Representations of Phrases at Scale", ACL 2021, https://arxiv.org/abs/2012.12624, Sec. 4.3):
 the document index is never rebuilt, so the corpus is embedded once (and cached) and a step costs
-one forward and backward pass over B short sentences plus a (B, N) product; a full-corpus softmax
+one forward and backward pass over B short sentences (``student=encoder``; the term residual needs
+neither once the sentences' base embeddings are cached) plus a (B, N) product; a full-corpus softmax
 is what makes the teacher's whole ranking, not a few sampled negatives, the target. The trained
 model is a two-tower retriever: embed **queries with the trained encoder and documents with the
 base model** (``contrastkit evaluate --model RUN/encoder --document-model RUN/document_encoder``).
@@ -153,14 +154,14 @@ class HybridDistillation(nn.Module):
             raise ConfigError(f"Option 'query_crop' must be a share of words in [0, 1] (0: no cropping), got {query_crop}.")
         if student not in STUDENTS:
             raise ConfigError(f"Option 'student' must be one of {', '.join(STUDENTS)}, got '{student}'.")
-        if len(corpus.doc_ids) < 2:
-            raise DataError("Hybrid distillation needs a corpus of at least 2 documents to rank.")
-        self.encoder = encoder
-        # The base model, frozen: it embeds the documents (once) and the teacher's side of each query.
         if student == "encoder" and encoder.term_residual is not None:
             raise ConfigError("Option student=encoder fine-tunes the Transformer, but this encoder carries a trained "
                               "term residual on top of it; start from the plain model, or keep student=term-residual "
                               "to go on training the residual.")
+        if len(corpus.doc_ids) < 2:
+            raise DataError("Hybrid distillation needs a corpus of at least 2 documents to rank.")
+        self.encoder = encoder
+        # The base model, frozen: it embeds the documents (once) and the teacher's side of each query.
         self.document_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
         # Documents (and the teacher's dense half) are the plain base model's, even when training goes on
         # from an encoder that already carries a residual: that residual belongs to the query side.
@@ -208,12 +209,12 @@ class HybridDistillation(nn.Module):
                 self.pooled_cache.update(fresh)
         return torch.stack([known[key] for key in keys]).to(self.documents.device)
 
-    def base_embeddings(self, texts: list[str], tokens=None, pooled: Tensor | None = None) -> Tensor:
-        """(B, D) the base model's unit embeddings of the texts (no gradient)."""
-        tokens = self.document_encoder.tokenize(texts, self.encoder.max_length) if tokens is None else tokens
+    def base_embeddings(self, texts: list[str], pooled: Tensor | None = None) -> Tensor:
+        """(B, D) the base model's unit embeddings of the texts (no gradient; ``pooled``: their
+        :meth:`base_pooled`, when already computed). The document tower never carries a term
+        residual, so its unit embedding is the normalised pooled state."""
         pooled = self.base_pooled(texts) if pooled is None else pooled
-        with torch.no_grad():
-            return torch.nn.functional.normalize(self.document_encoder.finish(pooled, tokens).float(), dim=1)
+        return torch.nn.functional.normalize(pooled.float(), dim=1)
 
     def teacher_logits(self, texts: list[str], base: Tensor | None = None) -> Tensor:
         """(B, N) hybrid teacher logits ``t`` of the texts over the corpus (``base``: the texts'
@@ -228,7 +229,7 @@ class HybridDistillation(nn.Module):
         texts = [crop_words(text, self.query_crop) for text in batch["texts"]]
         tokens = self.encoder.tokenize(texts)
         pooled = self.base_pooled(texts)
-        base = self.base_embeddings(texts, tokens, pooled)
+        base = self.base_embeddings(texts, pooled)
         teacher = self.teacher_logits(texts, base)
         if self.student == "term-residual":  # frozen Transformer: its pooled output is the base's
             queries = self.encoder.finish(pooled, tokens)
