@@ -33,10 +33,14 @@ PUBLISHED = {
     "graphcl-dcl": "-",
     "scgc": "ACC 73.2, NMI 55.6, ARI 51.3",
 }
-# name -> (method, options beyond the CLI defaults). The CLI defaults are the papers' Cora configs:
-# GraphMAE's configs.yml (cora), GRACE's config.yaml (Cora), SCGC's reference code (lr 1e-3,
-# alpha 1, beta 0.1, SDCN encoder 500-500-2000-10, 200 epochs) with Graph-MLP's Cora positives
-# (order 2, tau 2 = temperature 0.5), Graph-MLP being where SCGC's contrastive term comes from.
+# name -> (method, options beyond the CLI defaults). The CLI defaults are the papers' configs:
+# GraphMAE's configs.yml (cora), GRACE's config.yaml (Cora), and for SCGC, whose reference code
+# has no Cora setting, its SCGC* (train_scgc_trim of github.com/gayanku/SCGC): SDCN encoder
+# 500-500-2000-10 on the raw features (--features-norm none), started from a reconstruction
+# autoencoder (30 epochs, Adam lr 1e-3, batch 256) with k-means placing the centres, then 200
+# epochs of alpha 1 x NContrast + beta 0.1 x KL(P||Q), Adam lr 1e-3, no reconstruction term,
+# K = number of classes, and the authors' natural-graph positives (order 1: the weights are
+# A^ = D^-1 (A + I); tau 0.25 = temperature 4; their ACM, DBLP and Citeseer setting).
 RUNS: dict[str, tuple[str, list[str]]] = {
     "graphmae": ("graphmae", []),
     "scgc": ("scgc", []),
