@@ -27,3 +27,19 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The anchor environment of benchmarks/README.md: LightlySSL 1.6, pytorch-metric-learning and this working
+# tree's contrastkit under one torch build, in the venv that CONTRASTKIT_ANCHOR_ENV names (never .venv).
+# torch and torchvision are pinned in every install, so that no later package replaces them.
+ANCHOR_TORCH := 'torch==2.14.1' 'torchvision==0.29.1'
+ANCHOR_BIN    = $(CONTRASTKIT_ANCHOR_ENV)/bin
+
+.PHONY: anchors
+anchors:
+	@test -n "$(CONTRASTKIT_ANCHOR_ENV)" || { echo "make anchors: set CONTRASTKIT_ANCHOR_ENV to the folder of the anchor venv to build, e.g. CONTRASTKIT_ANCHOR_ENV=\$$HOME/anchors-venv make anchors (benchmarks/README.md)" >&2; exit 1; }
+	test -x "$(ANCHOR_BIN)/python" || $(PYTHON) -m venv "$(CONTRASTKIT_ANCHOR_ENV)"
+	"$(ANCHOR_BIN)/pip" install $(ANCHOR_TORCH)
+	"$(ANCHOR_BIN)/pip" install 'lightly==1.6.*' pytorch-metric-learning $(ANCHOR_TORCH)
+	"$(ANCHOR_BIN)/pip" install --no-deps -e "$(CURDIR)"
+	"$(ANCHOR_BIN)/pip" install lightning kornia scikit-learn faiss-cpu matplotlib pyyaml pillow pytest $(ANCHOR_TORCH)
+	"$(ANCHOR_BIN)/python" -c "import lightly.loss, torchvision, pytorch_metric_learning, contrastkit.objectives"

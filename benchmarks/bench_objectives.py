@@ -39,11 +39,12 @@ Implementations (``--impls``):
 
 It must run in an environment that has all three libraries; LightlySSL's ``lightly.loss`` imports
 ``torchvision.ops``, so that environment needs a torchvision matching its torch
-(benchmarks/README.md, "anchor environment"). A library that does not import is skipped with a note.
+(benchmarks/README.md, "anchor environment": the venv that ``$CONTRASTKIT_ANCHOR_ENV`` names,
+built by ``make anchors``). A library that does not import is skipped with a note.
 
 Usage (about half an hour on a shared 2-core machine with the defaults)::
 
-    /work/anchors-venv-tv/bin/python benchmarks/bench_objectives.py
+    "$CONTRASTKIT_ANCHOR_ENV/bin/python" benchmarks/bench_objectives.py
 """
 
 from __future__ import annotations

@@ -18,20 +18,31 @@ its heads and losses, ``LightlyDataset`` over the JPEG files with ``SimCLRTransf
 uses ``0.5 (-cos + -cos)``; contrastkit's loss is ``(2 - 2 cos) + (2 - 2 cos)``, four times its
 gradient, so the LightlySSL loss is scaled by 4 here: the same optimiser then takes the same steps.
 
-Each (library, method) trains in its own subprocess (clean peak RSS), in alternating order
-(SimCLR: contrastkit, lightly; BYOL: lightly, contrastkit). Reported per run:
+Memory format (``--memory-format``): ``library-default`` trains each library as it trains by
+default, contrastkit channels-last and LightlySSL NCHW, so its ratios measure the layout as well as
+the libraries; ``nchw`` trains contrastkit NCHW too, the equal-format setting.
+
+Each (library, method) trains in its own subprocess, in alternating order (SimCLR: contrastkit,
+lightly; BYOL: lightly, contrastkit). Reported per run:
 
     images/s        training images / wall time of the training epochs
-    peak RSS        main process; its child processes (DataLoader workers: the largest one) apart
+    peak PSS, USS   main process / its children (DataLoader workers) / both, sampled every
+                    ``--memory-interval`` s from the parent (``PeakMemory``)
     data wait       share of epoch time between the end of one step and the start of the next
     overhead share  1 - floor / (epoch time / steps), floor = backbone forward + backward on
-                    2 x 256 images measured in the same process after training
+                    2 x 256 images measured in the same process after training, in the memory
+                    format the run trained in
     kNN top-1       after the same epochs
 
-Must run where both libraries import (the anchor environment, benchmarks/README.md)::
+Why not RSS: a forked worker shares its parent's pages, and each process's RSS (``ru_maxrss``)
+counts them in full, so RSS added up over a parent and its workers counts shared pages more than
+once. Earlier figures did that; ``ru_maxrss`` stays in the JSON only, for comparison.
 
-    flock /tmp/heavy.lock -c 'OMP_NUM_THREADS=2 /work/anchors-venv-tv/bin/python \\
-        benchmarks/image_side_by_side.py --epochs 3'
+Must run where both libraries import (the anchor environment, ``$CONTRASTKIT_ANCHOR_ENV``;
+``make anchors`` builds it, benchmarks/README.md)::
+
+    flock /tmp/heavy.lock -c 'OMP_NUM_THREADS=2 "$CONTRASTKIT_ANCHOR_ENV/bin/python" \\
+        benchmarks/image_side_by_side.py --epochs 3 --memory-format nchw'
 
 The issue's full protocol is ``--epochs 10`` (about 4 x 10 minutes on 2 cores).
 """
@@ -91,6 +102,76 @@ def prepare(data: str, workdir: Path, per_class: int) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(file.resolve())
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+def pss_uss_kib(pid: int) -> tuple[int, int] | None:
+    """(PSS, USS) of one process in KiB, from ``/proc/<pid>/smaps_rollup``; None once it has exited.
+
+    PSS counts each resident page divided by the number of processes that map it, so PSS adds up
+    over processes with no page counted twice. USS (``Private_Clean + Private_Dirty``) counts the
+    pages no other process maps: what ending the process would free."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key in ("Pss", "Private_Clean", "Private_Dirty"):
+                    fields[key] = int(value.split()[0])  # "   1234 kB"
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if len(fields) < 3:  # a zombie's rollup is empty
+        return None
+    return fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid``, by the parent id in each ``/proc/<pid>/stat``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as file:
+                    stat = file.read()
+            except OSError:  # it exited while we looked
+                continue
+            parent = int(stat.rpartition(")")[2].split()[1])  # after "pid (comm) state"; comm may hold ")"
+            children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, [])]
+        found += frontier
+    return found
+
+
+class PeakMemory:
+    """Peak PSS and USS, in KiB, of a process tree sampled from outside it: of the root (``main``),
+    of its descendants added up at one instant (``children``), of both at one instant (``total``),
+    and of each descendant (``pid N``). Peaks of sums at one instant, not sums of per-process peaks:
+    DataLoader workers that are not persistent are new processes every epoch. A peak between two
+    samples is missed, so each figure is a lower bound (a close one at 0.5 s against minutes)."""
+
+    def __init__(self, root: int):
+        self.root, self.samples = root, 0
+        self.peaks: dict[str, tuple[int, int]] = {}
+
+    def sample(self) -> None:
+        now = {pid: m for pid in [self.root, *descendants(self.root)] if (m := pss_uss_kib(pid)) is not None}
+        if self.root not in now:
+            return
+        self.samples += 1
+        main = now.pop(self.root)
+        children = (sum(m[0] for m in now.values()), sum(m[1] for m in now.values()))
+        values = {"main": main, "children": children, "total": (main[0] + children[0], main[1] + children[1]),
+                  **{f"pid {pid}": m for pid, m in now.items()}}
+        for name, (pss, uss) in values.items():
+            old = self.peaks.get(name, (0, 0))
+            self.peaks[name] = (max(old[0], pss), max(old[1], uss))
+
+    def report(self) -> dict:
+        return {"memory_samples": self.samples,
+                "peak_pss_uss_mib": {name: [kib / 1024 for kib in peaks] for name, peaks in self.peaks.items()}}
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -164,7 +245,7 @@ def make_backbone(seed: int, width: float):
 
 
 def optimizer_and_schedule(model, steps_per_epoch: int, epochs: int):
-    from contrastkit.training.optim import build_optimizer, warmup_cosine
+    from contrastkit.engine.optim import build_optimizer, warmup_cosine
 
     optimizer = build_optimizer("sgd", model, 0.06, 5e-4, 0.9)
     total, warmup = steps_per_epoch * epochs, steps_per_epoch * min(1, epochs)
@@ -191,6 +272,7 @@ def run_contrastkit(method: str, split, args) -> tuple[dict, torch.nn.Module]:
 
     config = FitConfig(method=method, backbone="resnet18", width=args.width, batch_size=args.batch_size,
                        epochs=args.epochs, seed=args.seed, warmup_epochs=min(1.0, args.epochs),
+                       channels_last=False if args.memory_format == "nchw" else None,
                        extra=json.loads(args.contrastkit_extra))
     data = DataInfo(channels=3, image_size=32, mean=split["mean"], std=split["std"], num_samples=len(split["train"]))
     torch.manual_seed(args.seed)  # the backbone is built first: the same weights as make_backbone(seed)
@@ -209,18 +291,9 @@ def run_lightly(method: str, split, args, workdir: Path) -> tuple[dict, torch.nn
     import lightning as L
     from lightly.data import LightlyDataset
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-    from lightly.models.modules import (
-        BYOLPredictionHead,
-        BYOLProjectionHead,
-        SimCLRProjectionHead,
-    )
+    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import (
-        BYOLTransform,
-        BYOLView1Transform,
-        BYOLView2Transform,
-        SimCLRTransform,
-    )
+    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimCLRTransform
     from lightly.utils.scheduler import cosine_schedule
 
     normalize = {"mean": list(split["mean"]), "std": list(split["std"])}
@@ -315,20 +388,34 @@ def worker(args) -> None:
     gc.collect()
     kib = 1024
     result = {
-        "library": args.library, "method": args.method, "epochs": args.epochs, **timing,
+        "library": args.library, "method": args.method, "epochs": args.epochs,
+        "memory_format": args.memory_format, **timing,
         "images_per_s": timing["images"] / timing["epoch_seconds"],
         "data_wait_share": timing["wait_seconds"] / timing["epoch_seconds"],
+        # ru_maxrss, for comparison with figures measured before PSS / USS (they over-count shared pages).
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
         # Workers exit at the end of every epoch (no persistent workers), so they are reaped by now.
         "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
-        # The floor in the memory format the library trains in (contrastkit: channels-last by default).
+        # The floor in the memory format the run trained in (contrastkit: channels-last by default).
         "floor_s": floor_seconds(copy.deepcopy(backbone), args.batch_size,
-                                 channels_last=args.library == "contrastkit"),
+                                 channels_last=args.library == "contrastkit" and args.memory_format != "nchw"),
     }
     result["step_s"] = timing["epoch_seconds"] / timing["steps"]
     result["overhead_share"] = 1 - result["floor_s"] / result["step_s"]
     result["knn_top1"] = knn_top1(backbone, split)
     (workdir / f"{args.library}-{args.method}.json").write_text(json.dumps(result, indent=1))
+
+
+def run_measured(command: list[str], interval: float) -> dict:
+    """Run one worker, sampling its process tree's PSS / USS every ``interval`` seconds from here."""
+    process = subprocess.Popen(command)
+    memory = PeakMemory(process.pid)
+    while process.poll() is None:
+        memory.sample()
+        time.sleep(interval)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return memory.report()
 
 
 ORDER = [("simclr", "contrastkit"), ("simclr", "lightly"), ("byol", "lightly"), ("byol", "contrastkit")]
@@ -346,6 +433,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-per-class", type=int, default=PRETRAIN_PER_CLASS,
                         help="pretraining images per class (the protocol: 800; smaller for a smoke test)")
     parser.add_argument("--contrastkit-extra", default="{}", help="FitConfig.extra as JSON (e.g. views options)")
+    parser.add_argument("--memory-format", choices=["library-default", "nchw"], default="library-default",
+                        help="library-default: each library's own (contrastkit channels-last, LightlySSL NCHW); "
+                             "nchw: both NCHW")
+    parser.add_argument("--memory-interval", type=float, default=0.5,
+                        help="seconds between PSS / USS samples of each run's processes")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--library", default=None, help=argparse.SUPPRESS)
@@ -355,11 +447,17 @@ def main(argv: list[str] | None = None) -> None:
         return worker(args)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="side-by-side-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if not Path("/proc/self/smaps_rollup").exists():
+        sys.exit("PSS / USS are read from /proc/<pid>/smaps_rollup (Linux 4.14 or later); this system has none.")
+    try:
+        import lightly
+    except ImportError:
+        sys.exit("LightlySSL does not import here: run with the anchor environment's Python, "
+                 '"$CONTRASTKIT_ANCHOR_ENV/bin/python" (make anchors builds it; benchmarks/README.md).')
     prepare(args.data, workdir, args.train_per_class)
-    import lightly
-
     print(f"torch {torch.__version__}, lightly {lightly.__version__}, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS')}, epochs {args.epochs}, workdir {workdir}", flush=True)
+          f"{os.environ.get('OMP_NUM_THREADS')}, epochs {args.epochs}, memory format {args.memory_format}, "
+          f"workdir {workdir}", flush=True)
     results = {}
     given = list(argv if argv is not None else sys.argv[1:])
     passed = [a for i, a in enumerate(given) if a != "--workdir" and (i == 0 or given[i - 1] != "--workdir")]
@@ -369,10 +467,11 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, __file__, "--worker", "--library", library, "--method", method,
                    "--workdir", str(workdir), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                    "--width", str(args.width), "--seed", str(args.seed), "--lightly-workers",
-                   str(args.lightly_workers), "--contrastkit-extra", args.contrastkit_extra]
+                   str(args.lightly_workers), "--contrastkit-extra", args.contrastkit_extra,
+                   "--memory-format", args.memory_format]
         started = time.perf_counter()
-        subprocess.run(command, check=True)
-        results[(method, library)] = json.loads((workdir / f"{library}-{method}.json").read_text())
+        memory = run_measured(command, args.memory_interval)
+        results[(method, library)] = {**json.loads((workdir / f"{library}-{method}.json").read_text()), **memory}
         print(f"{library} {method}: {time.perf_counter() - started:.0f} s", results[(method, library)], flush=True)
     print_table(results, args)
     print("\nCommand: OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")) + " " + sys.executable
@@ -380,13 +479,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(results: dict, args) -> None:
-    print(f"\n| method | library | images/s | peak RSS MiB (main / children) | data wait | overhead share | "
-          f"step s | floor s | kNN top-1 after {args.epochs} ep. |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\nMemory format: {args.memory_format}; PSS / USS sampled every {args.memory_interval} s.")
+    print(f"\n| method | library | images/s | peak PSS MiB (main / children / total) | peak USS MiB "
+          f"(main / children / total) | data wait | overhead share | step s | floor s | "
+          f"kNN top-1 after {args.epochs} ep. |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (method, library), r in results.items():
-        print(f"| {method} | {library} | {r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} / "
-              f"{r['worker_peak_rss_mib']:.0f} | {r['data_wait_share']:.1%} | {r['overhead_share']:.1%} | "
-              f"{r['step_s']:.2f} | {r['floor_s']:.2f} | {r['knn_top1']:.2f} |")
+        pss, uss = (" / ".join(f"{r['peak_pss_uss_mib'][part][i]:.0f}" for part in ("main", "children", "total"))
+                    for i in (0, 1))
+        print(f"| {method} | {library} | {r['images_per_s']:.1f} | {pss} | {uss} | {r['data_wait_share']:.1%} | "
+              f"{r['overhead_share']:.1%} | {r['step_s']:.2f} | {r['floor_s']:.2f} | {r['knn_top1']:.2f} |")
     for method in args.methods:
         ours, theirs = results.get((method, "contrastkit")), results.get((method, "lightly"))
         if ours and theirs:
