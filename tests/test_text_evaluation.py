@@ -366,9 +366,11 @@ def test_cli_retrieval_with_a_saved_folder_and_bm25(tiny_encoder, tmp_path, caps
     reloaded = load_text_encoder(tmp_path / "model")
     assert (reloaded.pooling, reloaded.normalize, reloaded.max_length) == ("cls", True, 32)
 
-    args = ["evaluate", "--task", "retrieval", "--data", str(tmp_path / "beir"), "--no-cache"]
+    args = ["evaluate", "--task", "retrieval", "--data", str(tmp_path / "beir"), "--split", "test", "--no-cache"]
     assert main([*args, "--model", str(tmp_path / "model")]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "scoring the test split" in captured.err
+    printed = json.loads(captured.out)
     expected = evaluate_retrieval(reloaded, retrieval_set, cache_dir=False)
     assert {k: printed[k] for k in expected} == pytest.approx(expected)
 

@@ -5,6 +5,7 @@ file and line."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 
 import numpy as np
@@ -61,6 +62,56 @@ def test_scifact_train_split_counts():
     assert sum(len(docs) for docs in scifact.qrels.values()) == 919
 
 
+def _qrels_by_hand(path) -> dict[str, set[str]]:
+    """query id -> relevant doc ids of a qrels tsv, read with a plain loop (second derivation)."""
+    relevant: dict[str, set[str]] = {}
+    with open(path, encoding="utf-8") as handle:
+        next(handle)  # header
+        for line in handle:
+            if line.strip():
+                query, doc, _ = line.rstrip("\n").split("\t")
+                relevant.setdefault(query, set()).add(doc)
+    return relevant
+
+
+def test_scifact_dev_is_a_fixed_third_of_the_train_claims():
+    train = _qrels_by_hand(data_path("scifact") / "qrels" / "train.tsv")
+    # The rule of the docstring, written out again: SHA-256 of the id, as an integer, is 0 mod 3.
+    carved = {q for q in train if int(hashlib.sha256(q.encode("utf-8")).hexdigest(), 16) % 3 == 0}
+    left = set(train) - carved
+    dev = read_beir(data_path("scifact"))  # dev is the default split
+    assert set(dev.query_ids) == carved and len(dev.query_ids) == len(carved) == 268
+    assert carved.isdisjoint(left) and len(left) == 809 - 268
+    assert {q: set(docs) for q, docs in dev.qrels.items()} == {q: train[q] for q in carved}
+    assert sum(len(docs) for docs in dev.qrels.values()) == 307
+    test = _qrels_by_hand(data_path("scifact") / "qrels" / "test.tsv")
+    assert carved.isdisjoint(test)
+    # Deterministic: the same on a second read, and pinned to ids computed when the rule was set
+    # (Python's hash() of a str changes between processes; the carve must not).
+    again = read_beir(data_path("scifact"), "dev")
+    assert again.query_ids == dev.query_ids and again.qrels == dev.qrels
+    assert dev.query_ids[:6] == ["0", "2", "4", "11", "17", "18"]
+
+
+def _write_tiny_beir(folder, qrels_files: dict[str, str]) -> None:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(3)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": str(i), "text": "q"}) + "\n" for i in range(12)))
+    for split, rows in qrels_files.items():
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+
+
+def test_beir_dev_qrels_file_wins_over_the_carve(tmp_path):
+    train_rows = "".join(f"{q}\td0\t1\n" for q in range(12))
+    _write_tiny_beir(tmp_path / "with-dev", {"train": train_rows, "dev": "5\td1\t1\n", "test": "7\td2\t1\n"})
+    assert read_beir(tmp_path / "with-dev").qrels == {"5": {"d1": 1}}
+    _write_tiny_beir(tmp_path / "without-dev", {"train": train_rows, "test": "7\td2\t1\n"})
+    carved = read_beir(tmp_path / "without-dev")
+    assert carved.query_ids == [q for q in map(str, range(12))
+                                if int(hashlib.sha256(q.encode()).hexdigest(), 16) % 3 == 0]
+    assert carved.query_ids == ["0", "1", "2", "4", "11"]  # pinned: the rule must not drift
+
+
 def test_scifact_sentences_count():
     path = data_path("scifact") / "sentences.txt.gz"
     sentences = read_lines(path)
@@ -110,8 +161,11 @@ def test_jsonl_missing_text_field_names_the_fields(tmp_path):
 def test_beir_unknown_split_lists_the_available_ones(tmp_path):
     (tmp_path / "qrels").mkdir()
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    with pytest.raises(DataError, match="no qrels for split 'dev' .*available: test"):
-        read_beir(tmp_path, "dev")
+    with pytest.raises(DataError, match="no qrels for split 'valid' .*available: test"):
+        read_beir(tmp_path, "valid")
+    # Without dev.tsv or train.tsv there is nothing to carve dev from: the default never falls back to test.
+    with pytest.raises(DataError, match="no qrels for split 'dev' .*available: test.*carved from train.tsv"):
+        read_beir(tmp_path)
 
 
 def test_beir_qrels_with_a_bad_column_count(tmp_path):

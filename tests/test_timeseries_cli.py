@@ -17,7 +17,8 @@ def test_timeseries_command_trains_encodes_and_scores(tmp_path, capsys):
     from contrastkit.sources.timeseries import load_bundled
 
     out = tmp_path / "ipd"
-    assert main(["timeseries", "--data", "ItalyPowerDemand", "--iters", "10", "--seed", "1", "--out", str(out)]) == 0
+    assert main(["timeseries", "--data", "ItalyPowerDemand", "--eval-split", "test", "--iters", "10", "--seed", "1",
+                 "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     train, test = load_bundled("ItalyPowerDemand", "train"), load_bundled("ItalyPowerDemand", "test")
     assert np.load(out / "train_embeddings.npy").shape == (67, 320)

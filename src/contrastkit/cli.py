@@ -125,7 +125,9 @@ def build_parser() -> Parser:
                                           "TextEncoder.save or any local Hugging Face / sentence-transformers "
                                           "folder; 'bm25' for the lexical baseline (retrieval)")
     evaluate.add_argument("--data", help="an STS file (sts) or a BEIR folder (retrieval)")
-    evaluate.add_argument("--split", default="test", help="BEIR qrels split (retrieval; default test)")
+    evaluate.add_argument("--split", default="dev",
+                          help="BEIR qrels split (retrieval): dev (default; qrels/dev.tsv, or a fixed third of "
+                               "the train queries), train, or test (only once settings are chosen on dev)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="texts per encoding batch (default 64)")
     evaluate.add_argument("--cache-dir", help="corpus embedding cache (default $CONTRASTKIT_CACHE or "
                                               "~/.cache/contrastkit)")
@@ -277,6 +279,8 @@ def run_text_evaluation(args: argparse.Namespace) -> int:
     if args.embeddings or args.labels:
         raise ConfigError(f"--embeddings and --labels belong to --task probe; --task {args.task} embeds "
                           "the texts of --data with --model itself.")
+    if args.task == "retrieval" and args.split == "test":
+        print("scoring the test split: choose settings on dev first", file=sys.stderr)
     results = evaluate_text_task(args.task, args.model, args.data, split=args.split,
                                  batch_size=args.batch_size,
                                  cache_dir=False if args.no_cache else args.cache_dir,

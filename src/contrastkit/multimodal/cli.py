@@ -4,13 +4,15 @@ both ways.
     contrastkit pairs --data code-docstring --out runs/code-search            # docstring <-> code
     contrastkit pairs --data code-docstring --steps 0 --out runs/zero-shot    # all-MiniLM-L6-v2 as is
     contrastkit pairs --data pairs.jsonl --first-field caption --second-field text \\
-        --train-split train --eval-split test --out runs/mine
+        --train-split train --eval-split valid --out runs/mine
     contrastkit pairs --data queries.csv --second-data docs.csv --id-field id \\
         --first-field query --second-field text --eval-data held_out.jsonl --out runs/aligned
 
 ``--data code-docstring`` reads ``code-docstring/pairs.jsonl.gz`` under the data root (first side:
 the docstring's first paragraph, second side: the function's code), trains on its train split and
-evaluates on ``--eval-split`` (test by default; choose hyper-parameters on valid). Writes
+evaluates on ``--eval-split`` (``valid`` by default: choose hyper-parameters there, then score
+``--eval-split test`` once). A file of pairs is scored only on a split or file named by
+``--eval-split`` or ``--eval-data``. Writes
 ``summary.json`` (options, training log, metrics), the trained towers (``tower_a/``, and
 ``tower_b/`` when not shared, in Hugging Face layout) and ``heads.pt`` into ``--out``; an existing
 ``summary.json`` there is never overwritten.
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from contrastkit.errors import ConfigError
 
 CODE_DOCSTRING = "code-docstring"
+CODE_DOCSTRING_EVAL_SPLIT = "valid"  # the test split is scored only when named
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--id-field", help="field of unique ids (required with --second-data)")
     data.add_argument("--split-field", default="split", help="field naming each record's split (default split)")
     data.add_argument("--train-split", help="split to train on (code-docstring: train; default: every record)")
-    data.add_argument("--eval-split", help="split to evaluate on (code-docstring: test)")
+    data.add_argument("--eval-split", help="split to evaluate on (code-docstring: valid by default; "
+                                           "test only once settings are chosen on valid)")
     data.add_argument("--out", required=True, help="output folder")
 
     towers = parser.add_argument_group("towers")
@@ -112,6 +117,11 @@ def harmonizer(args: argparse.Namespace):
                               curriculum_floor=args.curriculum_floor)
 
 
+def code_docstring_eval_split(args: argparse.Namespace) -> str:
+    """The code-docstring split that ``args`` scores: ``--eval-split``, or valid when not given."""
+    return args.eval_split or CODE_DOCSTRING_EVAL_SPLIT
+
+
 def read_train_and_eval(args: argparse.Namespace):
     """(training pairs, evaluation pairs or None) from the data options."""
     from contrastkit.multimodal.pairs import (
@@ -123,7 +133,7 @@ def read_train_and_eval(args: argparse.Namespace):
     if args.data == CODE_DOCSTRING:
         query_field = args.first_field or "docstring_summary"
         train = read_code_docstring(args.train_split or "train", query_field=query_field)
-        evaluation = read_code_docstring(args.eval_split or "test", query_field=query_field)
+        evaluation = read_code_docstring(code_docstring_eval_split(args), query_field=query_field)
         return train, evaluation
     if not args.first_field or not args.second_field:
         raise ConfigError("Pairs from a file need --first-field and --second-field (the two fields to pair).")
@@ -159,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
     if (out / "summary.json").exists():
         raise ConfigError(f"'{out}' already holds a pairs run (summary.json); choose another --out.")
     train, evaluation = read_train_and_eval(args)
+    eval_split = code_docstring_eval_split(args) if args.data == CODE_DOCSTRING else args.eval_split
+    if evaluation is not None and eval_split == "test":
+        print("scoring the test split: choose settings on valid first", file=sys.stderr)
     method_options, training_options = two_tower_options(args), train_options(args)
     harmonize = harmonizer(args)
     shared = not (args.separate_towers or args.second_backbone)
@@ -175,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     torch.save({"head_a": model.head_a.state_dict(), "head_b": model.head_b.state_dict(),
                 "cross": model.cross.state_dict()}, out / "heads.pt")
     summary = {"data": args.data, "train_pairs": len(train), "eval_pairs": len(evaluation) if evaluation else 0,
+               "eval_split": eval_split if evaluation is not None else None,
                "sides": [train.first_name, train.second_name], "shared_towers": model.shared_encoder,
                "options": {**options_record(method_options, training_options),
                            "harmonize": args.harmonize, "curriculum_share": args.curriculum_share},

@@ -2,7 +2,7 @@
 
     contrastkit text --method simcse --backbone minilm --data sentences.txt.gz --out runs/simcse \\
         --batch-size 64 --lr 3e-5 --max-minutes 30 --max-length 64 --seed 0 \\
-        --eval-sts ../shared/data/stsb/sts-test.csv --eval-retrieval ../shared/data/scifact
+        --eval-sts ../shared/data/stsb/sts-dev.csv --eval-retrieval ../shared/data/scifact
 
 ``--backbone`` is ``minilm`` (all-MiniLM-L6-v2, bundled), a local Hugging Face model folder, or
 ``random-small`` (a 2-layer, 64-wide randomly initialised BERT with MiniLM's tokenizer: a
@@ -13,13 +13,17 @@ With ``--eval-sts`` and/or ``--eval-retrieval`` the encoder is evaluated before 
 model) and after, with the encoder's own maximum length (not the training ``--max-length``); both
 columns go to summary.json (``evaluation.before`` / ``evaluation.after``) and are printed.
 Retrieval corpus embeddings are cached per checkpoint (``--cache-dir``), so evaluating the same
-base model again costs only the queries.
+base model again costs only the queries. Retrieval is scored on ``--eval-split dev`` unless told
+otherwise: the folder's ``qrels/dev.tsv``, or for SciFact (no dev qrels) a fixed third of the train
+claims (:func:`contrastkit.text.sources.in_dev_carve`). ``--eval-split test`` scores the test
+split, once the settings are chosen.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from contrastkit.errors import ConfigError
@@ -57,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16: forward passes (training and evaluation) under bfloat16 autocast")
     parser.add_argument("--eval-sts", help="an STS Benchmark file (e.g. stsb/sts-test.csv)")
     parser.add_argument("--eval-retrieval", help="a BEIR folder (e.g. scifact)")
-    parser.add_argument("--eval-split", default="test", help="qrels split of --eval-retrieval")
+    parser.add_argument("--eval-split", default="dev",
+                        help="qrels split of --eval-retrieval: dev (default; qrels/dev.tsv, or a fixed third of "
+                             "the train queries), train, or test (only once settings are chosen on dev)")
     parser.add_argument("--eval-queries", type=int,
                         help="evaluate retrieval on this many random queries (with --eval-documents)")
     parser.add_argument("--eval-documents", type=int,
@@ -103,6 +109,8 @@ def build_eval_fn(args: argparse.Namespace):
     from contrastkit.text.sources import read_beir, read_sts
 
     pairs = read_sts(args.eval_sts) if args.eval_sts else None
+    if args.eval_retrieval and args.eval_split == "test":
+        print("scoring the test split: choose settings on dev first", file=sys.stderr)
     retrieval_set = read_beir(args.eval_retrieval, args.eval_split) if args.eval_retrieval else None
     if retrieval_set is not None and args.eval_queries is not None:
         retrieval_set = subsample_retrieval_set(retrieval_set, args.eval_queries, args.eval_documents, seed=0)

@@ -342,14 +342,16 @@ def sentence_isotropy(encoder: TextEncoder, texts: Sequence[str], batch_size: in
 # ------------------------------------------------------------------------- command-line tasks
 
 
-def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: str = "test",
+def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: str = "dev",
                        batch_size: int = 64, cache_dir: str | os.PathLike | bool | None = None,
                        precision: str = "fp32", hybrid_weight: float | None = None,
                        document_model: str | None = None) -> dict:
     """What ``contrastkit evaluate --task sts|retrieval`` prints: the task's scores with the
     model, data and sizes they came from. ``model="bm25"`` runs the BM25 baseline (retrieval);
     ``hybrid_weight`` w fuses the model's cosine with BM25 (:mod:`contrastkit.text.hybrid`);
-    ``document_model`` embeds the documents of a two-tower model (``model`` embeds the queries)."""
+    ``document_model`` embeds the documents of a two-tower model (``model`` embeds the queries).
+    Retrieval scores the qrels ``split`` of :func:`~contrastkit.text.sources.read_beir` (``dev`` by
+    default; ``test`` only when asked for)."""
     from contrastkit.text.sources import read_beir, read_sts
 
     check_precision(precision)
