@@ -44,7 +44,7 @@ from contrastkit.config import FitConfig
 from contrastkit.methods import METHODS
 from contrastkit.methods._parts import DataInfo
 from contrastkit.sources import open_image_source
-from contrastkit.training.optim import build_optimizer
+from contrastkit.engine.optim import build_optimizer
 
 VARIANTS = ("base", "channels_last", "compile", "compile_step", "bf16")
 

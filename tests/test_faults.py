@@ -109,7 +109,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
 # the worst moment for a non-atomic writer.
 KILL_INSIDE_WRITE = """
 import os, signal, sys
-from contrastkit.training import checkpoint
+from contrastkit.engine import checkpoint
 from contrastkit.cli import main
 
 real_fsync, writes = os.fsync, []
@@ -160,7 +160,7 @@ def _writer_that_fills_the_disk(obj, handle, *args, **kwargs):
 
 
 def test_full_disk_while_writing_keeps_the_previous_checkpoint_byte_identical(tmp_path, monkeypatch):
-    from contrastkit.training import checkpoint as checkpoint_module
+    from contrastkit.engine import checkpoint as checkpoint_module
     from contrastkit.training.run import fit
 
     quick = {"data": "digits", "limit": 192, "holdout": 0.0, "batch_size": 64, "width": 0.25, "report": False,
@@ -180,7 +180,7 @@ def test_full_disk_while_writing_keeps_the_previous_checkpoint_byte_identical(tm
 
 
 def test_full_disk_on_the_first_checkpoint_says_there_was_none(tmp_path, monkeypatch):
-    from contrastkit.training import checkpoint as checkpoint_module
+    from contrastkit.engine import checkpoint as checkpoint_module
 
     monkeypatch.setattr(checkpoint_module.torch, "save", _writer_that_fills_the_disk)
     path = tmp_path / "checkpoints" / "last.ckpt"

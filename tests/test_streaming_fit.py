@@ -99,23 +99,23 @@ def test_streamed_fit_equals_the_in_memory_fit(twin_runs):
 def test_a_streamed_run_resumes_to_the_uninterrupted_weights(twin_runs, digits_shards, tmp_path, monkeypatch):
     """The run stops right after its first checkpoint (an exception, as a crash would); --resume
     finishes it. Shards order this time, so the resumed sampler must rebuild the epoch-1 order."""
-    from contrastkit.training import callbacks
+    from contrastkit.engine import callbacks
     from contrastkit.training.run import fit
 
     config = FitConfig(data=f"shards:{digits_shards}", **{**QUICK, "probe_every": 0})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     fit(FitConfig(**{**config.__dict__, "out": str(whole)}))
 
-    save = callbacks.EpochCheckpoint.on_train_epoch_end
+    save = callbacks.Checkpointing.on_train_epoch_end
 
     def crash_after_first_checkpoint(self, trainer, module):
         save(self, trainer, module)
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_train_epoch_end", crash_after_first_checkpoint)
+    monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", crash_after_first_checkpoint)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(FitConfig(**{**config.__dict__, "out": str(broken)}))
-    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_train_epoch_end", save)
+    monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", save)
     assert torch.load(broken / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
     fit(FitConfig(**{**config.__dict__, "out": str(broken), "resume": True}))
     _assert_same_weights(_state(whole), _state(broken))

@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from contrastkit.config import FitConfig
 from contrastkit.errors import TrainingError
 from contrastkit.training.data import BatchedSamples, EpochShuffleSampler
-from contrastkit.training.optim import LARS, warmup_cosine
+from contrastkit.engine.optim import LARS, warmup_cosine
 
 # A small, fast, label-free configuration: no held-out split means no probe and no evaluation.
 QUICK = dict(data="digits", limit=320, holdout=0.0, batch_size=64, width=0.25, report=False, probe_every=0)

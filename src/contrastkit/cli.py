@@ -32,6 +32,7 @@ FIT_OPTIONS = {
     "projection-dim": (int, "output size of the projection head"),
     "temperature": (float, "temperature of the contrastive objective"),
     "epochs": (int, "training epochs"),
+    "max-steps": (int, "stop after this many optimiser steps, before the epochs' end"),
     "batch-size": (int, "batch size per process"),
     "optimizer": (str, "sgd, lars or adamw"),
     "lr": (float, "base learning rate for a global batch of 256 (scaled linearly, except adamw)"),
@@ -49,6 +50,7 @@ FIT_OPTIONS = {
     "batch-sampler": (str, ("shuffle, or spread: G-SimCLR batches that keep each pseudo-class (denoising "
                             "autoencoder + k-means) spread out; options in extra.gsimclr")),
     "seed": (int, "random seed"),
+    "checkpoint-every-steps": (int, "also write checkpoints/last.ckpt every N optimiser steps"),
     "out": (str, "run directory (default runs/<method>-<data>-<time>)"),
 }
 FLAGS = {

@@ -34,6 +34,7 @@ class FitConfig:
     temperature: float | None = None  # None: the method's paper value (SimCLR 0.5, MoCo v2 0.2)
     # optimisation
     epochs: int = 30
+    max_steps: int | None = None  # stop after this many optimiser steps (before the epochs' end)
     batch_size: int = 256  # per process
     optimizer: str = "sgd"  # sgd | lars | adamw
     lr: float | None = None  # base rate for a global batch of 256; None: the optimiser's default
@@ -63,6 +64,7 @@ class FitConfig:
     deterministic: bool = False
     out: str | None = None  # None: runs/<method>-<data>-<time>
     resume: bool = False
+    checkpoint_every_steps: int | None = None  # also checkpoint every N optimiser steps (the epoch's end always)
     probe_every: int = 1  # epochs between online kNN probes (0: never)
     report: bool = True
     baselines: bool = True  # also score the untrained encoder and raw pixels (skip for sweeps)
@@ -129,6 +131,10 @@ def validate(config: FitConfig) -> FitConfig:
     for name in positive:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+    for name in ["max_steps", "checkpoint_every_steps"]:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
     for name in ["temperature", "width"]:
         value = getattr(config, name)

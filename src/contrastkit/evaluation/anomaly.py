@@ -16,6 +16,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, to_numpy
 from contrastkit.seeding import seeded
@@ -99,13 +100,8 @@ def autoencoder_scores(
     test_t = torch.from_numpy(as_float32_matrix(test, "test"))
     with seeded(seed):
         model = ReconstructionAutoencoder(train_t.shape[1], hidden_dim, bottleneck_dim)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(epochs):
-            for rows in torch.randperm(train_t.shape[0]).split(batch_size):
-                loss = (model(train_t[rows]) - train_t[rows]).pow(2).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        fit_auxiliary(model.parameters(), lambda rows: (model(train_t[rows]) - train_t[rows]).pow(2).mean(),
+                      train_t.shape[0], epochs=epochs, lr=lr, batch_size=batch_size)
     model.eval()
     return model.reconstruction_error(test_t).numpy()
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.seeding import seeded
 
@@ -87,20 +88,14 @@ def train_denoising_autoencoder(images: Tensor, epochs: int = 10, batch_size: in
     x = _unit_float(images)
     with seeded(seed):
         model = DenoisingAutoencoder(x.shape[1], x.shape[-1], latent_dim, width)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        history = []
-        for _ in range(epochs):
-            order = torch.randperm(len(x))
-            total = 0.0
-            for start in range(0, len(x), batch_size):
-                clean = x[order[start : start + batch_size]]
-                noisy = (clean + noise_std * torch.randn_like(clean)).clamp_(0.0, 1.0)
-                loss = F.mse_loss(model(noisy), clean)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(clean)
-            history.append(total / len(x))
+
+        def denoising_loss(rows: Tensor) -> Tensor:
+            clean = x[rows]
+            noisy = (clean + noise_std * torch.randn_like(clean)).clamp_(0.0, 1.0)
+            return F.mse_loss(model(noisy), clean)
+
+        history = fit_auxiliary(model.parameters(), denoising_loss, len(x), epochs=epochs, lr=lr,
+                                batch_size=batch_size)
     return model.eval(), history
 
 

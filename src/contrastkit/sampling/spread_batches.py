@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.training.data import EpochShuffleSampler
+from contrastkit.engine.data import EpochShuffleSampler
 
 
 def spread_order(labels: np.ndarray, global_batch: int, num_replicas: int, seed: int) -> np.ndarray:

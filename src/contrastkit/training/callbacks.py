@@ -1,12 +1,10 @@
-"""Callbacks of a `fit` run: the online kNN probe with representation diagnostics, throughput
-timing, and the per-epoch checkpoint."""
+"""Callbacks of an image `fit` run: the online kNN probe with representation diagnostics.
+(Throughput and checkpoints are the engine's: :mod:`contrastkit.engine.callbacks`.)"""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -149,53 +147,3 @@ class OnlineProbe(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.collapse_warnings = list(state["collapse_warnings"])
         self.peak_rank, self.peak_rank_epoch = float(state["peak_rank"]), int(state["peak_rank_epoch"])
-
-
-class Throughput(L.Callback):
-    """Training samples per second, over the time spent inside training batches (probes, checkpoint
-    writing and evaluation excluded), counted across all processes; and the wall time of the
-    training epochs (``epoch_seconds``, data loading included, probes excluded)."""
-
-    def __init__(self):
-        self.samples = 0
-        self.seconds = 0.0
-        self.epoch_seconds = 0.0
-        self._started = 0.0
-        self._epoch_started = 0.0
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._epoch_started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, module) -> None:  # runs before the probe (callback order)
-        self.epoch_seconds += time.perf_counter() - self._epoch_started
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._started
-        self.samples += len(batch["index"]) * trainer.world_size
-
-    # Saved in checkpoints (Lightning stores a callback's state_dict), so a resumed run reports the
-    # throughput of all its training, not only of the part after the restart.
-    def state_dict(self) -> dict[str, float]:
-        return {"samples": self.samples, "seconds": self.seconds, "epoch_seconds": self.epoch_seconds}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.samples, self.seconds = int(state["samples"]), float(state["seconds"])
-        self.epoch_seconds = float(state.get("epoch_seconds", 0.0))
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds else 0.0
-
-
-class EpochCheckpoint(L.Callback):
-    """Writes ``last.ckpt`` (atomically, through the trainer's checkpoint I/O) at the end of every
-    epoch, after the probe has logged. `--resume` continues from it."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)

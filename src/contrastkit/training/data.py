@@ -13,9 +13,10 @@ the sample's position in the training part (0..N-1; objectives with per-sample s
 
 Shuffling is our own so that it is a pure function of (seed, epoch, rank): a resumed run sees
 the same batches as an uninterrupted one, and each process of a DDP run sees its own slice of every
-global batch. Two epoch orders:
+global batch; loaders are the engine's resumable ones (:mod:`contrastkit.engine.data`). Two epoch
+orders:
 
-- ``global`` (:class:`EpochShuffleSampler`): one permutation of all N positions, seeded by
+- ``global`` (:class:`~contrastkit.engine.data.EpochShuffleSampler`): one permutation of all N positions, seeded by
   ``seed + epoch`` -- the in-memory order. Streaming with it gives the batches, hence the losses and
   weights, of the in-memory run on the same images; reads are random over the shards.
 - ``shards`` (:class:`ShardBlockSampler`, the streaming default): the shards in a random order, the
@@ -36,8 +37,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from contrastkit.engine.data import EpochShuffleSampler, batch_loader
 from contrastkit.errors import ConfigError
 from contrastkit.sources.shards import ShardFolder, block_shuffled_order, shard_blocks
 
@@ -63,57 +65,6 @@ class BatchedSamples(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
-
-
-class EpochShuffleSampler(Sampler[list[int]]):
-    """Batches of positions, shuffled by (seed, epoch), sharded over ``num_replicas`` processes.
-
-    Every epoch the N positions are permuted with a generator seeded by ``seed + epoch``; the
-    permutation is cut into global batches of ``batch_size * num_replicas`` and process ``rank``
-    takes its slice of each, so the union of the processes' batches is exactly the single-process
-    global batch (what makes a 2-process run equal to one process on the concatenated batch).
-    The incomplete last global batch is dropped (contrastive losses want full batches).
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_replicas: int = 1):
-        global_batch = batch_size * num_replicas
-        if global_batch > num_samples:
-            raise ConfigError(
-                f"The global batch ({batch_size} per process x {num_replicas} processes = {global_batch}) is "
-                f"larger than the {num_samples} training samples. Lower --batch-size to at most "
-                f"{num_samples // num_replicas} or use more data."
-            )
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch (with the resumed epoch after --resume)."""
-        self.epoch = epoch
-
-    @property
-    def sampler(self) -> EpochShuffleSampler:
-        # Lightning looks for `set_epoch` on `loader.sampler` and `loader.batch_sampler.sampler`, not on
-        # the batch sampler itself; pointing at ourselves is how this batch sampler gets its epoch.
-        return self
-
-    def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.num_replicas)
-
-    def epoch_order(self) -> torch.Tensor:
-        """The positions of the current epoch, in the order they are trained on."""
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = self.epoch_order()
-        global_batch = self.batch_size * self.num_replicas
-        for b in range(len(self)):
-            start = b * global_batch + self.rank * self.batch_size
-            yield order[start : start + self.batch_size].tolist()
 
 
 class ShardBlockSampler(EpochShuffleSampler):
@@ -165,21 +116,6 @@ def training_loader(
 ) -> DataLoader:
     return batch_loader(samples, EpochShuffleSampler(len(samples), batch_size, seed, rank, num_replicas),
                         num_workers)
-
-
-def batch_loader(samples: Dataset, sampler: EpochShuffleSampler, num_workers: int = 0) -> DataLoader:
-    """A loader that fetches each of ``sampler``'s batches with one ``__getitems__`` call."""
-    return DataLoader(
-        samples,
-        batch_sampler=sampler,
-        collate_fn=_identity,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def _identity(batch):
-    return batch
 
 
 class InMemoryImages(L.LightningDataModule):

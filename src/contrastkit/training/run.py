@@ -30,8 +30,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import time
 from pathlib import Path
 
 import lightning as L
@@ -39,6 +37,8 @@ import numpy as np
 import torch
 
 from contrastkit.config import FitConfig, scaled_lr, to_yaml, validate
+from contrastkit.engine.run_folder import RUN_DIR_ENV, is_first_process, open_run_dir, resolve_run_dir
+from contrastkit.engine.trainer import train
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
@@ -46,20 +46,12 @@ from contrastkit.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.methods import METHODS
 from contrastkit.methods._parts import GLOBAL_BATCHNORM_RECIPES, DataInfo, backbone_name
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.training.callbacks import (
-    EpochCheckpoint,
-    OnlineProbe,
-    Throughput,
-    embed_and_project,
-    embed_images,
-)
-from contrastkit.training.checkpoint import AtomicCheckpointIO
-from contrastkit.training.metrics_log import ResumableCSVLogger, trim_after_epoch
+from contrastkit.training.callbacks import OnlineProbe, embed_and_project, embed_images
 from contrastkit.training.module import SSLModule
 from contrastkit.training.run_data import RunData, open_run_data
 from contrastkit.views.image import EvalView
 
-RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
+__all__ = ["RUN_DIR_ENV", "fit", "global_batchnorm_choice", "is_first_process", "raw_pixels"]
 
 
 def fit(config: FitConfig) -> dict:
@@ -68,7 +60,7 @@ def fit(config: FitConfig) -> dict:
     METHODS.factory(config.method)  # unknown names fail now, not after the data has loaded
     if config.objective is not None:
         OBJECTIVES.factory(config.objective)
-    run_dir = resolve_run_dir(config)
+    run_dir = resolve_run_dir(config.out, config.resume, f"{config.method}-{Path(config.data).name}")
     config = dataclasses.replace(config, out=str(run_dir))
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -82,21 +74,13 @@ def fit(config: FitConfig) -> dict:
     untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
     # Written only now that the data loaded and the method built: a run that fails on bad input
     # leaves no directory behind that would block the corrected command.
-    write_run_config(run_dir, config)
+    open_run_dir(run_dir, to_yaml(config))
 
     probe = make_probe(run_data, config.probe_every, warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
-    throughput = Throughput()
-    checkpoint = EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt")
-    callbacks = [throughput, *([probe] if probe else []), checkpoint]
-    trainer = make_trainer(config, run_dir, callbacks)
     module = SSLModule(method, config, data)
-    datamodule = run_data.datamodule
-    resume_from = checkpoint.path if config.resume else None
-    if resume_from is not None and is_first_process():
-        trim_after_epoch(run_dir / "metrics.csv", torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"])
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    seconds = time.perf_counter() - started
+    result = train(method, run_data.datamodule, module.settings, run_dir, resume=config.resume,
+                   callbacks=[probe] if probe else [], module=module)
+    trainer, throughput, seconds = result.trainer, result.throughput, result.seconds
     if not trainer.is_global_zero:
         return {}
 
@@ -129,64 +113,6 @@ def fit(config: FitConfig) -> dict:
 
         write_report(run_dir, tsne=config.tsne)
     return summary
-
-
-def is_first_process() -> bool:
-    """Rank 0 of node 0, also before Lightning has launched (or in a launched DDP child)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) == 0
-
-
-def make_trainer(config: FitConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        strategy=config.strategy,
-        num_nodes=config.num_nodes,
-        precision=config.precision,
-        deterministic=config.deterministic,
-        default_root_dir=run_dir,
-        logger=ResumableCSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # our sampler shards by rank itself (see training/data.py)
-        enable_checkpointing=False,  # EpochCheckpoint writes last.ckpt
-        enable_model_summary=False,
-        enable_progress_bar=os.isatty(2),
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
-
-
-def resolve_run_dir(config: FitConfig) -> Path:
-    """The run directory; refuse to reuse one that holds a run unless resuming (nothing is written)."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and not is_first_process():
-        return Path(inherited)  # a DDP child process: rank 0 chose the directory
-    if config.out is None:
-        if config.resume:
-            raise ConfigError("--resume needs --out: the run directory to continue.")
-        name = f"{config.method}-{Path(config.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path("runs") / name
-    else:
-        run_dir = Path(config.out)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if config.resume:
-        if not checkpoint.is_file():
-            raise ConfigError(
-                f"--resume: no checkpoint at '{checkpoint}'. A run directory holds checkpoints/last.ckpt once "
-                f"its first epoch has finished; start the run again without --resume."
-            )
-    elif checkpoint.exists() or (run_dir / "summary.json").exists():
-        raise ConfigError(
-            f"The run directory '{run_dir}' already holds a run; nothing in it is overwritten. "
-            f"Pass --resume to continue it, or choose another --out."
-        )
-    elif is_first_process() and (run_dir / "metrics.csv").exists():
-        # A run that died before its first checkpoint cannot be resumed; it starts again here, and
-        # the little it logged is kept beside the new log.
-        (run_dir / "metrics.csv").rename(run_dir / f"metrics-aborted-{time.strftime('%Y%m%d-%H%M%S')}.csv")
-    return run_dir
 
 
 def process_count(config: FitConfig) -> int:
@@ -222,13 +148,6 @@ def check_batch_fits(num_samples: int, config: FitConfig) -> None:
             f"training samples of '{config.data}'. Lower --batch-size to at most {num_samples // processes}, "
             f"or use more data (--holdout and --limit reduce it)."
         )
-
-
-def write_run_config(run_dir: Path, config: FitConfig) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_first_process():
-        (run_dir / "config.yaml").write_text(to_yaml(config))
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
 
 
 def make_probe(run_data: RunData, every: int, warn_from_epoch: int) -> OnlineProbe | None:

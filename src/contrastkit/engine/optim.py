@@ -4,8 +4,17 @@
 - LARS (You, Gitman & Ginsburg 2017), as SimCLR uses it for large batches: each parameter's update
   is scaled by the trust ratio eta * ||w|| / (||g|| + wd * ||w||); biases and BatchNorm parameters
   are excluded from both weight decay and adaptation (SimCLR's appendix B.1).
-- AdamW.
-Schedule: linear warm-up from 0 for ``warmup_steps`` then cosine decay to 0 (SimCLR, BYOL).
+- AdamW, fused into one kernel per step where torch supports it (on a 2-core CPU the fused step
+  over MiniLM's 22M parameters is ~10x faster than the loop).
+
+Schedules, as multipliers of the base rate at 0-based step ``s`` with ``W`` warm-up steps of ``T``:
+
+- ``warmup-cosine`` (SimCLR, BYOL): ``(s + 1) / W`` for ``s < W``, then
+  ``0.5 * (1 + cos(pi * min(1, (s - W) / (T - W))))``;
+- ``warmup-linear`` (sentence-transformers' ``fit``): ``(s + 1) / W``, then ``max(0, (T - s) / (T - W))``;
+- ``warmup-constant``: ``(s + 1) / W``, then 1 -- what a run limited only by time gets, since ``T``
+  is unknown in advance (a decay tied to an estimated ``T`` would change with the machine's speed);
+- ``constant``: 1 (the official TS2Vec, SCARF, ...).
 """
 
 from __future__ import annotations
@@ -58,21 +67,24 @@ class LARS(Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay (and LARS adaptation) on weights of dimension > 1 only: not on biases and norms."""
+def parameter_groups(model: nn.Module, weight_decay: float, decay_everything: bool = False) -> list[dict]:
+    """Weight decay (and LARS adaptation) on weights of dimension > 1 only: not on biases and norms
+    (``decay_everything``: on every parameter, as the official GraphMAE, TS2Vec and SCARF code do).
+    Parameters that do not require a gradient are left out."""
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim > 1 else no_decay).append(param)
+        (decay if param.ndim > 1 or decay_everything else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
     ]
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float) -> Optimizer:
-    groups = parameter_groups(model, weight_decay)
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float,
+                    decay_everything: bool = False) -> Optimizer:
+    groups = [group for group in parameter_groups(model, weight_decay, decay_everything) if group["params"]]
     if name == "sgd":
         for group in groups:
             group.pop("lars_exclude", None)
@@ -82,8 +94,24 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
     if name == "adamw":
         for group in groups:
             group.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr)
+        return adamw(groups, lr)
+    if name == "adam":  # Adam with L2 weight decay added to the gradient (GraphMAE, SCGC, GRACE)
+        for group in groups:
+            group.pop("lars_exclude", None)
+        return torch.optim.Adam(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")  # validated in config; unreachable for users
+
+
+OPTIMIZERS = ("sgd", "lars", "adamw", "adam")
+SCHEDULES = ("warmup-cosine", "warmup-linear", "warmup-constant", "constant")
+
+
+def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has a kernel for the parameters' device and dtype."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -92,3 +120,26 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int | None) -> float:
+    """Multiplier at ``step``: linear warm-up, then linear decay to 0 at ``total_steps`` (constant 1
+    after the warm-up when ``total_steps`` is None)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps is None:
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def lr_multiplier(schedule: str, step: int, warmup_steps: int, total_steps: int | None) -> float:
+    """The multiplier of the base rate at 0-based ``step`` under ``schedule`` (module docstring)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "warmup-constant" or total_steps is None:
+        return linear_warmup_decay(step, warmup_steps, None)
+    if schedule == "warmup-linear":
+        return linear_warmup_decay(step, warmup_steps, total_steps)
+    if schedule == "warmup-cosine":
+        return warmup_cosine(step, warmup_steps, total_steps)
+    raise ValueError(f"unknown schedule {schedule!r}")

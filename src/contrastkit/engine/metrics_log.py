@@ -2,8 +2,8 @@
 
 Lightning's CSV logger deletes an existing metrics.csv when it starts, so `--resume` would erase the
 history of the run it continues. This logger keeps the file and appends to it (taking over its
-header), and :func:`trim_after_epoch` first drops the rows of the epoch a killed run did not finish
-(the resumed run repeats that epoch from its last checkpoint).
+header), and :func:`trim_after_step` first drops the rows of the steps a killed run did after its
+last checkpoint (the resumed run does them again).
 """
 
 from __future__ import annotations
@@ -35,17 +35,30 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def trim_after_epoch(path: Path, last_kept_epoch: int) -> None:
-    """Drop the rows of epochs after ``last_kept_epoch`` from a metrics.csv (atomically)."""
+def trim_after_step(path: Path, checkpoint_step: int) -> None:
+    """Drop from a metrics.csv (atomically) the rows a resumed run will write again: those of
+    optimiser steps the checkpoint (taken after ``checkpoint_step`` steps) does not hold.
+
+    A training step's row carries the step count before its update (``step < checkpoint_step``
+    for the steps the checkpoint holds); an epoch's rows (probe, diagnostics) carry the count at
+    the epoch's end, and were logged before the end-of-epoch checkpoint (``step <= checkpoint_step``)."""
     if not path.is_file():
         return
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames or []
-        rows = [row for row in reader if not row.get("epoch") or int(float(row["epoch"])) <= last_kept_epoch]
+        rows = [row for row in reader if _kept(row, checkpoint_step)]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".csv")
     with os.fdopen(fd, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def _kept(row: dict, checkpoint_step: int) -> bool:
+    if not row.get("step"):
+        return True
+    step = int(float(row["step"]))
+    is_training_step = bool(row.get("train/loss"))
+    return step < checkpoint_step or (step == checkpoint_step and not is_training_step)

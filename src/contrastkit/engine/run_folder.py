@@ -1,0 +1,84 @@
+"""The run folder every modality writes, and the rules that keep it safe.
+
+::
+
+    config.yaml             the resolved configuration (what --resume and `embed` read back)
+    checkpoints/last.ckpt   written atomically every epoch and every --checkpoint-every-steps steps
+    metrics.csv             one row per logged step, epoch-level rows (probes, diagnostics) between
+    summary.json            the figures of the run
+    report.md + plots/      the report
+    <the trained encoder in an exportable form: encoder/ (text), embeddings.npy (images), ...>
+
+Nothing is written until the data has loaded and the method has been built, and an existing run is
+never overwritten: only ``--resume`` reopens it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from contrastkit.errors import ConfigError
+
+RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def is_first_process() -> bool:
+    """Rank 0 of node 0, also before Lightning has launched (or in a launched DDP child)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def resolve_run_dir(out: str | os.PathLike | None, resume: bool, default_name: str) -> Path:
+    """The run directory; refuse to reuse one that holds a run unless resuming (nothing is written).
+
+    ``default_name`` names the folder under ``runs/`` when ``out`` is None."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and not is_first_process():
+        return Path(inherited)  # a DDP child process: rank 0 chose the directory
+    if out is None:
+        if resume:
+            raise ConfigError("--resume needs --out: the run directory to continue.")
+        run_dir = Path("runs") / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        run_dir = Path(out)
+    checkpoint = run_dir / CHECKPOINT
+    if resume:
+        if not checkpoint.is_file():
+            raise ConfigError(
+                f"--resume: no checkpoint at '{checkpoint}'. A run directory holds checkpoints/last.ckpt once "
+                f"its first epoch (or its first --checkpoint-every-steps steps) has finished; start the run "
+                f"again without --resume."
+            )
+    elif checkpoint.exists() or (run_dir / "summary.json").exists():
+        raise ConfigError(
+            f"The run directory '{run_dir}' already holds a run; nothing in it is overwritten. "
+            f"Pass --resume to continue it, or choose another --out."
+        )
+    elif is_first_process() and (run_dir / "metrics.csv").exists():
+        # A run that died before its first checkpoint cannot be resumed; it starts again here, and
+        # the little it logged is kept beside the new log.
+        (run_dir / "metrics.csv").rename(run_dir / f"metrics-aborted-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+    return run_dir
+
+
+def open_run_dir(run_dir: Path, config_yaml: str) -> None:
+    """Create the run directory and write its config.yaml (rank 0); DDP children inherit the path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_first_process():
+        (run_dir / "config.yaml").write_text(config_yaml)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

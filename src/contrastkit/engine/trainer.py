@@ -1,0 +1,99 @@
+"""``train``: run a method under the engine, with checkpoints, resume, DDP and a metrics log.
+
+Every modality's pretraining goes through here::
+
+    module = train(method, loader, settings, run_dir, resume=False, description={...})
+
+``loader`` is a :class:`~contrastkit.engine.data.ResumableLoader` or a LightningDataModule whose
+``train_dataloader`` returns one (built once the rank and world size are known). The trainer
+writes ``metrics.csv`` (appending on resume) and ``checkpoints/last.ckpt`` (atomically, every epoch
+and every ``settings.checkpoint_every_steps`` steps); ``resume=True`` continues from that file,
+in the middle of an epoch if that is where it was written. Runs bounded by ``max_steps`` or
+``max_epochs`` resume to the weights, optimiser state and method buffers of an uninterrupted run,
+bit for bit; a run bounded by ``max_minutes`` resumes with the rest of its time budget (Lightning
+saves the elapsed time in the checkpoint), so where it stops depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from contrastkit.engine.callbacks import Checkpointing, Throughput
+from contrastkit.engine.checkpoint import AtomicCheckpointIO
+from contrastkit.engine.data import ResumableLoader
+from contrastkit.engine.metrics_log import ResumableCSVLogger, trim_after_step
+from contrastkit.engine.module import EngineModule
+from contrastkit.engine.run_folder import CHECKPOINT, is_first_process
+from contrastkit.engine.settings import TrainSettings
+
+
+@dataclass
+class TrainResult:
+    module: EngineModule
+    trainer: L.Trainer
+    throughput: Throughput
+    seconds: float  # this call's trainer.fit, callbacks included
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.trainer.is_global_zero
+
+
+def make_trainer(settings: TrainSettings, run_dir: Path, callbacks: list[L.Callback],
+                 progress_bar: bool | None = None) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=settings.max_epochs if settings.max_epochs is not None else -1,
+        max_steps=settings.max_steps if settings.max_steps is not None else -1,
+        max_time={"seconds": 60.0 * settings.max_minutes} if settings.max_minutes is not None else None,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        strategy=settings.strategy,
+        num_nodes=settings.num_nodes,
+        precision=settings.precision,
+        deterministic=settings.deterministic,
+        gradient_clip_val=settings.max_grad_norm,
+        gradient_clip_algorithm="norm" if settings.max_grad_norm is not None else None,
+        default_root_dir=run_dir,
+        logger=ResumableCSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # our samplers shard by rank themselves (engine/data.py)
+        enable_checkpointing=False,  # Checkpointing writes last.ckpt
+        enable_model_summary=False,
+        enable_progress_bar=os.isatty(2) if progress_bar is None else progress_bar,
+        log_every_n_steps=settings.log_every_steps,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(method: nn.Module, data: ResumableLoader | L.LightningDataModule, settings: TrainSettings,
+          run_dir: str | os.PathLike, *, resume: bool = False, description: dict | None = None,
+          callbacks: list[L.Callback] = (), module: EngineModule | None = None,
+          progress_bar: bool | None = None) -> TrainResult:
+    """Train ``method`` on ``data`` into ``run_dir`` (see the module docstring).
+
+    ``callbacks`` run before the checkpoint at the end of an epoch (probes log first, and their
+    state is saved with it). ``module`` replaces the default :class:`EngineModule` (a modality's
+    subclass with its own ``setup``)."""
+    run_dir = Path(run_dir)
+    throughput = Throughput(batch_size=settings.batch_size)
+    checkpointing = Checkpointing(run_dir / CHECKPOINT, settings.checkpoint_every_steps)
+    trainer = make_trainer(settings, run_dir, [throughput, *callbacks, checkpointing], progress_bar)
+    module = module if module is not None else EngineModule(method, settings, description)
+    resume_from = run_dir / CHECKPOINT if resume else None
+    if resume_from is not None and is_first_process():
+        trim_after_step(run_dir / "metrics.csv",
+                        torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"])
+    started = time.perf_counter()
+    if isinstance(data, L.LightningDataModule):
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    else:
+        trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from)
+    return TrainResult(module, trainer, throughput, time.perf_counter() - started)

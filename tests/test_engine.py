@@ -1,0 +1,155 @@
+"""The engine: schedules against their closed forms, the resumable loader against a plain loop, a
+mid-epoch resume in process, and an image run killed with SIGKILL between step checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+from contrastkit.engine.metrics_log import trim_after_step
+from contrastkit.engine.optim import lr_multiplier
+from contrastkit.errors import ConfigError
+from tests.resume_harness import (
+    assert_kill_and_resume_is_exact,
+    assert_same_training_state,
+    cli,
+    load_checkpoint,
+)
+
+
+def test_schedules_match_their_closed_forms():
+    warmup, total = 3, 10
+    for step in range(12):
+        ramp = (step + 1) / warmup
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+        linear = max(0.0, (total - step) / (total - warmup))
+        assert lr_multiplier("warmup-cosine", step, warmup, total) == pytest.approx(ramp if step < warmup else cosine)
+        assert lr_multiplier("warmup-linear", step, warmup, total) == pytest.approx(ramp if step < warmup else linear)
+        assert lr_multiplier("warmup-constant", step, warmup, total) == pytest.approx(min(ramp, 1.0))
+        assert lr_multiplier("constant", step, warmup, total) == 1.0
+    # a run bounded only by time has no total: the rate stays at its peak after the warm-up
+    assert lr_multiplier("warmup-linear", 50, warmup, None) == 1.0
+
+
+def test_settings_refuse_a_run_without_a_length_and_name_the_options():
+    with pytest.raises(ConfigError, match="--max-epochs, --max-steps or --max-minutes"):
+        TrainSettings()
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        TrainSettings(max_steps=1, optimizer="rmsprop")
+    assert TrainSettings(max_steps=1, lr=0.1, lr_reference_batch=256, batch_size=64).lr_for(2) == pytest.approx(0.05)
+
+
+class Rows(Dataset):
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitems__(self, positions: list[int]) -> dict:
+        index = torch.as_tensor(positions)
+        return {"x": self.x[index], "index": index}
+
+
+def test_the_resumable_loader_skips_the_batches_a_checkpoint_holds():
+    sampler = EpochShuffleSampler(40, 8, seed=3)
+    loader = batch_loader(Rows(torch.arange(40.0)), sampler)
+    sampler.set_epoch(2)
+    whole = [batch["index"].tolist() for batch in loader]
+    expected = [sampler.epoch_order()[b * 8:(b + 1) * 8].tolist() for b in range(5)]  # the order, cut by hand
+    assert whole == expected
+    loader.load_state_dict({"epoch": 2, "batches_done": 3})
+    assert [batch["index"].tolist() for batch in loader] == expected[3:]
+    sampler.set_epoch(3)  # another epoch: nothing skipped
+    assert len(list(loader)) == 5
+
+
+class NoisyRegression(nn.Module):
+    """A method with every kind of state the engine must restore: weights, dropout (randomness per
+    step), an EMA copy updated after each optimiser step, and a queue of past outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.Linear(16, 1))
+        self.register_buffer("ema", torch.zeros(1))
+        self.register_buffer("queue", torch.zeros(6))
+
+    def training_loss(self, batch):
+        x = batch["x"]
+        features = torch.stack([x, x.sin(), x.cos(), x / 40], 1)
+        prediction = self.net(features).squeeze(1)
+        loss = ((prediction - x.cos()) ** 2).mean()
+        self._last = prediction.detach().mean()
+        return loss, {"prediction_mean": float(self._last)}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.ema.mul_(0.9).add_(0.1 * self._last)
+        self.queue.copy_(torch.roll(self.queue, 1))
+        self.queue[0] = self._last
+
+
+def _fit(run_dir, resume=False, crash_after_step=None):
+    torch.manual_seed(0)
+    method = NoisyRegression()
+    settings = TrainSettings(optimizer="adamw", lr=1e-2, weight_decay=0.01, schedule="warmup-cosine",
+                             warmup_steps=2, max_steps=13, seed=5, batch_size=8, checkpoint_every_steps=3,
+                             max_grad_norm=1.0)
+    loader = batch_loader(Rows(torch.linspace(-3, 3, 40)), EpochShuffleSampler(40, 8, seed=5))
+    callbacks = []
+    if crash_after_step is not None:
+        import lightning as L
+
+        class Crash(L.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if trainer.global_step == crash_after_step:
+                    raise RuntimeError("simulated crash")
+
+        callbacks.append(Crash())
+    train(method, loader, settings, run_dir, resume=resume, callbacks=callbacks, progress_bar=False)
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
+    """13 steps of 5 per epoch, checkpoints every 3: the crash at step 8 (epoch 1, batch 3) leaves
+    the checkpoint of step 6 (epoch 1, batch 1); the resumed run must skip exactly one batch."""
+    _fit(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path / "broken", crash_after_step=8)
+    assert load_checkpoint(tmp_path / "broken")["global_step"] == 6
+    _fit(tmp_path / "broken", resume=True)
+    assert_same_training_state(load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "broken"))
+    whole = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()
+    resumed = (tmp_path / "broken" / "metrics.csv").read_text().splitlines()
+    assert resumed == whole  # the log of the killed steps was dropped and written again, once
+
+
+def test_trimming_keeps_the_rows_the_checkpoint_holds(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,probe/knn\n0,0,1.0,\n0,1,0.9,\n0,1,,0.5\n1,1,0.8,\n1,2,0.7,\n")
+    trim_after_step(path, 1)  # one step done; the epoch-0 probe row (logged at step 1) stays
+    assert path.read_text().splitlines() == ["epoch,step,train/loss,probe/knn", "0,0,1.0,", "0,1,,0.5"]
+
+
+# Images through the command line: 320 digits, batches of 64 (5 steps an epoch), 3 epochs,
+# a checkpoint every 2 steps, so most checkpoints fall inside an epoch.
+IMAGE_OPTIONS = ["--data", "digits", "--limit", "320", "--holdout", "0", "--batch-size", "64", "--width", "0.25",
+                 "--epochs", "3", "--no-report", "--no-baselines", "--seed", "4", "--method", "byol",
+                 "--checkpoint-every-steps", "2"]
+
+
+@pytest.mark.slow
+def test_an_image_run_killed_between_step_checkpoints_resumes_exactly(tmp_path):
+    import subprocess
+
+    from tests.resume_harness import ENV
+
+    subprocess.run(cli("fit", *IMAGE_OPTIONS, "--out", str(tmp_path / "whole")), check=True, env=ENV,
+                   capture_output=True)
+    run_dir = tmp_path / "killed"
+    assert_kill_and_resume_is_exact(cli("fit", *IMAGE_OPTIONS, "--out", str(run_dir)),
+                                    cli("fit", "--out", str(run_dir), "--resume"), run_dir, tmp_path / "whole",
+                                    kill_after_step=6, seed=1)
