@@ -14,13 +14,18 @@ reduced to one line of the store, ``benchmarks/results/graphmae-cora.jsonl`` (JS
 each seed finishes, so a long run that is stopped keeps the seeds it finished):
 
 * ``seed``, ``settings`` (method, data, feature normalisation, epochs, probe seeds, probes: the
-  figures of lines with equal settings are pooled), ``threads``, ``code_commit`` and ``src_changes``
-  (files under ``src/`` that differed from that commit when the run started), ``date``, ``command``;
+  figures of lines with equal settings are pooled), ``threads``, ``code_commit``, ``src_changes``
+  (files under ``src/`` that differ from that commit in the code the run imported), ``date``, ``command``;
 * ``graphmae_probe_test``: GraphMAE's probe (Adam, epoch chosen on the validation nodes), test
   accuracy averaged over the probe seeds, with its ``_std_over_probe_seeds`` and the per-probe-seed
   list; ``graphmae_probe_val``, ``graphmae_probe_final_epoch_test``; ``logreg_test`` (scikit-learn,
   C chosen on the validation nodes); ``clustering`` (k-means ACC / NMI / ARI); all as fractions;
 * ``train_seconds``, ``seconds_per_epoch``, ``wall_seconds`` (the whole command, probes included).
+
+The run imports contrastkit from a clean export of ``--code-commit`` (default HEAD; ``git archive``
+into a temporary folder, put first on PYTHONPATH), not from the working tree, which others may be
+editing: so ``code_commit`` is exactly the code that ran and ``src_changes`` is empty (``--working-tree``
+runs the tree as it is and records its changes instead).
 
 A seed already in the store with the same settings is refused (checked before the run and again
 before appending). Seeds 0 and 1 were run before the store existed: ``--transcribe-docs`` stores them
@@ -90,11 +95,19 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def code_state() -> tuple[str, list[str]]:
-    """HEAD and the files under src/ that differ from it (the tree is shared while a run starts)."""
+def working_tree_changes() -> list[str]:
+    """The files under src/ that differ from HEAD in the working tree (shared with other work)."""
     changes = git("diff", "--name-only", "HEAD", "--", "src").split() + \
         git("ls-files", "--others", "--exclude-standard", "--", "src").split()
-    return git("rev-parse", "--short=12", "HEAD"), sorted(changes)
+    return sorted(changes)
+
+
+def export_src(commit: str, folder: Path) -> Path:
+    """``src/`` of ``commit`` written under ``folder`` (git archive): the code a run imports."""
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "src"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "src"
 
 
 def record_from_report(report: dict[str, Any], threads: int, commit: str, changes: list[str],
@@ -125,7 +138,8 @@ def record_from_report(report: dict[str, Any], threads: int, commit: str, change
     return record
 
 
-def run_seed(seed: int, epochs: int, probe_seeds: int, threads: int, store: Path) -> None:
+def run_seed(seed: int, epochs: int, probe_seeds: int, threads: int, store: Path, code_commit: str | None) -> None:
+    """One seed through the CLI, appended to ``store``; code from ``code_commit`` (None: the working tree)."""
     settings = settings_of(epochs, probe_seeds, PROBES)
     if stored(store, seed, settings):
         raise SystemExit(f"seed {seed} is already stored in {store} with these settings; not run.")
@@ -133,10 +147,22 @@ def run_seed(seed: int, epochs: int, probe_seeds: int, threads: int, store: Path
             "--probe-seeds", str(probe_seeds), "--probe", *PROBES, "--threads", str(threads)]
     if epochs != PAPER_EPOCHS:
         argv += ["--epochs", str(epochs)]
-    commit, changes = code_state()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as folder:
+        if code_commit is None:
+            commit, changes = git("rev-parse", "--short=12", "HEAD"), working_tree_changes()
+        else:
+            commit, changes = git("rev-parse", "--short=12", code_commit), []
+            src = export_src(commit, Path(folder))
+            env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])
+            imported = subprocess.run([sys.executable, "-c", "import contrastkit; print(contrastkit.__file__)"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+            if not Path(imported).is_relative_to(src):
+                raise SystemExit(f"the export of {commit} is not what imports: contrastkit comes from {imported}")
         out = Path(folder) / "report.json"
+        print(f"[{dt.datetime.now():%H:%M:%S}] seed {seed}: code {commit}"
+              + (f" (working tree, changed: {', '.join(changes) or 'none'})" if code_commit is None else " (clean export)"),
+              flush=True)
         start = time.perf_counter()
         print(f"[{dt.datetime.now():%H:%M:%S}] seed {seed}: contrastkit graph {' '.join(argv)}", flush=True)
         status = subprocess.run([sys.executable, "-m", "contrastkit.graphs.cli", *argv, "--out", str(out)],
@@ -233,13 +259,17 @@ def main() -> None:
     parser.add_argument("--probe-seeds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--store", type=Path, default=STORE)
+    parser.add_argument("--code-commit", default="HEAD", help="run the code of this commit (a clean export)")
+    parser.add_argument("--working-tree", action="store_true",
+                        help="run the working tree's code as it is (its changes under src/ are recorded)")
     args = parser.parse_args()
     if not (args.seeds or args.summarise or args.transcribe_docs):
         parser.error("give --seeds, --summarise or --transcribe-docs")
     if args.transcribe_docs:
         transcribe_docs(args.store)
     for seed in args.seeds or []:
-        run_seed(seed, args.epochs, args.probe_seeds, args.threads, args.store)
+        run_seed(seed, args.epochs, args.probe_seeds, args.threads, args.store,
+                 None if args.working_tree else git("rev-parse", args.code_commit))
     if args.summarise:
         summarise(args.store)
 
