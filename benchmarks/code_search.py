@@ -65,13 +65,12 @@ def run_row(row: str, args: argparse.Namespace, train, evaluation) -> dict:
         options, "minilm", shared=True, max_length_a=args.max_length_doc, max_length_b=args.max_length_code,
         augment_rate_a=rate_doc, augment_rate_b=rate_code)
     steps = 0 if row == "zero-shot" else (args.time_steps or args.steps)
-    training = TrainOptions(steps=steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            head_lr=args.head_lr, seed=args.seed, log_every=args.log_every)
+    training = TrainOptions(max_steps=steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            head_lr=args.head_lr, seed=args.seed)
     started = time.perf_counter()
-    history = train_two_tower(model, train, input_doc, input_code, training, harmonizer,
-                              log=lambda line: print(f"  [{row}] {line}", flush=True))
+    trained = train_two_tower(model, train, input_doc, input_code, training, harmonizer)
     train_seconds = time.perf_counter() - started
-    done = history[-1]["step"] if history else 0
+    done = trained.trainer.global_step if trained is not None else 0
     result = {"row": row, "label": LABELS[row], "steps": done, "train_seconds": round(train_seconds, 1),
               "seconds_per_step": round(train_seconds / max(1, done), 3),
               "final_temperature": float(1.0 / model.cross.objective.logit_scale.detach().exp())
@@ -130,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-modality-weight", type=float, default=0.5)
     parser.add_argument("--curriculum-share", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--select-lr", help="comma-separated encoder rates: pick --lr by the clip row's valid "
                                             "docstring -> code MRR before running the rows")
     parser.add_argument("--time-steps", type=int, default=0, help="only time this many steps per fine-tuned row")

@@ -13,7 +13,7 @@ from contrastkit.multimodal.harmonization import (
     row_cosines,
     sample_conflict,
 )
-from contrastkit.multimodal.train import backward
+from contrastkit.multimodal.method import two_tower_step
 from contrastkit.multimodal.two_tower import TwoTowerOptions, build_two_tower
 
 
@@ -93,6 +93,13 @@ def _tiny_model(options: TwoTowerOptions, seed: int = 0):
     encoder_a = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
     encoder_b = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8))
     return build_two_tower(encoder_a, encoder_b, options, dim_a=8, dim_b=8)
+
+
+def backward(model, x_a, x_b, view_a, view_b, harmonizer=None) -> dict[str, float]:
+    """One step's backward pass, as the engine runs it; returns the step's logs."""
+    step = two_tower_step(model, x_a, x_b, view_a, view_b, harmonizer)
+    step.backward()
+    return step.logs
 
 
 def _gradients(model) -> dict[str, torch.Tensor]:

@@ -8,14 +8,18 @@
 - :mod:`~contrastkit.multimodal.queued_clip`: CLIP against momentum keys and queues (CoCoSoDa);
 - :mod:`~contrastkit.multimodal.harmonization`: cross-modality gradient harmonization (Wu et al.);
 - :mod:`~contrastkit.multimodal.retrieval`: retrieval metrics in both directions;
-- :mod:`~contrastkit.multimodal.train`: the training loop and evaluation;
+- :mod:`~contrastkit.multimodal.method`: the two-tower method on the engine (one step, harmonized
+  backward, optimiser groups, EMA);
+- :mod:`~contrastkit.multimodal.train`: training on the engine and retrieval evaluation;
 - :mod:`~contrastkit.multimodal.text_towers`: two text towers from local model folders;
+- :mod:`~contrastkit.multimodal.run_folder`: the towers a run saves, reloaded with ``load_pairs_run``;
 - :mod:`~contrastkit.multimodal.cli`: the ``contrastkit pairs`` command.
 """
 
 from __future__ import annotations
 
 from contrastkit.multimodal.harmonization import GradientHarmonizer, project_conflicting
+from contrastkit.multimodal.method import TwoTowerMethod
 from contrastkit.multimodal.pairs import (
     Pairs,
     read_aligned_pairs,
@@ -23,6 +27,7 @@ from contrastkit.multimodal.pairs import (
     read_pairs,
 )
 from contrastkit.multimodal.retrieval import pair_retrieval
+from contrastkit.multimodal.run_folder import load_pairs_run
 from contrastkit.multimodal.text_towers import text_two_tower
 from contrastkit.multimodal.towers import TensorInput, TextInput, projection_head
 from contrastkit.multimodal.train import (
@@ -40,10 +45,12 @@ __all__ = [
     "TextInput",
     "TrainOptions",
     "TwoTower",
+    "TwoTowerMethod",
     "TwoTowerOptions",
     "build_two_tower",
     "encode_side",
     "evaluate_pairs",
+    "load_pairs_run",
     "pair_retrieval",
     "project_conflicting",
     "projection_head",

@@ -1,53 +1,46 @@
-"""Training and evaluating a :class:`~contrastkit.multimodal.two_tower.TwoTower` on a pair set.
+"""Training a :class:`~contrastkit.multimodal.two_tower.TwoTower` on a pair set with the engine, and
+evaluating retrieval both ways.
 
-One plain loop (no Lightning: the batches are lists of raw samples that each tower collates
-itself, and gradient harmonization needs its own backward pass):
+:func:`train_two_tower` wraps the model in :class:`~contrastkit.multimodal.method.TwoTowerMethod`
+and runs it under :func:`contrastkit.engine.train`: AdamW (encoders at ``lr``, heads and the
+objectives' parameters at ``head_lr``), a linear warm-up over ``warmup_fraction`` of the steps and
+a cosine decay to 0, gradient-norm clipping, checkpoints, exact resume, DDP and metrics.csv.
 
-    for each step: pairs of the batch -> collate per tower -> augmented views (when configured)
-                   -> loss terms -> backward (plain, or harmonized on the towers' features)
-                   -> clip gradient norm -> AdamW step -> EMA update of the momentum branch
-
-The learning rate warms up linearly over ``warmup_fraction`` of the steps, then decays along a
-cosine to 0 (:func:`contrastkit.training.optim.warmup_cosine`). The encoders train at ``lr``; heads
-and the objectives' own parameters (CLIP's logit scale) at ``head_lr``, since they start from
-scratch. Weight decay applies to weight matrices only.
-
-Batches: every epoch is a new permutation of the pairs (from ``seed`` and the epoch) cut into full
-global batches (the remainder is dropped: a contrastive batch of a few pairs has too few
-negatives). Under ``torch.distributed`` rank ``r`` takes rows ``[r*b, (r+1)*b)`` of each global
-batch of ``W*b`` and the gradients are averaged over ranks after the backward pass, as DDP does;
-with the objectives gathered (:class:`~contrastkit.distributed.GatheredObjective`) a step then
-equals one process on the global batch.
+Batches: every epoch is a permutation of the pairs, a pure function of (seed, epoch)
+(:class:`~contrastkit.engine.data.EpochShuffleSampler`), cut into full global batches (the
+remainder is dropped: a contrastive batch of a few pairs has too few negatives). With ``W``
+processes, process ``r`` takes rows ``[r*b, (r+1)*b)`` of each global batch of ``W*b``.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+import os
+import tempfile
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import lightning as L
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
+from torch.utils.data import Dataset
 
-from contrastkit.distributed import rank, world_size
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.engine import EpochShuffleSampler, TrainResult, TrainSettings, batch_loader, train
+from contrastkit.errors import ConfigError
 from contrastkit.multimodal.harmonization import GradientHarmonizer
+from contrastkit.multimodal.method import TwoTowerMethod, to_device
 from contrastkit.multimodal.pairs import Pairs
 from contrastkit.multimodal.retrieval import pair_retrieval
 from contrastkit.multimodal.towers import TowerInput
 from contrastkit.multimodal.two_tower import TwoTower
-from contrastkit.seeding import seeded
-from contrastkit.training.optim import warmup_cosine
 
 
 @dataclass
 class TrainOptions:
     """Attributes:
-        steps: optimiser steps (None: ``epochs`` passes over the pairs).
-        epochs: passes over the pairs when ``steps`` is None (fractions allowed).
+        max_steps: optimiser steps (None: ``epochs`` passes over the pairs; 0: no training).
+        epochs: passes over the pairs when ``max_steps`` is None (fractions allowed).
         batch_size: pairs per step and process.
         lr: AdamW rate of the encoders (2e-5 suits a pretrained Transformer).
         head_lr: AdamW rate of the heads and the objectives' parameters.
@@ -55,10 +48,11 @@ class TrainOptions:
         warmup_fraction: share of the steps with a linear warm-up.
         max_grad_norm: gradient-norm clip (None: off).
         seed: data order, augmentation, dropout.
-        log_every: steps between log lines.
+        accelerator, devices, strategy: Lightning's (``devices=2, strategy="ddp"``: data parallel).
+        checkpoint_every_steps: also checkpoint every N steps (besides every epoch and the end).
     """
 
-    steps: int | None = None
+    max_steps: int | None = None
     epochs: float = 1.0
     batch_size: int = 32
     lr: float = 2e-5
@@ -67,131 +61,93 @@ class TrainOptions:
     warmup_fraction: float = 0.1
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    log_every: int = 10
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    checkpoint_every_steps: int | None = None
 
     def check(self, n_pairs: int) -> None:
         if self.batch_size < 2:
-            raise ConfigError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {self.batch_size}.")
-        if self.batch_size * world_size() > n_pairs:
-            raise ConfigError(f"The global batch ({self.batch_size} x {world_size()} processes) is larger than the "
+            raise ConfigError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), "
+                              f"got {self.batch_size}.")
+        if self.devices < 1:
+            raise ConfigError(f"--devices must be at least 1, got {self.devices}.")
+        if self.batch_size * self.devices > n_pairs:
+            raise ConfigError(f"The global batch ({self.batch_size} x {self.devices} processes) is larger than the "
                               f"{n_pairs} training pairs; lower --batch-size.")
-        if self.steps is not None and self.steps < 0:
-            raise ConfigError(f"--steps must be >= 0, got {self.steps}.")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ConfigError(f"--max-steps must be >= 0, got {self.max_steps}.")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ConfigError(f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}.")
+        if not (self.lr > 0 and self.head_lr > 0):
+            raise ConfigError(f"--lr and --head-lr must be positive, got {self.lr} and {self.head_lr}.")
+
+    def total_steps(self, n_pairs: int) -> int:
+        """``max_steps`` if given, else ``epochs`` times the full global batches per epoch."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return math.floor(self.epochs * (n_pairs // (self.batch_size * self.devices)))
+
+    def settings(self, n_pairs: int) -> TrainSettings:
+        """The engine's settings for a run over ``n_pairs`` pairs (at least one step)."""
+        steps = self.total_steps(n_pairs)
+        return TrainSettings(
+            optimizer="adamw", lr=self.lr, weight_decay=self.weight_decay, schedule="warmup-cosine",
+            warmup_steps=int(self.warmup_fraction * steps), max_grad_norm=self.max_grad_norm, max_steps=steps,
+            accelerator=self.accelerator, devices=self.devices, strategy=self.strategy, seed=self.seed,
+            batch_size=self.batch_size, checkpoint_every_steps=self.checkpoint_every_steps)
 
 
-def total_steps(n_pairs: int, options: TrainOptions) -> int:
-    """``steps`` if given, else ``epochs`` times the full global batches per epoch."""
-    if options.steps is not None:
-        return options.steps
-    return math.floor(options.epochs * (n_pairs // (options.batch_size * world_size())))
+class PairRows(Dataset):
+    """The pairs by position; a batch is the list of raw ``(first, second)`` pairs."""
+
+    def __init__(self, pairs: Pairs):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, position: int) -> tuple[Any, Any]:
+        return self.pairs.first[position], self.pairs.second[position]
+
+    def __getitems__(self, positions: list[int]) -> list[tuple[Any, Any]]:
+        return [self[p] for p in positions]
 
 
-def batch_indices(n_pairs: int, batch_size: int, steps: int, seed: int) -> Iterator[Tensor]:
-    """This process's rows of each of ``steps`` global batches (per-epoch permutations)."""
-    global_batch = batch_size * world_size()
-    per_epoch = n_pairs // global_batch
-    start = rank() * batch_size
-    for step in range(steps):
-        epoch, position = divmod(step, per_epoch)
-        order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed + epoch))
-        rows = order[position * global_batch:(position + 1) * global_batch]
-        yield rows[start:start + batch_size]
+class PairBatches(L.LightningDataModule):
+    """Each process's batches of pairs, built once the rank and the world size are known."""
 
+    def __init__(self, pairs: Pairs, batch_size: int, seed: int):
+        super().__init__()
+        self.pairs, self.batch_size, self.seed = pairs, batch_size, seed
 
-def build_optimizer(model: TwoTower, options: TrainOptions) -> torch.optim.AdamW:
-    """AdamW with the encoders at ``lr`` and everything else trainable at ``head_lr``; no decay
-    on biases, norms and scalars."""
-    encoder_ids = {id(p) for side in ("a", "b") for p in model.encoder(side).parameters()}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            groups.setdefault((id(parameter) in encoder_ids, parameter.ndim > 1), []).append(parameter)
-    return torch.optim.AdamW([
-        {"params": params, "lr": options.lr if is_encoder else options.head_lr, "base_lr":
-         options.lr if is_encoder else options.head_lr, "weight_decay": options.weight_decay if decays else 0.0}
-        for (is_encoder, decays), params in groups.items()
-    ])
-
-
-def average_gradients(model: nn.Module) -> None:
-    """Average every parameter's gradient over the processes (what DDP does; no-op alone)."""
-    if world_size() == 1:
-        return
-    for parameter in model.parameters():
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad /= world_size()
-
-
-def backward(model: TwoTower, batch_a: Any, batch_b: Any, view_a: Any, view_b: Any,
-             harmonizer: GradientHarmonizer | None = None, progress: float = 0.0) -> dict[str, float]:
-    """Loss terms and their backward pass; returns the terms' values (and harmonization stats).
-
-    Harmonized: the terms are computed from detached copies of the towers' features, each term's
-    gradient on them is taken separately, the harmonizer combines those per sample, and the
-    encoders are back-propagated once with the combined gradient. Everything after the features
-    (heads, objectives, a second online view) gets the plain gradient of the sum.
-    """
-    h_a, h_b = model.features(batch_a, batch_b)
-    if harmonizer is None:
-        terms = model.loss_terms(h_a, h_b, view_a, view_b)
-        sum(terms.values()).backward()
-        return {name: float(value.detach()) for name, value in terms.items()}
-    shared = [h_a.detach().requires_grad_(), h_b.detach().requires_grad_()]
-    terms = model.loss_terms(shared[0], shared[1], view_a, view_b)
-    per_loss = {}
-    for name, value in terms.items():
-        grads = torch.autograd.grad(value, shared, retain_graph=True, allow_unused=True)
-        per_loss[name] = [torch.zeros_like(s) if g is None else g for s, g in zip(shared, grads)]
-    sum(terms.values()).backward()
-    combined, stats = harmonizer.combine(per_loss, progress)
-    torch.autograd.backward([h_a, h_b], combined)
-    return {**{name: float(value.detach()) for name, value in terms.items()}, **stats}
+    def train_dataloader(self):
+        sampler = EpochShuffleSampler(len(self.pairs), self.batch_size, self.seed, self.trainer.global_rank,
+                                      self.trainer.world_size)
+        return batch_loader(PairRows(self.pairs), sampler)
 
 
 def train_two_tower(model: TwoTower, pairs: Pairs, input_a: TowerInput, input_b: TowerInput,
-                    options: TrainOptions, harmonizer: GradientHarmonizer | None = None,
-                    log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
-    """Train ``model`` on ``pairs`` (first side -> tower a); returns one record per logged step."""
+                    options: TrainOptions, harmonizer: GradientHarmonizer | None = None, *,
+                    out: str | os.PathLike | None = None, resume: bool = False, description: dict | None = None,
+                    progress_bar: bool | None = None) -> TrainResult | None:
+    """Train ``model`` on ``pairs`` (first side -> tower a) in place; None when there are no steps.
+
+    ``out`` is the run directory (checkpoints/last.ckpt, metrics.csv); ``resume=True`` continues
+    the run there. With ``out=None`` the run trains in a temporary directory, removed afterwards."""
     options.check(len(pairs))
-    steps = total_steps(len(pairs), options)
-    warmup = int(options.warmup_fraction * steps)
-    optimizer = build_optimizer(model, options)
-    augment_generator = torch.Generator().manual_seed(options.seed * 1000 + 17 + rank())
-    history: list[dict[str, float]] = []
-    model.train()
-    started = time.perf_counter()
-    with seeded(options.seed + rank()):
-        for step, rows in enumerate(batch_indices(len(pairs), options.batch_size, steps, options.seed)):
-            rows = rows.tolist()
-            batch_a = input_a.collate([pairs.first[i] for i in rows])
-            batch_b = input_b.collate([pairs.second[i] for i in rows])
-            view_a = input_a.augment(batch_a, augment_generator)
-            view_b = input_b.augment(batch_b, augment_generator)
-            factor = warmup_cosine(step, warmup, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            optimizer.zero_grad(set_to_none=True)
-            values = backward(model, batch_a, batch_b, view_a, view_b, harmonizer, step / max(1, steps))
-            loss = sum(v for k, v in values.items() if k == "cross" or k.startswith("in_"))
-            if not math.isfinite(loss):
-                raise TrainingError(f"The two-tower loss became {loss} at step {step} ({values}); lower --lr or "
-                                    "--head-lr, or raise --temperature.")
-            average_gradients(model)
-            if options.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                               options.max_grad_norm)
-            optimizer.step()
-            model.after_optimizer_step()
-            if (step + 1) % options.log_every == 0 or step + 1 == steps:
-                record = {"step": step + 1, "loss": loss, **values, "lr_factor": factor,
-                          "seconds": time.perf_counter() - started}
-                history.append(record)
-                if log is not None:
-                    log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-    return history
+    if options.total_steps(len(pairs)) == 0:
+        return None
+    method = TwoTowerMethod(model, input_a, input_b, harmonizer, head_lr_scale=options.head_lr / options.lr)
+    method.train()  # Lightning keeps the modes it finds; Hugging Face models load in eval mode (no dropout)
+    data = PairBatches(pairs, options.batch_size, options.seed)
+    settings = options.settings(len(pairs))
+    if out is not None:
+        return train(method, data, settings, out, resume=resume, description=description, progress_bar=progress_bar)
+    if resume:
+        raise ConfigError("resume=True needs the run directory (out=...) to continue.")
+    with tempfile.TemporaryDirectory(prefix="contrastkit-pairs-") as run_dir:
+        return train(method, data, settings, run_dir, description=description, progress_bar=progress_bar)
 
 
 @torch.inference_mode()
@@ -202,11 +158,14 @@ def encode_side(model: TwoTower, items: Sequence[Any], tower_input: TowerInput, 
     items = list(items)
     order = sorted(range(len(items)), key=lambda i: -len(items[i])) if all(isinstance(s, str) for s in items) \
         else list(range(len(items)))
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        chunks = [model.embed(tower_input.collate([items[i] for i in order[start:start + batch_size]]), side).float().cpu()
-                  for start in range(0, len(items), batch_size)]
+        chunks = []
+        for start in range(0, len(items), batch_size):
+            batch = tower_input.collate([items[i] for i in order[start:start + batch_size]])
+            chunks.append(model.embed(to_device(batch, device), side).float().cpu())
     finally:
         model.train(was_training)
     embeddings = torch.empty(len(items), chunks[0].shape[1])
