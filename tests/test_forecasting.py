@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from contrastkit import objectives
+from contrastkit.engine import EpochShuffleSampler, step_seed
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.forecasting import (
     ForecasterConfig,
@@ -19,7 +24,10 @@ from contrastkit.forecasting import (
     forecast_contrastive_loss,
     prepare_forecast_data,
     sliding_windows,
+    two_augmented_views,
 )
+from contrastkit.seeding import seeded
+from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 
 TINY = ForecasterConfig(
     patch_length=4,
@@ -127,6 +135,50 @@ def test_fit_is_reproducible_and_evaluates():
     assert scores["mae"] == pytest.approx(errors.abs().mean().item(), rel=1e-5)
 
 
+def test_fit_equals_a_plain_adamw_cosine_loop_over_the_same_batches_and_step_seeds():
+    """The engine's fit against the loop it replaced, written out: torch's AdamW over every
+    parameter with CosineAnnealingLR over the steps, epochs of 101 // 8 = 12 batches (13 steps
+    cross into the second epoch), torch reseeded before every step as the engine does (views and
+    dropout draw from it)."""
+    data = prepare_forecast_data(_series(), 16, 4)
+    config = dataclasses.replace(TINY, contrastive_weight=0.1, steps=13)
+    trained = fit_forecaster(data, config)
+
+    inputs, targets = data.train
+    with seeded(config.seed):
+        model = PatchTransformerForecaster(16, 4, config.patch_length, config.d_model, config.heads,
+                                           config.layers, config.dropout, config.projection_dim)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+        sampler = EpochShuffleSampler(len(inputs), config.batch_size, config.seed)
+        model.train()
+        step = epoch = 0
+        while step < config.steps:
+            sampler.set_epoch(epoch)
+            for positions in sampler:
+                if step == config.steps:
+                    break
+                torch.manual_seed(step_seed(config.seed, step, 0))
+                x, y = inputs[positions], targets[positions]
+                view_a, view_b = two_augmented_views(x, config.jitter_sigma, config.scale_sigma)
+                z_a, z_b = model.project(view_a), model.project(view_b)
+                loss, _, _ = forecast_contrastive_loss(model(x), y, z_a, z_b, 0.1, config.temperature)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+            epoch += 1
+    assert len(inputs) // config.batch_size == 12 and epoch == 2
+    for (name, a), b in zip(trained.state_dict().items(), model.state_dict().values(), strict=True):
+        if name.endswith("self_attn.in_proj_bias"):
+            # The key projection's bias (the middle third) has a zero gradient up to rounding (the
+            # softmax over keys ignores it), which Adam normalises into full-size steps of noise.
+            d = config.d_model
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_model_shapes():
     model = PatchTransformerForecaster(
         16, 4, patch_length=4, d_model=8, heads=2, layers=1, projection_dim=5
@@ -148,3 +200,27 @@ def test_user_errors():
         prepare_forecast_data(np.array([1.0, np.nan] * 50), 8, 2)
     with pytest.raises(ConfigError, match="sum to less than 1"):
         chronological_split(100, 0.5, 0.5)
+
+
+def _internal_bleeding_csv() -> Path:
+    """aeon's bundled KDD-TSAD 135 record (1,200 steps), found without importing aeon (slow)."""
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("aeon is not installed: its bundled KDD-TSAD 135 record is the series of this test")
+    path = (Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "KDD-TSAD_135"
+            / "135_UCR_Anomaly_InternalBleeding16_TRAIN.csv")
+    if not path.is_file():
+        pytest.skip(f"aeon's KDD-TSAD 135 record is not at {path}")
+    return path
+
+
+@pytest.mark.slow
+def test_a_forecaster_run_killed_between_checkpoints_resumes_exactly(tmp_path):
+    """MSE + InfoNCE with dropout under the cosine schedule (tests/forecasting_resume_run.py) on a
+    real heart-rate record, killed with SIGKILL after its checkpoint of step 10; resumed, weights,
+    AdamW state and scheduler must equal the uninterrupted run's."""
+    script = [sys.executable, str(Path(__file__).with_name("forecasting_resume_run.py")), str(_internal_bleeding_csv())]
+    subprocess.run([*script, str(tmp_path / "whole")], check=True, env=ENV, capture_output=True)
+    run_dir = tmp_path / "killed"
+    assert_kill_and_resume_is_exact([*script, str(run_dir)], [*script, str(run_dir), "--resume"], run_dir,
+                                    tmp_path / "whole", kill_after_step=10, seed=3)

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from contrastkit import objectives
+from contrastkit.engine import EpochShuffleSampler, step_seed
 from contrastkit.errors import ConfigError
 from contrastkit.evaluation.retrieval import recall_at_k
 from contrastkit.recommendation import (
     CorrelatedMasks,
     FeatureTower,
     TwoTowerConfig,
+    TwoTowerModel,
     complementary_random_masks,
     fit_two_tower,
     in_batch_softmax_loss,
     item_ssl_loss,
     rank_items,
 )
+from contrastkit.seeding import seeded
+from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 
 
 def test_in_batch_softmax_matches_a_naive_loop_with_logq_and_duplicates():
@@ -189,6 +196,47 @@ def test_fit_learns_and_is_reproducible():
     assert hits > 0.6  # chance is 1/3
 
 
+def test_fit_equals_a_plain_adam_loop_over_the_same_batches_and_step_seeds():
+    """The engine's fit against the loop it replaced, written out: Adam at lr, constant; epochs of
+    60 // 16 = 3 batches of pairs (12 steps, four epochs); per step, uniform SSL items then random
+    masks drawn from torch's generator, reseeded before every step as the engine does."""
+    rng = np.random.default_rng(2)
+    n_users, n_items = 12, 20
+    item_features = torch.as_tensor(np.column_stack([np.arange(n_items), np.arange(n_items) % 4]))
+    pairs = torch.as_tensor(np.column_stack([np.repeat(np.arange(n_users), 5), rng.integers(0, n_items, 60)]))
+    query_features = torch.arange(n_users)[:, None]
+    config = TwoTowerConfig(steps=12, batch_size=16, ssl_batch_size=8, ssl_weight=0.3, masking="random",
+                            embedding_dim=4, hidden_dim=8, output_dim=8, seed=7)
+    trained = fit_two_tower(pairs, query_features, item_features, [n_users], [n_items, 4], config)
+
+    counts = torch.bincount(pairs[:, 1], minlength=n_items).double()
+    log_p = (counts / counts.sum()).clamp_min(1e-12).log().float()
+    with seeded(config.seed):
+        model = TwoTowerModel([n_users], [n_items, 4], embedding_dim=4, hidden_dim=8, output_dim=8)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        sampler = EpochShuffleSampler(len(pairs), config.batch_size, config.seed)
+        step = 0
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            for positions in sampler:
+                torch.manual_seed(step_seed(config.seed, step, 0))
+                batch = pairs[positions]
+                items = batch[:, 1]
+                loss = in_batch_softmax_loss(model.query_tower(query_features[batch[:, 0]]),
+                                             model.item_tower(item_features[items]), config.temperature,
+                                             item_ids=items, log_item_probability=log_p[items])
+                ssl_items = torch.randint(n_items, (8,))
+                masks = complementary_random_masks(8, 2, config.mask_fraction)
+                loss = loss + 0.3 * item_ssl_loss(model.item_tower, item_features[ssl_items], masks, 0.1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+    assert step == config.steps
+    for (name, a), b in zip(trained.state_dict().items(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_unknown_masking():
     with pytest.raises(ConfigError, match="Valid maskings"):
         fit_two_tower(
@@ -213,3 +261,15 @@ def test_normalised_dependence_pairs_category_with_subcategory_not_with_the_id()
     assert CorrelatedMasks(features, 0.5, normalize=False).groups[1].tolist() == [1, 0]
     assert CorrelatedMasks(features, 0.5).groups[1].tolist() == [1, 2]
     assert CorrelatedMasks(features, 0.5).groups[2].tolist() == [2, 1]
+
+
+@pytest.mark.slow
+def test_a_two_tower_run_killed_between_checkpoints_resumes_exactly(tmp_path):
+    """In-batch softmax + item SSL under correlated masking (tests/recommendation_resume_run.py),
+    killed with SIGKILL after its checkpoint of step 10; resumed, both towers and the Adam state
+    must equal the uninterrupted run's."""
+    script = [sys.executable, str(Path(__file__).with_name("recommendation_resume_run.py"))]
+    subprocess.run([*script, str(tmp_path / "whole")], check=True, env=ENV, capture_output=True)
+    run_dir = tmp_path / "killed"
+    assert_kill_and_resume_is_exact([*script, str(run_dir)], [*script, str(run_dir), "--resume"], run_dir,
+                                    tmp_path / "whole", kill_after_step=10, seed=4)

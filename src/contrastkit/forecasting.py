@@ -25,18 +25,30 @@ past at forecast time) but their targets lie entirely inside their own part.
     data = prepare_forecast_data(series, input_length=96, horizon=24)
     model = fit_forecaster(data, ForecasterConfig(contrastive_weight=0.1, seed=0))
     scores = evaluate_forecaster(model, *data.test)      # {"mse": ..., "mae": ...}
+
+Training runs on the engine (:func:`contrastkit.engine.train`, the objective in
+:class:`ForecastingTraining`); ``fit_forecaster(..., out=DIR)`` keeps the run folder and
+``resume=True`` continues a killed run to the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+from contrastkit.engine.run_folder import open_run_dir, resolve_run_dir, write_summary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives.infonce import ntxent_terms
 from contrastkit.seeding import seeded
@@ -286,8 +298,10 @@ def forecast_contrastive_loss(
 class ForecasterConfig:
     """Everything that decides a training run; two runs with equal configs train identically.
 
-    ``steps`` optimiser steps of ``batch_size`` windows (AdamW, ``lr``, cosine decay to 0),
-    the same for every ``contrastive_weight`` so that variants get the same budget.
+    ``steps`` optimiser steps of ``batch_size`` windows (AdamW, ``lr``, weight decay on every
+    parameter, cosine decay to 0), the same for every ``contrastive_weight`` so that variants get
+    the same budget. Epochs visit the training windows in an order drawn from (``seed``, epoch);
+    the incomplete last batch of an epoch is dropped.
     """
 
     patch_length: int = 8
@@ -307,30 +321,64 @@ class ForecasterConfig:
     seed: int = 0
 
 
+class Windows(torch.utils.data.Dataset):
+    """Training windows; one ``__getitems__`` call returns a batch ``{"inputs", "targets", "index"}``."""
 
-def _batches(
-    n: int, batch_size: int, steps: int, generator: torch.Generator
-) -> Iterator[Tensor]:
-    """``steps`` batches of indices, epoch after epoch of fresh permutations (last partial batch dropped
-    when a full one fits)."""
-    batch_size = min(batch_size, n)
-    done = 0
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            if done == steps:
-                return
-            yield order[start : start + batch_size]
-            done += 1
+    def __init__(self, inputs: Tensor, targets: Tensor):
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(positions)
+        return {"inputs": self.inputs[index], "targets": self.targets[index], "index": index}
+
+
+class ForecastingTraining(nn.Module):
+    """The objective the engine trains: :func:`forecast_contrastive_loss` of ``model`` on a batch of
+    windows, with the two augmented views when ``contrastive_weight > 0``. The views' noise and
+    dropout are drawn from torch's global generator, which the engine reseeds before every step."""
+
+    def __init__(self, model: PatchTransformerForecaster, config: ForecasterConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        c = self.config
+        x, y = batch["inputs"], batch["targets"]
+        z_a = z_b = None
+        if c.contrastive_weight > 0:
+            view_a, view_b = two_augmented_views(x, c.jitter_sigma, c.scale_sigma)
+            z_a, z_b = self.model.project(view_a), self.model.project(view_b)
+        loss, mse, contrastive = forecast_contrastive_loss(
+            self.model(x), y, z_a, z_b, c.contrastive_weight, c.temperature
+        )
+        return loss, {"mse": mse.item(), "contrastive": contrastive.item()}
 
 
 def fit_forecaster(
-    data: ForecastData, config: ForecasterConfig
+    data: ForecastData,
+    config: ForecasterConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every_steps: int | None = None,
+    max_steps: int | None = None,
 ) -> PatchTransformerForecaster:
     """Train a :class:`PatchTransformerForecaster` on ``data.train`` only; returns it in eval mode.
 
     Nothing of ``data.validation`` or ``data.test`` is read, so the model depends only on the
     training part of the series (and the config).
+
+    ``out``: keep the run folder there (config.yaml, checkpoints/last.ckpt written every epoch
+    and every ``checkpoint_every_steps`` optimiser steps, metrics.csv with the loss and its MSE and
+    contrastive parts, summary.json, model.safetensors); an existing run is never overwritten.
+    ``resume=True`` continues the run in ``out`` (same data and config) to the weights an
+    uninterrupted run reaches. ``max_steps`` shortens the run to at most that many steps (the
+    cosine then decays over the shorter run).
     """
     inputs, targets = data.train
     if config.contrastive_weight < 0:
@@ -341,7 +389,10 @@ def fit_forecaster(
         raise ConfigError(
             "The contrastive term needs batches of at least 2 windows; raise batch_size."
         )
-    with seeded(config.seed):
+    if resume and out is None:
+        raise ConfigError("fit_forecaster: resume=True needs out=, the run folder to continue.")
+    run_dir = resolve_run_dir(out, resume, "forecaster") if out is not None else None
+    with seeded(config.seed):  # initialisation; the engine then reseeds per step, and the caller's state is kept
         model = PatchTransformerForecaster(
             inputs.shape[1],
             targets.shape[1],
@@ -352,29 +403,63 @@ def fit_forecaster(
             config.dropout,
             config.projection_dim,
         )
-        generator = torch.Generator().manual_seed(config.seed)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        steps = config.steps if max_steps is None else min(config.steps, max_steps)
+        if steps == 0:
+            return model.eval()
+        batch_size = min(config.batch_size, len(inputs))
+        loader = batch_loader(
+            Windows(inputs, targets), EpochShuffleSampler(len(inputs), batch_size, config.seed)
         )
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(config.steps, 1)
+        settings = TrainSettings(
+            optimizer="adamw",
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            decay_everything=True,  # torch's AdamW over model.parameters(), as before
+            schedule="warmup-cosine",  # no warm-up: cosine from lr to 0 over the steps
+            max_steps=steps,
+            seed=config.seed,
+            batch_size=batch_size,
+            checkpoint_every_steps=checkpoint_every_steps,
         )
-        model.train()
-        for index in _batches(len(inputs), config.batch_size, config.steps, generator):
-            x, y = inputs[index], targets[index]
-            z_a = z_b = None
-            if config.contrastive_weight > 0:
-                view_a, view_b = two_augmented_views(
-                    x, config.jitter_sigma, config.scale_sigma, generator
-                )
-                z_a, z_b = model.project(view_a), model.project(view_b)
-            loss, _, _ = forecast_contrastive_loss(
-                model(x), y, z_a, z_b, config.contrastive_weight, config.temperature
+        description = {
+            "estimator": "fit_forecaster",
+            "config": dataclasses.asdict(config),
+            "max_steps": max_steps,
+            "train_windows": len(inputs),
+            "input_length": int(inputs.shape[1]),
+            "horizon": int(targets.shape[1]),
+        }
+        temporary = run_dir is None
+        if temporary:
+            run_dir = Path(tempfile.mkdtemp(prefix="contrastkit-forecaster-"))
+        else:
+            open_run_dir(run_dir, yaml.safe_dump(description, sort_keys=False))
+        try:
+            result = train(
+                ForecastingTraining(model, config),
+                loader,
+                settings,
+                run_dir,
+                resume=resume,
+                description=description,
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            if not temporary:
+                write_summary(run_dir, {
+                    "method": "fit_forecaster",
+                    "steps": result.trainer.global_step,
+                    "steps_per_epoch": len(loader),
+                    "final_loss": float(result.trainer.callback_metrics.get("train/loss", float("nan"))),
+                    "seconds": round(result.throughput.epoch_seconds, 2),
+                    "samples_per_second": round(result.throughput.samples_per_second, 2),
+                    "skipped_steps": result.module.skipped_steps,
+                })
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                    run_dir / "model.safetensors",
+                )
+        finally:
+            if temporary:
+                shutil.rmtree(run_dir, ignore_errors=True)
     return model.eval()
 
 

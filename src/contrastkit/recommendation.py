@@ -26,18 +26,31 @@ are ``s(u, i) = <q, v> / temperature`` on L2-normalised vectors. Training minimi
 
 The masks reuse :mod:`contrastkit.views.tabular` (``random_subset_mask``, the mutual
 information and correlated groups); here a *feature* is one categorical input column.
+
+Training runs on the engine (:func:`contrastkit.engine.train`, the objective in
+:class:`TwoTowerTraining`); ``fit_two_tower(..., out=DIR)`` keeps the run folder and
+``resume=True`` continues a killed run to the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+from contrastkit.engine.run_folder import open_run_dir, resolve_run_dir, write_summary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives.infonce import ntxent_terms
 from contrastkit.seeding import seeded
@@ -210,7 +223,10 @@ class CorrelatedMasks:
 @dataclass(frozen=True)
 class TwoTowerConfig:
     """One training run. Variants that differ only in ``ssl_weight`` get the same budget
-    (steps, batch size, model); ``ssl_batch_size`` items are drawn uniformly per step."""
+    (steps, batch size, model). Each step trains on ``batch_size`` positive pairs (epochs over
+    the pairs in an order drawn from (``seed``, epoch), the incomplete last batch dropped) and,
+    for the SSL term, ``ssl_batch_size`` items drawn uniformly from the catalogue. Adam at
+    ``lr``, constant."""
 
     embedding_dim: int = 16
     hidden_dim: int = 64
@@ -228,6 +244,67 @@ class TwoTowerConfig:
     seed: int = 0
 
 
+class Pairs(torch.utils.data.Dataset):
+    """Positive (query, item) pairs; one ``__getitems__`` call returns a batch ``{"pairs", "index"}``."""
+
+    def __init__(self, pairs: Tensor):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(positions)
+        return {"pairs": self.pairs[index], "index": index}
+
+
+class TwoTowerTraining(nn.Module):
+    """The objective the engine trains: ``L_main + ssl_weight * L_ssl`` (module docstring) on a
+    batch of pairs. The features and ``log p_j`` are buffers that move with the module but are not
+    checkpointed (data, not state). The SSL items and masks are drawn from torch's global
+    generator, which the engine reseeds before every step."""
+
+    def __init__(
+        self,
+        model: TwoTowerModel,
+        query_features: Tensor,
+        item_features: Tensor,
+        log_item_probability: Tensor,
+        correlated: CorrelatedMasks | None,
+        config: TwoTowerConfig,
+    ):
+        super().__init__()
+        self.model = model
+        self.register_buffer("query_features", query_features, persistent=False)
+        self.register_buffer("item_features", item_features, persistent=False)
+        self.register_buffer("log_item_probability", log_item_probability, persistent=False)
+        self.correlated = correlated
+        self.config = config
+
+    def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        c = self.config
+        pairs = batch["pairs"]
+        items = pairs[:, 1]
+        main = in_batch_softmax_loss(
+            self.model.query_tower(self.query_features[pairs[:, 0]]),
+            self.model.item_tower(self.item_features[items]),
+            c.temperature,
+            item_ids=items,
+            log_item_probability=self.log_item_probability[items] if c.logq_correction else None,
+        )
+        if c.ssl_weight <= 0:
+            return main, {"main": main.item()}
+        n_items, n_features = self.item_features.shape
+        ssl_items = torch.randint(n_items, (c.ssl_batch_size,), device=items.device)
+        masks = (
+            self.correlated(c.ssl_batch_size)
+            if self.correlated is not None
+            else complementary_random_masks(c.ssl_batch_size, n_features, c.mask_fraction)
+        )
+        masks = (masks[0].to(items.device), masks[1].to(items.device))
+        ssl = item_ssl_loss(self.model.item_tower, self.item_features[ssl_items], masks, c.ssl_temperature)
+        return main + c.ssl_weight * ssl, {"main": main.item(), "ssl": ssl.item()}
+
 
 def fit_two_tower(
     pairs: Tensor,
@@ -236,11 +313,23 @@ def fit_two_tower(
     query_cardinalities: Sequence[int],
     item_cardinalities: Sequence[int],
     config: TwoTowerConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every_steps: int | None = None,
+    max_steps: int | None = None,
 ) -> TwoTowerModel:
-    """Train on positive ``pairs`` (P, 2) = (query index, item index) rows.
+    """Train on positive ``pairs`` (P, 2) = (query index, item index) rows; returns the model in
+    eval mode.
 
     ``query_features`` (U, Fq) and ``item_features`` (I, Fi) are int64 codes; feature f of a
     tower takes values in ``[0, cardinalities[f])``.
+
+    ``out``: keep the run folder there (config.yaml, checkpoints/last.ckpt written every epoch
+    and every ``checkpoint_every_steps`` optimiser steps, metrics.csv with the loss and its main
+    and SSL parts, summary.json, model.safetensors); an existing run is never overwritten.
+    ``resume=True`` continues the run in ``out`` (same data and config) to the weights an
+    uninterrupted run reaches. ``max_steps`` shortens the run to at most that many steps.
     """
     if config.masking not in MASKINGS:
         raise ConfigError(
@@ -250,6 +339,9 @@ def fit_two_tower(
         raise DataError(
             f"pairs must be (P, 2) rows of (query index, item index) with P >= 2, got {tuple(pairs.shape)}."
         )
+    if resume and out is None:
+        raise ConfigError("fit_two_tower: resume=True needs out=, the run folder to continue.")
+    run_dir = resolve_run_dir(out, resume, "two-tower") if out is not None else None
     n_items = len(item_features)
     correlated = (
         CorrelatedMasks(item_features.numpy(), config.mask_fraction)
@@ -258,7 +350,7 @@ def fit_two_tower(
     )
     counts = torch.bincount(pairs[:, 1], minlength=n_items).double()
     log_item_probability = (counts / counts.sum()).clamp_min(1e-12).log().float()
-    with seeded(config.seed):
+    with seeded(config.seed):  # initialisation; the engine then reseeds per step, and the caller's state is kept
         model = TwoTowerModel(
             query_cardinalities,
             item_cardinalities,
@@ -266,45 +358,57 @@ def fit_two_tower(
             hidden_dim=config.hidden_dim,
             output_dim=config.output_dim,
         )
-        generator = torch.Generator().manual_seed(config.seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        steps = config.steps if max_steps is None else min(config.steps, max_steps)
+        if steps == 0:
+            return model.eval()
         batch_size = min(config.batch_size, len(pairs))
-        for _ in range(config.steps):
-            batch = pairs[torch.randint(len(pairs), (batch_size,), generator=generator)]
-            items = batch[:, 1]
-            loss = in_batch_softmax_loss(
-                model.query_tower(query_features[batch[:, 0]]),
-                model.item_tower(item_features[items]),
-                config.temperature,
-                item_ids=items,
-                log_item_probability=log_item_probability[items]
-                if config.logq_correction
-                else None,
-            )
-            if config.ssl_weight > 0:
-                ssl_items = torch.randint(
-                    n_items, (config.ssl_batch_size,), generator=generator
+        loader = batch_loader(Pairs(pairs), EpochShuffleSampler(len(pairs), batch_size, config.seed))
+        settings = TrainSettings(
+            optimizer="adam",
+            lr=config.lr,
+            schedule="constant",
+            max_steps=steps,
+            seed=config.seed,
+            batch_size=batch_size,
+            checkpoint_every_steps=checkpoint_every_steps,
+        )
+        description = {
+            "estimator": "fit_two_tower",
+            "config": dataclasses.asdict(config),
+            "max_steps": max_steps,
+            "pairs": len(pairs),
+            "queries": len(query_features),
+            "items": n_items,
+            "query_cardinalities": [int(c) for c in query_cardinalities],
+            "item_cardinalities": [int(c) for c in item_cardinalities],
+        }
+        method = TwoTowerTraining(
+            model, query_features, item_features, log_item_probability, correlated, config
+        )
+        temporary = run_dir is None
+        if temporary:
+            run_dir = Path(tempfile.mkdtemp(prefix="contrastkit-two-tower-"))
+        else:
+            open_run_dir(run_dir, yaml.safe_dump(description, sort_keys=False))
+        try:
+            result = train(method, loader, settings, run_dir, resume=resume, description=description)
+            if not temporary:
+                write_summary(run_dir, {
+                    "method": "fit_two_tower",
+                    "steps": result.trainer.global_step,
+                    "steps_per_epoch": len(loader),
+                    "final_loss": float(result.trainer.callback_metrics.get("train/loss", float("nan"))),
+                    "seconds": round(result.throughput.epoch_seconds, 2),
+                    "samples_per_second": round(result.throughput.samples_per_second, 2),
+                    "skipped_steps": result.module.skipped_steps,
+                })
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                    run_dir / "model.safetensors",
                 )
-                n_features = item_features.shape[1]
-                masks = (
-                    correlated(config.ssl_batch_size, generator)
-                    if correlated is not None
-                    else complementary_random_masks(
-                        config.ssl_batch_size,
-                        n_features,
-                        config.mask_fraction,
-                        generator,
-                    )
-                )
-                loss = loss + config.ssl_weight * item_ssl_loss(
-                    model.item_tower,
-                    item_features[ssl_items],
-                    masks,
-                    config.ssl_temperature,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        finally:
+            if temporary:
+                shutil.rmtree(run_dir, ignore_errors=True)
     return model.eval()
 
 

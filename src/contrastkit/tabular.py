@@ -23,21 +23,36 @@ TabularEncoder`) and SCARF corruption (:mod:`contrastkit.views.tabular`) as the 
 
 Few-label fine-tuning for multi-class detection (:meth:`TabularContrastive.fit_classifier`): a
 linear (multinomial logistic) head on the frozen encoder, trained on a handful of labelled rows.
+
+Training runs on the engine (:func:`contrastkit.engine.train`): the encoder, head and corruption
+form a :class:`TabularTraining` module whose ``training_loss`` is the method's loss. ``fit(x,
+out=DIR)`` keeps the run folder (config.yaml, checkpoints/last.ckpt, metrics.csv, summary.json,
+model.safetensors) and ``fit(x, out=DIR, resume=True)`` continues a killed run to the weights an
+uninterrupted one reaches; without ``out`` the run trains in a temporary folder.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Iterator
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+import yaml
+from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
-from torch import nn
+from torch import Tensor, nn
 
 from contrastkit import objectives
+from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+from contrastkit.engine.module import CHECKPOINT_KEY
+from contrastkit.engine.run_folder import CHECKPOINT, open_run_dir, resolve_run_dir, write_summary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
@@ -57,8 +72,67 @@ def mlp_encoder(input_dims: int, hidden_dims: int = 256, depth: int = 4) -> nn.S
     return nn.Sequential(*layers)
 
 
+class Rows(torch.utils.data.Dataset):
+    """Encoded rows (N, D); one ``__getitems__`` call returns a batch ``{"rows", "index"}``."""
+
+    def __init__(self, rows: Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(positions)
+        return {"rows": self.rows[index], "index": index}
+
+
+class TabularTraining(nn.Module):
+    """What the engine trains for SCARF and CLAN: the estimator's encoder and projection head (the
+    same modules, so training updates the estimator), the corruption view, and the method's loss
+    ``loss(rows, corruption)``. Everything random in a step (which features, which donor rows) is
+    drawn from torch's global generator, which the engine reseeds before every step."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module | None, corruption: SCARFCorruption,
+                 loss: Callable[[Tensor, SCARFCorruption], Tensor]):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.corruption = corruption
+        self.loss = loss
+
+    def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        return self.loss(batch["rows"], self.corruption), {}
+
+
+class EpochLosses(L.Callback):
+    """The mean training loss of every epoch, what ``fit`` returns. Saved in each checkpoint (the
+    epochs done and the current epoch's losses so far), so a resumed fit returns the whole run's."""
+
+    def __init__(self, name: str, verbose: bool):
+        self.name = name
+        self.verbose = verbose
+        self.means: list[float] = []
+        self.current: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if outputs is not None:  # None: a batch skipped for a non-finite loss
+            self.current.append(float(outputs["loss"]))
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.means.append(float(np.mean(self.current)) if self.current else float("nan"))
+        self.current = []
+        if self.verbose:
+            print(f"{self.name} epoch {len(self.means) - 1}: loss={self.means[-1]:.5f}")
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"means": list(self.means), "current": list(self.current)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.means, self.current = list(state["means"]), list(state["current"])
+
+
 class TabularContrastive(abc.ABC):
-    """Shared training loop, encoding, scoring and few-label head of :class:`SCARF` and :class:`CLAN`.
+    """Training on the engine, encoding, scoring and few-label head of :class:`SCARF` and :class:`CLAN`.
 
     Subclasses build ``self.objective`` and the optional ``self.projector`` and implement
     :meth:`_loss` (one batch of clean rows -> scalar loss).
@@ -81,13 +155,16 @@ class TabularContrastive(abc.ABC):
         if not lr > 0:
             raise ConfigError(f"{type(self).__name__}: lr must be positive, got {lr}.")
         self.input_dims = input_dims
+        self.hidden_dims = hidden_dims
+        self.depth = depth
         self.corruption_rate = corruption_rate
         self.lr = lr
         self.batch_size = batch_size
         self.feature_groups = feature_groups
         self.device = torch.device(device)
+        self.seed = seed
         self._seeds = np.random.default_rng(seed) if seed is not None else None
-        with self._random_state():
+        with seeded(self._next_seed(), self.device):
             self.encoder = mlp_encoder(input_dims, hidden_dims, depth).to(self.device)
             self.projector: nn.Module | None = self._build_projector(hidden_dims)
         self.reference: torch.Tensor | None = None  # training rows: marginals and benign set
@@ -103,10 +180,23 @@ class TabularContrastive(abc.ABC):
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, x: Any, n_epochs: int = 20, verbose: bool = False) -> list[float]:
+    def fit(self, x: Any, n_epochs: int = 20, verbose: bool = False, *, out: str | os.PathLike | None = None,
+            resume: bool = False, checkpoint_every_steps: int | None = None,
+            max_steps: int | None = None) -> list[float]:
         """Train on rows ``x`` (N, D) for ``n_epochs`` passes; returns the mean loss per epoch.
 
-        The rows are also kept as the corruption marginals and (for scoring) the reference set.
+        Each epoch visits the rows in an order drawn from (the fit's seed, epoch) in batches of
+        ``batch_size``; the incomplete last batch is dropped (a batch of 1 has no contrastive
+        pair). Adam at ``lr``, constant. The rows are also kept as the corruption marginals and
+        (for scoring) the reference set.
+
+        ``out``: keep the run folder there (config.yaml, checkpoints/last.ckpt written every epoch
+        and every ``checkpoint_every_steps`` optimiser steps, metrics.csv, summary.json and the
+        trained weights in model.safetensors); an existing run is never overwritten.
+        ``resume=True`` continues the run in ``out`` from its last checkpoint (pass the same rows
+        and options) to the state an uninterrupted run reaches, and returns the losses of all its
+        epochs. ``max_steps`` stops the run after that many optimiser steps; the epoch it cuts
+        short counts in the returned losses.
         """
         if n_epochs < 0:
             raise ConfigError(f"{type(self).__name__}.fit: n_epochs must be >= 0, got {n_epochs}.")
@@ -114,29 +204,57 @@ class TabularContrastive(abc.ABC):
         if data.shape[0] < 2:
             raise DataError(f"{type(self).__name__}.fit needs at least 2 rows, got {data.shape[0]}.")
         self.reference = data
-        corrupt = SCARFCorruption(data, self.corruption_rate, self.feature_groups).to(self.device)
-        parameters = list(self.encoder.parameters()) + (list(self.projector.parameters()) if self.projector else [])
-        optimizer = torch.optim.Adam(parameters, lr=self.lr)
+        if n_epochs == 0:
+            return []
+        name = type(self).__name__
+        run_dir = resolve_run_dir(out, resume, name.lower()) if out is not None else None
+        if resume and run_dir is None:
+            raise ConfigError(f"{name}.fit: resume=True needs out=, the run folder to continue.")
+        # A resumed run goes on with its own seed (the epochs' order and every step's draws).
+        seed = _run_description(run_dir)["fit_seed"] if resume else self._next_seed()
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))
         batch_size = min(self.batch_size, data.shape[0])
-        self._train_mode(True)
-        losses: list[float] = []
-        with self._random_state():
-            for _ in range(n_epochs):
-                epoch = []
-                order = torch.randperm(data.shape[0])
-                # Drop the incomplete last batch: a batch of 1 has no contrastive pair.
-                for start in range(0, data.shape[0] - batch_size + 1, batch_size):
-                    loss = self._loss(data[order[start : start + batch_size]].to(self.device), corrupt)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    epoch.append(float(loss.detach()))
-                losses.append(float(np.mean(epoch)))
-                self.n_epochs += 1
-                if verbose:
-                    print(f"{type(self).__name__} epoch {self.n_epochs - 1}: loss={losses[-1]:.5f}")
+        corruption = SCARFCorruption(data, self.corruption_rate, self.feature_groups).to(self.device)
+        method = TabularTraining(self.encoder, self.projector, corruption, self._loss)
+        loader = batch_loader(Rows(data), EpochShuffleSampler(data.shape[0], batch_size, seed))
+        accelerator, devices = _accelerator(self.device)
+        # The length as steps only: with max_epochs set, Lightning loads the loader to estimate the
+        # steps before the checkpoint is restored, and a mid-epoch resume then replays the epoch
+        # from its first batch (the loader's position is never applied).
+        steps = n_epochs * (data.shape[0] // batch_size)
+        settings = TrainSettings(optimizer="adam", lr=self.lr, schedule="constant",
+                                 max_steps=steps if max_steps is None else min(steps, max_steps),
+                                 accelerator=accelerator, devices=devices, seed=seed, batch_size=batch_size,
+                                 checkpoint_every_steps=checkpoint_every_steps)
+        description = {"estimator": name, "options": self._options(), "rows": int(data.shape[0]),
+                       "n_epochs": n_epochs, "max_steps": max_steps, "fit_seed": seed}
+        losses = EpochLosses(name, verbose)
+        temporary = run_dir is None
+        if temporary:
+            run_dir = Path(tempfile.mkdtemp(prefix=f"contrastkit-{name.lower()}-"))
+        else:
+            open_run_dir(run_dir, yaml.safe_dump(description, sort_keys=False))
+        try:
+            with seeded(seed, self.device):  # the engine reseeds torch per step; the caller's state is kept
+                result = train(method, loader, settings, run_dir, resume=resume, description=description,
+                               callbacks=[losses])
+            if not temporary:
+                write_summary(run_dir, {
+                    "method": name, "rows": int(data.shape[0]), "epochs": len(losses.means),
+                    "steps": result.trainer.global_step, "epoch_losses": losses.means,
+                    "seconds": round(result.throughput.epoch_seconds, 2),
+                    "samples_per_second": round(result.throughput.samples_per_second, 2),
+                    "skipped_steps": result.module.skipped_steps,
+                })
+                save_file({k: v.detach().cpu().contiguous() for k, v in self._state_dict().items()},
+                          run_dir / "model.safetensors")
+        finally:
+            if temporary:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        self.n_epochs += len(losses.means)
         self._train_mode(False)
-        return losses
+        return losses.means
 
     # ------------------------------------------------------------------ inference
 
@@ -194,11 +312,22 @@ class TabularContrastive(abc.ABC):
             raise DataError(f"{type(self).__name__}.{method}: rows contain NaN or infinity.")
         return torch.from_numpy(np.ascontiguousarray(x))
 
-    @contextlib.contextmanager
-    def _random_state(self) -> Iterator[None]:
-        seed = None if self._seeds is None else int(self._seeds.integers(2**62))
-        with seeded(seed, self.device):
-            yield
+    def _next_seed(self) -> int | None:
+        """The next seed of this object's stream (the first initialises, each fit takes one)."""
+        return None if self._seeds is None else int(self._seeds.integers(2**62))
+
+    def _options(self) -> dict[str, Any]:
+        """The constructor's arguments (config.yaml of a run folder)."""
+        groups = None if self.feature_groups is None else np.asarray(self.feature_groups).tolist()
+        return {"input_dims": self.input_dims, "hidden_dims": self.hidden_dims, "depth": self.depth,
+                "corruption_rate": self.corruption_rate, "lr": self.lr, "batch_size": self.batch_size,
+                "feature_groups": groups, "device": str(self.device), "seed": self.seed}
+
+    def _state_dict(self) -> dict[str, Tensor]:
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        if self.projector is not None:
+            state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        return state
 
 
 class SCARF(TabularContrastive):
@@ -216,8 +345,13 @@ class SCARF(TabularContrastive):
                  corrupt_both: bool = True, **kwargs: Any):
         self.output_dims = output_dims
         self.corrupt_both = corrupt_both
+        self.temperature = temperature
         super().__init__(input_dims, **kwargs)
         self.objective = objectives.get("infonce", temperature=temperature)
+
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "output_dims": self.output_dims, "temperature": self.temperature,
+                "corrupt_both": self.corrupt_both}
 
     def _build_projector(self, hidden_dims: int) -> nn.Module:
         return ProjectionHead(hidden_dims, hidden_dims, self.output_dims, num_layers=2, batch_norm=False).to(self.device)
@@ -239,10 +373,28 @@ class CLAN(TabularContrastive):
 
     def __init__(self, input_dims: int, *, temperature: float = 0.1, form: str = "likelihood", **kwargs: Any):
         super().__init__(input_dims, **kwargs)
+        self.temperature = temperature
+        self.form = form
         self.objective = objectives.get("augmented_negatives", temperature=temperature, form=form)
+
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "temperature": self.temperature, "form": self.form}
 
     def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
         return self.objective(self.encoder(batch), self.encoder(corrupt(batch)))
 
 
-__all__ = ["CLAN", "SCARF", "TabularContrastive", "mlp_encoder"]
+def _run_description(run_dir: Path) -> dict[str, Any]:
+    """The description a run folder's checkpoint carries (its fit seed, options and length)."""
+    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    return checkpoint[CHECKPOINT_KEY]
+
+
+def _accelerator(device: torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's (accelerator, devices) for one torch device."""
+    if device.type == "cuda":
+        return "gpu", [device.index or 0]
+    return device.type, 1
+
+
+__all__ = ["CLAN", "SCARF", "TabularContrastive", "TabularTraining", "mlp_encoder"]

@@ -103,7 +103,9 @@ def scarf_corrupt(
 
 
 class SCARFCorruption(nn.Module):
-    """:func:`scarf_corrupt` with the training rows held as a buffer.
+    """:func:`scarf_corrupt` with the training rows held as a buffer (moved with the module, not
+    saved in its ``state_dict``: they are data, not learned state, and a checkpoint of a model
+    trained on a large table should not carry the table).
 
     Args:
         reference: (N, D) training rows whose columns are the empirical marginals.
@@ -114,8 +116,8 @@ class SCARFCorruption(nn.Module):
     def __init__(self, reference: Tensor, rate: float = 0.6, feature_groups: Tensor | np.ndarray | None = None):
         super().__init__()
         reference = torch.as_tensor(reference, dtype=torch.float32)
-        self.register_buffer("reference", reference)
-        self.register_buffer("feature_groups", _check_groups(feature_groups, reference.shape[1]))
+        self.register_buffer("reference", reference, persistent=False)
+        self.register_buffer("feature_groups", _check_groups(feature_groups, reference.shape[1]), persistent=False)
         corrupted_feature_count(rate, 1)  # validates the rate
         self.rate = rate
 
