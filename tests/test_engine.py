@@ -93,12 +93,12 @@ class NoisyRegression(nn.Module):
         self.queue[0] = self._last
 
 
-def _fit(run_dir, resume=False, crash_after_step=None):
+def _fit(run_dir, resume=False, crash_after_step=None, length=None):
     torch.manual_seed(0)
     method = NoisyRegression()
     settings = TrainSettings(optimizer="adamw", lr=1e-2, weight_decay=0.01, schedule="warmup-cosine",
-                             warmup_steps=2, max_steps=13, seed=5, batch_size=8, checkpoint_every_steps=3,
-                             max_grad_norm=1.0)
+                             warmup_steps=2, seed=5, batch_size=8, checkpoint_every_steps=3,
+                             max_grad_norm=1.0, **(length or {"max_steps": 13}))
     loader = batch_loader(Rows(torch.linspace(-3, 3, 40)), EpochShuffleSampler(40, 8, seed=5))
     callbacks = []
     if crash_after_step is not None:
@@ -113,14 +113,17 @@ def _fit(run_dir, resume=False, crash_after_step=None):
     train(method, loader, settings, run_dir, resume=resume, callbacks=callbacks, progress_bar=False)
 
 
-def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path):
-    """13 steps of 5 per epoch, checkpoints every 3: the crash at step 8 (epoch 1, batch 3) leaves
-    the checkpoint of step 6 (epoch 1, batch 1); the resumed run must skip exactly one batch."""
-    _fit(tmp_path / "whole")
+@pytest.mark.parametrize("length", [{"max_steps": 13}, {"max_epochs": 3}], ids=["max_steps", "max_epochs"])
+def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path, length):
+    """5 steps per epoch, checkpoints every 3: the crash at step 8 (epoch 1, batch 3) leaves the
+    checkpoint of step 6 (epoch 1, batch 1); the resumed run must skip exactly one batch. A run
+    bounded by epochs counts its steps from the data while the optimiser is configured, before
+    Lightning restores the loop (the case that once restarted the epoch from its first batch)."""
+    _fit(tmp_path / "whole", length=length)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "broken", crash_after_step=8)
+        _fit(tmp_path / "broken", crash_after_step=8, length=length)
     assert load_checkpoint(tmp_path / "broken")["global_step"] == 6
-    _fit(tmp_path / "broken", resume=True)
+    _fit(tmp_path / "broken", resume=True, length=length)
     assert_same_training_state(load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "broken"))
     whole = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()
     resumed = (tmp_path / "broken" / "metrics.csv").read_text().splitlines()

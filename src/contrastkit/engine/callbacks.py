@@ -75,13 +75,26 @@ class Checkpointing(L.Callback):
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
             if isinstance(loader, ResumableLoader):
                 loader.position = position
+        # Lightning hands a restored run's loader states to the loaders when it first sets up the
+        # data, but a schedule over epochs asks for the number of steps (which sets up the data)
+        # while the optimisers are configured, before the checkpoint's loop state is restored. It
+        # is restored now; the loader's first batch has not been drawn yet.
+        trainer.fit_loop._load_combined_loader_states()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not self.every_steps or trainer.global_step == 0 or trainer.global_step % self.every_steps:
             return
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the last batch of the epoch: the end-of-epoch checkpoint follows, after the probe
-        trainer.save_checkpoint(self.path)
+        self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        # The metrics logged so far go to disk first: after a SIGKILL, metrics.csv then holds the
+        # rows of every step in the checkpoint but the last one, whose row is written at its end.
+        for logger in trainer.loggers:
+            logger.save()
         trainer.save_checkpoint(self.path)
+
