@@ -1,18 +1,23 @@
 """G-SimCLR and BSS reach training from the configuration: `--batch-sampler spread` puts the
 pseudo-labels into the run's loader (whose batches then keep the guarantee), and `extra.views.bss`
-reaches BYOL's views as it reaches SimCLR's."""
+reaches the views of every method with image views, where each view batch comes out with one
+low-frequency amplitude spectrum (checked with torch's full fft2 against the same views without
+BSS)."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from contrastkit.config import FitConfig
 from contrastkit.errors import ConfigError
 from contrastkit.methods import METHODS
 from contrastkit.methods._parts import DataInfo
+from contrastkit.sources.images import load_digits_source
 from contrastkit.training.run_data import open_run_data
 
 
@@ -38,18 +43,73 @@ def test_spread_sampler_refuses_several_processes():
         open_run_data(FitConfig(data="digits", limit=64, batch_sampler="spread", devices=2))
 
 
-def test_bss_option_reaches_byol_views():
-    data = DataInfo(channels=1, image_size=8, mean=(0.5,), std=(0.25,), num_samples=100)
-    plain = METHODS.build("byol", config=FitConfig(method="byol", backbone="small-cnn", width=0.25), data=data)
-    with_bss = METHODS.build("byol", data=data, config=FitConfig(method="byol", backbone="small-cnn", width=0.25,
-                                         extra={"views": {"bss": True}}))
-    assert getattr(plain.views, "bss", None) is None
-    assert with_bss.views.bss is not None
+# -- BSS: the option reaches every method's views, and does there what BSS defines -----------------
+
+DIGITS = DataInfo(channels=1, image_size=8, mean=(0.5,), std=(0.25,), num_samples=100)
+BYOL_VIEW_METHODS = ("byol", "directpred")
 
 
-@pytest.mark.parametrize("method", ["moco", "simsiam", "directpred"])
-def test_view_options_reach_every_method_with_image_views(method):
-    data = DataInfo(channels=1, image_size=8, mean=(0.5,), std=(0.25,), num_samples=100)
-    built = METHODS.build(method, data=data, config=FitConfig(method=method, backbone="small-cnn", width=0.25,
-                                                              extra={"views": {"bss": True}}))
-    assert built.views.bss is not None
+def _build(method: str, extra: dict) -> torch.nn.Module:
+    return METHODS.build(method, data=DIGITS,
+                         config=FitConfig(method=method, backbone="small-cnn", width=0.25, extra=extra))
+
+
+def _low_frequency_spectrum(views: torch.Tensor, r_min: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitudes and phases (B, C, K) of the views' pixels (normalisation undone) on the
+    frequencies ``|f_y| <= round(sqrt(r) H / 2)``, ``|f_x| <= round(sqrt(r) W / 2)`` at ``r = r_min``:
+    the window that BSS (Scalbert et al. 2024) replaces at the smallest area ratio it draws, so at
+    every draw. Full complex fft2, not the rfft2 of the implementation."""
+    pixels = views.double() * DIGITS.std[0] + DIGITS.mean[0]
+    height, width = pixels.shape[-2:]
+    spectrum = torch.fft.fft2(pixels)
+    f_y = (torch.fft.fftfreq(height, dtype=torch.float64) * height).abs()
+    f_x = (torch.fft.fftfreq(width, dtype=torch.float64) * width).abs()
+    window = ((f_y <= round(math.sqrt(r_min) * height / 2))[:, None]
+              & (f_x <= round(math.sqrt(r_min) * width / 2))[None, :])
+    return spectrum.abs()[..., window], spectrum.angle()[..., window]
+
+
+def _same_batch_views(model: torch.nn.Module, images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return model.views.two_views(images)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "directpred"])
+def test_bss_option_gives_each_view_batch_one_low_frequency_amplitude(method):
+    plain, styled = _build(method, {}), _build(method, {"views": {"bss": True}})
+    assert plain.views.bss is None
+    r_min = styled.views.bss.ratio_range[0]
+    images = load_digits_source().images[:32]
+    # BYOL's view 2 is solarised after BSS: see the xfail test below.
+    checked_views = (0,) if method in BYOL_VIEW_METHODS else (0, 1)
+    for seed in range(3):
+        # The same seed gives the same crops and colours; BSS draws after them.
+        before = _same_batch_views(plain, images, seed)
+        after = _same_batch_views(styled, images, seed)
+        for k in checked_views:
+            assert not torch.allclose(after[k], before[k], atol=1e-3)  # the option changes the views
+            amplitude, phase = _low_frequency_spectrum(after[k], r_min)
+            amplitude_before, phase_before = _low_frequency_spectrum(before[k], r_min)
+            # Without BSS the images' low-frequency amplitudes differ: the check below can fail.
+            assert (amplitude_before - amplitude_before[:1]).abs().max() > 0.5
+            # With it, every image of the view batch has the same ones ...
+            torch.testing.assert_close(amplitude, amplitude[:1].expand_as(amplitude), atol=1e-4, rtol=1e-4)
+            # ... those of one image of the batch (the style image) ...
+            distance = (amplitude_before - amplitude[:1]).abs().flatten(1).max(dim=1).values
+            assert distance.min() < 1e-4, distance
+            # ... and each image keeps its own phase (its content) where the amplitude is not ~0.
+            where = (amplitude_before > 1e-3) & (amplitude > 1e-3)
+            wrapped = torch.remainder(phase - phase_before + math.pi, 2 * math.pi) - math.pi
+            assert wrapped[where].abs().max() < 1e-4
+
+
+@pytest.mark.xfail(strict=True, reason="BYOLViews.two_views runs BSS before each view's blur/solarise "
+                                       "(view 2: solarise with p=0.2), so solarised images leave the batch's style")
+@pytest.mark.parametrize("method", BYOL_VIEW_METHODS)
+def test_bss_style_is_shared_by_byols_second_view_batch(method):
+    styled = _build(method, {"views": {"bss": True}})
+    r_min = styled.views.bss.ratio_range[0]
+    images = load_digits_source().images[:32]
+    for seed in range(3):
+        amplitude, _ = _low_frequency_spectrum(_same_batch_views(styled, images, seed)[1], r_min)
+        torch.testing.assert_close(amplitude, amplitude[:1].expand_as(amplitude), atol=1e-4, rtol=1e-4)
