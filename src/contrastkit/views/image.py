@@ -357,15 +357,19 @@ class BYOLViews(SimCLRViews):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         with seeded_from(generator, images.device):
-            x = self._geometry_and_colour(images)
-            return self._finish(self.view_tails[0](x if self.bss is None else self.bss(x)))
+            x = self.view_tails[0](self._geometry_and_colour(images))
+            return self._finish(x if self.bss is None else self.bss(x))
 
     def two_views(
         self, images: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
+        # BSS comes last, after each view's blur and solarisation (as SimCLR's views apply it after
+        # their blur): a view batch then shares one low-frequency amplitude spectrum, as BSS defines.
         with seeded_from(generator, images.device):
-            first, second = self._styled_halves(self._geometry_and_colour(torch.cat([images, images])))
+            first, second = self._geometry_and_colour(torch.cat([images, images])).chunk(2)
             first, second = self.view_tails[0](first), self.view_tails[1](second)
+            if self.bss is not None:
+                first, second = self.bss(first), self.bss(second)
         return self._finish(first), self._finish(second)
 
 
