@@ -520,6 +520,9 @@ def test_ts2vec_seed_reproducibility_and_save_load(tmp_path):
     second = TS2Vec(input_dims=1, batch_size=4, seed=3, **TINY)
     second.fit(x, n_iters=4)
     np.testing.assert_array_equal(first.encode(x), second.encode(x))
+    other_seed = TS2Vec(input_dims=1, batch_size=4, seed=4, **TINY)
+    other_seed.fit(x, n_iters=4)
+    assert not np.allclose(other_seed.encode(x), first.encode(x))
     first.save(tmp_path / "model.pt")
     loaded = TS2Vec.load(tmp_path / "model.pt")
     np.testing.assert_array_equal(loaded.encode(x[:, 0]), first.encode(x))
@@ -537,6 +540,106 @@ def test_ts2vec_uses_the_weight_average_for_encoding():
     live = model.encoder.input_projection.weight
     averaged = model.averaged_encoder.module.input_projection.weight
     assert not torch.allclose(live, averaged)
+
+
+def test_the_training_draws_depend_on_the_seed_not_only_the_initialisation():
+    x = np.random.default_rng(10).normal(size=(12, 1, 24)).astype(np.float32)
+    first = TS2Vec(input_dims=1, batch_size=4, seed=3, **TINY)
+    second = TS2Vec(input_dims=1, batch_size=4, seed=4, **TINY)
+    second.encoder.load_state_dict(first.encoder.state_dict())  # the same start, other crops/masks/order
+    second.averaged_encoder.load_state_dict(first.averaged_encoder.state_dict())
+    np.testing.assert_array_equal(first.encode(x), second.encode(x))
+    first.fit(x, n_iters=4)
+    second.fit(x, n_iters=4)
+    assert not np.allclose(first.encode(x), second.encode(x))
+
+
+def test_fit_on_the_engine_equals_the_official_training_loop_written_out(tmp_path):
+    """The official loop (ts2vec.py: per epoch a shuffle, full batches, crops, masked encoding, the
+    hierarchical loss, AdamW at torch's defaults on every parameter, an SWA update after each
+    step), with the engine's draws: the epoch's order from a generator seeded by (seed + epoch),
+    torch's generator reseeded from (seed, step) before each step."""
+    import copy
+
+    import yaml
+    from torch.optim.swa_utils import AveragedModel
+
+    from contrastkit.engine import step_seed
+
+    x = np.random.default_rng(14).normal(size=(14, 1, 40)).astype(np.float32)
+    model = TS2Vec(input_dims=1, batch_size=4, seed=5, **TINY)
+    initial = copy.deepcopy(model.encoder.state_dict())
+    epoch_losses = model.fit(x, n_iters=7, out=tmp_path / "run")
+    run_seed = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["fit"]["seed"]
+
+    encoder = DilatedConvEncoder(1, **TINY)
+    encoder.load_state_dict(initial)
+    average = AveragedModel(encoder)
+    average.update_parameters(encoder)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=0.001)  # torch's default weight decay, 0.01
+    data = torch.from_numpy(x)
+    steps_per_epoch = len(data) // 4  # 3: the incomplete last batch is dropped
+    losses: dict[int, list[float]] = {}
+    with torch.random.fork_rng():
+        for step in range(7):
+            epoch, b = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(run_seed + epoch))
+            batch = data[order[4 * b : 4 * b + 4]]
+            torch.manual_seed(step_seed(run_seed, step, 0))
+            crops = sample_overlapping_crops(4, batch.shape[2], min_overlap=2)
+            first, second = take_crops(batch, crops)
+            loss = hierarchical_contrastive_loss(crops.overlap_of_first(encoder(first)),
+                                                 crops.overlap_of_second(encoder(second)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            average.update_parameters(encoder)
+            losses.setdefault(epoch, []).append(float(loss.detach()))
+    np.testing.assert_allclose(epoch_losses, [np.mean(v) for v in losses.values()], rtol=1e-5)
+    for trained, expected in ((model.encoder, encoder), (model.averaged_encoder, average)):
+        for (name, value), reference in zip(trained.state_dict().items(), expected.state_dict().values(), strict=True):
+            torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-6, msg=name)
+    assert int(model.averaged_encoder.n_averaged) == 8
+
+
+@pytest.mark.parametrize("crash_after, checkpointed", [(9, 8), (7, 6)])
+def test_a_fit_that_crashed_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, crash_after, checkpointed):
+    """24 series in batches of 8 (3 steps an epoch), a checkpoint every 4 steps and at every epoch's
+    end. A crash in step 9 leaves the checkpoint of step 8 (epoch 2, one batch done), one in step 7
+    the end-of-epoch checkpoint of step 6; the resumed fit must continue from there and end with
+    the weights, weight average, optimiser state and epoch losses of a whole fit."""
+    from contrastkit.timeseries_method import TS2VecMethod
+    from tests.resume_harness import assert_same_training_state, load_checkpoint
+
+    x = np.random.default_rng(15).normal(size=(24, 1, 20)).astype(np.float32)
+    options = dict(n_iters=14, checkpoint_every_steps=4)
+    whole = TS2Vec(input_dims=1, batch_size=8, seed=6, **TINY).fit(x, out=tmp_path / "whole", **options)
+
+    update_average, steps_done = TS2VecMethod.after_optimizer_step, []
+
+    def crash(method, step, total_steps):
+        update_average(method, step, total_steps)
+        steps_done.append(step)
+        if len(steps_done) == crash_after:  # this step's update is done, its checkpoint is not written
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(TS2VecMethod, "after_optimizer_step", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        TS2Vec(input_dims=1, batch_size=8, seed=6, **TINY).fit(x, out=tmp_path / "crashed", **options)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "crashed")["global_step"] == checkpointed
+    with pytest.raises(ConfigError, match="already holds a run"):
+        TS2Vec(input_dims=1, batch_size=8, seed=6, **TINY).fit(x, out=tmp_path / "crashed", **options)
+    with pytest.raises(ConfigError, match=r"batch_size=8 \(now 4\)"):
+        TS2Vec(input_dims=1, batch_size=4, seed=6, **TINY).fit(x, out=tmp_path / "crashed", resume=True, **options)
+    resumed_model = TS2Vec(input_dims=1, batch_size=8, seed=6, **TINY)
+    resumed = resumed_model.fit(x, out=tmp_path / "crashed", resume=True, **options)
+    reference = load_checkpoint(tmp_path / "whole")
+    assert_same_training_state(reference, load_checkpoint(tmp_path / "crashed"))
+    assert int(reference["state_dict"]["method.averaged_encoder.n_averaged"]) == 15
+    assert resumed == whole and len(whole) == 5  # epochs of 3, 3, 3, 3 and 2 steps
+    assert resumed_model.n_iters == 14
+    np.testing.assert_array_equal(TS2Vec.load(tmp_path / "crashed" / "model.pt").encode(x), resumed_model.encode(x))
 
 
 def test_variable_length_series_train_and_encode_to_finite_vectors():

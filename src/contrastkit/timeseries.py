@@ -5,16 +5,25 @@
     embeddings = model.encode(test)       # (N, 320), one vector per series
 
 Yue et al., "TS2Vec: Towards Universal Representation of Time Series", AAAI 2022; this follows
-the official implementation (github.com/zhihanyue/ts2vec) in its training details: AdamW,
-two overlapping random crops per batch, binomial timestamp masking, the hierarchical
-contrastive loss, an SWA running average of the weights used for encoding, and the handling
-of missing values and variable lengths (NaN padding). Series are channels-first (N, C, T), the
-layout of :mod:`contrastkit.sources.timeseries` and aeon; official TS2Vec takes (N, T, C).
+the official implementation (github.com/zhihanyue/ts2vec) in its training details: AdamW
+(torch's default weight decay 0.01 on every parameter, a constant rate), two overlapping random
+crops per batch, binomial timestamp masking, the hierarchical contrastive loss, an SWA running
+average of the weights used for encoding, and the handling of missing values and variable
+lengths (NaN padding). Series are channels-first (N, C, T), the layout of
+:mod:`contrastkit.sources.timeseries` and aeon; official TS2Vec takes (N, T, C).
+
+Training runs on the engine (:mod:`contrastkit.engine`) with the training step and the batches
+of :mod:`contrastkit.timeseries_method`; ``fit(x, out=...)`` keeps the run folder
+(checkpoints, metrics.csv) and ``fit(x, out=..., resume=True)`` continues it exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
+import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,19 +31,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.optim.swa_utils import AveragedModel
 
 from contrastkit.encoders.dilated_conv import DilatedConvEncoder
+from contrastkit.engine import TrainSettings, train
+from contrastkit.engine.module import CHECKPOINT_KEY
+from contrastkit.engine.run_folder import CHECKPOINT, open_run_dir, resolve_run_dir, write_summary
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.objectives.hierarchical import hierarchical_contrastive_loss
 from contrastkit.seeding import seeded
 from contrastkit.sources.timeseries import TimeSeriesSource
-from contrastkit.views.timeseries import sample_overlapping_crops, take_crops
+from contrastkit.timeseries_method import EpochLosses, StopAfterSteps, TrainingSeriesData, TS2VecMethod
 
 # Official default: 200 iterations when the training array has at most 100,000 values, else 600.
 SMALL_DATASET_VALUES = 100_000
 SMALL_DATASET_ITERS = 200
 LARGE_DATASET_ITERS = 600
+# torch's AdamW default, which the official code keeps, on every parameter (biases included).
+ADAMW_WEIGHT_DECAY = 0.01
 
 
 class TS2Vec:
@@ -54,7 +69,8 @@ class TS2Vec:
             very long series); the overlap of the two crops is at least 2^(temporal_unit+1).
         device: torch device for training and encoding.
         seed: makes initialisation and training reproducible (without changing the global
-            random state); None uses the global torch random state, like the official code.
+            random state); None draws the initial weights and each fit's seed from torch's
+            global random state, like the official code.
     """
 
     def __init__(
@@ -98,10 +114,11 @@ class TS2Vec:
         self.device = torch.device(device)
         # One stream of seeds: initialisation, then one per fit() call.
         self._seeds = np.random.default_rng(seed) if seed is not None else None
-        with self._random_state():
+        with seeded(None if seed is None else self._next_seed(), self.device):
             self.encoder = DilatedConvEncoder(input_dims, output_dims, hidden_dims, depth).to(self.device)
-        # Encoding uses the running (SWA) average of the weights seen after every step.
-        self.averaged_encoder = AveragedModel(self.encoder)
+        # Encoding uses the running (SWA) average of the weights seen after every step; it is
+        # updated in place, never by the optimiser.
+        self.averaged_encoder = AveragedModel(self.encoder).requires_grad_(False)
         self.averaged_encoder.update_parameters(self.encoder)
         self.n_epochs = 0
         self.n_iters = 0
@@ -114,59 +131,102 @@ class TS2Vec:
         n_epochs: int | None = None,
         n_iters: int | None = None,
         verbose: bool = False,
+        out: str | Path | None = None,
+        resume: bool = False,
+        checkpoint_every_steps: int | None = None,
+        *,
+        devices: int = 1,
+        strategy: str = "auto",
+        run_config: dict | None = None,
     ) -> list[float]:
         """Train on ``x`` (N, C, T) or (N, T); NaN marks missing values and padding.
 
         Stops after ``n_epochs`` passes or ``n_iters`` optimiser steps of this call, whichever
         comes first; with neither, ``n_iters`` is 200 (600 if ``x`` has more than 100,000
         values), the official default. Returns the mean loss of each epoch (the last one
-        partial if ``n_iters`` ended it).
+        partial if ``n_iters`` ended it). ``verbose``: a progress bar (on a terminal) and a
+        line per epoch.
+
+        Training runs on the engine (:mod:`contrastkit.engine`). With ``out=None`` it runs in a
+        temporary folder that is removed afterwards; with ``out`` that folder is kept as a run
+        folder (config.yaml, checkpoints/last.ckpt written every epoch and every
+        ``checkpoint_every_steps`` steps, metrics.csv, model.pt, summary.json), and
+        ``resume=True`` continues a run stopped there (a crash, a kill) from its checkpoint,
+        with the ``n_epochs``/``n_iters`` it was started with: weights, weight average,
+        optimiser state, data order and random draws as the uninterrupted run would have them
+        (``n_iters`` and ``n_epochs`` then count the whole run). ``devices`` and ``strategy``
+        are Lightning's (``devices=2, strategy="ddp"``: two processes, each training on its
+        own batch of ``batch_size`` series). ``run_config`` is recorded in config.yaml beside
+        the model's configuration (the command line that called ``fit``).
         """
         if n_epochs is not None and n_epochs < 0 or n_iters is not None and n_iters < 0:
             raise ConfigError(f"TS2Vec.fit: n_epochs and n_iters must be >= 0, got {n_epochs}, {n_iters}.")
+        if resume and out is None:
+            raise ConfigError("TS2Vec.fit: resume=True continues the run in `out`; pass out=<its folder>.")
+        if self._seeds is None and devices != 1:
+            raise ConfigError("TS2Vec.fit on several devices needs TS2Vec(seed=...): every process must draw "
+                              "the same data order.")
         series = self._as_series(x, "fit")
         if n_epochs is None and n_iters is None:
             n_iters = default_n_iters(series.size)
-        series = prepare_training_series(series, self.max_train_length)
-        data = torch.from_numpy(series)
+        if n_epochs == 0 or n_iters == 0:
+            return []
+        data = torch.from_numpy(prepare_training_series(series, self.max_train_length))
+        run_dir = None if out is None else resolve_run_dir(out, resume, "ts2vec")
+        # One seed per fit() call, drawn from the model's seed stream (or, without a seed, from
+        # torch's global generator); a resumed run takes the seed it was started with.
+        run_seed = self._resumed_seed(run_dir) if resume else self._next_seed()
+        fit_options = dict(n_epochs=n_epochs, n_iters=n_iters, seed=run_seed, devices=devices, strategy=strategy,
+                           checkpoint_every_steps=checkpoint_every_steps)
         batch_size = min(self.batch_size, data.shape[0])
-        optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=self.lr)
-        self.encoder.train()
-        loss_log: list[float] = []
-        steps = 0
-        with self._random_state():
-            for epoch in range(n_epochs if n_epochs is not None else 2**62):
-                epoch_losses = []
-                for batch in _shuffled_batches(data, batch_size):
-                    if n_iters is not None and steps >= n_iters:
-                        break
-                    loss = self._training_step(batch.to(self.device), optimizer)
-                    epoch_losses.append(loss)
-                    steps += 1
-                    self.n_iters += 1
-                if epoch_losses:
-                    loss_log.append(float(np.mean(epoch_losses)))
-                    self.n_epochs += 1
-                    if verbose:
-                        print(f"Epoch #{self.n_epochs - 1}: loss={loss_log[-1]:.6f}")
-                if n_iters is not None and steps >= n_iters:
-                    break
-        return loss_log
+        steps_per_epoch = max(1, data.shape[0] // (batch_size * devices))
+        settings = self._train_settings(batch_size, steps_per_epoch, **fit_options)
+        config = {"ts2vec": self.config, "fit": fit_options, **({"command": run_config} if run_config else {})}
+        epoch_losses = EpochLosses(verbose)
+        with contextlib.ExitStack() as stack:
+            if run_dir is None:
+                run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ts2vec-")))
+            else:
+                open_run_dir(run_dir, yaml.safe_dump(config, sort_keys=False))
+            stack.enter_context(seeded(run_seed, self.device))  # the caller's random state is left as it was
+            if not verbose:
+                stack.enter_context(_quiet_lightning())
+            method = TS2VecMethod(self.encoder, self.averaged_encoder, self.max_train_length, self.temporal_unit)
+            result = train(method, TrainingSeriesData(data, settings.batch_size, run_seed), settings, run_dir,
+                           resume=resume, description=config,
+                           callbacks=[epoch_losses] + ([StopAfterSteps(n_iters)] if n_iters else []),
+                           progress_bar=None if verbose else False)
+        self.encoder.to(self.device)  # Lightning hands the module back on the CPU
+        self.averaged_encoder.to(self.device)
+        self.n_iters += result.trainer.global_step
+        self.n_epochs += len(epoch_losses.history)
+        if out is not None and result.is_global_zero:
+            self.save(run_dir / "model.pt")
+            write_summary(run_dir, {
+                "method": "ts2vec", "n_iters": result.trainer.global_step, "n_epochs": len(epoch_losses.history),
+                "final_loss": epoch_losses.history[-1] if epoch_losses.history else None,
+                "world_size": result.trainer.world_size, "train_seconds": round(result.throughput.seconds, 2),
+                "samples_per_second": round(result.throughput.samples_per_second, 2),
+                "epoch_losses": epoch_losses.history})
+        return list(epoch_losses.history)
 
-    def _training_step(self, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
-        if self.max_train_length is not None and x.shape[2] > self.max_train_length:
-            start = int(torch.randint(x.shape[2] - self.max_train_length + 1, ()))
-            x = x[:, :, start : start + self.max_train_length]
-        crops = sample_overlapping_crops(x.shape[0], x.shape[2], min_overlap=2 ** (self.temporal_unit + 1))
-        first, second = take_crops(x, crops)
-        optimizer.zero_grad()
-        z1 = crops.overlap_of_first(self.encoder(first))
-        z2 = crops.overlap_of_second(self.encoder(second))
-        loss = hierarchical_contrastive_loss(z1, z2, temporal_unit=self.temporal_unit)
-        loss.backward()
-        optimizer.step()
-        self.averaged_encoder.update_parameters(self.encoder)
-        return float(loss.detach())
+    def _train_settings(self, batch_size: int, steps_per_epoch: int, n_epochs: int | None, n_iters: int | None,
+                        seed: int, devices: int, strategy: str, checkpoint_every_steps: int | None) -> TrainSettings:
+        """The official optimisation (AdamW at a constant rate, weight decay on every parameter)
+        for the engine, on the model's device.
+
+        ``n_iters`` is not the engine's ``max_steps``: Lightning resumes a run bounded by steps
+        one batch off from an end-of-epoch checkpoint (it restarts it "on epoch end" and trains
+        a batch of the next epoch in the old one). The run is bounded by the epochs that hold
+        ``n_iters`` steps instead, and :class:`StopAfterSteps` ends it at the step."""
+        max_epochs = n_epochs
+        if n_iters is not None:
+            max_epochs = min(n_epochs or n_iters, math.ceil(n_iters / steps_per_epoch))
+        return TrainSettings(
+            optimizer="adamw", lr=self.lr, weight_decay=ADAMW_WEIGHT_DECAY, decay_everything=True,
+            schedule="constant", max_epochs=max_epochs, seed=seed, batch_size=batch_size,
+            checkpoint_every_steps=checkpoint_every_steps, strategy=strategy,
+            **_lightning_devices(self.device, devices))
 
     # ------------------------------------------------------------------ encoding
 
@@ -252,19 +312,47 @@ class TS2Vec:
             raise DataError(f"TS2Vec.{method} got no series (shape {x.shape}).")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    @contextlib.contextmanager
-    def _random_state(self) -> Iterator[None]:
-        """With a seed: a private torch random state seeded from this model's seed stream."""
-        seed = None if self._seeds is None else int(self._seeds.integers(2**62))
-        with seeded(seed, self.device):
+    def _resumed_seed(self, run_dir: Path) -> int:
+        """The seed the run in ``run_dir`` was started with, once its model is known to be this one."""
+        checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+        description = checkpoint.get(CHECKPOINT_KEY) or {}
+        if "fit" not in description:
+            raise DataError(f"'{run_dir / CHECKPOINT}' was not written by TS2Vec.fit; it cannot be resumed here.")
+        changed = {k: (v, self.config.get(k)) for k, v in description["ts2vec"].items() if self.config.get(k) != v}
+        if changed:
+            listed = ", ".join(f"{k}={was!r} (now {now!r})" for k, (was, now) in changed.items())
+            raise ConfigError(f"The run in '{run_dir}' was started with {listed}; resume it with the same TS2Vec "
+                              f"settings, or start a new run in another folder.")
+        return int(description["fit"]["seed"])
+
+    def _next_seed(self) -> int:
+        """The next seed of this model's stream; without a seed, one drawn from torch's global generator."""
+        if self._seeds is None:
+            return int(torch.randint(2**62, ()))
+        return int(self._seeds.integers(2**62))
+
+
+def _lightning_devices(device: torch.device, devices: int) -> dict[str, Any]:
+    """Lightning's accelerator and devices for the model's torch ``device``."""
+    accelerator = {"cuda": "gpu"}.get(device.type, device.type)
+    if device.index is not None and devices == 1:
+        return {"accelerator": accelerator, "devices": [device.index]}
+    return {"accelerator": accelerator, "devices": devices}
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up lines and data-loader hints, hidden for a quiet ``fit``."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch
             yield
-
-
-def _shuffled_batches(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """One epoch of shuffled batches; the incomplete last batch is dropped (as the official code)."""
-    order = torch.randperm(data.shape[0])
-    for start in range(0, data.shape[0] - batch_size + 1, batch_size):
-        yield data[order[start : start + batch_size]]
+    finally:
+        logger.setLevel(level)
 
 
 def _pool_over_time(out: torch.Tensor, encoding_window: str | int | None) -> torch.Tensor:
