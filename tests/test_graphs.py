@@ -30,10 +30,10 @@ from contrastkit.graphs.scgc import (
     student_t_assignments,
     target_distribution,
 )
+from contrastkit.graphs.data import NodeBatch, NodeBatchSampler
 from contrastkit.graphs.train import (
     GraphTrainConfig,
     embed_nodes,
-    node_batches,
     train_graph_method,
 )
 from contrastkit.sources.graphs import (
@@ -339,7 +339,7 @@ def test_scgc_batch_of_all_nodes_equals_full_graph():
     model = SCGC(8, graph.adjacency(), 3, hidden=(16,), embedding_dim=4, order=2, warmup_epochs=0)
     model.init_centres(graph)
     full, _ = model.training_loss(graph)
-    batched, _ = model.training_loss(graph, nodes=torch.arange(30))
+    batched, _ = model.training_loss(NodeBatch(graph, torch.arange(30)))
     assert batched.item() == pytest.approx(full.item(), rel=1e-6)
 
 
@@ -348,9 +348,9 @@ def test_scgc_trains_on_neighbourhood_batches():
     torch.manual_seed(0)
     model = SCGC(8, graph.adjacency(), 3, hidden=(16,), embedding_dim=4, warmup_epochs=2)
     config = GraphTrainConfig(epochs=4, batch_size=20, sampler="neighbourhood", walk_length=2, log_every=100)
-    history = train_graph_method(model, graph, config, log=None)
+    history = train_graph_method(model, graph, config, log=None).history
     assert all(math.isfinite(h["loss"]) for h in history) and "kl" in history[-1]
-    batches = list(node_batches(graph, config))
+    batches = list(NodeBatchSampler(graph, 20, "neighbourhood", walk_length=2))
     assert all(len(b) <= 20 for b in batches)
 
 
@@ -578,12 +578,12 @@ def test_cli_every_method_reports_probe_over_seeds(tmp_path, method, options):
     if method == "graphclip":
         np.save(tmp_path / "text.npy", np.random.default_rng(0).normal(size=(30, 5)).astype(np.float32))
         options = [*options, "--text-embeddings", str(tmp_path / "text.npy")]
-    out = tmp_path / "result.json"
+    out = tmp_path / "run"
     status = main(["--method", method, "--data", str(tmp_path), "--epochs", "2", "--seeds", "2",
                    "--probe-seeds", "3", "--probe-epochs", "5", "--probe", "adam", "logreg",
-                   *options, "--out", str(out), "--quiet"])
+                   *options, "--out", str(out), "--quiet", "--no-report"])
     assert status == 0
-    report = json.loads(out.read_text())
+    report = json.loads((out / "results.json").read_text())
     assert [len(r["probe"]["test"]) for r in report["runs"]] == [3, 3]
     flat = [t for r in report["runs"] for t in r["probe"]["test"]]
     assert report["summary"]["probe_test"] == pytest.approx([np.mean(flat), np.std(flat)])
@@ -602,8 +602,8 @@ def test_methods_train_and_embed(method):
         "graphcl": lambda: GraphCL(10, hidden_dim=8, projection_dim=8),
         "graphclip": lambda: GraphCLIP(10, torch.randn(40, 5), hidden_dim=16, embedding_dim=8, batch_size=12),
     }[method]()
-    history = train_graph_method(model, graph, GraphTrainConfig(epochs=3, lr=1e-2), log=None)
-    assert all(math.isfinite(h["loss"]) for h in history)
+    history = train_graph_method(model, graph, GraphTrainConfig(epochs=3, lr=1e-2), log=None).history
+    assert len(history) == 3 and all(math.isfinite(h["loss"]) for h in history)
     assert embed_nodes(model, graph).shape == (40, model.output_dim)
 
 
@@ -615,7 +615,7 @@ def test_training_is_reproducible_with_a_seed():
     for _ in range(2):
         seed_everything(3)
         model = GraphMAE(10, encoder="gin", hidden_dim=16)
-        history = train_graph_method(model, graph, GraphTrainConfig(epochs=3, seed=3), log=None)
+        history = train_graph_method(model, graph, GraphTrainConfig(epochs=3, seed=3), log=None).history
         losses.append([h["loss"] for h in history])
     assert losses[0] == losses[1]
 
@@ -627,11 +627,12 @@ def test_cli_on_an_edge_list_folder(tmp_path, capsys):
     np.savetxt(tmp_path / "edges.csv", graph.edge_index.T.numpy(), fmt="%d", delimiter=",")
     np.save(tmp_path / "features.npy", graph.x.numpy())
     np.savetxt(tmp_path / "labels.txt", graph.y.numpy(), fmt="%d")
-    out = tmp_path / "result.json"
+    out = tmp_path / "run"
     status = main(["--method", "scgc", "--data", str(tmp_path), "--epochs", "3", "--warmup-epochs", "1",
-                   "--hidden", "8", "--embedding-dim", "4", "--seeds", "2", "--out", str(out), "--quiet"])
+                   "--hidden", "8", "--embedding-dim", "4", "--seeds", "2", "--out", str(out), "--quiet",
+                   "--no-report"])
     assert status == 0
-    report = json.loads(out.read_text())
+    report = json.loads((out / "results.json").read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 1] and "clustering_acc" in report["summary"]
     assert "probe_test" not in report["summary"]  # labels but no split: clustering only
     assert main(["--method", "scgc", "--data", str(tmp_path / "missing")]) == 2
@@ -641,3 +642,168 @@ def test_cli_on_an_edge_list_folder(tmp_path, capsys):
     assert "no split" in capsys.readouterr().err
     assert main(["--method", "scgc", "--data", str(tmp_path), "--epoch", "3"]) == 2
     assert "'--epoch' (did you mean --epochs" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Training on the engine: optimiser and schedule, node batches, run folders, resume
+
+
+def test_full_graph_training_equals_a_plain_adam_loop_with_cosine_decay():
+    """The engine trains as the old loop did: Adam with weight decay on every parameter, the rate
+    lr (1 + cos(pi e / E)) / 2 in epoch e, one step per epoch; given the engine's per-step seeds
+    (masks and dropout), a plain loop reaches the same weights bit for bit."""
+    from contrastkit.engine import step_seed
+    from contrastkit.graphs.train import seed_everything
+
+    graph = random_graph(n=40, features=10)
+    epochs, lr, weight_decay, seed = 6, 1e-2, 1e-3, 7
+    models = []
+    for _ in range(2):
+        seed_everything(0)
+        models.append(GraphMAE(10, encoder="gat", hidden_dim=16, heads=2, mask_rate=0.4))
+    trained, reference = models
+    config = GraphTrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, cosine_schedule=True, seed=seed)
+    history = train_graph_method(trained, graph, config, log=None).history
+    optimizer = torch.optim.Adam(reference.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: (1 + math.cos(math.pi * e / epochs)) / 2)
+    reference.train()
+    losses, rates = [], []
+    for epoch in range(epochs):
+        torch.manual_seed(step_seed(seed, epoch, 0))
+        loss, _ = reference.training_loss(graph)
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    for (name, value), expected in zip(trained.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(value, expected), name
+    assert [h["loss"] for h in history] == pytest.approx(losses, rel=1e-6)
+    assert [h["lr"] for h in history] == pytest.approx(rates, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["random", "neighbourhood"])
+def test_node_batches_are_a_function_of_seed_and_epoch_and_shared_out_over_processes(kind):
+    graph = random_graph(n=50, p=0.1)
+
+    def batches(epoch: int, rank: int = 0, replicas: int = 1) -> list[list[int]]:
+        sampler = NodeBatchSampler(graph, 12, kind, walk_length=2, seed=3, rank=rank, num_replicas=replicas)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    whole = batches(2)
+    assert whole == batches(2) and whole != batches(3)
+    assert all(b == sorted(b) and len(b) <= 12 for b in whole)
+    if kind == "random":  # a partition of the nodes: 4 batches of 12 and one of 2
+        assert sorted(n for b in whole for n in b) == list(range(50)) and len(whole) == 5
+    first, second = batches(2, 0, 2), batches(2, 1, 2)
+    assert len(first) == len(second) == len(whole) // 2
+    interleaved = [b for pair in zip(first, second, strict=True) for b in pair]
+    assert interleaved == whole[: len(interleaved)]
+
+
+def test_cli_run_folders_resume_and_reload(tmp_path, monkeypatch, capsys):
+    from contrastkit.graphs.cli import main
+    from contrastkit.graphs.run_folder import load_trained
+
+    graph = random_graph(n=30, features=6)
+    data = tmp_path / "graph"
+    data.mkdir()
+    write_graph_folder(data, graph)
+    out = tmp_path / "run"
+    argv = ["--method", "graphmae", "--data", str(data), "--hidden", "8", "--epochs", "3", "--seeds", "2",
+            "--first-seed", "4", "--eval", "clustering", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for seed, run in zip((4, 5), results["runs"], strict=True):
+        folder = out / f"seed-{seed}"
+        names = {"config.yaml", "checkpoints", "metrics.csv", "summary.json", "embeddings.npy", "labels.npy",
+                 "report.md", "plots"}
+        assert names <= {p.name for p in folder.iterdir()}
+        assert run["seed"] == seed and run["steps"] == 3 and json.loads((folder / "summary.json").read_text()) == run
+        model, reloaded_graph = load_trained(folder)  # the encoder, rebuilt from config.yaml + checkpoint
+        np.testing.assert_array_equal(embed_nodes(model, reloaded_graph).numpy(), np.load(folder / "embeddings.npy"))
+    # A finished run is never overwritten; --resume reads its seeds back without training again.
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    checkpoint_time = (out / "seed-4" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert main(["--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    assert (out / "seed-4" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == checkpoint_time
+    # --out FILE.json: the results file alone, as before run folders; the folders go under runs/.
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--seeds", "1", "--out", "results.json", "--no-report"]) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert json.loads((tmp_path / "results.json").read_text())["run_folder"] == str(folder.relative_to(tmp_path))
+    assert (folder / "seed-4" / "checkpoints" / "last.ckpt").is_file()
+
+
+# SIGKILL during training, then --resume: the full graph (one step an epoch) and node batches
+# (3 batches an epoch, a checkpoint every 2 steps, so most checkpoints fall inside an epoch).
+KILLED_RUNS = {
+    "graphmae-full-graph": ["--method", "graphmae", "--hidden", "16", "--epochs", "12"],
+    "graphcl-node-batches": ["--method", "graphcl", "--hidden", "16", "--batch-size", "1024", "--epochs", "4",
+                             "--max-steps", "10", "--checkpoint-every-steps", "2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(KILLED_RUNS))
+def test_a_graph_run_killed_between_checkpoints_resumes_exactly(tmp_path, name):
+    import subprocess
+
+    from tests.conftest import DATA_ROOT
+    from tests.resume_harness import ENV, assert_kill_and_resume_is_exact, cli
+
+    data_path("planetoid/Cora/raw")
+    env = {**ENV, "CONTRASTKIT_DATA": str(DATA_ROOT)}
+    options = ["--data", "cora", *KILLED_RUNS[name], "--seeds", "1", "--first-seed", "2", "--eval", "none",
+               "--no-report", "--quiet", "--threads", "1"]
+    subprocess.run(cli("graph", *options, "--out", str(tmp_path / "whole")), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    assert_kill_and_resume_is_exact(cli("graph", *options, "--out", str(killed)),
+                                    cli("graph", "--out", str(killed), "--resume"), killed / "seed-2",
+                                    tmp_path / "whole" / "seed-2", kill_after_step=4, seed=3, env=env)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_on_the_mean_of_their_losses(tmp_path):
+    """--devices 2 --strategy ddp on the full graph: each process draws its own masks (seeded by
+    (seed, step, rank)) and DDP averages the gradients, so the weights equal one process stepping
+    on the mean of both processes' losses."""
+    import subprocess
+
+    from contrastkit.engine import step_seed
+    from contrastkit.graphs.cli import build_method, load_graph, parse_args
+    from contrastkit.graphs.train import seed_everything
+    from tests.resume_harness import ENV, cli, load_checkpoint
+
+    graph = random_graph(n=40, features=8)
+    data = tmp_path / "graph"
+    data.mkdir()
+    write_graph_folder(data, graph)
+    options = ["--method", "graphmae", "--data", str(data), "--hidden", "8", "--epochs", "4", "--seeds", "1",
+               "--first-seed", "3", "--eval", "none", "--no-report", "--quiet", "--threads", "1"]
+    subprocess.run(cli("graph", *options, "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "ddp")),
+                   check=True, env=ENV, capture_output=True)
+    args = parse_args(options)
+    graph = load_graph(args)  # as the command does: the graph, then the seeded initialisation
+    seed_everything(3)
+    reference = build_method("graphmae", graph, args)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3, weight_decay=2e-4)  # GraphMAE's defaults
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: (1 + math.cos(math.pi * e / 4)) / 2)
+    reference.train()
+    for step in range(4):
+        losses = []
+        for rank in range(2):
+            torch.manual_seed(step_seed(3, step, rank))
+            losses.append(reference.training_loss(graph)[0])
+        optimizer.zero_grad()
+        (sum(losses) / 2).backward()
+        optimizer.step()
+        schedule.step()
+    trained = load_checkpoint(tmp_path / "ddp" / "seed-3")["state_dict"]
+    for name, expected in reference.state_dict().items():
+        torch.testing.assert_close(trained[f"method.{name}"], expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert json.loads((tmp_path / "ddp" / "seed-3" / "summary.json").read_text())["world_size"] == 2

@@ -87,7 +87,7 @@ def test_pretraining_draws_from_the_seeded_generator():
     for _ in range(2):
         seed_everything(5)
         model = SCGC(6, graph.adjacency(), 3, hidden=(8,), embedding_dim=3, pretrain_epochs=3, pretrain_batch_size=16)
-        model.on_epoch_start(0, graph)
+        model.before_training(graph)
         embeddings.append(model.embed(graph))
     torch.testing.assert_close(embeddings[0], embeddings[1], rtol=0, atol=0)
 
@@ -100,7 +100,7 @@ def test_uninformative_reconstruction_warns():
     torch.manual_seed(0)
     model = SCGC(6, graph.adjacency(), 3, hidden=(8,), embedding_dim=3, pretrain_epochs=2)
     with pytest.warns(UserWarning, match="no better than their means"):
-        model.on_epoch_start(0, graph)
+        model.before_training(graph)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +112,7 @@ def test_centres_are_a_kmeans_fixed_point_of_the_pretrained_z():
     graph = small_graph(n=60)
     torch.manual_seed(0)
     model = SCGC(6, graph.adjacency(), 3, hidden=(16,), embedding_dim=3, pretrain_epochs=5, pretrain_batch_size=16)
+    model.before_training(graph)
     model.on_epoch_start(0, graph)
     assert bool(model.pretrained) and bool(model.centres_ready)
     z = model.embed(graph).double()
@@ -130,13 +131,13 @@ def test_start_centres_and_clustering_loss_order():
     # Autoencoder start: centres before the first step, so the clustering loss is on from epoch 0.
     torch.manual_seed(0)
     started = SCGC(6, graph.adjacency(), 3, hidden=(8,), embedding_dim=3, pretrain_epochs=2)
-    history = train_graph_method(started, graph, config, log=None)
+    history = train_graph_method(started, graph, config, log=None).history
     assert len(started.pretrain_losses) == 2 and all("kl" in h for h in history)
     # No start: L_N alone for warmup_epochs, then the centres.
     torch.manual_seed(0)
     warm = SCGC(6, graph.adjacency(), 3, hidden=(8,), embedding_dim=3, pretrain_epochs=0, warmup_epochs=2)
     assert warm.decoder is None
-    history = train_graph_method(warm, graph, config, log=None)
+    history = train_graph_method(warm, graph, config, log=None).history
     assert ["kl" in h for h in history] == [False, False, True, True]
     assert warm.pretrain_losses == []
 
@@ -229,9 +230,9 @@ def test_cli_scgc_options_reach_the_model(tmp_path, options, decoder):
     assert (model.decoder is not None) == decoder
     assert model.pretrain_epochs == int(options[1])
     assert model.reconstruction_weight == (1.0 if "--reconstruction-weight" in options else 0.0)
-    out = tmp_path / "result.json"
-    assert cli.main([*argv, "--epochs", "2", "--out", str(out), "--quiet"]) == 0
-    assert "clustering_acc" in json.loads(out.read_text())["summary"]
+    out = tmp_path / "run"
+    assert cli.main([*argv, "--epochs", "2", "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert "clustering_acc" in json.loads((out / "results.json").read_text())["summary"]
 
 
 def test_feature_normalisation_follows_each_methods_reference_code():
@@ -241,3 +242,28 @@ def test_feature_normalisation_follows_each_methods_reference_code():
     assert feature_norm(parse_args(["--method", "graphmae", "--data", "cora"])) == "row"  # PyG NormalizeFeatures
     assert feature_norm(parse_args(["--method", "scgc", "--data", "cora", "--features-norm", "row"])) == "row"
     assert feature_norm(parse_args(["--method", "graphmae", "--data", "cora", "--raw-features"])) == "none"
+
+
+@SHORT_START
+@pytest.mark.slow
+def test_a_scgc_run_killed_after_its_start_resumes_exactly(tmp_path):
+    """Killed after the autoencoder start and before the warm-up ends: the resumed run takes the
+    start's weights from the checkpoint (it does not redo it) and places the centres at epoch 12 as
+    the uninterrupted run does (k-means seeded by (seed, epoch))."""
+    import subprocess
+
+    from tests.resume_harness import ENV, assert_kill_and_resume_is_exact, cli
+
+    graph = small_graph(n=60)
+    np.savetxt(tmp_path / "edges.csv", graph.edge_index.T.numpy(), fmt="%d", delimiter=",")
+    np.save(tmp_path / "features.npy", graph.x.numpy())
+    options = ["--method", "scgc", "--data", str(tmp_path), "--hidden", "16", "--embedding-dim", "3", "--clusters", "3",
+               "--pretrain-epochs", "3", "--warmup-epochs", "12", "--epochs", "60", "--eval", "none", "--no-report",
+               "--quiet", "--threads", "1"]
+    subprocess.run(cli("graph", *options, "--out", str(tmp_path / "whole")), check=True, env=ENV, capture_output=True)
+    killed = tmp_path / "killed"
+    assert_kill_and_resume_is_exact(cli("graph", *options, "--out", str(killed)),
+                                    cli("graph", "--out", str(killed), "--resume"), killed / "seed-0",
+                                    tmp_path / "whole" / "seed-0", kill_after_step=4, seed=2)
+    state = torch.load(killed / "seed-0" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert bool(state["method.pretrained"]) and bool(state["method.centres_ready"])

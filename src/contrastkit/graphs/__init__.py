@@ -1,5 +1,5 @@
 """Self-supervised learning on graphs: methods (SCGC, GraphMAE, GraphCL, GraphCLIP), their
-training loop (full graph or node batches) and the Planetoid evaluation protocol.
+training on the engine (full graph or node batches) and the Planetoid evaluation protocol.
 
 Quick use::
 
@@ -11,7 +11,7 @@ Quick use::
     graph = graph.with_features(row_normalize_features(graph.x))
     model = GraphMAE(graph.num_features)
     train_graph_method(model, graph, GraphTrainConfig(epochs=1500, lr=1e-3, weight_decay=2e-4,
-                                                      cosine_schedule=True))
+                                                      cosine_schedule=True), run_dir="runs/graphmae-cora")
     probe = probe_over_seeds(embed_nodes(model, graph), graph, seeds=range(20))
     print(mean_std(probe["test"]))  # GraphMAE's probe, 20 probe seeds on these embeddings
 
@@ -33,7 +33,8 @@ from contrastkit.graphs.scgc import (
     neighbour_contrastive_loss,
     neighbour_positive_weights,
 )
-from contrastkit.graphs.train import GraphTrainConfig, embed_nodes, train_graph_method
+from contrastkit.graphs.data import NodeBatch
+from contrastkit.graphs.train import GraphTrainConfig, GraphTraining, embed_nodes, train_graph_method
 
 __all__ = [
     "SCGC",
@@ -41,6 +42,8 @@ __all__ = [
     "GraphCLIP",
     "GraphMAE",
     "GraphTrainConfig",
+    "GraphTraining",
+    "NodeBatch",
     "apply_feature_mask",
     "embed_nodes",
     "neighbour_contrastive_loss",

@@ -1,13 +1,24 @@
 """``contrastkit graph``: pretrain a graph method over several seeds and evaluate it.
 
-    contrastkit graph --method graphmae --data cora --seeds 20 --out graphmae-cora.json
-    contrastkit graph --method scgc --data cora
+    contrastkit graph --method graphmae --data cora --seeds 20 --out runs/graphmae-cora
+    contrastkit graph --out runs/graphmae-cora --resume        # continue it after a crash or a kill
+    contrastkit graph --method scgc --data cora --out scgc-cora.json
     contrastkit graph --method graphcl --objective dcl --edges e.csv --features x.npy --labels y.txt
 
 Each pretraining seed (0..S-1, from --first-seed) seeds the model, the masks/views and the batch
-order; the method trains for the fixed epochs of its defaults (the papers' settings; override with
---epochs etc.) and the final model is evaluated -- no epoch is chosen, nothing looks at a label
-during training. Evaluations (``--eval``, default both):
+order; the method trains on the engine (:mod:`contrastkit.graphs.train`) for the fixed epochs of
+its defaults (the papers' settings; override with --epochs etc.) and the final model is
+evaluated -- no epoch is chosen, nothing looks at a label during training.
+
+``--out`` is a folder: one run folder per pretraining seed (``seed-S/``: config.yaml,
+checkpoints/last.ckpt, metrics.csv, summary.json, embeddings.npy, report.md; the layout is in
+:mod:`contrastkit.graphs.run_folder`) and ``results.json``, the figures of every seed. An ``--out``
+ending in ``.json`` is only that results file (as before run folders existed); the run folders
+then go under ``runs/graph-<method>-<data>-<time>/``, as they do without ``--out``. ``--resume``
+continues the folder's command: finished seeds are read back, an interrupted one continues from
+its last checkpoint (bit for bit as if it had not stopped), the others start.
+
+Evaluations (``--eval``, default both):
 
 * ``probe``: node classification on the public split. ``--probe adam`` (default) is GraphMAE's
   probe (:func:`contrastkit.graphs.evaluate.adam_probe_accuracy`: epoch chosen on the validation
@@ -19,7 +30,7 @@ during training. Evaluations (``--eval``, default both):
 * ``clustering``: k-means ACC / NMI / ARI, mean ± std over the pretraining seeds.
 
 By default both run when the graph has labels and a split, clustering alone with labels only, and
-none without labels (the embeddings are still trained; save them with the Python API).
+none without labels (the embeddings are still trained and saved in each seed's folder).
 
 ``main(argv)`` returns the exit status (2 for a user error).
 """
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -36,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contrastkit.engine.run_folder import is_first_process
 from contrastkit.errors import ConfigError, ContrastkitError, DataError, closest_names
 from contrastkit.graphs.evaluate import (
     clustering_scores,
@@ -44,6 +57,17 @@ from contrastkit.graphs.evaluate import (
     probe_over_seeds,
     split_parts,
     split_probe_accuracy,
+)
+from contrastkit.graphs.run_folder import (
+    RESULTS,
+    check_seed_folders,
+    finished_result,
+    is_results_file,
+    read_options,
+    runs_folder,
+    seed_folder,
+    write_options,
+    write_seed_outputs,
 )
 from contrastkit.graphs.train import (
     GraphTrainConfig,
@@ -127,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: '--epoch' must not silently mean '--epochs'.
     p = argparse.ArgumentParser(prog="contrastkit graph", description="Self-supervised learning on graphs.",
                                 allow_abbrev=False)
-    p.add_argument("--method", required=True, choices=sorted(TRAIN_DEFAULTS))
+    p.add_argument("--method", choices=sorted(TRAIN_DEFAULTS), help="required, unless --resume reads it back")
     p.add_argument("--data", help="built-in graph (cora, citeseer) or a folder (edges.csv + features.csv/.npy "
                                   "[+ labels.txt/.csv/.npy, split.txt])")
     p.add_argument("--edges", help="edge-list CSV src,dst[,weight] (with --features)")
@@ -140,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-features", action="store_true", help="same as --features-norm none")
     p.add_argument("--seeds", type=int, default=1, help="number of pretraining seeds (0..S-1)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--eval", choices=("probe", "clustering", "both"),
-                   help="default: probe when the graph has a train/val/test split, clustering when it has labels")
+    p.add_argument("--eval", choices=("probe", "clustering", "both", "none"),
+                   help="default: both when the graph has a train/val/test split, clustering when it has "
+                        "labels only, none without labels")
     p.add_argument("--probe", nargs="+", choices=("adam", "logreg"), default=["adam"],
                    help="adam: GraphMAE's probe (epoch chosen on validation nodes), over --probe-seeds; "
                         "logreg: scikit-learn, C chosen on validation nodes (deterministic)")
@@ -173,8 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruction-weight", type=float,
                    help="scgc: weight of the reconstruction loss during training (default 0: SCGC*; 1: SCGC)")
     p.add_argument("--text-embeddings", help="graphclip: (N, D) .npy of text-summary embeddings")
+    p.add_argument("--max-steps", type=int, help="stop each seed's training after N optimiser steps (before "
+                                                    "--epochs ends; a cosine schedule then spans N steps)")
+    p.add_argument("--checkpoint-every-steps", type=int,
+                   help="also checkpoint every N optimiser steps (a checkpoint is written every epoch anyway)")
+    p.add_argument("--accelerator", default="cpu", help="Lightning's accelerator: cpu (default), gpu, auto")
+    p.add_argument("--devices", type=int, default=1, help="processes (devices) that train together")
+    p.add_argument("--strategy", default="auto", help="Lightning's strategy, e.g. ddp (with --devices N)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--out", help="write the per-seed results and the summary as JSON")
+    p.add_argument("--out", help="FOLDER: a run folder per pretraining seed (seed-S/) and results.json; "
+                                 "FILE.json: only the results (run folders then go under runs/)")
+    p.add_argument("--resume", action="store_true", help="continue the command of --out FOLDER (its options are "
+                                                         "read back; options given now override them)")
+    p.add_argument("--no-report", action="store_true", help="no report.md per seed")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -261,7 +297,20 @@ def summary_lines(summary: dict[str, Any], seeds: int, probe_seeds: int) -> list
     return lines
 
 
+TRAIN_OPTIONS = ("epochs", "lr", "weight_decay", "batch_size", "sampler", "max_steps", "checkpoint_every_steps",
+                 "accelerator", "devices", "strategy")
+
+
+def saved_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a run folder keeps (what --resume reads back)."""
+    return {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "resume"}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # Lightning logs a line at every checkpoint it restores or writes (here every epoch): not shown.
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+    if args.quiet:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.seeds < 1 or args.probe_seeds < 1:
@@ -272,45 +321,80 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         split_parts(graph)  # a graph without labels or split fails now, not after training
     if args.eval in ("clustering", "both") and graph.y is None:
         raise DataError(f"Clustering scores on '{graph.name}' need node labels; give a label file.")
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "batch_size", "sampler")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    train_config = replace(TRAIN_DEFAULTS[args.method], **overrides)  # checks the options before any training
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    folder = runs_folder(args.out, args.resume, f"graph-{args.method}-{graph.name}")
+    first = is_first_process()
+    if first:
+        check_seed_folders(folder, seeds, args.resume)
+        write_options(folder, saved_options(args))
     log = None if args.quiet else print
+    if log and first:
+        log(f"run folders: {folder}/seed-S")
     runs = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        config = replace(TRAIN_DEFAULTS[args.method], seed=seed, **overrides)
-        seed_everything(seed)
-        method = build_method(args.method, graph, args)
-        history = train_graph_method(method, graph, config, log)
-        seconds = sum(h["seconds"] for h in history)
-        result: dict[str, Any] = {
-            "seed": seed, "final_loss": history[-1]["loss"] if history else None, "train_seconds": seconds,
-            "seconds_per_epoch": seconds / len(history) if history else None,
-        }
-        result.update(evaluate_seed(embed_nodes(method, graph), graph, args, seed))
-        if args.eval in ("clustering", "both") and hasattr(method, "predict_clusters") \
-                and bool(getattr(method, "centres_ready", True)):
-            # A method with a clustering head (SCGC's DEC q) is also scored by argmax_j q_ij,
-            # the clustering its reference code reports.
-            from contrastkit.graphs.scgc import head_clustering_scores
-
-            result["head_clustering"] = head_clustering_scores(method, graph)
-        runs.append(result)
-        if log:
-            log(f"seed {seed}: " + "; ".join(summary_lines(summarize([result]), 1, args.probe_seeds)))
+    for seed in seeds:
+        run_dir = seed_folder(folder, seed)
+        done = finished_result(run_dir) if args.resume else None
+        if done is not None:
+            runs.append(done)
+            continue
+        result = train_and_evaluate_seed(args, graph, replace(train_config, seed=seed), run_dir, log)
+        if result is not None:
+            runs.append(result)
+    if not first:
+        return {}  # a DDP child process: rank 0 evaluates and writes
     summary = summarize(runs)
-    report = {"method": args.method, "data": graph.name, "features_norm": feature_norm(args), "seeds": args.seeds, "probe_seeds": args.probe_seeds,
-              "train": asdict(replace(TRAIN_DEFAULTS[args.method], **overrides)),
+    report = {"method": args.method, "data": graph.name, "features_norm": feature_norm(args), "seeds": args.seeds,
+              "probe_seeds": args.probe_seeds, "train": asdict(train_config),
               "options": {k: v for k, v in vars(args).items() if v not in (None, False)},
-              "summary": summary, "runs": runs}
+              "run_folder": str(folder), "summary": summary, "runs": runs}
     for line in summary_lines(summary, args.seeds, args.probe_seeds):
         print(line)
-    if args.out:
+    (folder / RESULTS).write_text(json.dumps(report, indent=2))
+    if args.out and is_results_file(args.out):
         Path(args.out).write_text(json.dumps(report, indent=2))
     return report
 
 
+def train_and_evaluate_seed(args: argparse.Namespace, graph: Graph, config: GraphTrainConfig, run_dir: Path,
+                            log) -> dict[str, Any] | None:
+    """Pretrain one seed into ``run_dir`` (resuming it with --resume), evaluate it and write its
+    outputs; None on DDP processes other than rank 0."""
+    seed_everything(config.seed)  # the initialisation; the engine seeds every step
+    method = build_method(args.method, graph, args)
+    description = {"method": args.method, "data": graph.name, "features_norm": feature_norm(args),
+                   "seed": config.seed, "options": saved_options(args)}
+    training = train_graph_method(method, graph, config, log, run_dir=run_dir, resume=args.resume,
+                                  description=description, progress_bar=False if args.quiet else None)
+    if not training.is_global_zero:
+        return None
+    history = training.history
+    result: dict[str, Any] = {
+        "method": args.method, "data": graph.name, "seed": config.seed, "run_dir": str(run_dir),
+        "epochs_trained": len(history), "steps": training.steps, "world_size": training.world_size,
+        "final_loss": history[-1]["loss"] if history else None, "train_seconds": training.seconds,
+        "seconds_per_epoch": training.seconds / len(history) if history else None,
+    }
+    embeddings = embed_nodes(method, graph)
+    result.update(evaluate_seed(embeddings, graph, args, config.seed))
+    if args.eval in ("clustering", "both") and hasattr(method, "predict_clusters") \
+            and bool(getattr(method, "centres_ready", True)):
+        # A method with a clustering head (SCGC's DEC q) is also scored by argmax_j q_ij,
+        # the clustering its reference code reports.
+        from contrastkit.graphs.scgc import head_clustering_scores
+
+        result["head_clustering"] = head_clustering_scores(method, graph)
+    lines = summary_lines(summarize([result]), 1, args.probe_seeds)
+    write_seed_outputs(run_dir, result, embeddings, graph.y, lines, report=not args.no_report)
+    if log:
+        log(f"seed {config.seed}: " + "; ".join(lines))
+    return result
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The options; an unknown one is a ConfigError naming the closest valid ones."""
+    """The options; an unknown one is a ConfigError naming the closest valid ones. With --resume,
+    the options saved in --out FOLDER are the defaults of those not given now."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -321,6 +405,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             named.append(f"'{option}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
         raise ConfigError(f"Unknown option {', '.join(named)} for 'contrastkit graph'. "
                           f"Run 'contrastkit graph --help' for the valid options.")
+    if args.resume:
+        if not args.out or is_results_file(args.out):
+            raise ConfigError("--resume needs --out FOLDER: the folder of the run to continue (not a .json file).")
+        parser.set_defaults(**{k: v for k, v in read_options(Path(args.out)).items() if k != "out"})
+        args = parser.parse_args(argv)
+    if args.method is None:
+        raise ConfigError(f"--method is required: one of {', '.join(sorted(TRAIN_DEFAULTS))}.")
     return args
 
 

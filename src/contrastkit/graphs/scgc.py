@@ -36,7 +36,7 @@ trained to reconstruct the node features (mean squared error, Adam lr 1e-3, batc
 30 epochs: SDCN's ``data/pretrain.py``), then k-means (20 restarts) on its z places mu, and the
 clustering loss is on from the first epoch. The reference code loads SDCN's checkpoint of that
 autoencoder (none exists for Cora); :func:`pretrain_reconstruction` trains it here, on the
-unlabelled features, when training starts (``pretrain_epochs``). Without it
+unlabelled features, before the first training step (``pretrain_epochs``). Without it
 (``pretrain_epochs=0``) the first ``warmup_epochs`` train L_N alone before k-means places mu.
 The reference's features are raw (SDCN's Citeseer: binary bag of words), and so are SCGC's in
 the graph CLI (``--features-norm none`` is its default). Row-normalised ones (Cora's entries
@@ -65,8 +65,10 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
 
 from contrastkit.encoders.gnn import NodeMLP
+from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation.clustering import cluster_accuracy
+from contrastkit.graphs.data import NodeBatch
 from contrastkit.sources.graphs import Graph
 
 
@@ -145,28 +147,23 @@ def pretrain_reconstruction(
     shuffled batches of ``batch_size`` rows, Adam(lr), ``epochs`` passes (SDCN's autoencoder
     pretraining, ``data/pretrain.py`` of github.com/bdy9527/SDCN: 30 epochs, lr 1e-3, batch 256).
 
-    Unsupervised: only the features are read. The shuffling draws from torch's global generator,
-    so a seeded run is reproducible. Returns the mean batch loss of each epoch.
+    An auxiliary fit (:func:`contrastkit.engine.auxiliary.fit_auxiliary`, the loop the library's
+    small fits share). Unsupervised: only the features are read. The shuffling draws from torch's
+    global generator, so a seeded run is reproducible. Returns the mean loss of each epoch.
     """
     if epochs < 0 or batch_size < 1:
         raise ConfigError(f"Autoencoder pretraining needs epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}.")
-    parameters = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=lr)
+    if epochs == 0:
+        return []
     encoder.train()
     decoder.train()
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0]).to(x.device)
-        total, batches = 0.0, 0
-        for start in range(0, x.shape[0], batch_size):
-            rows = x[order[start : start + batch_size]]
-            loss = F.mse_loss(decoder(encoder(rows)), rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, batches = total + float(loss.detach()), batches + 1
-        losses.append(total / batches)
-    return losses
+
+    def reconstruction_error(rows: Tensor) -> Tensor:
+        batch = x[rows.to(x.device)]
+        return F.mse_loss(decoder(encoder(batch)), batch)
+
+    return fit_auxiliary([*encoder.parameters(), *decoder.parameters()], reconstruction_error, len(x),
+                         epochs=epochs, lr=lr, batch_size=batch_size)
 
 
 def warn_if_reconstruction_is_trivial(final_loss: float | None, x: Tensor) -> None:
@@ -277,14 +274,20 @@ class SCGC(nn.Module):
             return self._full_weights.to(device)
         return neighbour_positive_weights(self.normalized, self.order, self.cumulative, nodes.cpu().numpy()).to(device)
 
+    def before_training(self, graph: Graph) -> None:
+        """Called by the training loop before the first step: the autoencoder start, once. (A run
+        resumed from a checkpoint skips it: the checkpoint holds the weights it gave.)"""
+        if bool(self.pretrained):
+            return
+        self.pretrain_losses = pretrain_reconstruction(
+            self.encoder, self.decoder, graph.x, self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size
+        )
+        self.pretrained.fill_(True)
+        warn_if_reconstruction_is_trivial(self.pretrain_losses[-1] if self.pretrain_losses else None, graph.x)
+
     def on_epoch_start(self, epoch: int, graph: Graph) -> None:
-        """Called by the training loop: the autoencoder start before epoch 0, then the centres."""
-        if not bool(self.pretrained):
-            self.pretrain_losses = pretrain_reconstruction(
-                self.encoder, self.decoder, graph.x, self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size
-            )
-            self.pretrained.fill_(True)
-            warn_if_reconstruction_is_trivial(self.pretrain_losses[-1] if self.pretrain_losses else None, graph.x)
+        """Called by the training loop at the start of every epoch: the centres, once the warm-up
+        is over (at epoch 0 after the autoencoder start)."""
         if epoch >= self.warmup_epochs and not bool(self.centres_ready):
             self.init_centres(graph)
 
@@ -307,7 +310,11 @@ class SCGC(nn.Module):
         self.centres.copy_(torch.from_numpy(kmeans.cluster_centers_).to(self.centres))
         self.centres_ready.fill_(True)
 
-    def training_loss(self, graph: Graph, nodes: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    takes_node_ids = True  # node batches arrive as NodeBatch (whole graph + ids), see graphs/data.py
+
+    def training_loss(self, batch: Graph | NodeBatch) -> tuple[Tensor, dict[str, float]]:
+        """The loss of the whole graph, or of a batch of nodes (their rows of W, see the module doc)."""
+        graph, nodes = (batch.graph, batch.nodes) if isinstance(batch, NodeBatch) else (batch, None)
         x = graph.x if nodes is None else graph.x[nodes]
         z = self.encoder(x)
         contrast = neighbour_contrastive_loss(z, self.positive_weights(nodes, z.device), self.temperature)
