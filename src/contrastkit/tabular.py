@@ -219,14 +219,9 @@ class TabularContrastive(abc.ABC):
         method = TabularTraining(self.encoder, self.projector, corruption, self._loss)
         loader = batch_loader(Rows(data), EpochShuffleSampler(data.shape[0], batch_size, seed))
         accelerator, devices = _accelerator(self.device)
-        # The length as steps only: with max_epochs set, Lightning loads the loader to estimate the
-        # steps before the checkpoint is restored, and a mid-epoch resume then replays the epoch
-        # from its first batch (the loader's position is never applied).
-        steps = n_epochs * (data.shape[0] // batch_size)
-        settings = TrainSettings(optimizer="adam", lr=self.lr, schedule="constant",
-                                 max_steps=steps if max_steps is None else min(steps, max_steps),
-                                 accelerator=accelerator, devices=devices, seed=seed, batch_size=batch_size,
-                                 checkpoint_every_steps=checkpoint_every_steps)
+        settings = TrainSettings(optimizer="adam", lr=self.lr, schedule="constant", max_epochs=n_epochs,
+                                 max_steps=max_steps, accelerator=accelerator, devices=devices, seed=seed,
+                                 batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps)
         description = {"estimator": name, "options": self._options(), "rows": int(data.shape[0]),
                        "n_epochs": n_epochs, "max_steps": max_steps, "fit_seed": seed}
         losses = EpochLosses(name, verbose)
