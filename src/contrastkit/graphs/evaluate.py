@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix
 from contrastkit.evaluation.clustering import kmeans_scores
@@ -91,25 +92,25 @@ def adam_probe_accuracy(
     num_classes = int(y[y >= 0].max()) + 1
     with seeded(seed):
         layer = torch.nn.Linear(x.shape[1], num_classes)
-    optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
 
     def accuracy(split: str) -> float:
         with torch.no_grad():
             return float((layer(x[rows[split]]).argmax(dim=1) == y[rows[split]]).float().mean())
 
-    best_val, best_epoch, best_state = -1.0, -1, None
-    for epoch in range(epochs):
-        loss = F.cross_entropy(layer(x[rows["train"]]), y[rows["train"]])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    best = {"val": -1.0, "epoch": -1, "state": None}
+
+    def keep_if_best(epoch: int) -> None:
         val = accuracy("val")
-        if val >= best_val:
-            best_val, best_epoch = val, epoch
-            best_state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+        if val >= best["val"]:
+            best.update(val=val, epoch=epoch, state={k: v.detach().clone() for k, v in layer.state_dict().items()})
+
+    train_rows = rows["train"]
+    # One full-batch Adam step per epoch on the training nodes (no random number drawn).
+    fit_auxiliary(layer.parameters(), lambda _: F.cross_entropy(layer(x[train_rows]), y[train_rows]),
+                  len(train_rows), epochs=epochs, lr=lr, weight_decay=weight_decay, after_epoch=keep_if_best)
     final_test = accuracy("test")
-    layer.load_state_dict(best_state)
-    return {"val": best_val, "test": accuracy("test"), "epoch": best_epoch, "final_test": final_test}
+    layer.load_state_dict(best["state"])
+    return {"val": best["val"], "test": accuracy("test"), "epoch": best["epoch"], "final_test": final_test}
 
 
 def probe_over_seeds(
