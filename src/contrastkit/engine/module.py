@@ -135,7 +135,9 @@ class EngineModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         hook = getattr(self.method, "after_optimizer_step", None)
         if hook is not None:
-            hook(self.global_step, self.planned_steps())
+            # Lightning counts the step as done only once this hook returns: this one is step
+            # global_step + 1 (the EMA schedules of BYOL and MoCo read it).
+            hook(self.global_step + 1, self.planned_steps())
 
     def planned_steps(self) -> int:
         """Total optimiser steps of the run; for a run bounded only by time, estimated from the pace."""
