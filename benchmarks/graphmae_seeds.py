@@ -33,7 +33,9 @@ from docs/benchmarks.md, marked ``"source": "docs/benchmarks.md ..."``; the docs
 GraphMAE-probe means, so their other fields are null.
 
 ``--summarise`` prints, per settings group, each figure's mean ± std over pretraining seeds
-(population std, as GraphMAE's script prints), min-max and n (the seeds that have the figure).
+(population std, as GraphMAE's script prints), min-max and n (the seeds that have the figure), and
+the GraphMAE probe per code commit (the graph training loop moved onto the engine at f9d0b3e: same
+algorithm, another random stream, so a seed's figure differs between the two).
 Lines with other settings (e.g. a short ``--epochs`` check written with ``--store``) form their own group.
 """
 
@@ -241,6 +243,13 @@ def summarise(store: Path) -> None:
                 continue
             print(f"| {name} | {values.mean():.2f} ± {values.std():.2f}{unit} | "
                   f"{values.min():.2f}-{values.max():.2f}{unit} | {values.size} |")
+        by_commit: dict[str, list[float]] = {}
+        for r in rows:
+            if r.get("graphmae_probe_test") is not None:
+                by_commit.setdefault(r["code_commit"] or "docs", []).append(100 * r["graphmae_probe_test"])
+        if len(by_commit) > 1:
+            print("| GraphMAE probe, test, per code commit | " + "; ".join(
+                f"{c}: {np.mean(v):.2f} ± {np.std(v):.2f}% (n {len(v)})" for c, v in by_commit.items()) + " | | |")
         pairs = [t for r in rows for t in (r.get("graphmae_probe_tests") or [])]
         if pairs:
             n_runs = sum(1 for r in rows if r.get("graphmae_probe_tests"))
