@@ -27,8 +27,8 @@ into a temporary folder, put first on PYTHONPATH), not from the working tree, wh
 editing: so ``code_commit`` is exactly the code that ran and ``src_changes`` is empty (``--working-tree``
 runs the tree as it is and records its changes instead).
 
-A seed already in the store with the same settings is refused (checked before the run and again
-before appending). Seeds 0 and 1 were run before the store existed: ``--transcribe-docs`` stores them
+A seed already in the store with the same settings is refused: skipped with a message before its run
+(so a list may repeat stored seeds), an error if it appears while running (checked again before appending). Seeds 0 and 1 were run before the store existed: ``--transcribe-docs`` stores them
 from docs/benchmarks.md, marked ``"source": "docs/benchmarks.md ..."``; the docs give only their
 GraphMAE-probe means, so their other fields are null.
 
@@ -144,7 +144,8 @@ def run_seed(seed: int, epochs: int, probe_seeds: int, threads: int, store: Path
     """One seed through the CLI, appended to ``store``; code from ``code_commit`` (None: the working tree)."""
     settings = settings_of(epochs, probe_seeds, PROBES)
     if stored(store, seed, settings):
-        raise SystemExit(f"seed {seed} is already stored in {store} with these settings; not run.")
+        print(f"seed {seed} is already stored in {store} with these settings; not run.", flush=True)
+        return
     argv = ["--method", "graphmae", "--data", "cora", "--seeds", "1", "--first-seed", str(seed),
             "--probe-seeds", str(probe_seeds), "--probe", *PROBES, "--threads", str(threads)]
     if epochs != PAPER_EPOCHS:
