@@ -35,20 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
-from contrastkit.engine.run_folder import open_run_dir, resolve_run_dir, write_summary
+from contrastkit.engine.run_folder import estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives.infonce import ntxent_terms
 from contrastkit.seeding import seeded
@@ -429,37 +424,14 @@ def fit_forecaster(
             "input_length": int(inputs.shape[1]),
             "horizon": int(targets.shape[1]),
         }
-        temporary = run_dir is None
-        if temporary:
-            run_dir = Path(tempfile.mkdtemp(prefix="contrastkit-forecaster-"))
-        else:
-            open_run_dir(run_dir, yaml.safe_dump(description, sort_keys=False))
-        try:
-            result = train(
-                ForecastingTraining(model, config),
-                loader,
-                settings,
-                run_dir,
-                resume=resume,
-                description=description,
-            )
-            if not temporary:
-                write_summary(run_dir, {
-                    "method": "fit_forecaster",
-                    "steps": result.trainer.global_step,
-                    "steps_per_epoch": len(loader),
+        with estimator_run_dir(run_dir, "forecaster", description) as (folder, kept):
+            result = train(ForecastingTraining(model, config), loader, settings, folder, resume=resume,
+                           description=description)
+            if kept:
+                write_estimator_run(folder, result, {
+                    "method": "fit_forecaster", "steps_per_epoch": len(loader),
                     "final_loss": float(result.trainer.callback_metrics.get("train/loss", float("nan"))),
-                    "seconds": round(result.throughput.epoch_seconds, 2),
-                    "samples_per_second": round(result.throughput.samples_per_second, 2),
-                    "skipped_steps": result.module.skipped_steps,
-                })
-                save_file(
-                    {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                    run_dir / "model.safetensors",
-                )
-        finally:
-            if temporary:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                }, model.state_dict())
     return model.eval()
 
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import abc
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,15 +42,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import yaml
-from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from contrastkit import objectives
 from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
 from contrastkit.engine.module import CHECKPOINT_KEY
-from contrastkit.engine.run_folder import CHECKPOINT, open_run_dir, resolve_run_dir, write_summary
+from contrastkit.engine.run_folder import CHECKPOINT, estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
@@ -225,28 +221,15 @@ class TabularContrastive(abc.ABC):
         description = {"estimator": name, "options": self._options(), "rows": int(data.shape[0]),
                        "n_epochs": n_epochs, "max_steps": max_steps, "fit_seed": seed}
         losses = EpochLosses(name, verbose)
-        temporary = run_dir is None
-        if temporary:
-            run_dir = Path(tempfile.mkdtemp(prefix=f"contrastkit-{name.lower()}-"))
-        else:
-            open_run_dir(run_dir, yaml.safe_dump(description, sort_keys=False))
-        try:
+        with estimator_run_dir(run_dir, name.lower(), description) as (folder, kept):
             with seeded(seed, self.device):  # the engine reseeds torch per step; the caller's state is kept
-                result = train(method, loader, settings, run_dir, resume=resume, description=description,
+                result = train(method, loader, settings, folder, resume=resume, description=description,
                                callbacks=[losses])
-            if not temporary:
-                write_summary(run_dir, {
+            if kept:
+                write_estimator_run(folder, result, {
                     "method": name, "rows": int(data.shape[0]), "epochs": len(losses.means),
-                    "steps": result.trainer.global_step, "epoch_losses": losses.means,
-                    "seconds": round(result.throughput.epoch_seconds, 2),
-                    "samples_per_second": round(result.throughput.samples_per_second, 2),
-                    "skipped_steps": result.module.skipped_steps,
-                })
-                save_file({k: v.detach().cpu().contiguous() for k, v in self._state_dict().items()},
-                          run_dir / "model.safetensors")
-        finally:
-            if temporary:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                    "epoch_losses": losses.means,
+                }, self._state_dict())
         self.n_epochs += len(losses.means)
         self._train_mode(False)
         return losses.means

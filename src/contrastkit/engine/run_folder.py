@@ -15,10 +15,16 @@ never overwritten: only ``--resume`` reopens it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
 
 from contrastkit.errors import ConfigError
 
@@ -82,3 +88,34 @@ def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+@contextlib.contextmanager
+def estimator_run_dir(run_dir: Path | None, name: str, description: dict) -> Iterator[tuple[Path, bool]]:
+    """The folder an estimator's ``fit`` trains in: ``run_dir`` (already resolved, see
+    :func:`resolve_run_dir`), opened with ``description`` as its config.yaml; or, when None, a
+    temporary folder that is removed afterwards. Yields ``(folder, kept)``."""
+    if run_dir is not None:
+        open_run_dir(run_dir, yaml.safe_dump(description, sort_keys=False))
+        yield run_dir, True
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"contrastkit-{name}-"))
+    try:
+        yield folder, False
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_estimator_run(run_dir: Path, result, summary: dict, weights: dict) -> None:
+    """summary.json (``summary`` plus the engine's step count, timing and skipped steps) and the
+    trained weights as ``model.safetensors``, in a kept estimator run folder."""
+    from safetensors.torch import save_file
+
+    write_summary(run_dir, {
+        **summary,
+        "steps": result.trainer.global_step,
+        "seconds": round(result.throughput.epoch_seconds, 2),
+        "samples_per_second": round(result.throughput.samples_per_second, 2),
+        "skipped_steps": result.module.skipped_steps,
+    })
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, run_dir / "model.safetensors")
