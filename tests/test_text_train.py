@@ -20,7 +20,8 @@ from contrastkit.text import cli as text_cli
 from contrastkit.text.data import SentenceData
 from contrastkit.text.encoders import TextEncoder, small_random_encoder
 from contrastkit.text.methods import build_text_method
-from contrastkit.text.train import fit_text, linear_warmup_decay
+from contrastkit.engine.optim import linear_warmup_decay
+from contrastkit.text.train import fit_text
 from tests.conftest import data_path
 
 LINES = [f"Sentence {i} of a small corpus about topic {i % 3}." for i in range(12)]
@@ -114,14 +115,14 @@ def test_fit_is_deterministic_and_writes_the_run(tmp_path):
     assert summary["steps"] == 3 and summary["stopped_by"] == "max_steps" and summary["max_length"] == 16
     assert first.encoder.max_length == 32  # the encoder's own length is restored for saving
     with open(tmp_path / "a" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [int(r["step"]) for r in rows] == [2, 3]
-    assert {"loss", "lr", "positive_cosine", "steps_per_second"} <= rows[0].keys()
+        rows = [r for r in csv.DictReader(handle) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == [1]  # the steps logged every 2: the second (0-based 1)
+    assert {"train/loss", "train/lr", "train/positive_cosine", "elapsed_s"} <= rows[0].keys()
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["steps"] == 3
     reloaded = TextEncoder.from_folder(tmp_path / "a" / "encoder")
     texts = LINES[:3]
     assert torch.allclose(reloaded.encode(texts), first.encoder.encode(texts), atol=1e-5)
-    with pytest.raises(ConfigError, match="not empty"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         train_once(tmp_path, "a", seed=0)
 
 
@@ -143,7 +144,7 @@ class NaNMethod(nn.Module):
 
 
 def test_nan_loss_raises_training_error(tmp_path):
-    with pytest.raises(TrainingError, match="step 1"):
+    with pytest.raises(TrainingError, match="loss became nan at epoch 0, step 0"):
         fit_text(NaNMethod(), SentenceData(LINES), batch_size=4, lr=1e-3, max_steps=2, out_dir=tmp_path / "nan")
     assert not (tmp_path / "nan" / "encoder").exists()
 
@@ -213,10 +214,13 @@ def test_simcse_on_stsb_train_improves_dev_spearman(tmp_path):
 
 def test_bf16_run_equals_a_loop_with_only_the_forward_under_autocast(tmp_path):
     """PyTorch's rule for autocast: the forward pass and the loss inside, backward, clipping and the
-    optimiser step outside. A run of fit_text at bf16 must equal that loop written out by hand."""
-    from contrastkit.text.evaluation import autocast
-    from contrastkit.text.train import adamw, step_seed
-    from contrastkit.training.optim import parameter_groups
+    optimiser step outside. A run of fit_text at bf16 must equal that loop written out by hand
+    (with the engine's per-step seeds and the text runs' per-sample dropout). Autocast's weight-cast
+    cache is off, as in Lightning: each use of a weight gets its own bf16 copy, whose gradients are
+    summed in float32."""
+    from contrastkit.engine.module import step_seed
+    from contrastkit.engine.optim import adamw, parameter_groups
+    from contrastkit.text.dropout import sample_seeded_dropout
 
     data = SentenceData(LINES, context_window=0)
     trained = build_text_method("simcse", tiny_encoder())
@@ -227,13 +231,14 @@ def test_bf16_run_equals_a_loop_with_only_the_forward_under_autocast(tmp_path):
     optimizer = adamw(parameter_groups(method, 0.01), 1e-3)
     parameters = [p for p in method.parameters() if p.requires_grad]
     method.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), sample_seeded_dropout(method, seed=3) as dropout:
         batches = [b for epoch in (0, 1) for b in data.epoch(epoch, 4, 3, False)]  # 3 batches an epoch
         for step, batch in enumerate(batches):
-            torch.default_generator.manual_seed(step_seed(3, step))
+            torch.default_generator.manual_seed(step_seed(3, step, rank=0))
+            dropout.begin_step(step)
             for group in optimizer.param_groups:
                 group["lr"] = 1e-3 * linear_warmup_decay(step, 2, 6)
-            with autocast("bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
                 loss, _ = method.training_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -14,9 +14,12 @@ reaches into its neighbour (for SciFact's sentences.txt.gz, a title line follows
 sentence of the previous abstract).
 
 Batches are dicts (the contract of :mod:`contrastkit.text.methods`): ``texts``, ``indices`` and,
-when asked, ``contexts``. Each epoch visits the sentences in a permutation drawn from
-``(seed, epoch)`` and drops the last incomplete batch (every batch has the same number of
-in-batch negatives).
+when asked, ``contexts``. For the engine (:mod:`contrastkit.engine.data`) the sentences are a
+dataset whose ``__getitems__(positions)`` builds one batch (:class:`SentenceSamples`), and
+:class:`SentenceBatchSampler` says which positions: each epoch visits the sentences in a
+permutation drawn from ``(seed, epoch)``, cut into global batches of ``batch_size x processes``
+(the last incomplete one dropped, so every batch has the same number of in-batch negatives), of
+which process ``r`` takes the ``r``-th slice.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
+from contrastkit.engine.data import EpochShuffleSampler
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.text.sources import read_documents, read_lines
 
@@ -99,16 +104,43 @@ class SentenceData:
 
     def epoch(self, epoch: int, batch_size: int, seed: int = 0,
               with_context: bool = False) -> Iterator[dict]:
-        """The batches of one epoch: a permutation seeded by ``(seed, epoch)``, full batches only."""
+        """The batches of one epoch in one process: a permutation seeded by ``(seed, epoch)``, full
+        batches only (what :class:`SentenceBatchSampler` and :class:`SentenceSamples` give the engine)."""
         self.check_batch_size(batch_size)
-        if with_context and self.context_window == 0:
+        samples = SentenceSamples(self, with_context)
+        sampler = SentenceBatchSampler(len(self), batch_size, seed)
+        sampler.set_epoch(epoch)
+        for positions in sampler:
+            yield samples.__getitems__(positions)
+
+
+class SentenceSamples(Dataset):
+    """The sentences as a dataset of batches: ``__getitems__(positions)`` returns the text batch
+    ``{"texts", "indices"}`` (+ ``"contexts"`` when ``with_context``) of those rows."""
+
+    def __init__(self, data: SentenceData, with_context: bool = False):
+        if with_context and data.context_window == 0:
             raise ConfigError("This method needs the neighbouring lines of each sentence (contexts), "
                               "but the context window is 0 lines; set a context window of 1 or more.")
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.texts), generator=generator)
-        for start in range(0, self.batches_per_epoch(batch_size) * batch_size, batch_size):
-            indices = order[start:start + batch_size]
-            batch = {"texts": [self.texts[i] for i in indices.tolist()], "indices": indices}
-            if with_context:
-                batch["contexts"] = [self.context(i) for i in indices.tolist()]
-            yield batch
+        self.data = data
+        self.with_context = with_context
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, positions: list[int]) -> dict:
+        rows = list(positions)
+        batch = {"texts": [self.data.texts[i] for i in rows], "indices": torch.as_tensor(rows, dtype=torch.long)}
+        if self.with_context:
+            batch["contexts"] = [self.data.context(i) for i in rows]
+        return batch
+
+
+class SentenceBatchSampler(EpochShuffleSampler):
+    """The engine's per-epoch batches (:class:`~contrastkit.engine.data.EpochShuffleSampler`) in the
+    text order: the permutation of epoch ``e`` is drawn from a generator seeded by
+    ``seed * 1_000_003 + e`` (the order text runs have always had)."""
+
+    def epoch_order(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.num_samples, generator=generator)

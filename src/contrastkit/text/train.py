@@ -1,82 +1,93 @@
-"""The training loop of the text methods: AdamW with sentence-transformers' schedule, on CPU or GPU.
+"""Text pretraining on the engine: ``fit_text`` trains a text method and writes its run folder.
 
 ``fit_text(method, data, ...)`` runs ``method.training_loss`` on the batches of a
-:class:`~contrastkit.text.data.SentenceData` (see :mod:`contrastkit.text.methods` for the
-contract) and writes into ``out_dir``:
+:class:`~contrastkit.text.data.SentenceData` (see :mod:`contrastkit.text.methods` for the contract)
+through :func:`contrastkit.engine.train`, and writes into ``out_dir``:
 
+- ``config.yaml``: the run's settings (``contrastkit text`` writes its options there, and reads
+  them back for ``--resume``);
+- ``checkpoints/last.ckpt``: written atomically after every epoch and every
+  ``checkpoint_every_steps`` steps; ``resume=True`` continues from it, mid-epoch included;
+- ``metrics.csv``: a row every ``log_every`` steps: ``train/loss``, ``train/lr``, the method's logs
+  (``train/<name>``) and ``elapsed_s`` (seconds since the run began, across resumes);
+- ``summary.json``: the settings, steps done, time, what stopped the run, the evaluation;
 - ``encoder/``: the trained encoder (:meth:`TextEncoder.save`, reloadable with
   ``TextEncoder.from_folder``);
 - ``document_encoder/``: only for a two-tower method (one with a frozen ``document_encoder``,
-  e.g. ``hybrid-distill``): the encoder that embeds the documents;
-- ``metrics.csv``: one row every ``log_every`` steps (step, epoch, lr, the window's mean loss and
-  method logs, elapsed seconds, steps per second), written as it goes;
-- ``summary.json``: the settings, steps done, time, what stopped the run, the evaluation.
+  e.g. ``hybrid-distill``): the encoder that embeds the documents.
 
-Optimiser and schedule (sentence-transformers' ``fit`` defaults): AdamW (fused), weight decay on weight
-matrices only (not biases or LayerNorm), gradient norm clipped at ``max_grad_norm``, and a
-multiplier of the learning rate at step ``s`` (0-based)::
+Optimiser and schedule (sentence-transformers' ``fit`` defaults, as engine settings): AdamW
+(fused), weight decay on weight matrices only (not biases or LayerNorm), gradient norm clipped at
+``max_grad_norm``, and a multiplier of the learning rate at step ``s`` (0-based)::
 
     warm-up:  (s + 1) / W                    for s < W
     decay:    max(0, (T - s) / (T - W))      for s >= W, with T = max_steps
 
 When the run is limited only by time (``max_minutes``), ``T`` is unknown in advance, so the rate
-stays constant at ``lr`` after the warm-up (a decay tied to an estimated ``T`` would change with
-the machine's speed). ``after_optimizer_step(step, total_steps)`` then receives ``total_steps``
-estimated from the pace so far.
+stays constant at ``lr`` after the warm-up (the engine's ``warmup-constant``: a decay tied to an
+estimated ``T`` would change with the machine's speed); ``after_optimizer_step(step, total_steps)``
+then receives ``total_steps`` estimated from the pace so far. ``precision="bf16"`` runs the forward
+pass and the loss under bfloat16 autocast, and backward, clipping and the AdamW step outside it
+(weights, gradients and optimiser state stay float32): Lightning's ``bf16-mixed``.
 
-Reproducibility: the caller's random state is left as it was (:func:`contrastkit.seeding.seeded`);
-inside, the data order comes from ``(seed, epoch)`` and torch's generator is reseeded from
-``(seed, step)`` before every step, so dropout and views are the same for the same seed (a run
-limited by ``max_steps`` is deterministic on a given machine; one limited by time stops at a
-step that depends on the machine's speed).
+Randomness: the data order is a function of ``(seed, epoch)``
+(:class:`~contrastkit.text.data.SentenceBatchSampler`); torch's generator is reseeded from
+``(seed, step, rank)`` before every step (views, crops, ICT's kept sentences); the Transformers'
+dropout masks are drawn per sample from ``(seed, step, pass, the row's place in the batch of all
+processes)`` (:mod:`contrastkit.text.dropout`), except under GradCache, which replays torch's
+generator. The caller's random state is left as it was (:func:`contrastkit.seeding.seeded`).
+
+Resume: a run bounded by ``max_steps`` resumes to the weights, AdamW state, schedule and method
+buffers (a key encoder's moving average, queues) of the uninterrupted run, bit for bit. A run
+bounded by ``max_minutes`` resumes with the rest of its time budget (the elapsed training time is
+in the checkpoint); where it stops, and the ``total_steps`` estimate its methods see, depend on the
+machine's speed, so it is not bit-exact. ``hybrid-distill`` keeps its frozen document tower in the
+checkpoint and rebuilds the rest: the corpus embeddings (from the on-disk cache) and its
+per-sentence cache of base embeddings (as the batches come; a sentence embedded in another batch
+after the restart may differ in the last bits, so it resumes exactly up to float rounding).
+
+Processes: with ``devices=N, strategy="ddp"`` each process trains ``batch_size`` sentences per step
+(a global batch of N x ``batch_size``), the objectives compare each query with the keys of every
+process (gathered with gradient) and DDP averages the gradients, so a step equals one process on
+the concatenated batch (SimCSE, Contriever, ICT; tests/test_text_engine.py). Only the first
+process evaluates and writes the summary and the encoder. GradCache trains in one process.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
+import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import torch
+import yaml
 from torch import nn
 
-from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.engine.data import batch_loader
+from contrastkit.engine.module import CHECKPOINT_KEY, EngineModule
+from contrastkit.engine.run_folder import CHECKPOINT, is_first_process, open_run_dir, resolve_run_dir, write_summary
+from contrastkit.engine.settings import TrainSettings
+from contrastkit.engine.trainer import train
+from contrastkit.errors import ConfigError
 from contrastkit.seeding import seeded
-from contrastkit.text.data import SentenceData
-from contrastkit.text.evaluation import autocast
-from contrastkit.training.optim import parameter_groups
+from contrastkit.text.data import SentenceBatchSampler, SentenceData, SentenceSamples
+from contrastkit.text.dropout import DropoutStream, sample_seeded_dropout
 
 EvalFn = Callable[..., dict]
-
-
-def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int | None) -> float:
-    """The learning-rate multiplier at 0-based ``step`` (see the module docstring); constant 1
-    after the warm-up when ``total_steps`` is None."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps is None:
-        return 1.0
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The seed of torch's generator at ``step`` of a run seeded with ``seed``."""
-    return (seed * 1_000_003 + step) % (2**63 - 1)
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
 def check_settings(batch_size: int, lr: float, max_steps: int | None, max_minutes: float | None,
-                   warmup_steps: int, weight_decay: float, log_every: int) -> None:
+                   warmup_steps: int, weight_decay: float, log_every: int, precision: str,
+                   max_length: int | None) -> None:
+    """The text command's own messages; the engine's settings check the rest."""
     if max_steps is None and max_minutes is None:
         raise ConfigError("Give the length of the run: --max-steps N, --max-minutes M, or both "
                           "(the run stops at whichever comes first).")
-    if max_steps is not None and max_steps < 1:
-        raise ConfigError(f"--max-steps must be a positive number of optimiser steps, got {max_steps}.")
-    if max_minutes is not None and not max_minutes > 0:
-        raise ConfigError(f"--max-minutes must be positive, got {max_minutes}.")
     if not lr > 0:
         raise ConfigError(f"--lr must be positive, got {lr}; sentence-transformers fine-tuning uses 1e-5 to 5e-5.")
     if warmup_steps < 0 or weight_decay < 0 or log_every < 1 or batch_size < 2:
@@ -84,28 +95,67 @@ def check_settings(batch_size: int, lr: float, max_steps: int | None, max_minute
             f"Invalid training settings: warmup_steps={warmup_steps} and weight_decay={weight_decay} must be "
             f">= 0, log_every={log_every} >= 1, batch_size={batch_size} >= 2."
         )
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if max_length is not None and max_length < 2:
+        raise ConfigError(f"--max-length must be at least 2 tokens, got {max_length}.")
 
 
-class MetricsWriter:
-    """metrics.csv, one row per logging window, flushed so a killed run keeps its history."""
+class SentenceBatches(L.LightningDataModule):
+    """The sentences as the engine's resumable loader, built once the process's rank is known."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.handle = None
-        self.writer = None
+    def __init__(self, data: SentenceData, batch_size: int, seed: int, with_context: bool):
+        super().__init__()
+        self.samples = SentenceSamples(data, with_context)
+        self.batch_size, self.seed = batch_size, seed
 
-    def write(self, row: dict) -> None:
-        if self.writer is None:
-            # Kept open for the whole run (closed in close()), so no context manager.
-            self.handle = open(self.path, "w", newline="")  # noqa: SIM115
-            self.writer = csv.DictWriter(self.handle, fieldnames=list(row), extrasaction="ignore")
-            self.writer.writeheader()
-        self.writer.writerow(row)
-        self.handle.flush()
+    def train_dataloader(self):
+        sampler = SentenceBatchSampler(len(self.samples), self.batch_size, self.seed, self.trainer.global_rank,
+                                       self.trainer.world_size)
+        return batch_loader(self.samples, sampler)
 
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+
+class TextModule(EngineModule):
+    """The engine's module, plus what text adds: each step tells the per-sample dropout its step,
+    ``elapsed_s`` (seconds since the run began, across resumes) is logged with the loss, and the
+    gradient is clipped in the method's parameter order, also under bf16 with the fused AdamW."""
+
+    def __init__(self, method: nn.Module, settings: TrainSettings, description: dict,
+                 dropout: DropoutStream | None):
+        super().__init__(method, settings, description)
+        self.dropout = dropout
+        self.elapsed_before = 0.0  # seconds of the run before this process resumed it
+        self._started = time.perf_counter()
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._started
+
+    def training_step(self, batch, batch_idx):
+        if self.dropout is not None:
+            self.dropout.begin_step(self.global_step)
+        self.log("elapsed_s", self.elapsed(), on_step=True, on_epoch=False)
+        return super().training_step(batch, batch_idx)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's bf16-mixed plugin refuses to clip for an optimiser that unscales its own gradients
+        # (the fused AdamW); bf16 has no loss scale, so clipping the float32 gradients is all there is to do.
+        # In the method's parameter order (not the optimiser groups'): the norm's float sum is then the one
+        # text runs have always clipped with.
+        if gradient_clip_val:
+            parameters = [p for p in self.method.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY]["elapsed_s"] = self.elapsed()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.elapsed_before = checkpoint.get(CHECKPOINT_KEY, {}).get("elapsed_s", 0.0)
 
 
 def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: float,
@@ -113,52 +163,62 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
              weight_decay: float = 0.01, seed: int = 0, out_dir: str | os.PathLike, log_every: int = 50,
              eval_fn: EvalFn | None = None, max_grad_norm: float | None = 1.0,
              max_length: int | None = None, device: str | torch.device | None = None,
-             extra_summary: dict | None = None, precision: str = "fp32") -> dict:
-    """Train ``method`` on ``data`` and write the run into ``out_dir`` (which must not hold a run).
+             extra_summary: dict | None = None, precision: str = "fp32", resume: bool = False,
+             checkpoint_every_steps: int | None = None, devices: int = 1, strategy: str = "auto",
+             config: dict | None = None) -> dict:
+    """Train ``method`` on ``data`` and write the run into ``out_dir`` (see the module docstring).
 
     Args:
         method: a text method (:mod:`contrastkit.text.methods` contract).
         data: the sentences; contexts are added to batches when ``method.needs_context``.
-        batch_size: sentences per step.
+        batch_size: sentences per step and process.
         lr: peak learning rate of AdamW.
         max_steps, max_minutes: stop after this many optimiser steps and/or this much training
             time (evaluation excluded); at least one is required.
         warmup_steps: linear warm-up length.
         weight_decay: AdamW's decoupled weight decay on weight matrices (0.01 as sentence-transformers).
         seed: seeds the data order, dropout and views.
-        out_dir: the run directory (created).
+        out_dir: the run directory; it must not hold a run unless ``resume``.
         log_every: steps per metrics.csv row.
         eval_fn: called as ``eval_fn(method.encoder)`` before training and after; its dicts are
             stored in the summary as ``evaluation.before`` and ``evaluation.after``. A two-tower
             method (one with a ``document_encoder``, the frozen document side) is evaluated as
-            ``eval_fn(method.encoder, document_encoder=method.document_encoder)``.
+            ``eval_fn(method.encoder, document_encoder=method.document_encoder)``. A resumed run
+            takes ``before`` from its checkpoint.
         max_grad_norm: clip the gradient's global norm (None: no clipping).
         max_length: tokens per text during training (default: the encoder's ``max_length``). The
             encoder's own value is restored afterwards, so it is saved and evaluated with the
             length it was loaded with (256 for all-MiniLM-L6-v2) even when trained on short inputs.
-        device: where to train (default: where the method already is).
+        device: where to train (default: where the method already is); ``cuda`` trains on GPUs.
         extra_summary: more entries for summary.json (e.g. the command's method name and options).
         precision: ``fp32``, or ``bf16`` to run the forward passes under bfloat16 autocast (weights,
             optimiser state and gradients stay float32; on CPUs with AVX512-BF16 a step is about
             twice as fast).
+        resume: continue the run in ``out_dir`` from ``checkpoints/last.ckpt`` (build ``method``
+            and ``data`` as for the first start).
+        checkpoint_every_steps: also write the checkpoint every this many steps.
+        devices, strategy: processes (Lightning's names); ``devices=2, strategy="ddp"`` trains
+            in two processes, launched by re-running the command, so call it from a script.
+        config: what config.yaml holds (default: the run's settings).
 
     Returns:
-        The summary (also written to ``out_dir/summary.json``).
+        The summary (also written to ``out_dir/summary.json``); ``{}`` in processes other than
+        the first.
 
     Raises:
         TrainingError: the loss became NaN or infinite (the encoder is not saved).
     """
-    check_settings(batch_size, lr, max_steps, max_minutes, warmup_steps, weight_decay, log_every)
-    if max_length is not None and max_length < 2:
-        raise ConfigError(f"--max-length must be at least 2 tokens, got {max_length}.")
+    check_settings(batch_size, lr, max_steps, max_minutes, warmup_steps, weight_decay, log_every, precision,
+                   max_length)
     data.check_batch_size(batch_size)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"The output folder '{out}' already exists and is not empty; choose another one "
-                          "(a run is never overwritten).")
-    out.mkdir(parents=True, exist_ok=True)
+    grad_cache = getattr(method, "grad_cache_chunk", None) is not None
+    if grad_cache and devices != 1:
+        raise ConfigError("GradCache (grad_cache_chunk) trains in one process: it recomputes each chunk in the "
+                          "backward pass, which DDP does not allow. Use --devices 1, or drop --grad-cache-chunk.")
+    run_dir = resolve_run_dir(out_dir, resume, getattr(method, "name", type(method).__name__.lower()))
     if device is not None:
         method.to(device)
+    device = method.encoder.device
     with_context = bool(getattr(method, "needs_context", False))
     summary: dict = {
         "method": getattr(method, "name", type(method).__name__.lower()),
@@ -167,134 +227,82 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "seed": seed,
         "schedule": "linear warm-up, linear decay" if max_steps is not None else "linear warm-up, constant",
         "max_length": max_length or method.encoder.max_length, "precision": precision,
+        "dropout": "torch's (GradCache replays it)" if grad_cache else "per sample (contrastkit.text.dropout)",
         **(extra_summary or {}),
     }
     document_encoder = getattr(method, "document_encoder", None)
     if document_encoder is not None:
         # A two-tower method trains the query side only: documents keep the base model's embeddings.
         summary["documents_embedded_by"] = "the base model, frozen (document_encoder/)"
+    open_run_dir(run_dir, yaml.safe_dump(config if config is not None else summary, sort_keys=False))
+
     evaluation = {}
-    if eval_fn is not None:
-        evaluation["before"] = _evaluate(eval_fn, method.encoder, document_encoder)
+    if eval_fn is not None and is_first_process():
+        evaluation["before"] = (_checkpoint_description(run_dir).get("evaluation_before") if resume else None) \
+            or _evaluate(eval_fn, method.encoder, document_encoder)
+    settings = TrainSettings(
+        optimizer="adamw", lr=lr, weight_decay=weight_decay, schedule="warmup-linear", warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm, max_steps=max_steps, max_minutes=max_minutes,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index] if device.index is not None and devices == 1 else devices,
+        # The pooler of a Hugging Face model takes no part in any text loss; DDP must expect unused parameters.
+        strategy="ddp_find_unused_parameters_true" if strategy == "ddp" else strategy,
+        precision=PRECISIONS[precision], seed=seed, batch_size=batch_size,
+        checkpoint_every_steps=checkpoint_every_steps, log_every_steps=log_every,
+    )
+    description = {"modality": "text", "settings": summary, "evaluation_before": evaluation.get("before")}
 
     inference_length = method.encoder.max_length
+    # Lightning leaves modules in the mode it finds them, and a Hugging Face model loads in eval mode
+    # (no dropout); the method's own train() keeps its frozen parts in eval (hybrid-distill's towers).
+    method.train()
     try:
         method.encoder.max_length = max_length or inference_length
-        with seeded(seed, method.encoder.device):
-            progress = _train(method, data, batch_size, lr, max_steps, max_minutes, warmup_steps, weight_decay,
-                              seed, out / "metrics.csv", log_every, with_context, max_grad_norm, precision)
+        with seeded(seed, device), _dropout(method, seed, grad_cache) as dropout, warnings.catch_warnings():
+            # Frozen towers (hybrid-distill's, DebCSE's scorer, a frozen Transformer) are in eval mode on purpose.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            module = TextModule(method, settings, description, dropout)
+            result = train(method, SentenceBatches(data, batch_size, seed, with_context), settings, run_dir,
+                           resume=resume, module=module)
     finally:
         method.encoder.max_length = inference_length
-    summary.update(progress)
-    method.encoder.save(out / "encoder")
-    summary["encoder_dir"] = str(out / "encoder")
+    if not result.is_global_zero:
+        return {}
+    method.to(device)  # Lightning hands the model back on the CPU
+    trainer, throughput = result.trainer, result.throughput
+    steps = trainer.global_step
+    train_seconds = throughput.seconds
+    per_epoch = max(1, len(data) // (batch_size * trainer.world_size))
+    summary.update({
+        "steps": steps, "epochs": round(steps / per_epoch, 4),
+        "stopped_by": "max_steps" if max_steps is not None and steps >= max_steps else "time_budget",
+        "train_seconds": round(train_seconds, 2), "steps_per_second": round(steps / max(train_seconds, 1e-9), 4),
+        "fit_call_seconds": round(result.seconds, 2), "world_size": trainer.world_size,
+        "global_batch_size": batch_size * trainer.world_size, "out": str(run_dir),
+    })
+    method.encoder.save(run_dir / "encoder")
+    summary["encoder_dir"] = str(run_dir / "encoder")
     if document_encoder is not None:
         # Saved beside the query tower, so the run alone is enough to retrieve with (its base may
         # be a random-small draw or a folder that later changes).
-        document_encoder.save(out / "document_encoder")
-        summary["document_encoder_dir"] = str(out / "document_encoder")
+        document_encoder.save(run_dir / "document_encoder")
+        summary["document_encoder_dir"] = str(run_dir / "document_encoder")
     if eval_fn is not None:
         evaluation["after"] = _evaluate(eval_fn, method.encoder, document_encoder)
         summary["evaluation"] = evaluation
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)
     return summary
+
+
+def _dropout(method: nn.Module, seed: int, grad_cache: bool):
+    """Per-sample dropout for the run, or torch's under GradCache (which replays torch's generator)."""
+    return contextlib.nullcontext() if grad_cache else sample_seeded_dropout(method, seed)
+
+
+def _checkpoint_description(run_dir: Path) -> dict:
+    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False, mmap=True)
+    return checkpoint.get(CHECKPOINT_KEY, {})
 
 
 def _evaluate(eval_fn: EvalFn, encoder: nn.Module, document_encoder: nn.Module | None) -> dict:
     return eval_fn(encoder) if document_encoder is None else eval_fn(encoder, document_encoder=document_encoder)
-
-
-def _train(method: nn.Module, data: SentenceData, batch_size: int, lr: float, max_steps: int | None,
-           max_minutes: float | None, warmup_steps: int, weight_decay: float, seed: int,
-           metrics_path: Path, log_every: int, with_context: bool, max_grad_norm: float | None,
-           precision: str = "fp32") -> dict:
-    """The optimisation loop; returns the progress part of the summary."""
-    parameters = [p for p in method.parameters() if p.requires_grad]
-    optimizer = adamw(parameter_groups(method, weight_decay), lr)
-    per_epoch = data.batches_per_epoch(batch_size)
-    budget_s = None if max_minutes is None else 60.0 * max_minutes
-    metrics = MetricsWriter(metrics_path)
-    window: dict[str, list[float]] = {}
-    step, epoch, stopped_by = 0, 0, "max_steps"
-    started = time.perf_counter()
-    method.train()
-    try:
-        while True:
-            for batch in data.epoch(epoch, batch_size, seed, with_context):
-                if max_steps is not None and step >= max_steps:
-                    break
-                elapsed = time.perf_counter() - started
-                if budget_s is not None and elapsed >= budget_s:
-                    stopped_by = "time_budget"
-                    break
-                _reseed(step_seed(seed, step), method.encoder.device)
-                multiplier = linear_warmup_decay(step, warmup_steps, max_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * multiplier
-                # Only the forward pass and the loss run under autocast (PyTorch's rule): with the
-                # gradient clipping and the fused AdamW step inside a bf16 autocast region,
-                # all-MiniLM-L6-v2 drifted from cos 0.94 to 0.50 with its base in 100 steps.
-                with autocast(precision):
-                    loss, logs = method.training_loss(batch)
-                if not torch.isfinite(loss.detach()):
-                    raise TrainingError(
-                        f"The training loss became {float(loss.detach())} at step {step + 1} (epoch {epoch}) of "
-                        f"'{data.name}'. Lower the learning rate (now {lr}), raise the method's temperature, "
-                        "or check the data for empty lines; the encoder was not saved."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-                optimizer.step()
-                step += 1
-                if hasattr(method, "after_optimizer_step"):
-                    method.after_optimizer_step(step, _planned_steps(step, max_steps, budget_s, started))
-                for name, value in {"loss": float(loss.detach()), **logs}.items():
-                    window.setdefault(name, []).append(float(value))
-                if step % log_every == 0:
-                    _log(metrics, window, step, step / per_epoch, lr * multiplier, started)
-            else:
-                epoch += 1
-                continue
-            break
-    finally:
-        if window:
-            _log(metrics, window, step, step / per_epoch, optimizer.param_groups[0]["lr"], started)
-        metrics.close()
-    seconds = time.perf_counter() - started
-    return {"steps": step, "epochs": round(step / per_epoch, 4), "stopped_by": stopped_by,
-            "train_seconds": round(seconds, 2), "steps_per_second": round(step / max(seconds, 1e-9), 4)}
-
-
-def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    """AdamW, fused into one kernel per step where torch supports it (CPU and CUDA parameters):
-    on a 2-core CPU the fused step over MiniLM's 22M parameters is ~10x faster than the loop."""
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
-        return torch.optim.AdamW(groups, lr=lr)
-
-
-def _reseed(seed: int, device: torch.device) -> None:
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-
-
-def _planned_steps(step: int, max_steps: int | None, budget_s: float | None, started: float) -> int:
-    if max_steps is not None:
-        return max_steps
-    pace = step / max(time.perf_counter() - started, 1e-9)
-    return max(step, math.ceil(pace * budget_s))
-
-
-def _log(metrics: MetricsWriter, window: dict[str, list[float]], step: int, epoch: float, lr: float,
-         started: float) -> None:
-    elapsed = time.perf_counter() - started
-    row = {"step": step, "epoch": round(epoch, 4), "lr": lr}
-    row.update({name: sum(values) / len(values) for name, values in window.items()})
-    row.update({"elapsed_s": round(elapsed, 2), "steps_per_second": round(step / max(elapsed, 1e-9), 4)})
-    metrics.write(row)
-    window.clear()

@@ -19,16 +19,21 @@ views can work on text or on token ids as the paper did.
 - ``encoder``: the :class:`~contrastkit.text.encoders.TextEncoder` being trained (what is saved and
   evaluated; any other module, e.g. a momentum copy, is auxiliary);
 - ``training_loss(batch) -> (loss, logs)``: a scalar tensor to call ``backward()`` on and a
-  ``dict[str, float]`` of diagnostics (written to metrics.csv, averaged over the logging window);
+  ``dict[str, float]`` of diagnostics (written to metrics.csv as ``train/<name>``);
 - optionally ``after_optimizer_step(step, total_steps)``: called after each optimiser step
   (``step`` counts from 1; ``total_steps`` is the planned number of steps, an estimate from the
   measured pace when the run is limited by time), e.g. for momentum-encoder updates;
 - optionally ``needs_context: bool`` (class or instance attribute, default False): ask the data
   layer for ``"contexts"``.
 
-Randomness (dropout, views) draws from torch's global generator, which the training loop reseeds
-from ``(seed, step)`` before every step, so a run is reproducible; a method may also own a seeded
-``torch.Generator``.
+Randomness: views and other draws come from torch's global generator, which the engine reseeds
+from ``(seed, step, rank)`` before every step, so a run is reproducible and resumes exactly (a
+private generator advanced step by step would not be: a resumed run would start it afresh). The Transformers' dropout masks are drawn per
+sample during training (:mod:`contrastkit.text.dropout`). In-batch negatives go through
+:class:`~contrastkit.distributed.GatheredObjective` (``_parts.pair_objective``,
+``_losses.gathered_query_key_infonce``), so that under several processes every query meets the
+keys of all of them; queue updates and moving averages run in the step (the queue gathers its keys)
+or in ``after_optimizer_step``, so a checkpoint written after the step holds them.
 
 **Registry.** :data:`TEXT_METHODS` maps a name to the module that implements it; modules are
 imported only when their method is built (so one method's optional dependencies never burden

@@ -9,18 +9,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit import objectives
+from contrastkit.distributed import GatheredObjective
 from contrastkit.errors import ConfigError
 
 
 def pair_objective(name: str, temperature: float, method: str) -> nn.Module:
     """The catalogue objective ``name`` at ``temperature``, refused when it does not read
-    ``(z_a, z_b)`` as two views of the same sentences."""
+    ``(z_a, z_b)`` as two views of the same sentences; gathered across processes (the negatives of
+    every process's batch, with gradient; the objective itself in one process)."""
     factory = objectives.OBJECTIVES.factory(name)
     reason = getattr(factory, "not_for_view_pairs", "")
     if reason:
         raise ConfigError(f"The objective '{name}' cannot train text method '{method}': {reason}.")
     accepts_temperature = "temperature" in inspect.signature(factory).parameters
-    return factory(temperature=temperature) if accepts_temperature else factory()
+    objective = factory(temperature=temperature) if accepts_temperature else factory()
+    return GatheredObjective(objective, local_loss=hasattr(objective, "loss_terms"))
 
 
 def positive_int_or_none(value, option: str) -> int | None:

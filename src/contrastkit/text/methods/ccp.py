@@ -31,7 +31,8 @@ data layer fills them because ``needs_context = True``), optional ``domains`` (o
 absent: every text is in the first configured domain). Defaults (ours): temperature 0.05, queue of
 4096 keys per domain, projector and predictor as wide as the encoder. Under multi-process training
 every process must enqueue the same domains in the same order (the queue all-gathers its keys),
-so use one domain there. The sentence embedding used downstream is the encoder's output; the
+so use one domain there; the in-batch keys and the predictor's BatchNorm statistics are each
+process's own (the queue holds the keys of all). The sentence embedding used downstream is the encoder's output; the
 paper's post-processing of embeddings is not part of this method.
 """
 

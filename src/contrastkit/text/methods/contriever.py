@@ -17,6 +17,8 @@ recipe; ``replace``, ``mask``, ``shuffle``, ``soft`` or ``none`` can be chosen).
       loss_i = -log exp(q_i . k_i / t) / ( exp(q_i . k_i / t) + sum_{n in queue} exp(q_i . n / t) )
 
   (the catalogue's ``mochi`` objective without synthetic negatives, as methods/moco.py uses it).
+  Under several processes the in-batch variant's negatives are the crops of every process
+  (gathered with gradient); the queue stores the keys of every process.
   The queue starts empty and fills with the batches' keys. The key encoder runs in the same mode
   as the method (train mode during training, so its dropout is on, as in the reference code).
 

@@ -35,7 +35,8 @@ One training step, for anchors ``x_1 .. x_B``:
 With ``num_candidates = 0`` every positive is the sentence itself, and when moreover all weights
 are 1 (``sem`` and ``surf`` constant over the batch) the loss is exactly SimCSE's. Defaults: temperature 0.05 (SimCSE's, on which DebCSE builds); 10 propensity bins clipped
 at 0.05 (ours). The sentence embedding used downstream is the encoder's output; nothing here is
-needed at inference.
+needed at inference. Under several processes each process weighs and contrasts its own batch (the
+weights are per pair of the local batch): the negatives are not gathered.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ and, with ``symmetric``, the mean with the context -> query direction (sentence-
 MultipleNegativesSymmetricRankingLoss). The shape of the task is that of retrieval in the target
 domain (a one-sentence claim against an abstract), which is why it is a natural unsupervised
 domain-adaptation objective for a pretrained bi-encoder: the batch's contexts come from
-:class:`~contrastkit.text.data.SentenceData` (the lines around a sentence, itself excluded).
+:class:`~contrastkit.text.data.SentenceData` (the lines around a sentence, itself excluded). Under
+several processes the contexts of every process are negatives (gathered with gradient).
 
 Options (``build(encoder, **options)``):
     temperature: ``t`` (0.05: the scale 20 all-MiniLM-L6-v2 was trained with).
@@ -36,7 +37,7 @@ from contrastkit.objectives._common import check_temperature
 from contrastkit.text.encoders import TextEncoder
 from contrastkit.text.gradcache import embed_tokens
 from contrastkit.text.methods import check_options
-from contrastkit.text.methods._losses import query_key_infonce
+from contrastkit.text.methods._losses import gathered_query_key_infonce
 from contrastkit.text.methods._parts import pair_cosines, positive_int_or_none
 
 DEFAULTS = {"temperature": 0.05, "keep_sentence": 0.1, "context_length": 128, "symmetric": False,
@@ -58,6 +59,7 @@ class InverseClozeTask(nn.Module):
             raise ConfigError(f"Option 'context_length' must be an integer of at least 2 tokens, got {context_length!r}.")
         self.encoder = encoder
         self.temperature = temperature
+        self.objective = gathered_query_key_infonce(temperature)  # the keys of every process are negatives
         self.keep_sentence = keep_sentence
         self.context_length = context_length
         self.symmetric = symmetric
@@ -81,9 +83,9 @@ class InverseClozeTask(nn.Module):
         queries = embed_tokens(self.encoder, self.encoder.tokenize(texts), self.grad_cache_chunk, device)
         keys = embed_tokens(self.encoder, self.encoder.tokenize(contexts, self.context_length),
                             self.grad_cache_chunk, device)
-        loss = query_key_infonce(queries, keys, self.temperature)
+        loss = self.objective(queries, keys)
         if self.symmetric:
-            loss = 0.5 * (loss + query_key_infonce(keys, queries, self.temperature))
+            loss = 0.5 * (loss + self.objective(keys, queries))
         return loss, pair_cosines(queries, keys)
 
 

@@ -12,7 +12,9 @@ Here the loss is the catalogue's ``infonce`` (NT-Xent, :class:`contrastkit.objec
 by default: the same positive pairs and temperature, but symmetric -- both passes are anchors
 (2N terms) and the negatives of an anchor are the 2N - 2 other encodings of the batch, from both
 passes, rather than the N - 1 second-pass ones. Any catalogue objective of view pairs can be named
-with ``objective``. The encoder's own pooling is used (mean pooling for all-MiniLM-L6-v2; the paper
+with ``objective``. In ``contrastkit text`` runs the dropout masks are drawn per sentence
+(:mod:`contrastkit.text.dropout`) and the negatives come from every process (the objective is
+gathered), so two processes train as one on their joint batch. The encoder's own pooling is used (mean pooling for all-MiniLM-L6-v2; the paper
 trains BERT's [CLS] with an MLP that is dropped at test time); no projection head is added.
 
 Options (``build(encoder, **options)``):

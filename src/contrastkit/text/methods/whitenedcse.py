@@ -21,7 +21,8 @@ same copy (the paper's multi-positive loss; ``loss1 + loss2`` for P = 3 in the a
 Defaults follow the authors' unsupervised recipe: P = 3, temperature 0.05, 128 groups (6 features
 per group for BERT-base's 768; for all-MiniLM-L6-v2's 384 that is 3), ZCA whitening. As in their
 ``mlp_only_train`` setting, whitening and head are training-only: the sentence embedding is the
-encoder's output.
+encoder's output. Under several processes each process whitens its own batch (as per-process
+BatchNorm) and the InfoNCE's negatives are the whitened copies of every process (gathered).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from contrastkit.errors import ConfigError, DataError
 from contrastkit.objectives._common import check_temperature
 from contrastkit.text.encoders import TextEncoder
 from contrastkit.text.methods import check_options
-from contrastkit.text.methods._losses import query_key_infonce
+from contrastkit.text.methods._losses import gathered_query_key_infonce
 from contrastkit.text.methods._whitening import WHITENING_METHODS, shuffled_group_whiten
 
 DEFAULTS = {"temperature": 0.05, "num_positives": 3, "num_groups": 128, "whitening": "zca", "eps": 1e-5}
@@ -62,6 +63,8 @@ class WhitenedCSE(nn.Module):
         self.encoder = encoder
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
         self.temperature = check_temperature(temperature)
+        # The negatives of every process (whitening itself uses this process's batch, as BatchNorm does).
+        self.objective = gathered_query_key_infonce(self.temperature)
         self.num_positives = num_positives
         self.num_groups = num_groups
         self.whitening = whitening
@@ -88,7 +91,7 @@ class WhitenedCSE(nn.Module):
         # One forward pass over P stacked copies: each row gets its own dropout mask.
         repeated = {name: value.repeat(self.num_positives, 1) for name, value in tokens.items()}
         anchor, *positives = self.whitened_views(self.encoder(repeated))
-        loss = sum(query_key_infonce(anchor, positive, self.temperature) for positive in positives)
+        loss = sum(self.objective(anchor, positive) for positive in positives)
         with torch.no_grad():
             alignment = torch.stack([F.cosine_similarity(anchor, p, dim=-1).mean() for p in positives]).mean()
         return loss, {"positive_cosine": float(alignment)}
