@@ -29,8 +29,11 @@ def test_evaluate_scores_the_dev_split_unless_told():
 
 
 def test_text_scores_the_dev_split_unless_told():
+    from contrastkit.text.cli import DEFAULTS
+
+    # Unset on the command line, the option takes the saved run's value (--resume) or the default.
     args = parse(["text", "--method", "simcse", "--data", "s.txt", "--out", "run", "--eval-retrieval", "scifact"])
-    assert args.eval_split == "dev"
+    assert args.eval_split is None and DEFAULTS["eval_split"] == "dev"
 
 
 def test_pairs_scores_code_docstring_valid_and_a_file_only_on_a_named_split():
@@ -41,8 +44,10 @@ def test_pairs_scores_code_docstring_valid_and_a_file_only_on_a_named_split():
 
 
 def test_timeseries_scores_a_dev_carve_unless_told():
+    from contrastkit.timeseries_cli import RUN_DEFAULTS
+
     args = parse(["timeseries", "--data", "GunPoint", "--out", "run"])
-    assert args.eval_split == "dev"
+    assert args.eval_split is None and RUN_DEFAULTS["eval_split"] == "dev"
 
 
 def test_no_split_option_of_any_command_defaults_to_test():
@@ -83,6 +88,7 @@ def test_pairs_on_code_docstring_reads_valid_by_default():
     from contrastkit.multimodal.cli import read_train_and_eval
     from contrastkit.multimodal.pairs import read_code_docstring
 
+    data_path("code-docstring")  # skips with the reason when the pairs are absent
     _, evaluation = read_train_and_eval(parse(["pairs", "--data", "code-docstring", "--out", "run"]))
     assert evaluation.ids == read_code_docstring("valid").ids and len(evaluation) == 436
 
