@@ -19,7 +19,7 @@ encoder, beside the same head on the encoded features; macro recall on KDDTest+.
     python benchmarks/bench_nsl_kdd.py                       # one seed, 1 torch thread, ~3-5 min
     python benchmarks/bench_nsl_kdd.py --epochs 5 --seed 1   # quicker
 
-The data folder is /work/shared/data/nsl-kdd by default (``--data`` or CONTRASTKIT_DATA).
+The data folder is $CONTRASTKIT_DATA/nsl-kdd by default (``--data`` or CONTRASTKIT_DATA).
 """
 
 from __future__ import annotations
