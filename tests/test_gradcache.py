@@ -10,6 +10,9 @@ from contrastkit.errors import ConfigError
 from contrastkit.text.encoders import small_random_encoder
 from contrastkit.text.gradcache import cached_embed, chunked_embed, split_tokens
 from contrastkit.text.methods import build_text_method
+from tests.conftest import requires_minilm, requires_transformers
+
+pytestmark = [requires_transformers, requires_minilm]  # every test runs the small random encoder
 
 TEXTS = [f"sentence {i} says " + "something rather long " * (i % 4) + "and ends." for i in range(6)]
 

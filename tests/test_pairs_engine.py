@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from contrastkit.errors import ConfigError
-from tests.conftest import data_path
+from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.resume_harness import assert_kill_and_resume_is_exact, cli, load_checkpoint
 
 # A small random text tower keeps a step at a fraction of a second; the rest is the real command.
@@ -45,6 +45,8 @@ def _losses(run_dir) -> list[float]:
         return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
 
 
+@requires_transformers
+@requires_minilm
 @pytest.mark.slow
 def test_a_pairs_run_killed_between_step_checkpoints_resumes_exactly(tmp_path):
     """Dropout, soft augmentation, the momentum branch's EMA, its queues and the harmonizer's
@@ -67,6 +69,8 @@ def test_a_pairs_run_killed_between_step_checkpoints_resumes_exactly(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 24
 
 
+@requires_transformers
+@requires_minilm
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
@@ -121,6 +125,8 @@ def _arguments(tmp_path, *extra: str) -> argparse.Namespace:
         "--batch-size", "4", *extra])
 
 
+@requires_transformers
+@requires_minilm
 def test_the_run_folder_reloads_the_trained_towers_and_resume_keeps_the_options(tmp_path):
     from contrastkit.multimodal import cli as pairs_cli
     from contrastkit.multimodal import load_pairs_run
@@ -150,6 +156,8 @@ def test_the_run_folder_reloads_the_trained_towers_and_resume_keeps_the_options(
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
 
 
+@requires_transformers
+@requires_minilm
 @pytest.mark.parametrize("extra, message", [
     (["--augment-rate-second", "0.2"], "--augment-rate-second 0.2 augments"),
     (["--concentration", "2"], "needs --objective hcl"),

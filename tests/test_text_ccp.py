@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.text.methods import ccp
 from contrastkit.text.methods._losses import query_key_infonce
+from tests.conftest import requires_minilm, requires_transformers
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
 
 CONTEXTS = SENTENCES[1:] + SENTENCES[:1]  # each sentence's "neighbour"
@@ -127,6 +128,8 @@ def test_bad_batches_and_options():
         ccp.build(BagOfWordsEncoder(), domains=["a.b"])
 
 
+@requires_transformers
+@requires_minilm
 def test_smoke_small_random_encoder_backward():
     from contrastkit.text.encoders import small_random_encoder
 

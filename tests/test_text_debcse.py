@@ -21,6 +21,7 @@ from contrastkit.text.methods._surface import (
     surface_similarity,
     words,
 )
+from tests.conftest import requires_minilm, requires_transformers
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
 
 
@@ -162,6 +163,8 @@ def test_options_are_checked():
         debcse.build(encoder, deletion_rate=1.5)
 
 
+@requires_transformers
+@requires_minilm
 def test_smoke_small_random_encoder_backward():
     from contrastkit.text.encoders import small_random_encoder
 

@@ -32,7 +32,7 @@ from contrastkit.text.evaluation import (
     token_isotropy,
 )
 from contrastkit.text.sources import RetrievalSet, SentencePairs, read_sts
-from tests.conftest import data_path
+from tests.conftest import data_path, requires_minilm, requires_sentence_transformers, requires_transformers
 
 SENTENCES = [
     "a man is playing a guitar", "a woman slices an onion", "the cat sleeps on the sofa",
@@ -85,6 +85,8 @@ def test_sts_spearman_hand_example():
     assert sorted(encoder.calls[0]) == ["a", "b", "c", "d", "x"]  # each distinct sentence once
 
 
+@requires_transformers
+@requires_minilm
 def test_sts_spearman_matches_scipy_on_per_pair_encodings(tiny_encoder):
     rng = np.random.default_rng(0)
     # Distinct pairs: a repeated pair gives tied cosines, and ties would be broken by rounding.
@@ -159,6 +161,8 @@ def naive_metrics(scores: np.ndarray, retrieval_set: RetrievalSet, k: int) -> di
     return {f"ndcg@{k}": np.mean(ndcgs), f"recall@{k}": np.mean(recalls), f"mrr@{k}": np.mean(rrs)}
 
 
+@requires_transformers
+@requires_minilm
 def test_dense_retrieval_matches_a_naive_loop(tiny_encoder):
     retrieval_set = tiny_retrieval_set()
     metrics = evaluate_retrieval(tiny_encoder, retrieval_set, k_values=(3, 5), cache_dir=False)
@@ -193,6 +197,8 @@ def test_subsample_keeps_every_relevant_document():
 # ----------------------------------------------------------------------------------- the cache
 
 
+@requires_transformers
+@requires_minilm
 def test_cache_hit_is_identical_and_changes_miss(tiny_encoder, tmp_path, monkeypatch):
     retrieval_set = tiny_retrieval_set()
     first = encode_corpus(tiny_encoder, retrieval_set, cache_dir=tmp_path)
@@ -217,6 +223,8 @@ def test_cache_hit_is_identical_and_changes_miss(tiny_encoder, tmp_path, monkeyp
     assert len(list((tmp_path / "text-embeddings").glob("*.npy"))) == 3
 
 
+@requires_transformers
+@requires_minilm
 def test_fingerprint_ignores_tokenizer_call_state_but_not_settings(tiny_encoder):
     # Each tokenizer call rewrites its truncation/padding state; that must not change the key.
     before = encoder_fingerprint(tiny_encoder)
@@ -229,6 +237,8 @@ def test_fingerprint_ignores_tokenizer_call_state_but_not_settings(tiny_encoder)
         tiny_encoder.max_length = original
 
 
+@requires_transformers
+@requires_minilm
 def test_cache_disabled_and_default_folder(tiny_encoder, tmp_path, monkeypatch):
     retrieval_set = tiny_retrieval_set()
     monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "env-cache"))
@@ -238,6 +248,8 @@ def test_cache_disabled_and_default_folder(tiny_encoder, tmp_path, monkeypatch):
     assert len(list((tmp_path / "env-cache" / "text-embeddings").glob("*.npy"))) == 1
 
 
+@requires_transformers
+@requires_minilm
 def test_unknown_precision_is_a_config_error(tiny_encoder):
     with pytest.raises(ConfigError, match="precision 'fp16'"):
         encode_corpus(tiny_encoder, tiny_retrieval_set(), cache_dir=False, precision="fp16")
@@ -293,6 +305,8 @@ def test_bm25_metrics_on_a_hand_corpus():
 # ------------------------------------------------------------------------------------ isotropy
 
 
+@requires_transformers
+@requires_minilm
 def test_token_isotropy_within_sequence_matches_a_double_loop(tiny_encoder):
     texts = SENTENCES[:5]
     expected = []
@@ -308,6 +322,8 @@ def test_token_isotropy_within_sequence_matches_a_double_loop(tiny_encoder):
     assert token_isotropy(tiny_encoder, texts, within_sequence=True, batch_size=2) == pytest.approx(np.mean(expected), abs=1e-5)
 
 
+@requires_transformers
+@requires_minilm
 def test_token_isotropy_random_pairs_estimate_the_all_pairs_mean(tiny_encoder):
     tiny_encoder.eval()
     with torch.no_grad():
@@ -319,6 +335,8 @@ def test_token_isotropy_random_pairs_estimate_the_all_pairs_mean(tiny_encoder):
     assert estimate == pytest.approx(exact.item(), abs=0.02)
 
 
+@requires_transformers
+@requires_minilm
 def test_sentence_isotropy_matches_a_double_loop(tiny_encoder):
     z = tiny_encoder.encode(SENTENCES)
     n = len(SENTENCES)
@@ -329,6 +347,9 @@ def test_sentence_isotropy_matches_a_double_loop(tiny_encoder):
 # ----------------------------------------------------------------------------------------- CLI
 
 
+@requires_transformers
+@requires_minilm
+@requires_sentence_transformers
 def test_cli_sts_matches_sentence_transformers(tmp_path, capsys):
     source = data_path("stsb") / "sts-dev.csv"
     subset = tmp_path / "sts-50.csv"
@@ -357,6 +378,8 @@ def write_beir(folder, retrieval_set: RetrievalSet) -> None:
         f"{q}\t{d}\t{g}\n" for q, docs in retrieval_set.qrels.items() for d, g in docs.items()))
 
 
+@requires_transformers
+@requires_minilm
 def test_cli_retrieval_with_a_saved_folder_and_bm25(tiny_encoder, tmp_path, capsys):
     retrieval_set = tiny_retrieval_set()
     write_beir(tmp_path / "beir", retrieval_set)

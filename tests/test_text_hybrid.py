@@ -15,6 +15,7 @@ from contrastkit.text.hybrid import (
     hybrid_search,
     min_max_rows,
 )
+from tests.conftest import requires_minilm, requires_transformers
 from tests.test_text_evaluation import tiny_encoder, tiny_retrieval_set  # noqa: F401  (fixture)
 
 
@@ -38,6 +39,8 @@ def test_fusion_against_a_naive_loop():
         fuse_scores(dense, lexical, 1.5)
 
 
+@requires_transformers
+@requires_minilm
 def test_hybrid_ends_rank_as_dense_search_and_bm25(tiny_encoder):  # noqa: F811
     retrieval_set = tiny_retrieval_set()
     n = len(retrieval_set.doc_ids)
@@ -55,6 +58,8 @@ def test_hybrid_ends_rank_as_dense_search_and_bm25(tiny_encoder):  # noqa: F811
         assert top[q][: len(hits)].tolist() == hits
 
 
+@requires_transformers
+@requires_minilm
 def test_hybrid_between_the_ends_differs_from_both(tiny_encoder):  # noqa: F811
     retrieval_set = tiny_retrieval_set()
     ends = [evaluate_hybrid(tiny_encoder, retrieval_set, w, k_values=(3,), cache_dir=False)["ndcg@3"] for w in (0, 1)]

@@ -31,7 +31,7 @@ from contrastkit.text.methods.hybrid_distill import (
 )
 from contrastkit.text.sources import read_corpus
 from contrastkit.text.train import fit_text
-from tests.conftest import data_path
+from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.test_text_evaluation import SENTENCES, tiny_retrieval_set
 
 
@@ -101,6 +101,8 @@ def method(tmp_path, request):
                              teacher_temperature=0.1, student=request.param)
 
 
+@requires_transformers
+@requires_minilm
 def test_teacher_logits_against_a_hand_computation(method):
     texts = ["guitar music in the park", "the vaccine and the enzyme"]
     base = encode_texts(method.document_encoder, SENTENCES)
@@ -116,6 +118,8 @@ def test_teacher_logits_against_a_hand_computation(method):
     np.testing.assert_allclose(gap - gap[:, :1], 0.0, atol=1e-5)
 
 
+@requires_transformers
+@requires_minilm
 def test_only_the_query_tower_learns(method):
     method.train()
     assert not method.document_encoder.training  # no dropout in the teacher
@@ -134,6 +138,8 @@ def test_only_the_query_tower_learns(method):
         assert "term_residual.weight" not in learning and len(learning) > 10
 
 
+@requires_transformers
+@requires_minilm
 def test_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="corpus=PATH"):
         build_text_method("hybrid-distill", small_encoder())
@@ -148,6 +154,8 @@ def test_options_are_checked(tmp_path):
         build_text_method("hybrid-distill", small_encoder(), corpus=str(tmp_path / "missing.jsonl"))
 
 
+@requires_transformers
+@requires_minilm
 def test_training_brings_the_student_to_its_teacher_on_held_out_sentences(tmp_path, method):
     held_out = ["a man plays football on the beach", "the chef reads a novel about pasta",
                 "rain fell on the stock market", "birds and cats sleep in the park"]
@@ -170,6 +178,8 @@ def test_training_brings_the_student_to_its_teacher_on_held_out_sentences(tmp_pa
 # ----------------------------------------------------------------------- two-tower evaluation
 
 
+@requires_transformers
+@requires_minilm
 def test_two_tower_retrieval_against_brute_force():
     tiny = tiny_retrieval_set()
     queries_encoder, documents_encoder = small_encoder(), small_encoder()
@@ -217,6 +227,8 @@ def test_read_corpus_without_ids_uses_line_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("student", ["term-residual", "encoder"])
+@requires_transformers
+@requires_minilm
 def test_anchor_term_by_hand(tmp_path, student):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
@@ -240,6 +252,8 @@ def test_anchor_term_by_hand(tmp_path, student):
         build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False, anchor_weight=-1)
 
 
+@requires_transformers
+@requires_minilm
 def test_cli_trains_the_query_tower_and_says_how_to_retrieve(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     sentences = tmp_path / "sentences.txt"

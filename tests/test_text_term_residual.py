@@ -22,6 +22,7 @@ from contrastkit.text.methods.hybrid_distill import (
 )
 from contrastkit.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
 from contrastkit.text.train import fit_text
+from tests.conftest import requires_minilm, requires_transformers
 from tests.test_text_evaluation import SENTENCES
 from tests.test_text_hybrid_distill import small_encoder, write_corpus
 
@@ -48,6 +49,8 @@ def test_residual_sums_distinct_ordinary_tokens_over_sqrt_count():
     assert torch.equal(got[2], torch.zeros(3))  # only special tokens: no residual
 
 
+@requires_transformers
+@requires_minilm
 def test_encoder_output_is_the_normalised_sum_of_base_and_residual():
     base = small_random_encoder(hidden_size=32, layers=1, heads=2, max_length=32, seed=0).eval()
     base.normalize = True
@@ -71,6 +74,8 @@ def test_encoder_output_is_the_normalised_sum_of_base_and_residual():
         torch.testing.assert_close(encoder(tokens), base(tokens) + r)
 
 
+@requires_transformers
+@requires_minilm
 def test_saved_encoder_reloads_with_its_residual_and_only_nonzero_rows_are_stored(tmp_path):
     encoder = small_encoder().eval()
     encoder.add_term_residual()
@@ -102,6 +107,8 @@ def test_a_residual_of_the_wrong_shape_is_refused(tmp_path):
         TermResidual.load(path, 10, 8)
 
 
+@requires_transformers
+@requires_minilm
 def test_fingerprint_sees_the_residual_and_keeps_plain_encoders_unchanged():
     plain = small_encoder()
     before = encoder_fingerprint(plain)
@@ -114,6 +121,8 @@ def test_fingerprint_sees_the_residual_and_keeps_plain_encoders_unchanged():
     assert encoder_fingerprint(with_residual) not in (first, before)
 
 
+@requires_transformers
+@requires_minilm
 def test_the_students_cached_shortcut_equals_the_full_forward_pass(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
@@ -142,6 +151,8 @@ def test_the_students_cached_shortcut_equals_the_full_forward_pass(tmp_path):
     assert (4, texts[0]) in method.pooled_cache
 
 
+@requires_transformers
+@requires_minilm
 def test_going_on_from_a_trained_residual_keeps_documents_on_the_plain_base(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     plain = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False)
@@ -157,6 +168,8 @@ def test_going_on_from_a_trained_residual_keeps_documents_on_the_plain_base(tmp_
         build_text_method("hybrid-distill", trained, corpus=str(corpus), cache_dir=False, student="encoder")
 
 
+@requires_transformers
+@requires_minilm
 def test_training_moves_only_the_rows_of_tokens_seen_and_leaves_the_transformer(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
     method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
@@ -176,6 +189,8 @@ def test_training_moves_only_the_rows_of_tokens_seen_and_leaves_the_transformer(
                                method.encoder.term_residual.weight.detach().numpy())
 
 
+@requires_transformers
+@requires_minilm
 def test_export_to_sentence_transformers_refuses_a_residual(tmp_path):
     from contrastkit.text.export import export_sentence_transformers
 

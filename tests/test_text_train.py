@@ -22,7 +22,7 @@ from contrastkit.text.encoders import TextEncoder, small_random_encoder
 from contrastkit.text.methods import build_text_method
 from contrastkit.engine.optim import linear_warmup_decay
 from contrastkit.text.train import fit_text
-from tests.conftest import data_path
+from tests.conftest import data_path, requires_minilm, requires_transformers
 
 LINES = [f"Sentence {i} of a small corpus about topic {i % 3}." for i in range(12)]
 
@@ -97,6 +97,8 @@ def train_once(tmp_path, name: str, seed: int, **settings):
     return method, summary
 
 
+@requires_transformers
+@requires_minilm
 def test_fit_is_deterministic_and_writes_the_run(tmp_path):
     torch.manual_seed(123)
     outside = torch.rand(2)
@@ -126,6 +128,8 @@ def test_fit_is_deterministic_and_writes_the_run(tmp_path):
         train_once(tmp_path, "a", seed=0)
 
 
+@requires_transformers
+@requires_minilm
 def test_time_budget_stops_the_run(tmp_path):
     _, summary = train_once(tmp_path, "t", seed=0, max_steps=None, max_minutes=1e-6)
     assert summary["stopped_by"] == "time_budget" and summary["schedule"].endswith("constant")
@@ -143,6 +147,8 @@ class NaNMethod(nn.Module):
         return z.sum() * float("nan"), {}
 
 
+@requires_transformers
+@requires_minilm
 def test_nan_loss_raises_training_error(tmp_path):
     with pytest.raises(TrainingError, match="loss became nan at epoch 0, step 0"):
         fit_text(NaNMethod(), SentenceData(LINES), batch_size=4, lr=1e-3, max_steps=2, out_dir=tmp_path / "nan")
@@ -157,6 +163,8 @@ def write_sts(path, rows):
         handle.writelines(f"main-captions\tMSRvid\t2012test\t{i:04d}\t{score}\t{first}\t{second}\n" for i, (score, first, second) in enumerate(rows))
 
 
+@requires_transformers
+@requires_minilm
 def test_text_command_trains_and_evaluates_before_and_after(tmp_path, capsys):
     lines = tmp_path / "lines.txt.gz"
     with gzip.open(lines, "wt") as handle:
@@ -185,6 +193,8 @@ def test_text_command_trains_and_evaluates_before_and_after(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@requires_transformers
+@requires_minilm
 def test_simcse_on_stsb_train_improves_dev_spearman(tmp_path):
     """~2 minutes of SimCSE on STS-B train sentences lifts a small random encoder on STS-B dev."""
     from scipy.stats import spearmanr
@@ -212,6 +222,8 @@ def test_simcse_on_stsb_train_improves_dev_spearman(tmp_path):
     assert after > before + 5
 
 
+@requires_transformers
+@requires_minilm
 def test_bf16_run_equals_a_loop_with_only_the_forward_under_autocast(tmp_path):
     """PyTorch's rule for autocast: the forward pass and the loss inside, backward, clipping and the
     optimiser step outside. A run of fit_text at bf16 must equal that loop written out by hand

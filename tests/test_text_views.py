@@ -8,6 +8,9 @@ import torch
 from contrastkit.errors import ConfigError
 from contrastkit.text import views
 from contrastkit.text.views import TokenVocabulary
+from tests.conftest import requires_minilm, requires_transformers
+
+pytestmark = [requires_transformers, requires_minilm]  # every test reads all-MiniLM-L6-v2's tokenizer
 
 
 @pytest.fixture(scope="module")

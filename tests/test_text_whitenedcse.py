@@ -17,6 +17,7 @@ from contrastkit.text.methods._whitening import (
     shuffled_group_whiten,
     whitening_matrices,
 )
+from tests.conftest import requires_minilm, requires_transformers
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
 
 
@@ -139,6 +140,8 @@ def test_options_are_checked():
         whitenedcse.build(encoder, num_positives=1, num_groups=2)
 
 
+@requires_transformers
+@requires_minilm
 def test_smoke_small_random_encoder_backward():
     from contrastkit.text.encoders import small_random_encoder
 

@@ -23,10 +23,16 @@ def test_timeseries_command_trains_encodes_and_scores(tmp_path, capsys):
     train, test = load_bundled("ItalyPowerDemand", "train"), load_bundled("ItalyPowerDemand", "test")
     assert np.load(out / "train_embeddings.npy").shape == (67, 320)
     assert np.load(out / "test_embeddings.npy").shape == (1029, 320)
-    assert summary["iters"] == 10 and 0.5 < summary["svm_accuracy"] <= 1.0
+    assert summary["iters"] == 10
     # The floor is the raw series' 1-NN, computed here on the unstandardised data (0.955 published).
-    assert summary["one_nn_euclidean"] == pytest.approx(one_nn_euclidean(train.x, train.y, test.x, test.y))
+    floor = one_nn_euclidean(train.x, train.y, test.x, test.y)
+    assert summary["one_nn_euclidean"] == pytest.approx(floor)
     assert summary["one_nn_euclidean"] == pytest.approx(0.955, abs=0.001)
+    # TS2Vec reaches the floor within sampling noise (the paper: 0.961 against 0.955): at most three
+    # standard errors of an accuracy near the floor on the 1,029 test series (0.019) below it. The same
+    # protocol on the untrained encoder scores 0.90-0.93, below this bound; seed 1 after 10 steps, 0.96.
+    three_standard_errors = 3 * np.sqrt(floor * (1 - floor) / len(test.y))
+    assert floor - three_standard_errors <= summary["svm_accuracy"] <= 1.0
     assert "SVM protocol accuracy" in capsys.readouterr().out
     # a second run never overwrites the first
     assert main(["timeseries", "--data", "ItalyPowerDemand", "--iters", "1", "--out", str(out)]) == 2

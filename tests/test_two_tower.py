@@ -19,6 +19,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.multimodal.queued_clip import queued_clip_terms
 from contrastkit.multimodal.two_tower import TwoTowerOptions, build_two_tower
 from contrastkit.text.soft_augment import soft_augment
+from tests.conftest import requires_minilm, requires_transformers
 
 
 def _mlp_towers(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -114,6 +115,8 @@ def tokenizer():
 TEXTS = ["def add(x, y): return x + y  # the sum of two numbers", "return the sum", "a"]
 
 
+@requires_transformers
+@requires_minilm
 def test_soft_augment_changes_exactly_the_rate_and_never_special_tokens(tokenizer):
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -130,6 +133,8 @@ def test_soft_augment_changes_exactly_the_rate_and_never_special_tokens(tokenize
                                                     if t != tokenizer.mask_token_id])).any()
 
 
+@requires_transformers
+@requires_minilm
 def test_soft_augment_is_reproducible_and_mask_share_chooses_the_operation(tokenizer):
     batch = tokenizer(TEXTS * 4, padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -150,6 +155,8 @@ def test_soft_augment_is_reproducible_and_mask_share_chooses_the_operation(token
 
 # -- text towers and the command ------------------------------------------------------------
 
+@requires_transformers
+@requires_minilm
 def test_pairs_command_trains_and_scores_text_towers(tmp_path, capsys):
     from contrastkit.multimodal import cli
     from contrastkit.text.encoders import small_random_encoder
