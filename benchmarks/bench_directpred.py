@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from contrastkit.config import FitConfig
+from contrastkit.modalities.image.config import FitConfig
 from contrastkit.evaluation.predictor_diagnostics import predictor_report
-from contrastkit.training.restore import load_method
-from contrastkit.training.run import fit
+from contrastkit.modalities.image.training.restore import load_method
+from contrastkit.modalities.image.training.run import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import balanced_subset  # noqa: E402

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from contrastkit.forecasting import (
+from contrastkit.recipes.forecasting import (
     ForecasterConfig,
     evaluate_forecaster,
     fit_forecaster,

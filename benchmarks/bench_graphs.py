@@ -1,6 +1,6 @@
 """Graph methods on Cora (public Planetoid split), printed beside the published figures.
 
-Runs ``contrastkit graph`` (:mod:`contrastkit.graphs.cli`) for each method and prints a markdown
+Runs ``contrastkit graph`` (:mod:`contrastkit.modalities.graph.cli`) for each method and prints a markdown
 table: node classification by GraphMAE's linear probe (epoch chosen on the 500 validation nodes,
 accuracy on the 1,000 test nodes; ``--probe-seeds`` probe seeds on each pretraining seed's
 embeddings), the deterministic scikit-learn probe (C chosen on the validation nodes), and k-means
@@ -25,7 +25,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from contrastkit.graphs.cli import main as graph_main
+from contrastkit.modalities.graph.cli import main as graph_main
 
 PUBLISHED = {
     "graphmae": "84.2 ± 0.4 (DGI 82.3 ± 0.6, BGRL 82.7 ± 0.6)",

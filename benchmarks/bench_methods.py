@@ -1,6 +1,6 @@
 """Every method on the same data, backbone and epochs: kNN top-1 and training images per second.
 
-Each method is trained with ``contrastkit.training.run.fit`` (the code path of ``contrastkit fit``)
+Each method is trained with ``contrastkit.modalities.image.training.run.fit`` (the code path of ``contrastkit fit``)
 on a class-balanced subset of the data (``--per-class`` images of every class, drawn with a fixed
 seed and written to an ``.npz`` that every run reads; ``--limit`` would take the first images,
 which in a class-sorted image folder are one or two classes), with the held-out protocol of
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.sources import open_image_source
-from contrastkit.training.run import fit
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.sources import open_image_source
+from contrastkit.modalities.image.training.run import fit
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "directpred", "jepa")
 

@@ -41,8 +41,8 @@ from contrastkit.evaluation.anomaly import (
     isolation_forest_scores,
 )
 from contrastkit.evaluation.splits import few_labels_per_class
-from contrastkit.sources.tabular import FAMILIES, load_nsl_kdd, nsl_kdd_encoder
-from contrastkit.tabular import CLAN, SCARF
+from contrastkit.modalities.tabular.sources import FAMILIES, load_nsl_kdd, nsl_kdd_encoder
+from contrastkit.modalities.tabular.estimators import CLAN, SCARF
 
 DEFAULT_DATA = Path(os.environ.get("CONTRASTKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from contrastkit.evaluation.retrieval import recall_at_k
-from contrastkit.recommendation import TwoTowerConfig, fit_two_tower, rank_items
+from contrastkit.recipes.recommendation import TwoTowerConfig, fit_two_tower, rank_items
 
 ITEM_CARDINALITIES_WITHOUT_ID = (20, 100, 300, 8)
 

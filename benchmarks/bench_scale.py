@@ -60,7 +60,7 @@ def synthetic_chunks(n: int, chunk: int = 10_000, seed: int = 0):
 
 
 def part_write(args) -> dict:
-    from contrastkit.sources.shards import write_shards
+    from contrastkit.modalities.image.sources.shards import write_shards
 
     root = Path(args.workdir) / "shards"
     shutil.rmtree(root, ignore_errors=True)
@@ -74,7 +74,7 @@ def part_write(args) -> dict:
 
 
 def _stream(root: Path, limit: int | None, batch_size: int) -> dict:
-    from contrastkit.sources.shards import ShardedImages
+    from contrastkit.modalities.image.sources.shards import ShardedImages
 
     reader = ShardedImages(root, batch_size, seed=0)
     started, seen, checksum = time.perf_counter(), 0, 0
@@ -92,7 +92,7 @@ def part_stream(args) -> dict:
 
 
 def part_stream_small(args) -> dict:
-    from contrastkit.sources.shards import write_shards
+    from contrastkit.modalities.image.sources.shards import write_shards
 
     # A shard folder of exactly the in-memory set, so that both read the same samples.
     root = Path(args.workdir) / "shards-small"
@@ -105,7 +105,7 @@ def part_stream_small(args) -> dict:
 def part_memory(args) -> dict:
     import torch
 
-    from contrastkit.sources.shards import ShardFolder
+    from contrastkit.modalities.image.sources.shards import ShardFolder
 
     folder = ShardFolder(Path(args.workdir) / "shards-small")
     started = time.perf_counter()
@@ -210,7 +210,7 @@ def main() -> None:
         import torch  # noqa: F401  (the libraries' own memory, reported apart from the part's)
 
         import contrastkit.evaluation.large_scale
-        import contrastkit.sources.shards  # noqa: F401
+        import contrastkit.modalities.image.sources.shards  # noqa: F401
 
         baseline = current_rss_mb()
         print(json.dumps({**PARTS[args.part](args), "rss_after_imports_mb": baseline}))

@@ -33,8 +33,8 @@ from pathlib import Path
 RUN = r"""
 import json, resource, sys, time
 started = time.perf_counter()
-from contrastkit.config import FitConfig
-from contrastkit.training.run import fit
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.training.run import fit
 options = json.loads(sys.argv[1])
 summary = fit(FitConfig(**options))
 print(json.dumps({"samples_per_second": summary["samples_per_second"], "epoch_seconds": summary["seconds"],
@@ -45,8 +45,8 @@ print(json.dumps({"samples_per_second": summary["samples_per_second"], "epoch_se
 LOADER = r"""
 import json, resource, sys, time
 from types import SimpleNamespace
-from contrastkit.config import FitConfig
-from contrastkit.training.run_data import open_run_data
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.training.run_data import open_run_data
 options = json.loads(sys.argv[1])
 started = time.perf_counter()
 data = open_run_data(FitConfig(**options))
@@ -78,7 +78,7 @@ def main() -> None:
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    from contrastkit.sources.shards import shard_image_source
+    from contrastkit.modalities.image.sources.shards import shard_image_source
 
     shard_image_source(args.data, workdir / "shards", shard_size=args.shard_size)
     common = {"limit": args.limit, "holdout": 0.0, "epochs": args.epochs, "batch_size": args.batch_size,

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_text_speed.py --steps 12 > notes/text_speed.log
 
-Each configuration trains with :func:`contrastkit.text.train.fit_text` (the real loop: tokenise,
+Each configuration trains with :func:`contrastkit.modalities.text.train.fit_text` (the real loop: tokenise,
 views, forward, backward, AdamW) for ``--steps`` steps at batch 64; the rate is measured between
 the first logged step (``--steps // 3``) and the last, so loading and the first, slower steps are
 left out. Used to budget the 30-minute domain-adaptation runs.
@@ -15,11 +15,11 @@ import csv
 import tempfile
 from pathlib import Path
 
-from contrastkit.paths import data_root
-from contrastkit.text.data import SentenceData
-from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.methods import build_text_method
-from contrastkit.text.train import fit_text
+from contrastkit.core.paths import data_root
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.train import fit_text
 
 CONFIGURATIONS = [
     ("simcse", {}, 64),

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from contrastkit.evaluation.ucr import one_nn_euclidean, svm_protocol
-from contrastkit.sources.timeseries import (
+from contrastkit.modalities.timeseries.sources import (
     load_bundled,
     standardize_with_train_statistics,
 )
-from contrastkit.timeseries import TS2Vec
+from contrastkit.modalities.timeseries.ts2vec import TS2Vec
 
 # Official TS2Vec (default UCR settings, SVM protocol) and 1-NN Euclidean, measured on aeon's
 # bundled data on a 2-core machine (/work/shared/ANCHORS.md).

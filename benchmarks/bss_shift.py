@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from contrastkit.evaluation.knn import weighted_knn_accuracy
-from contrastkit.sources import open_image_source
-from contrastkit.training.data import EpochShuffleSampler
-from contrastkit.views.image import EvalView
+from contrastkit.modalities.image.sources import open_image_source
+from contrastkit.modalities.image.training.data import EpochShuffleSampler
+from contrastkit.modalities.image.views.image import EvalView
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gsimclr import train_simclr

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from contrastkit.multimodal.harmonization import GradientHarmonizer
-from contrastkit.multimodal.pairs import read_code_docstring
-from contrastkit.multimodal.text_towers import text_two_tower
-from contrastkit.multimodal.train import TrainOptions, evaluate_pairs, train_two_tower
-from contrastkit.multimodal.two_tower import TwoTowerOptions
+from contrastkit.modalities.pairs.harmonization import GradientHarmonizer
+from contrastkit.modalities.pairs.pairs import read_code_docstring
+from contrastkit.modalities.pairs.text_towers import text_two_tower
+from contrastkit.modalities.pairs.train import TrainOptions, evaluate_pairs, train_two_tower
+from contrastkit.modalities.pairs.two_tower import TwoTowerOptions
 
 ROWS = ("zero-shot", "clip", "soda-queue", "in-modality", "harmonized")
 LABELS = {

@@ -16,16 +16,16 @@ import time
 
 import numpy as np
 
-from contrastkit.graphs.cli import open_graph_source
-from contrastkit.graphs.evaluate import adam_probe_accuracy, split_probe_accuracy
-from contrastkit.graphs.graphmae import GraphMAE
-from contrastkit.graphs.train import (
+from contrastkit.modalities.graph.cli import open_graph_source
+from contrastkit.modalities.graph.evaluate import adam_probe_accuracy, split_probe_accuracy
+from contrastkit.modalities.graph.graphmae import GraphMAE
+from contrastkit.modalities.graph.train import (
     GraphTrainConfig,
     embed_nodes,
     seed_everything,
     train_graph_method,
 )
-from contrastkit.sources.graphs import row_normalize_features
+from contrastkit.modalities.graph.sources import row_normalize_features
 
 
 def main() -> None:

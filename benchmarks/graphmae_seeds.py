@@ -168,7 +168,7 @@ def run_seed(seed: int, epochs: int, probe_seeds: int, threads: int, store: Path
               flush=True)
         start = time.perf_counter()
         print(f"[{dt.datetime.now():%H:%M:%S}] seed {seed}: contrastkit graph {' '.join(argv)}", flush=True)
-        status = subprocess.run([sys.executable, "-m", "contrastkit.graphs.cli", *argv, "--out", str(out)],
+        status = subprocess.run([sys.executable, "-m", "contrastkit.modalities.graph.cli", *argv, "--out", str(out)],
                                 cwd=ROOT, env=env).returncode
         wall = time.perf_counter() - start
         if status != 0:

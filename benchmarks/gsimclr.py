@@ -1,9 +1,9 @@
 """G-SimCLR against plain SimCLR on CIFAR-10 small: does pseudo-label-guided batching help kNN?
 
 G-SimCLR (Chakraborty et al. 2020): pseudo-labels from k-means on the latent space of a denoising
-autoencoder trained on the unlabeled images (:mod:`contrastkit.sampling.pseudo_labels`), then
+autoencoder trained on the unlabeled images (:mod:`contrastkit.modalities.image.sampling.pseudo_labels`), then
 batches that keep each pseudo-class as spread out as its size allows
-(:class:`contrastkit.sampling.spread_batches.SpreadBatchSampler`). Everything else is identical:
+(:class:`contrastkit.modalities.image.sampling.spread_batches.SpreadBatchSampler`). Everything else is identical:
 the same SimCLR (NT-Xent, T = 0.5), CIFAR ResNet-18 at width 0.125, batch 256, SGD, seed, epochs.
 
 Data as in ``image_side_by_side.py``: images 0-799 of each class of cifar10-test pretrain
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from contrastkit.config import FitConfig
-from contrastkit.methods import METHODS
-from contrastkit.methods._parts import DataInfo
-from contrastkit.sampling.pseudo_labels import pseudo_labels
-from contrastkit.sampling.spread_batches import SpreadBatchSampler
-from contrastkit.sources.image_source import ImageSource
-from contrastkit.training.data import BatchedSamples, EpochShuffleSampler
-from contrastkit.training.module import SSLModule
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods.parts import DataInfo
+from contrastkit.modalities.image.sampling.pseudo_labels import pseudo_labels
+from contrastkit.modalities.image.sampling.spread_batches import SpreadBatchSampler
+from contrastkit.modalities.image.sources.image_source import ImageSource
+from contrastkit.modalities.image.training.data import BatchedSamples, EpochShuffleSampler
+from contrastkit.modalities.image.training.module import SSLModule
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from image_side_by_side import cifar_small, knn_top1, trainer

@@ -75,8 +75,8 @@ STEPS_PER_FLOOR = 3
 def cifar_small(data: str, per_class: int = PRETRAIN_PER_CLASS):
     """(train images uint8 (8000, 3, 32, 32), train labels, query images (2000, ...), query labels,
     train files): images 0-799 of each class pretrain, 800-999 are queries."""
-    from contrastkit.sources import open_image_source
-    from contrastkit.sources.image_folder import list_image_files
+    from contrastkit.modalities.image.sources import open_image_source
+    from contrastkit.modalities.image.sources.image_folder import list_image_files
 
     source = open_image_source(data)
     files, _, _ = list_image_files(Path(data))
@@ -90,7 +90,7 @@ def cifar_small(data: str, per_class: int = PRETRAIN_PER_CLASS):
 
 def prepare(data: str, workdir: Path, per_class: int) -> None:
     """The split as one .pt file, and a folder of links to the training JPEGs for LightlySSL."""
-    from contrastkit.sources.image_source import ImageSource
+    from contrastkit.modalities.image.sources.image_source import ImageSource
 
     train, train_labels, query, query_labels, files = cifar_small(data, per_class)
     mean, std = ImageSource(train, train_labels, name="cifar-small").channel_mean_std()
@@ -224,7 +224,7 @@ def floor_seconds(backbone: torch.nn.Module, batch_size: int, channels_last: boo
 
 def knn_top1(backbone, split) -> float:
     from contrastkit.evaluation.knn import weighted_knn_accuracy
-    from contrastkit.views.image import EvalView
+    from contrastkit.modalities.image.views.image import EvalView
 
     view = EvalView(split["mean"], split["std"])
     backbone.eval()
@@ -238,7 +238,7 @@ def knn_top1(backbone, split) -> float:
 
 
 def make_backbone(seed: int, width: float):
-    from contrastkit.encoders.resnet import resnet18
+    from contrastkit.modalities.image.encoders.resnet import resnet18
 
     torch.manual_seed(seed)
     return resnet18(3, 32, width=width)
@@ -264,11 +264,11 @@ def trainer(epochs: int, callbacks):
 # -- contrastkit --------------------------------------------------------------------------------
 
 def run_contrastkit(method: str, split, args) -> tuple[dict, torch.nn.Module]:
-    from contrastkit.config import FitConfig
-    from contrastkit.methods import METHODS
-    from contrastkit.methods._parts import DataInfo
-    from contrastkit.training.data import InMemoryImages
-    from contrastkit.training.module import SSLModule
+    from contrastkit.modalities.image.config import FitConfig
+    from contrastkit.modalities.image.methods import METHODS
+    from contrastkit.modalities.image.methods.parts import DataInfo
+    from contrastkit.modalities.image.training.data import InMemoryImages
+    from contrastkit.modalities.image.training.module import SSLModule
 
     config = FitConfig(method=method, backbone="resnet18", width=args.width, batch_size=args.batch_size,
                        epochs=args.epochs, seed=args.seed, warmup_epochs=min(1.0, args.epochs),

@@ -40,10 +40,10 @@ import time
 
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.methods import METHODS
-from contrastkit.methods._parts import DataInfo
-from contrastkit.sources import open_image_source
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods.parts import DataInfo
+from contrastkit.modalities.image.sources import open_image_source
 from contrastkit.engine.optim import build_optimizer
 
 VARIANTS = ("base", "channels_last", "compile", "compile_step", "bf16")

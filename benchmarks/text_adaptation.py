@@ -23,13 +23,13 @@ import json
 import time
 from pathlib import Path
 
-from contrastkit.paths import data_root
-from contrastkit.text.data import SentenceData
-from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.evaluation import evaluate_retrieval, sts_spearman
-from contrastkit.text.methods import build_text_method
-from contrastkit.text.sources import read_beir, read_sts
-from contrastkit.text.train import fit_text
+from contrastkit.core.paths import data_root
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.evaluation import evaluate_retrieval, sts_spearman
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.sources import read_beir, read_sts
+from contrastkit.modalities.text.train import fit_text
 
 # name -> (method, options, context window, lr, batch size, training max_length)
 RUNS = {

@@ -25,21 +25,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from contrastkit.multimodal.pairs import read_pairs
-from contrastkit.multimodal.text_towers import text_two_tower
-from contrastkit.multimodal.train import TrainOptions, train_two_tower
-from contrastkit.multimodal.two_tower import TwoTowerOptions
-from contrastkit.paths import data_root
-from contrastkit.text.data import SentenceData
-from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.evaluation import (
+from contrastkit.modalities.pairs.pairs import read_pairs
+from contrastkit.modalities.pairs.text_towers import text_two_tower
+from contrastkit.modalities.pairs.train import TrainOptions, train_two_tower
+from contrastkit.modalities.pairs.two_tower import TwoTowerOptions
+from contrastkit.core.paths import data_root
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.evaluation import (
     evaluate_retrieval,
     sts_spearman,
     subsample_retrieval_set,
 )
-from contrastkit.text.methods import build_text_method
-from contrastkit.text.sources import read_beir, read_sts
-from contrastkit.text.train import fit_text
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.sources import read_beir, read_sts
+from contrastkit.modalities.text.train import fit_text
 
 
 def evaluate(encoder: TextEncoder, full: bool) -> dict:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from contrastkit.evaluation.retrieval import search
-from contrastkit.text.bm25 import evaluate_bm25
-from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.evaluation import (
+from contrastkit.modalities.text.bm25 import evaluate_bm25
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.evaluation import (
     DOCUMENT_SEPARATOR,
     corpus_cache_path,
     encode_corpus,
@@ -36,7 +36,7 @@ from contrastkit.text.evaluation import (
     sts_spearman,
     subsample_retrieval_set,
 )
-from contrastkit.text.sources import read_beir, read_sts
+from contrastkit.modalities.text.sources import read_beir, read_sts
 
 PUBLISHED = {"sts": 82.03, "ndcg@10": 64.5}
 

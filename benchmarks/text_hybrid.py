@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from contrastkit.paths import data_root
-from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.hybrid import fused_metrics, hybrid_scores
-from contrastkit.text.sources import read_beir
+from contrastkit.core.paths import data_root
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.hybrid import fused_metrics, hybrid_scores
+from contrastkit.modalities.text.sources import read_beir
 
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 

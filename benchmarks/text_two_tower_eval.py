@@ -18,10 +18,10 @@ import argparse
 import numpy as np
 
 from contrastkit.evaluation.retrieval import ndcg_at_k, search
-from contrastkit.paths import data_root
-from contrastkit.text.bm25 import bm25_search
-from contrastkit.text.encoders import TextEncoder, load_text_encoder
-from contrastkit.text.evaluation import (
+from contrastkit.core.paths import data_root
+from contrastkit.modalities.text.bm25 import bm25_search
+from contrastkit.modalities.text.encoders import TextEncoder, load_text_encoder
+from contrastkit.modalities.text.evaluation import (
     DOCUMENT_SEPARATOR,
     encode_corpus,
     encode_texts,
@@ -30,7 +30,7 @@ from contrastkit.text.evaluation import (
     search_depth,
     sts_spearman,
 )
-from contrastkit.text.sources import read_beir, read_sts
+from contrastkit.modalities.text.sources import read_beir, read_sts
 
 
 def per_query_ndcg(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> np.ndarray:

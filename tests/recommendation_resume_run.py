@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from contrastkit.recommendation import TwoTowerConfig, fit_two_tower
+from contrastkit.recipes.recommendation import TwoTowerConfig, fit_two_tower
 
 CONFIG = TwoTowerConfig(steps=150, batch_size=32, ssl_batch_size=16, ssl_weight=0.3, embedding_dim=4, hidden_dim=8,
                         output_dim=8, masking="correlated", seed=5)

@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import torch
 
-from contrastkit.sources.tabular import load_nsl_kdd, nsl_kdd_encoder
-from contrastkit.tabular import CLAN
+from contrastkit.modalities.tabular.sources import load_nsl_kdd, nsl_kdd_encoder
+from contrastkit.modalities.tabular.estimators import CLAN
 
 
 def main(data: str, out: str, resume: bool) -> None:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.views import BYOLViews, SimCLRViews
-from contrastkit.views.bss import BatchStyleStandardization, standardize_styles
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.image.views import BYOLViews, SimCLRViews
+from contrastkit.modalities.image.views.bss import BatchStyleStandardization, standardize_styles
 
 EPS = 1e-3  # phase is compared where the amplitude exceeds this (elsewhere it is ill-defined)
 

@@ -214,8 +214,8 @@ def test_a_run_killed_before_its_first_checkpoint_can_start_again(tmp_path, caps
 
 
 def test_shard_and_export_commands(tmp_path, capsys):
-    from contrastkit.export import load_exported
-    from contrastkit.sources.shards import ShardFolder
+    from contrastkit.modalities.image.export import load_exported
+    from contrastkit.modalities.image.sources.shards import ShardFolder
 
     code, out, err = run_cli(capsys, "shard", "--data", "digits", "--out", str(tmp_path / "shards"),
                              "--shard-size", "500")

@@ -39,10 +39,10 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.sources.images import load_digits_source
-from contrastkit.training.restore import load_method
-from contrastkit.training.run import fit
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.sources.images import load_digits_source
+from contrastkit.modalities.image.training.restore import load_method
+from contrastkit.modalities.image.training.run import fit
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from contrastkit import distributed
-from contrastkit.distributed import GatheredObjective
-from contrastkit.errors import ConfigError
+from contrastkit.nn import distributed
+from contrastkit.nn.distributed import GatheredObjective
+from contrastkit.core.errors import ConfigError
 from contrastkit.objectives import OBJECTIVES
 from tests.ddp import run_distributed
 from tests.objective_cases import all_case_labels, case_for, make_inputs

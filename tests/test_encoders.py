@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from contrastkit.encoders import ENCODERS, build_encoder
-from contrastkit.encoders.resnet import BasicBlock, Bottleneck
-from contrastkit.errors import ConfigError
+from contrastkit.modalities.image.encoders import ENCODERS, build_encoder
+from contrastkit.modalities.image.encoders.resnet import BasicBlock, Bottleneck
+from contrastkit.core.errors import ConfigError
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
 from contrastkit.engine.metrics_log import trim_after_step
 from contrastkit.engine.optim import lr_multiplier
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from tests.resume_harness import (
     assert_kill_and_resume_is_exact,
     assert_same_training_state,

@@ -17,10 +17,10 @@ ENGINE = PACKAGE / "engine"
 
 # path (relative to the package) -> why it may call backward / build an optimiser
 ALLOWED = {
-    "text/gradcache.py": "GradCache's second stage runs inside a custom autograd Function's backward: it is part "
+    "nn/gradcache.py": "GradCache's second stage runs inside a custom autograd Function's backward: it is part "
                          "of the engine's backward pass (the chunks' embeddings get their cached gradients), not "
                          "an optimisation loop of its own.",
-    "multimodal/method.py": "TwoTowerMethod.backward_loss: the engine calls it in place of loss.backward() "
+    "modalities/pairs/method.py": "TwoTowerMethod.backward_loss: the engine calls it in place of loss.backward() "
                             "(per-sample gradient harmonization backpropagates through the towers' features).",
 }
 

@@ -16,7 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation import clustering, linear, protocol, retrieval, splits
 from contrastkit.evaluation.knn import weighted_knn_accuracy, weighted_knn_predict
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.core.errors import ConfigError, DataError
 
 QUICK = {"data": "digits", "limit": 192, "holdout": 0.0, "batch_size": 64, "width": 0.25, "epochs": 1,
          "report": False, "probe_every": 0, "baselines": False}
@@ -20,7 +20,7 @@ QUICK = {"data": "digits", "limit": 192, "holdout": 0.0, "batch_size": 64, "widt
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     run_dir = tmp_path_factory.mktemp("export") / "run"
     fit(FitConfig(**QUICK, out=str(run_dir)))
@@ -29,8 +29,8 @@ def trained_run(tmp_path_factory):
 
 def test_reloaded_encoder_gives_the_embeddings_of_contrastkit_embed(trained_run, tmp_path):
     from contrastkit.cli import main
-    from contrastkit.export import export_encoder, load_exported
-    from contrastkit.sources import open_image_source
+    from contrastkit.modalities.image.export import export_encoder, load_exported
+    from contrastkit.modalities.image.sources import open_image_source
 
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     assert main(["embed", "--checkpoint", str(checkpoint), "--data", "digits", "--out",
@@ -52,24 +52,24 @@ def test_reloaded_encoder_gives_the_embeddings_of_contrastkit_embed(trained_run,
 
 
 def test_loading_needs_no_training_code(trained_run, tmp_path):
-    from contrastkit.export import export_encoder
+    from contrastkit.modalities.image.export import export_encoder
 
     folder = export_encoder(trained_run / "checkpoints" / "last.ckpt", tmp_path / "exported")
     script = (
         "import sys, torch\n"
-        "from contrastkit.export import load_exported\n"
+        "from contrastkit.modalities.image.export import load_exported\n"
         f"encoder = load_exported({str(folder)!r})\n"
         "out = encoder(torch.zeros(3, 1, 8, 8, dtype=torch.uint8))\n"
         "assert out.shape == (3, encoder.output_dim), out.shape\n"
-        "loaded = [m for m in sys.modules if m.startswith(('lightning', 'contrastkit.training', "
-        "'contrastkit.methods', 'contrastkit.objectives', 'contrastkit.views', 'sklearn'))]\n"
+        "loaded = [m for m in sys.modules if m.startswith(('lightning', 'contrastkit.modalities.image.training', "
+        "'contrastkit.modalities.image.methods', 'contrastkit.objectives', 'contrastkit.modalities.image.views', 'sklearn'))]\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
 
 
 def test_export_refuses_to_overwrite_and_reports_missing_files(trained_run, tmp_path):
-    from contrastkit.export import export_encoder, load_exported
+    from contrastkit.modalities.image.export import export_encoder, load_exported
 
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     export_encoder(checkpoint, tmp_path / "exported")

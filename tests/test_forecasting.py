@@ -14,8 +14,8 @@ import torch
 
 from contrastkit import objectives
 from contrastkit.engine import EpochShuffleSampler, step_seed
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.forecasting import (
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.recipes.forecasting import (
     ForecasterConfig,
     PatchTransformerForecaster,
     chronological_split,
@@ -26,7 +26,7 @@ from contrastkit.forecasting import (
     sliding_windows,
     two_augmented_views,
 )
-from contrastkit.seeding import seeded
+from contrastkit.core.seeding import seeded
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 
 TINY = ForecasterConfig(

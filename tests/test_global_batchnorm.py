@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from contrastkit.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
+from contrastkit.nn.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
 from tests.ddp import run_distributed
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from contrastkit import objectives
-from contrastkit.errors import ConfigError
-from contrastkit.text.encoders import small_random_encoder
-from contrastkit.text.gradcache import cached_embed, chunked_embed, split_tokens
-from contrastkit.text.methods import build_text_method
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text.encoders import small_random_encoder
+from contrastkit.nn.gradcache import cached_embed, chunked_embed, split_tokens
+from contrastkit.modalities.text.methods import build_text_method
 from tests.conftest import requires_minilm, requires_transformers
 
 pytestmark = [requires_transformers, requires_minilm]  # every test runs the small random encoder

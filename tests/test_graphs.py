@@ -14,15 +14,15 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.graphs.evaluate import clustering_scores, split_probe_accuracy
-from contrastkit.graphs.graphmae import (
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.graph.evaluate import clustering_scores, split_probe_accuracy
+from contrastkit.modalities.graph.graphmae import (
     GraphMAE,
     apply_feature_mask,
     sample_feature_mask,
     scaled_cosine_error,
 )
-from contrastkit.graphs.scgc import (
+from contrastkit.modalities.graph.scgc import (
     SCGC,
     neighbour_contrastive_loss,
     neighbour_positive_weights,
@@ -30,19 +30,19 @@ from contrastkit.graphs.scgc import (
     student_t_assignments,
     target_distribution,
 )
-from contrastkit.graphs.data import NodeBatch, NodeBatchSampler
-from contrastkit.graphs.train import (
+from contrastkit.modalities.graph.data import NodeBatch, NodeBatchSampler
+from contrastkit.modalities.graph.train import (
     GraphTrainConfig,
     embed_nodes,
     train_graph_method,
 )
-from contrastkit.sources.graphs import (
+from contrastkit.modalities.graph.sources import (
     Graph,
     open_graph_source,
     read_edge_list_graph,
     read_planetoid,
 )
-from contrastkit.views.graph import (
+from contrastkit.modalities.graph.views import (
     GraphAugment,
     drop_edges,
     drop_nodes,
@@ -490,7 +490,7 @@ def blob_graph(n: int = 300, dim: int = 5, classes: int = 3, spread: float = 1.5
 def test_adam_probe_converges_to_sklearn_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    from contrastkit.graphs.evaluate import adam_probe_accuracy
+    from contrastkit.modalities.graph.evaluate import adam_probe_accuracy
 
     graph, embeddings = blob_graph()
     train, test = graph.train_mask.numpy(), graph.test_mask.numpy()
@@ -507,7 +507,7 @@ def test_adam_probe_converges_to_sklearn_logistic_regression():
 
 
 def test_adam_probe_chooses_its_epoch_on_validation_labels_only():
-    from contrastkit.graphs.evaluate import adam_probe_accuracy
+    from contrastkit.modalities.graph.evaluate import adam_probe_accuracy
 
     graph, embeddings = blob_graph(spread=2.5)
     result = adam_probe_accuracy(embeddings, graph, seed=0, epochs=100)
@@ -529,7 +529,7 @@ def test_adam_probe_chooses_its_epoch_on_validation_labels_only():
 
 
 def test_probe_summary_splits_the_spread_over_probe_and_pretraining_seeds():
-    from contrastkit.graphs.cli import summarize
+    from contrastkit.modalities.graph.cli import summarize
 
     tests = [[0.80, 0.82, 0.81], [0.70, 0.74, 0.72]]  # 2 pretraining seeds x 3 probe seeds
     runs = [{"probe": {"test": t, "val": t, "final_test": t, "epoch": [1, 2, 3]}} for t in tests]
@@ -572,7 +572,7 @@ def test_split_file_loads_and_checks(tmp_path):
     pytest.param("graphclip", [], marks=needs_pyg),
 ])
 def test_cli_every_method_reports_probe_over_seeds(tmp_path, method, options):
-    from contrastkit.graphs.cli import main
+    from contrastkit.modalities.graph.cli import main
 
     graph = random_graph(n=30, features=6)
     write_graph_folder(tmp_path, graph)
@@ -603,8 +603,8 @@ def fixed_draw_loss(model, graph: Graph, draws: int = 5) -> float:
 @needs_pyg
 @pytest.mark.parametrize("method", ["graphmae", "graphcl", "graphclip"])
 def test_methods_train_and_embed(method):
-    from contrastkit.graphs.graphcl import GraphCL
-    from contrastkit.graphs.graphclip import GraphCLIP
+    from contrastkit.modalities.graph.graphcl import GraphCL
+    from contrastkit.modalities.graph.graphclip import GraphCLIP
 
     graph = random_graph(n=40, features=10)
     # Centred features: with uniform [0, 1) ones the untrained GraphCL's projections are nearly parallel
@@ -628,7 +628,7 @@ def test_methods_train_and_embed(method):
 
 @needs_pyg
 def test_training_is_reproducible_with_a_seed():
-    from contrastkit.graphs.train import seed_everything
+    from contrastkit.modalities.graph.train import seed_everything
 
     graph = random_graph(n=40, features=10)
     losses = []
@@ -641,7 +641,7 @@ def test_training_is_reproducible_with_a_seed():
 
 
 def test_cli_on_an_edge_list_folder(tmp_path, capsys):
-    from contrastkit.graphs.cli import main
+    from contrastkit.modalities.graph.cli import main
 
     graph = random_graph(n=30, features=6)
     np.savetxt(tmp_path / "edges.csv", graph.edge_index.T.numpy(), fmt="%d", delimiter=",")
@@ -674,7 +674,7 @@ def test_full_graph_training_equals_a_plain_adam_loop_with_cosine_decay():
     lr (1 + cos(pi e / E)) / 2 in epoch e, one step per epoch; given the engine's per-step seeds
     (masks and dropout), a plain loop reaches the same weights bit for bit."""
     from contrastkit.engine import step_seed
-    from contrastkit.graphs.train import seed_everything
+    from contrastkit.modalities.graph.train import seed_everything
 
     graph = random_graph(n=40, features=10)
     epochs, lr, weight_decay, seed = 6, 1e-2, 1e-3, 7
@@ -726,8 +726,8 @@ def test_node_batches_are_a_function_of_seed_and_epoch_and_shared_out_over_proce
 
 @needs_pyg
 def test_cli_run_folders_resume_and_reload(tmp_path, monkeypatch, capsys):
-    from contrastkit.graphs.cli import main
-    from contrastkit.graphs.run_folder import load_trained
+    from contrastkit.modalities.graph.cli import main
+    from contrastkit.modalities.graph.run_folder import load_trained
 
     graph = random_graph(n=30, features=6)
     data = tmp_path / "graph"
@@ -799,8 +799,8 @@ def test_two_processes_train_as_one_on_the_mean_of_their_losses(tmp_path):
     import subprocess
 
     from contrastkit.engine import step_seed
-    from contrastkit.graphs.cli import build_method, load_graph, parse_args
-    from contrastkit.graphs.train import seed_everything
+    from contrastkit.modalities.graph.cli import build_method, load_graph, parse_args
+    from contrastkit.modalities.graph.train import seed_everything
     from tests.resume_harness import ENV, cli, load_checkpoint
 
     graph = random_graph(n=40, features=8)

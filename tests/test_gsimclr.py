@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.sampling.pseudo_labels import (
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.image.sampling.pseudo_labels import (
     pseudo_labels,
     train_denoising_autoencoder,
 )
-from contrastkit.sampling.spread_batches import SpreadBatchSampler
-from contrastkit.training.data import EpochShuffleSampler
+from contrastkit.modalities.image.sampling.spread_batches import SpreadBatchSampler
+from contrastkit.modalities.image.training.data import EpochShuffleSampler
 
 
 def _labels(sizes: list[int], seed: int = 0) -> np.ndarray:

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.errors import ConfigError
-from contrastkit.methods import METHODS
-from contrastkit.methods._parts import DataInfo
-from contrastkit.sources.images import load_digits_source
-from contrastkit.training.run_data import open_run_data
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods.parts import DataInfo
+from contrastkit.modalities.image.sources.images import load_digits_source
+from contrastkit.modalities.image.training.run_data import open_run_data
 
 
 def test_spread_sampler_is_used_and_batches_keep_each_pseudo_class_apart():

@@ -6,15 +6,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastkit.multimodal.harmonization import (
+from contrastkit.modalities.pairs.harmonization import (
     GradientHarmonizer,
     curriculum_weights,
     project_conflicting,
     row_cosines,
     sample_conflict,
 )
-from contrastkit.multimodal.method import two_tower_step
-from contrastkit.multimodal.two_tower import TwoTowerOptions, build_two_tower
+from contrastkit.modalities.pairs.method import two_tower_step
+from contrastkit.modalities.pairs.two_tower import TwoTowerOptions, build_two_tower
 
 
 def test_non_conflicting_gradients_are_unchanged():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from contrastkit.errors import ConfigError
-from contrastkit.heads import (
+from contrastkit.core.errors import ConfigError
+from contrastkit.nn.heads import (
     PredictionHead,
     ProjectionHead,
     byol_prediction,

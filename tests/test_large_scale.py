@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation.knn import weighted_knn_accuracy
 from contrastkit.evaluation.large_scale import (
     IndexOptions,

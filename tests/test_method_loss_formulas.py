@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.methods import METHODS
-from contrastkit.methods._parts import DataInfo
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods.parts import DataInfo
 
 TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=64)
 

@@ -14,32 +14,32 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit.cli import main
-from contrastkit.config import FitConfig
+from contrastkit.modalities.image.config import FitConfig
 from contrastkit.engine.optim import parameter_groups
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation import predictor_diagnostics as pd
-from contrastkit.methods import METHODS
-from contrastkit.methods._momentum import (
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.nn.momentum import (
     cosine_momentum,
     ema_update_,
     linear_momentum,
     momentum_copy,
 )
-from contrastkit.methods._parts import DataInfo
-from contrastkit.methods._patch_transformer import sincos_positions_2d
-from contrastkit.methods._predictor import (
+from contrastkit.modalities.image.methods.parts import DataInfo
+from contrastkit.nn.patch_transformer import sincos_positions_2d
+from contrastkit.nn.predictors import (
     DirectPredictor,
     directcopy_weights,
     directpred_weights,
 )
-from contrastkit.methods.jepa import (
+from contrastkit.modalities.image.methods.jepa import (
     MaskSpec,
     block_size,
     default_patch_size,
     sample_masks,
 )
-from contrastkit.sources.images import load_digits_source
-from contrastkit.training.restore import load_method
+from contrastkit.modalities.image.sources.images import load_digits_source
+from contrastkit.modalities.image.training.restore import load_method
 from tests.conftest import data_path
 from tests.ddp import run_distributed
 

@@ -29,7 +29,7 @@ def test_evaluate_scores_the_dev_split_unless_told():
 
 
 def test_text_scores_the_dev_split_unless_told():
-    from contrastkit.text.cli import DEFAULTS
+    from contrastkit.modalities.text.cli import DEFAULTS
 
     # Unset on the command line, the option takes the saved run's value (--resume) or the default.
     args = parse(["text", "--method", "simcse", "--data", "s.txt", "--out", "run", "--eval-retrieval", "scifact"])
@@ -37,14 +37,14 @@ def test_text_scores_the_dev_split_unless_told():
 
 
 def test_pairs_scores_code_docstring_valid_and_a_file_only_on_a_named_split():
-    from contrastkit.multimodal.cli import code_docstring_eval_split
+    from contrastkit.modalities.pairs.cli import code_docstring_eval_split
 
     args = parse(["pairs", "--data", "code-docstring", "--out", "run"])
     assert args.eval_split is None and code_docstring_eval_split(args) == "valid"
 
 
 def test_timeseries_scores_a_dev_carve_unless_told():
-    from contrastkit.timeseries_cli import RUN_DEFAULTS
+    from contrastkit.modalities.timeseries.cli import RUN_DEFAULTS
 
     args = parse(["timeseries", "--data", "GunPoint", "--out", "run"])
     assert args.eval_split is None and RUN_DEFAULTS["eval_split"] == "dev"
@@ -60,8 +60,8 @@ def test_no_split_option_of_any_command_defaults_to_test():
 
 
 def test_library_readers_and_scorers_default_to_dev():
-    from contrastkit.text.evaluation import evaluate_text_task
-    from contrastkit.text.sources import read_beir
+    from contrastkit.modalities.text.evaluation import evaluate_text_task
+    from contrastkit.modalities.text.sources import read_beir
 
     for function in (read_beir, evaluate_text_task):
         assert inspect.signature(function).parameters["split"].default == "dev", function.__name__
@@ -85,8 +85,8 @@ def test_evaluate_bm25_on_scifact_scores_the_dev_carve_and_names_a_test_run(caps
 
 
 def test_pairs_on_code_docstring_reads_valid_by_default():
-    from contrastkit.multimodal.cli import read_train_and_eval
-    from contrastkit.multimodal.pairs import read_code_docstring
+    from contrastkit.modalities.pairs.cli import read_train_and_eval
+    from contrastkit.modalities.pairs.pairs import read_code_docstring
 
     data_path("code-docstring")  # skips with the reason when the pairs are absent
     _, evaluation = read_train_and_eval(parse(["pairs", "--data", "code-docstring", "--out", "run"]))
@@ -101,7 +101,7 @@ def round_half_up(x: float) -> int:
 
 
 def test_timeseries_dev_carve_is_stratified_disjoint_and_fixed():
-    from contrastkit.timeseries_cli import carve_dev_split
+    from contrastkit.modalities.timeseries.cli import carve_dev_split
 
     labels = np.array([0] * 34 + [1] * 33 + [2] * 3 + [3] * 1)
     labels = labels[np.random.default_rng(7).permutation(labels.size)]
@@ -124,7 +124,7 @@ def test_timeseries_test_data_needs_the_test_split_named(tmp_path, capsys):
 
 def test_timeseries_default_run_scores_the_carve_not_the_test_split(tmp_path, capsys):
     pytest.importorskip("aeon", reason="aeon ships the bundled UCR sets")
-    from contrastkit.sources.timeseries import load_bundled
+    from contrastkit.modalities.timeseries.sources import load_bundled
 
     out = tmp_path / "ipd"
     assert main(["timeseries", "--data", "ItalyPowerDemand", "--iters", "2", "--out", str(out)]) == 0

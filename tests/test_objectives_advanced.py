@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES, get
 from contrastkit.objectives.augmented_negatives import (
     augmented_negatives_loss_per_anchor,
@@ -359,7 +359,7 @@ def test_isogclr_gives_frequent_semantics_larger_temperatures():
 
 
 def _isogclr_state_worker(rank, world, steps):
-    from contrastkit.distributed import GatheredObjective
+    from contrastkit.nn.distributed import GatheredObjective
 
     objective = get("isogclr", dataset_size=16).double()
     wrapped = GatheredObjective(objective, local_loss=True)

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES, clip_terms, get, siglip_terms
 
 CORE = ["infonce", "ntxent", "dcl", "dclw", "hcl", "supcon", "clip", "siglip"]

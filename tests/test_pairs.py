@@ -11,13 +11,13 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from contrastkit.errors import DataError
-from contrastkit.multimodal.pairs import (
+from contrastkit.core.errors import DataError
+from contrastkit.modalities.pairs.pairs import (
     read_aligned_pairs,
     read_code_docstring,
     read_pairs,
 )
-from contrastkit.multimodal.retrieval import pair_retrieval
+from contrastkit.modalities.pairs.retrieval import pair_retrieval
 from tests.conftest import data_path
 
 RECORDS = [

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.resume_harness import assert_kill_and_resume_is_exact, cli, load_checkpoint
 
@@ -25,7 +25,7 @@ METHOD_OPTIONS = ["--max-length-first", "16", "--max-length-second", "32", "--mo
 
 
 def _tower(folder, dropout: bool = True):
-    from contrastkit.text.encoders import small_random_encoder
+    from contrastkit.modalities.text.encoders import small_random_encoder
 
     encoder = small_random_encoder(**TOWER)
     if not dropout:  # saved in config.json: the reloaded model is built without dropout
@@ -110,7 +110,7 @@ WORDS = ["sum", "quote", "parse", "open", "close", "sort", "merge", "split", "jo
 
 
 def _arguments(tmp_path, *extra: str) -> argparse.Namespace:
-    from contrastkit.multimodal import cli as pairs_cli
+    from contrastkit.modalities.pairs import cli as pairs_cli
 
     records = [{"doc": f"{w} the items", "code": f"def {w}(items):\n    return {w}_all(items)",
                 "split": "valid" if i % 3 == 0 else "train"} for i, w in enumerate(WORDS)]
@@ -128,10 +128,10 @@ def _arguments(tmp_path, *extra: str) -> argparse.Namespace:
 @requires_transformers
 @requires_minilm
 def test_the_run_folder_reloads_the_trained_towers_and_resume_keeps_the_options(tmp_path):
-    from contrastkit.multimodal import cli as pairs_cli
-    from contrastkit.multimodal import load_pairs_run
-    from contrastkit.multimodal.pairs import read_pairs
-    from contrastkit.multimodal.train import evaluate_pairs
+    from contrastkit.modalities.pairs import cli as pairs_cli
+    from contrastkit.modalities.pairs import load_pairs_run
+    from contrastkit.modalities.pairs.pairs import read_pairs
+    from contrastkit.modalities.pairs.train import evaluate_pairs
 
     run_dir = tmp_path / "run"
     args = _arguments(tmp_path, "--max-steps", "3", "--separate-towers", "--embedding-dim", "16",
@@ -164,7 +164,7 @@ def test_the_run_folder_reloads_the_trained_towers_and_resume_keeps_the_options(
     ([], "--data is required"),
 ])
 def test_options_without_effect_are_errors(tmp_path, extra, message):
-    from contrastkit.multimodal import cli as pairs_cli
+    from contrastkit.modalities.pairs import cli as pairs_cli
 
     args = _arguments(tmp_path, "--out", str(tmp_path / "run"), *extra)
     if not extra:
@@ -177,9 +177,9 @@ def test_options_without_effect_are_errors(tmp_path, extra, message):
 def test_heads_train_at_head_lr_and_encoders_at_lr():
     from torch import nn
 
-    from contrastkit.multimodal.method import TwoTowerMethod
-    from contrastkit.multimodal.towers import TensorInput
-    from contrastkit.multimodal.two_tower import TwoTowerOptions, build_two_tower
+    from contrastkit.modalities.pairs.method import TwoTowerMethod
+    from contrastkit.modalities.pairs.towers import TensorInput
+    from contrastkit.modalities.pairs.two_tower import TwoTowerOptions, build_two_tower
 
     encoder = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8))
     model = build_two_tower(encoder, None, TwoTowerOptions(momentum=0.9, queue_size=4), dim_a=8)

@@ -7,8 +7,8 @@ from collections import deque
 import pytest
 import torch
 
-from contrastkit.errors import DataError
-from contrastkit.sampling import MemoryQueue
+from contrastkit.core.errors import DataError
+from contrastkit.nn.queue import MemoryQueue
 from tests.ddp import run_distributed
 
 

@@ -13,9 +13,9 @@ import torch
 
 from contrastkit import objectives
 from contrastkit.engine import EpochShuffleSampler, step_seed
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation.retrieval import recall_at_k
-from contrastkit.recommendation import (
+from contrastkit.recipes.recommendation import (
     CorrelatedMasks,
     FeatureTower,
     TwoTowerConfig,
@@ -26,7 +26,7 @@ from contrastkit.recommendation import (
     item_ssl_loss,
     rank_items,
 )
-from contrastkit.seeding import seeded
+from contrastkit.core.seeding import seeded
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 
 

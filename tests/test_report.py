@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 from contrastkit.report import format_comparison_table, write_report
 from contrastkit.report.run_files import read_metrics_csv
 
-SUMMARY = {  # the layout contrastkit.training.run writes
+SUMMARY = {  # the layout contrastkit.modalities.image.training.run writes
     "method": "simclr",
     "data": "digits",
     "epochs": 3,

@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastkit.errors import ConfigError
-from contrastkit.graphs.scgc import (
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.graph.scgc import (
     SCGC,
     head_clustering_scores,
     neighbour_contrastive_loss,
@@ -28,12 +28,12 @@ from contrastkit.graphs.scgc import (
     student_t_assignments,
     target_distribution,
 )
-from contrastkit.graphs.train import (
+from contrastkit.modalities.graph.train import (
     GraphTrainConfig,
     seed_everything,
     train_graph_method,
 )
-from contrastkit.sources.graphs import Graph
+from contrastkit.modalities.graph.sources import Graph
 
 # Tests that run a start of one or two epochs on random features, where reconstructing no better
 # than the feature means is expected, keep the warning about it out of the report.
@@ -217,7 +217,7 @@ def test_head_clustering_scores_against_brute_force_and_closed_forms():
     (["--pretrain-epochs", "1", "--reconstruction-weight", "1"], True),
 ])
 def test_cli_scgc_options_reach_the_model(tmp_path, options, decoder):
-    from contrastkit.graphs import cli
+    from contrastkit.modalities.graph import cli
 
     graph = small_graph(n=30)
     np.savetxt(tmp_path / "edges.csv", graph.edge_index.T.numpy(), fmt="%d", delimiter=",")
@@ -236,7 +236,7 @@ def test_cli_scgc_options_reach_the_model(tmp_path, options, decoder):
 
 
 def test_feature_normalisation_follows_each_methods_reference_code():
-    from contrastkit.graphs.cli import feature_norm, parse_args
+    from contrastkit.modalities.graph.cli import feature_norm, parse_args
 
     assert feature_norm(parse_args(["--method", "scgc", "--data", "cora"])) == "none"  # SDCN's loader: raw
     assert feature_norm(parse_args(["--method", "graphmae", "--data", "cora"])) == "row"  # PyG NormalizeFeatures

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from contrastkit.seeding import seeded
+from contrastkit.core.seeding import seeded
 
 
 def test_same_seed_same_draws_and_global_state_restored():

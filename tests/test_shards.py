@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.sources import open_image_source
-from contrastkit.sources.shards import (
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.image.sources import open_image_source
+from contrastkit.modalities.image.sources.shards import (
     ShardedImages,
     ShardFolder,
     shard_image_source,

@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.splits import stratified_split
-from contrastkit.sources import (
+from contrastkit.modalities.image.sources import (
     ImageSource,
     open_image_source,
     read_idx,
     read_image_folder,
     read_npz,
 )
-from contrastkit.sources import pixels as pixels_module
-from contrastkit.sources.pixels import convert_channels, resize_images
+from contrastkit.modalities.image.sources import pixels as pixels_module
+from contrastkit.modalities.image.sources.pixels import convert_channels, resize_images
 from tests.conftest import DATA_ROOT, data_path
 
 # From mnist-test/PROVENANCE.txt and cifar10-test/PROVENANCE.txt.

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.sources import open_image_source
-from contrastkit.sources.shards import (
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.image.sources import open_image_source
+from contrastkit.modalities.image.sources.shards import (
     ShardFolder,
     shard_blocks,
     shard_image_source,
     streamed_channel_mean_std,
 )
-from contrastkit.training import run_data as run_data_module
-from contrastkit.training.data import (
+from contrastkit.modalities.image.training import run_data as run_data_module
+from contrastkit.modalities.image.training.data import (
     BatchedSamples,
     EpochShuffleSampler,
     InMemoryImages,
@@ -70,7 +70,7 @@ def _assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, to
 @pytest.fixture(scope="module")
 def twin_runs(tmp_path_factory, digits_shards) -> dict[str, Path]:
     """The same 2-epoch run from memory and streamed from shards (global order)."""
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     out = tmp_path_factory.mktemp("twins")
     runs = {"memory": out / "memory", "shards": out / "shards"}
@@ -100,7 +100,7 @@ def test_a_streamed_run_resumes_to_the_uninterrupted_weights(twin_runs, digits_s
     """The run stops right after its first checkpoint (an exception, as a crash would); --resume
     finishes it. Shards order this time, so the resumed sampler must rebuild the epoch-1 order."""
     from contrastkit.engine import callbacks
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     config = FitConfig(data=f"shards:{digits_shards}", **{**QUICK, "probe_every": 0})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
@@ -192,7 +192,7 @@ def test_shard_block_sampler_equals_a_naive_derivation():
 
 
 def test_streamed_statistics_equal_the_in_memory_ones(digits_shards, monkeypatch):
-    from contrastkit.sources import shards
+    from contrastkit.modalities.image.sources import shards
 
     monkeypatch.setattr(shards, "STATS_CHUNK", 97)  # chunks straddle shards
     source = open_image_source("digits")
@@ -223,7 +223,7 @@ def test_bounded_evaluation_and_statistics_samples(digits_shards, monkeypatch):
 
 
 def test_mistakes_are_reported(digits_shards, tmp_path):
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     with pytest.raises(ConfigError, match="not resized while streaming"):
         fit(FitConfig(data=f"shards:{digits_shards}", image_size=16, out=str(tmp_path / "a")))
@@ -241,8 +241,8 @@ import resource, sys
 from pathlib import Path
 import numpy as np
 from types import SimpleNamespace
-from contrastkit.sources.shards import write_shards
-from contrastkit.training.data import StreamedShards
+from contrastkit.modalities.image.sources.shards import write_shards
+from contrastkit.modalities.image.training.data import StreamedShards
 
 root, order = sys.argv[1], sys.argv[2]
 n, shape, shard_size, batch = 40_000, (3, 32, 32), 1250, 256   # 123 MB in 32 shards of 3.8 MB

@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from contrastkit.config import FitConfig
-from contrastkit.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
-from contrastkit.methods import METHODS
-from contrastkit.methods._parts import GLOBAL_BATCHNORM_RECIPES, DataInfo
-from contrastkit.training.run import global_batchnorm_choice
-from contrastkit.views.image import SimCLRViews
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.nn.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES, DataInfo
+from contrastkit.modalities.image.training.run import global_batchnorm_choice
+from contrastkit.modalities.image.views.image import SimCLRViews
 from tests.ddp import run_distributed
 
 TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=64)

@@ -18,21 +18,21 @@ from safetensors.torch import load_file
 from scipy import stats
 
 from contrastkit.engine import EpochShuffleSampler, step_seed
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.anomaly import (
     auroc,
     auroc_by_family,
     autoencoder_scores,
     isolation_forest_scores,
 )
-from contrastkit.sources.tabular import (
+from contrastkit.modalities.tabular.sources import (
     ATTACK_FAMILIES,
     TabularEncoder,
     load_nsl_kdd,
     read_csv_table,
 )
-from contrastkit.tabular import CLAN, SCARF
-from contrastkit.views.tabular import (
+from contrastkit.modalities.tabular.estimators import CLAN, SCARF
+from contrastkit.modalities.tabular.views import (
     CorrelatedFeatureMasking,
     SCARFCorruption,
     correlated_feature_groups,
@@ -356,7 +356,7 @@ def test_a_clan_run_on_nsl_kdd_killed_between_checkpoints_resumes_exactly(tmp_pa
 def test_parquet_reads_the_same_table_as_csv(tmp_path):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
-    from contrastkit.sources.tabular import read_csv_table, read_table
+    from contrastkit.modalities.tabular.sources import read_csv_table, read_table
 
     csv_path = tmp_path / "flows.csv"
     csv_path.write_text("protocol,bytes,flag\ntcp,491,SF\nudp,146,SF\ntcp,0,S0\n")

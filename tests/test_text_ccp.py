@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.methods import ccp
-from contrastkit.text.methods._losses import query_key_infonce
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.text.methods import ccp
+from contrastkit.modalities.text.methods._losses import query_key_infonce
 from tests.conftest import requires_minilm, requires_transformers
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
 
@@ -131,7 +131,7 @@ def test_bad_batches_and_options():
 @requires_transformers
 @requires_minilm
 def test_smoke_small_random_encoder_backward():
-    from contrastkit.text.encoders import small_random_encoder
+    from contrastkit.modalities.text.encoders import small_random_encoder
 
     encoder = small_random_encoder(hidden_size=32, layers=1, heads=2)
     method = ccp.build(encoder, queue_size=16).train()

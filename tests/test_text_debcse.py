@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError
-from contrastkit.text.methods import debcse
-from contrastkit.text.methods._losses import query_key_infonce
-from contrastkit.text.methods._propensity import (
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text.methods import debcse
+from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.modalities.text.methods._propensity import (
     bin_propensity,
     negative_weights,
     positive_selection_probabilities,
 )
-from contrastkit.text.methods._surface import (
+from contrastkit.modalities.text.methods._surface import (
     delete_words,
     repeat_words,
     surface_similarity,
@@ -166,7 +166,7 @@ def test_options_are_checked():
 @requires_transformers
 @requires_minilm
 def test_smoke_small_random_encoder_backward():
-    from contrastkit.text.encoders import small_random_encoder
+    from contrastkit.modalities.text.encoders import small_random_encoder
 
     encoder = small_random_encoder(hidden_size=32, layers=1, heads=2)
     method = debcse.build(encoder)

@@ -12,13 +12,13 @@ import subprocess
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError
-from contrastkit.text import dropout as sample_dropout
-from contrastkit.text.data import SentenceData
-from contrastkit.text.dropout import sample_seeded_dropout
-from contrastkit.text.encoders import TextEncoder, small_random_encoder
-from contrastkit.text.methods import build_text_method
-from contrastkit.text.train import fit_text
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text import dropout as sample_dropout
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.dropout import sample_seeded_dropout
+from contrastkit.modalities.text.encoders import TextEncoder, small_random_encoder
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.train import fit_text
 from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact, assert_same_training_state, cli, load_checkpoint
 
@@ -101,7 +101,7 @@ def test_training_turns_dropout_on_for_an_encoder_loaded_in_eval_mode(tmp_path):
 
 def _gathered_query_key(rank: int, world_size: int, queries: torch.Tensor, keys: torch.Tensor,
                         queue: torch.Tensor) -> tuple:
-    from contrastkit.text.methods._losses import gathered_query_key_infonce
+    from contrastkit.modalities.text.methods._losses import gathered_query_key_infonce
 
     rows = slice(rank * 4, (rank + 1) * 4)
     q, k = queries[rows].clone().requires_grad_(True), keys[rows].clone().requires_grad_(True)
@@ -113,7 +113,7 @@ def _gathered_query_key(rank: int, world_size: int, queries: torch.Tensor, keys:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_the_query_key_infonce_of_two_processes_is_that_of_one_on_the_whole_batch():
-    from contrastkit.text.methods._losses import query_key_infonce
+    from contrastkit.modalities.text.methods._losses import query_key_infonce
     from tests.ddp import run_distributed
 
     generator = torch.Generator().manual_seed(0)
@@ -125,7 +125,7 @@ def test_the_query_key_infonce_of_two_processes_is_that_of_one_on_the_whole_batc
     for value, _, _ in results:
         torch.testing.assert_close(value, loss.detach())
     # Each process's input gradient is W times its share of the one-process gradient; DDP's average
-    # over the W processes then gives the one-process parameter gradient (contrastkit.distributed).
+    # over the W processes then gives the one-process parameter gradient (contrastkit.nn.distributed).
     torch.testing.assert_close(torch.cat([r[1] for r in results]) / 2, q.grad)
     torch.testing.assert_close(torch.cat([r[2] for r in results]) / 2, k.grad)
 
@@ -175,7 +175,7 @@ def test_a_text_run_stopped_mid_epoch_resumes_to_the_uninterrupted_state(tmp_pat
 def test_resume_needs_a_checkpoint_and_a_fresh_start_needs_method_and_data(tmp_path):
     import argparse
 
-    from contrastkit.text import cli as text_cli
+    from contrastkit.modalities.text import cli as text_cli
 
     parser = argparse.ArgumentParser()
     text_cli.add_arguments(parser)

@@ -15,10 +15,10 @@ import torch
 from scipy.stats import spearmanr
 
 from contrastkit.cli import main
-from contrastkit.errors import ConfigError
-from contrastkit.text.bm25 import K1, B, bm25_search, evaluate_bm25
-from contrastkit.text.encoders import TextEncoder, minilm_folder, small_random_encoder
-from contrastkit.text.evaluation import (
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text.bm25 import K1, B, bm25_search, evaluate_bm25
+from contrastkit.modalities.text.encoders import TextEncoder, minilm_folder, small_random_encoder
+from contrastkit.modalities.text.evaluation import (
     corpus_cache_path,
     encode_corpus,
     encoder_fingerprint,
@@ -31,7 +31,7 @@ from contrastkit.text.evaluation import (
     subsample_retrieval_set,
     token_isotropy,
 )
-from contrastkit.text.sources import RetrievalSet, SentencePairs, read_sts
+from contrastkit.modalities.text.sources import RetrievalSet, SentencePairs, read_sts
 from tests.conftest import data_path, requires_minilm, requires_sentence_transformers, requires_transformers
 
 SENTENCES = [

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contrastkit.errors import ConfigError
-from contrastkit.text.bm25 import bm25_search
-from contrastkit.text.evaluation import evaluate_retrieval
-from contrastkit.text.hybrid import (
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text.bm25 import bm25_search
+from contrastkit.modalities.text.evaluation import evaluate_retrieval
+from contrastkit.modalities.text.hybrid import (
     evaluate_hybrid,
     fuse_scores,
     hybrid_search,

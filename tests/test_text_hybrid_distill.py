@@ -12,25 +12,25 @@ import pytest
 import torch
 
 from contrastkit.cli import main as cli_main
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.bm25 import BM25Index, bm25_search
-from contrastkit.text.data import SentenceData
-from contrastkit.text.encoders import small_random_encoder
-from contrastkit.text.evaluation import (
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.text.bm25 import BM25Index, bm25_search
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.encoders import small_random_encoder
+from contrastkit.modalities.text.evaluation import (
     encode_texts,
     evaluate_retrieval,
     load_text_encoder,
     ranked_doc_ids,
     retrieval_metrics,
 )
-from contrastkit.text.hybrid import fuse_scores, hybrid_scores
-from contrastkit.text.methods import build_text_method
-from contrastkit.text.methods.hybrid_distill import (
+from contrastkit.modalities.text.hybrid import fuse_scores, hybrid_scores
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.methods.hybrid_distill import (
     hybrid_teacher_logits,
     listwise_distillation,
 )
-from contrastkit.text.sources import read_corpus
-from contrastkit.text.train import fit_text
+from contrastkit.modalities.text.sources import read_corpus
+from contrastkit.modalities.text.train import fit_text
 from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.test_text_evaluation import SENTENCES, tiny_retrieval_set
 
@@ -276,7 +276,7 @@ def test_cli_trains_the_query_tower_and_says_how_to_retrieve(tmp_path, capsys):
 
 
 def test_crop_words_keeps_a_contiguous_span_of_the_stated_share():
-    from contrastkit.text.methods.hybrid_distill import crop_words
+    from contrastkit.modalities.text.methods.hybrid_distill import crop_words
 
     text = " ".join(f"w{i}" for i in range(40))
     generator = torch.Generator().manual_seed(0)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.methods import build_text_method
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.text.methods import build_text_method
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
 
 

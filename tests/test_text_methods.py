@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastkit.errors import ConfigError
-from contrastkit.text.encoders import small_random_encoder
-from contrastkit.text.methods import TEXT_METHODS, build_text_method
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text.encoders import small_random_encoder
+from contrastkit.modalities.text.methods import TEXT_METHODS, build_text_method
 from tests.conftest import requires_minilm, requires_transformers
 
 pytestmark = [requires_transformers, requires_minilm]  # every test runs the small random encoder

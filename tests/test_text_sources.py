@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from contrastkit.errors import DataError
-from contrastkit.text.data import SentenceData
-from contrastkit.text.sources import (
+from contrastkit.core.errors import DataError
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.sources import (
     read_beir,
     read_documents,
     read_jsonl,

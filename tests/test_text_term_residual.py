@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.text.data import SentenceData
-from contrastkit.text.encoders import load_text_encoder, small_random_encoder
-from contrastkit.text.evaluation import encoder_fingerprint
-from contrastkit.text.methods import build_text_method
-from contrastkit.text.methods.hybrid_distill import (
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.encoders import load_text_encoder, small_random_encoder
+from contrastkit.modalities.text.evaluation import encoder_fingerprint
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.methods.hybrid_distill import (
     hybrid_teacher_logits,
     listwise_distillation,
 )
-from contrastkit.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
-from contrastkit.text.train import fit_text
+from contrastkit.modalities.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
+from contrastkit.modalities.text.train import fit_text
 from tests.conftest import requires_minilm, requires_transformers
 from tests.test_text_evaluation import SENTENCES
 from tests.test_text_hybrid_distill import small_encoder, write_corpus
@@ -192,7 +192,7 @@ def test_training_moves_only_the_rows_of_tokens_seen_and_leaves_the_transformer(
 @requires_transformers
 @requires_minilm
 def test_export_to_sentence_transformers_refuses_a_residual(tmp_path):
-    from contrastkit.text.export import export_sentence_transformers
+    from contrastkit.modalities.text.export import export_sentence_transformers
 
     encoder = small_encoder()
     encoder.add_term_residual()

@@ -15,13 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from contrastkit.errors import ConfigError, DataError, TrainingError
-from contrastkit.text import cli as text_cli
-from contrastkit.text.data import SentenceData
-from contrastkit.text.encoders import TextEncoder, small_random_encoder
-from contrastkit.text.methods import build_text_method
+from contrastkit.core.errors import ConfigError, DataError, TrainingError
+from contrastkit.modalities.text import cli as text_cli
+from contrastkit.modalities.text.data import SentenceData
+from contrastkit.modalities.text.encoders import TextEncoder, small_random_encoder
+from contrastkit.modalities.text.methods import build_text_method
 from contrastkit.engine.optim import linear_warmup_decay
-from contrastkit.text.train import fit_text
+from contrastkit.modalities.text.train import fit_text
 from tests.conftest import data_path, requires_minilm, requires_transformers
 
 LINES = [f"Sentence {i} of a small corpus about topic {i % 3}." for i in range(12)]
@@ -203,14 +203,14 @@ def test_simcse_on_stsb_train_improves_dev_spearman(tmp_path):
     seeds 0, 1, 2 (+8.1 to +8.5), where 150 steps gave +4.7 (seed 0)."""
     from scipy.stats import spearmanr
 
-    from contrastkit.text.sources import read_sts
+    from contrastkit.modalities.text.sources import read_sts
 
     train = read_sts(data_path("stsb/sts-train.csv"))
     dev = read_sts(data_path("stsb/sts-dev.csv"))
     sentences = list(dict.fromkeys(train.first + train.second))
 
     def dev_spearman(encoder) -> float:
-        # Computed here with scipy on cosines, independently of contrastkit.text.evaluation.
+        # Computed here with scipy on cosines, independently of contrastkit.modalities.text.evaluation.
         a = torch.nn.functional.normalize(encoder.encode(dev.first), dim=1)
         b = torch.nn.functional.normalize(encoder.encode(dev.second), dim=1)
         return 100 * spearmanr((a * b).sum(1).numpy(), np.asarray(dev.scores)).statistic
@@ -237,7 +237,7 @@ def test_bf16_run_equals_a_loop_with_only_the_forward_under_autocast(tmp_path):
     summed in float32."""
     from contrastkit.engine.module import step_seed
     from contrastkit.engine.optim import adamw, parameter_groups
-    from contrastkit.text.dropout import sample_seeded_dropout
+    from contrastkit.modalities.text.dropout import sample_seeded_dropout
 
     data = SentenceData(LINES, context_window=0)
     trained = build_text_method("simcse", tiny_encoder())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError
-from contrastkit.text import views
-from contrastkit.text.views import TokenVocabulary
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text import views
+from contrastkit.modalities.text.views import TokenVocabulary
 from tests.conftest import requires_minilm, requires_transformers
 
 pytestmark = [requires_transformers, requires_minilm]  # every test reads all-MiniLM-L6-v2's tokenizer
@@ -17,7 +17,7 @@ pytestmark = [requires_transformers, requires_minilm]  # every test reads all-Mi
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from contrastkit.text.encoders import minilm_folder
+    from contrastkit.modalities.text.encoders import minilm_folder
 
     return AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True)
 

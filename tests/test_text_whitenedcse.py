@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError
-from contrastkit.text.methods import whitenedcse
-from contrastkit.text.methods._losses import query_key_infonce
-from contrastkit.text.methods._whitening import (
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text.methods import whitenedcse
+from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.modalities.text.methods._whitening import (
     group_whiten,
     inverse_permutation,
     shuffled_group_whiten,
@@ -143,7 +143,7 @@ def test_options_are_checked():
 @requires_transformers
 @requires_minilm
 def test_smoke_small_random_encoder_backward():
-    from contrastkit.text.encoders import small_random_encoder
+    from contrastkit.modalities.text.encoders import small_random_encoder
 
     encoder = small_random_encoder(hidden_size=32, layers=1, heads=2)
     method = whitenedcse.build(encoder, num_groups=8)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from scipy import stats
 
-from contrastkit.encoders.dilated_conv import DilatedConvEncoder
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.modalities.timeseries.encoders import DilatedConvEncoder
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.ucr import (
     SVM_C_GRID,
     one_nn_euclidean,
@@ -29,7 +29,7 @@ from contrastkit.objectives.hierarchical import (
     temporal_contrastive_loss,
     temporal_pyramid,
 )
-from contrastkit.sources.timeseries import (
+from contrastkit.modalities.timeseries.sources import (
     aeon_data_dir,
     load_bundled,
     open_timeseries_source,
@@ -37,13 +37,13 @@ from contrastkit.sources.timeseries import (
     read_ts_file,
     standardize_with_train_statistics,
 )
-from contrastkit.timeseries import (
+from contrastkit.modalities.timeseries.ts2vec import (
     TS2Vec,
     centre_observed_span,
     default_n_iters,
     prepare_training_series,
 )
-from contrastkit.views.timeseries import (
+from contrastkit.modalities.timeseries.views import (
     binomial_timestamp_mask,
     clip_distance_probabilities,
     jitter,
@@ -608,7 +608,7 @@ def test_a_fit_that_crashed_resumes_to_the_uninterrupted_run(tmp_path, monkeypat
     end. A crash in step 9 leaves the checkpoint of step 8 (epoch 2, one batch done), one in step 7
     the end-of-epoch checkpoint of step 6; the resumed fit must continue from there and end with
     the weights, weight average, optimiser state and epoch losses of a whole fit."""
-    from contrastkit.timeseries_method import TS2VecMethod
+    from contrastkit.modalities.timeseries.method import TS2VecMethod
     from tests.resume_harness import assert_same_training_state, load_checkpoint
 
     x = np.random.default_rng(15).normal(size=(24, 1, 20)).astype(np.float32)

@@ -14,7 +14,7 @@ pytest.importorskip("aeon", reason="aeon ships the bundled UCR sets")
 
 def test_timeseries_command_trains_encodes_and_scores(tmp_path, capsys):
     from contrastkit.evaluation.ucr import one_nn_euclidean
-    from contrastkit.sources.timeseries import load_bundled
+    from contrastkit.modalities.timeseries.sources import load_bundled
 
     out = tmp_path / "ipd"
     assert main(["timeseries", "--data", "ItalyPowerDemand", "--eval-split", "test", "--iters", "10", "--seed", "1",

@@ -17,9 +17,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from contrastkit.config import FitConfig
-from contrastkit.errors import TrainingError
-from contrastkit.training.data import BatchedSamples, EpochShuffleSampler
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.core.errors import TrainingError
+from contrastkit.modalities.image.training.data import BatchedSamples, EpochShuffleSampler
 from contrastkit.engine.optim import LARS, warmup_cosine
 
 # A small, fast, label-free configuration: no held-out split means no probe and no evaluation.
@@ -78,7 +78,7 @@ def test_batched_samples_fetch_whole_batches():
 
 
 def _fit(tmp_path: Path, name: str, **overrides):
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     return fit(FitConfig(**{**QUICK, "out": str(tmp_path / name), **overrides}))
 
@@ -125,7 +125,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from contrastkit.methods.simclr import SimCLR
+    from contrastkit.modalities.image.methods.simclr import SimCLR
 
     original = SimCLR.training_loss
     calls = {"n": 0}
@@ -145,7 +145,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
 
 
 def test_nan_policy_skip_skips_the_step(tmp_path, monkeypatch):
-    from contrastkit.methods.simclr import SimCLR
+    from contrastkit.modalities.image.methods.simclr import SimCLR
 
     original = SimCLR.training_loss
     calls = {"n": 0}
@@ -173,8 +173,8 @@ def test_embed_command_reproduces_the_run_embeddings(tmp_path):
 
 
 def test_raw_pixel_baseline_is_the_normalised_input():
-    from contrastkit.methods._parts import DataInfo
-    from contrastkit.training.run import raw_pixels
+    from contrastkit.modalities.image.methods.parts import DataInfo
+    from contrastkit.modalities.image.training.run import raw_pixels
 
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
     data = DataInfo(channels=3, image_size=4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), num_samples=5)
@@ -201,11 +201,11 @@ def test_probe_logs_alignment_and_uniformity_every_epoch(tmp_path):
 
 @pytest.mark.parametrize("name", __import__("contrastkit.objectives", fromlist=["OBJECTIVES"]).OBJECTIVES.names())
 def test_simclr_trains_with_every_catalogue_objective_or_says_why_not(name, tmp_path):
-    from contrastkit.errors import ConfigError
+    from contrastkit.core.errors import ConfigError
     from contrastkit.objectives import OBJECTIVES
 
     if name == "ts2vec_hierarchical":
-        pytest.skip("a (B, T, D) time-series objective: used by contrastkit.timeseries.TS2Vec")
+        pytest.skip("a (B, T, D) time-series objective: used by contrastkit.modalities.timeseries.ts2vec.TS2Vec")
     options = dict(epochs=1, limit=128, batch_size=32, objective=name)
     if name in ("mochi", "listwise", "augmented_negatives"):  # the ones whose inputs are not view pairs
         assert getattr(OBJECTIVES.factory(name), "not_for_view_pairs", "")
@@ -217,7 +217,7 @@ def test_simclr_trains_with_every_catalogue_objective_or_says_why_not(name, tmp_
 
 
 def test_supervised_objective_refuses_unlabeled_data(tmp_path):
-    from contrastkit.errors import ConfigError
+    from contrastkit.core.errors import ConfigError
 
     folder = tmp_path / "flat"
     folder.mkdir()
@@ -233,9 +233,9 @@ def test_supervised_objective_refuses_unlabeled_data(tmp_path):
 def test_channels_last_method_gives_the_contiguous_loss_and_gradients(method_name):
     import copy
 
-    from contrastkit.methods import METHODS
-    from contrastkit.methods._parts import DataInfo
-    from contrastkit.training.module import use_channels_last
+    from contrastkit.modalities.image.methods import METHODS
+    from contrastkit.modalities.image.methods.parts import DataInfo
+    from contrastkit.modalities.image.training.module import use_channels_last
 
     data = DataInfo(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, num_samples=8)
     config = FitConfig(method=method_name, backbone="resnet18", width=0.125, batch_size=8)
@@ -259,7 +259,7 @@ def test_channels_last_method_gives_the_contiguous_loss_and_gradients(method_nam
 
 
 def test_channels_last_default_is_on_for_one_process_only():
-    from contrastkit.training.module import resolve_channels_last
+    from contrastkit.modalities.image.training.module import resolve_channels_last
 
     assert resolve_channels_last(None, 1) is True
     assert resolve_channels_last(None, 2) is False  # see tests/test_ddp_training.py

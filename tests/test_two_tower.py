@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit import objectives
-from contrastkit.errors import ConfigError
-from contrastkit.multimodal.queued_clip import queued_clip_terms
-from contrastkit.multimodal.two_tower import TwoTowerOptions, build_two_tower
-from contrastkit.text.soft_augment import soft_augment
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.pairs.queued_clip import queued_clip_terms
+from contrastkit.modalities.pairs.two_tower import TwoTowerOptions, build_two_tower
+from contrastkit.modalities.text.soft_augment import soft_augment
 from tests.conftest import requires_minilm, requires_transformers
 
 
@@ -107,7 +107,7 @@ def test_invalid_options_are_config_errors(options, message):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from contrastkit.text.encoders import minilm_folder
+    from contrastkit.modalities.text.encoders import minilm_folder
 
     return AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True)
 
@@ -158,8 +158,8 @@ def test_soft_augment_is_reproducible_and_mask_share_chooses_the_operation(token
 @requires_transformers
 @requires_minilm
 def test_pairs_command_trains_and_scores_text_towers(tmp_path, capsys):
-    from contrastkit.multimodal import cli
-    from contrastkit.text.encoders import small_random_encoder
+    from contrastkit.modalities.pairs import cli
+    from contrastkit.modalities.text.encoders import small_random_encoder
 
     small_random_encoder(hidden_size=32, layers=1, heads=2, max_length=32).save(tmp_path / "tiny")
     words = ["sum", "quote", "parse", "open", "close", "sort", "merge", "split", "join", "read", "write", "find"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contrastkit.errors import ConfigError, DataError
-from contrastkit.views import BYOLViews, EvalView, SimCLRViews, defaults_for
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.modalities.image.views import BYOLViews, EvalView, SimCLRViews, defaults_for
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.247, 0.243, 0.261)

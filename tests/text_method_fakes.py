@@ -3,7 +3,7 @@
 ``BagOfWordsEncoder`` embeds a text as the mean of learned word vectors (words split on
 whitespace; a word gets an id the first time it is seen). It has no dropout, so a method's
 loss can be recomputed exactly from the same embeddings, and it offers the parts of
-:class:`contrastkit.text.encoders.TextEncoder` the methods use: ``tokenize``, ``forward``,
+:class:`contrastkit.modalities.text.encoders.TextEncoder` the methods use: ``tokenize``, ``forward``,
 ``encode``, ``output_dim``.
 """
 

@@ -14,8 +14,8 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from contrastkit.config import FitConfig, from_mapping, load_yaml, to_yaml
-from contrastkit.errors import ConfigError, ContrastkitError, DataError, closest_names
+from contrastkit.modalities.image.config import FitConfig, from_mapping, load_yaml, to_yaml
+from contrastkit.core.errors import ConfigError, ContrastkitError, DataError, closest_names
 
 # `--option`: (type, help). Defaults come from FitConfig; argparse leaves absent options out
 # (SUPPRESS), so that we know which options the user actually gave.
@@ -154,13 +154,13 @@ def build_parser() -> Parser:
     shard.add_argument("--image-size", type=int, default=None, help="resize images to this side length")
     shard.add_argument("--channels", type=int, default=None, help="1 or 3 to force grayscale or RGB")
 
-    from contrastkit.timeseries_cli import add_arguments as add_timeseries_arguments
+    from contrastkit.modalities.timeseries.cli import add_arguments as add_timeseries_arguments
 
     add_timeseries_arguments(commands.add_parser(
         "timeseries", help="TS2Vec on a UCR/UEA set, scored with the SVM protocol and the 1-NN floor"))
 
-    from contrastkit.multimodal.cli import add_arguments as add_pairs_arguments
-    from contrastkit.text.cli import add_arguments as add_text_arguments
+    from contrastkit.modalities.pairs.cli import add_arguments as add_pairs_arguments
+    from contrastkit.modalities.text.cli import add_arguments as add_text_arguments
 
     add_text_arguments(commands.add_parser(
         "text", help="train a sentence encoder (simcse, contriever, ict, ...) on unlabeled text"))
@@ -214,7 +214,7 @@ def run_fit(args: argparse.Namespace) -> int:
         print(to_yaml(config), end="")
         return 0
     from contrastkit.report import format_comparison_table
-    from contrastkit.training.run import fit
+    from contrastkit.modalities.image.training.run import fit
 
     quiet_lightning()  # after Lightning's import, which sets its own loggers' levels
 
@@ -237,7 +237,7 @@ def quiet_lightning() -> None:
 def run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from contrastkit.training.restore import embed_with_checkpoint
+    from contrastkit.modalities.image.training.restore import embed_with_checkpoint
 
     embeddings, labels = embed_with_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size)
     out = Path(args.out)
@@ -272,7 +272,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_text_evaluation(args: argparse.Namespace) -> int:
-    from contrastkit.text.evaluation import evaluate_text_task
+    from contrastkit.modalities.text.evaluation import evaluate_text_task
 
     for option, value in (("--model", args.model), ("--data", args.data)):
         if value is None:
@@ -293,7 +293,7 @@ def run_text_evaluation(args: argparse.Namespace) -> int:
 
 
 def run_shard(args: argparse.Namespace) -> int:
-    from contrastkit.sources.shards import shard_image_source
+    from contrastkit.modalities.image.sources.shards import shard_image_source
 
     index = shard_image_source(args.data, args.out, shard_size=args.shard_size, image_size=args.image_size,
                                channels=args.channels)
@@ -305,7 +305,7 @@ def run_shard(args: argparse.Namespace) -> int:
 
 
 def run_timeseries(args: argparse.Namespace) -> int:
-    from contrastkit.timeseries_cli import format_summary, run
+    from contrastkit.modalities.timeseries.cli import format_summary, run
 
     summary = run(args)
     print(format_summary(summary))
@@ -314,13 +314,13 @@ def run_timeseries(args: argparse.Namespace) -> int:
 
 
 def run_text(args: argparse.Namespace) -> int:
-    from contrastkit.text.cli import run
+    from contrastkit.modalities.text.cli import run
 
     return run(args)
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from contrastkit.multimodal.cli import run
+    from contrastkit.modalities.pairs.cli import run
 
     return run(args)
 
@@ -335,17 +335,17 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--format {args.format} does not apply to {given}: image checkpoints export as "
                           f"'contrastkit' (safetensors + config.json), text encoders as 'sentence-transformers'.")
     if args.text_model is not None:
-        from contrastkit.text.export import export_text_model
+        from contrastkit.modalities.text.export import export_text_model
 
         folder = export_text_model(args.text_model, args.out, overwrite=args.overwrite)
         print(f"Wrote a sentence-transformers folder to {folder} "
               f"(load it with sentence_transformers.SentenceTransformer('{folder}'))")
         return 0
-    from contrastkit.export import export_encoder
+    from contrastkit.modalities.image.export import export_encoder
 
     folder = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"Wrote the encoder to {folder}: model.safetensors + config.json "
-          f"(reload it with contrastkit.export.load_exported('{folder}'))")
+          f"(reload it with contrastkit.modalities.image.export.load_exported('{folder}'))")
     return 0
 
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         if argv[0] == "graph":  # graph methods train full graphs with their own loop
-            from contrastkit.graphs.cli import main as graph_main
+            from contrastkit.modalities.graph.cli import main as graph_main
 
             return graph_main(argv[1:])
         commands = ["fit", "embed", "evaluate", "graph", "timeseries", "text", "pairs", "shard", "export"]

@@ -9,7 +9,7 @@ keeping its own:
     for each epoch: order = torch.randperm(N) (or all rows at once when batch_size is None)
                     for each batch of rows: loss = loss_of(rows); Adam step
 
-Randomness comes from torch's global generator (run it inside :func:`contrastkit.seeding.seeded`
+Randomness comes from torch's global generator (run it inside :func:`contrastkit.core.seeding.seeded`
 for a reproducible fit that leaves the caller's state alone): one ``randperm`` per epoch, then
 whatever ``loss_of`` draws (noise of a denoising autoencoder), in that order.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 
 
 def fit_auxiliary(parameters: Iterable[nn.Parameter], loss_of: Callable[[Tensor], Tensor], num_rows: int, *,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from contrastkit.errors import TrainingError
+from contrastkit.core.errors import TrainingError
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 
 Position = tuple[int, int]  # (epoch, batches of that epoch already trained)
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from contrastkit.engine.optim import adamw, build_optimizer, lr_multiplier, LARS
 from contrastkit.engine.settings import TrainSettings
-from contrastkit.errors import TrainingError
+from contrastkit.core.errors import TrainingError
 
 CHECKPOINT_KEY = "contrastkit"
 

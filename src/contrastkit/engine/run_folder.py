@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 
 RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
 CHECKPOINT = Path("checkpoints") / "last.ckpt"

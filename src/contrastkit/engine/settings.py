@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from contrastkit.engine.optim import OPTIMIZERS, SCHEDULES
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 
 NAN_POLICIES = ("stop", "skip")
 

@@ -17,9 +17,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from contrastkit.engine.auxiliary import fit_auxiliary
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, to_numpy
-from contrastkit.seeding import seeded
+from contrastkit.core.seeding import seeded
 
 
 def auroc(scores: Any, is_anomaly: Any) -> float:

@@ -1,7 +1,7 @@
 """Conversion at the boundary: every evaluation function accepts numpy arrays or torch tensors
 (on any device) and works on float32 numpy matrices and int64 label vectors inside.
 
-Shape and dtype mistakes are reported here, once, as :class:`~contrastkit.errors.DataError`
+Shape and dtype mistakes are reported here, once, as :class:`~contrastkit.core.errors.DataError`
 naming the argument, so the functions behind this boundary can assume clean input.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 
 
 def to_numpy(x: Any) -> np.ndarray:

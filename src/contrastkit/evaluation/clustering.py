@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
 
 

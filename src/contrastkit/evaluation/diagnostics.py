@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 
 PER_DIMENSION_STD_FRACTION = 0.2
 MIN_EFFECTIVE_RANK = 1.5

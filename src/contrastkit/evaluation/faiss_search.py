@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 
 
 def check_batch_size(batch_size: int) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.knn import class_scores
 
 INDEX_KINDS = ("exact", "ivf", "hnsw")

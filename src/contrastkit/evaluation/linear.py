@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
 
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 
 
 def _square(matrix: Any, name: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation import splits
 from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
 from contrastkit.evaluation.knn import weighted_knn_accuracy

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, l2_normalize_rows
 from contrastkit.evaluation.faiss_search import top_k_inner_product
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation.arrays import as_label_vector
 
 

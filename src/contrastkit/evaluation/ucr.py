@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.svm import SVC
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector, to_numpy
 
 SVM_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, np.inf)

@@ -10,7 +10,7 @@ Adding an objective: create a module in this package (its name must not start wi
 decorate the class with ``@OBJECTIVES.register("name", "alias")``; every module here is imported
 when the package is, so nothing needs to be edited in this file. To be usable under
 data-parallel training, follow the ``loss_terms`` / ``per_sample_inputs`` protocol described in
-:mod:`contrastkit.distributed` (the base :class:`ContrastiveObjective` implements ``forward`` from
+:mod:`contrastkit.nn.distributed` (the base :class:`ContrastiveObjective` implements ``forward`` from
 ``loss_terms``), and add a case to ``tests/objective_cases.py`` if it needs extra inputs.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from contrastkit.registry import Registry
+from contrastkit.core.registry import Registry
 
 OBJECTIVES = Registry("objective")
 
@@ -38,7 +38,7 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-from contrastkit.objectives._common import ContrastiveObjective, LossTerms  # noqa: E402
+from contrastkit.objectives.base import ContrastiveObjective, LossTerms  # noqa: E402
 from contrastkit.objectives.chunked import masked_logsumexp  # noqa: E402
 from contrastkit.objectives.clip import CLIPLoss, SigLIPLoss, clip_terms, siglip_terms  # noqa: E402
 from contrastkit.objectives.dcl import DCL, DCLW, dcl_terms  # noqa: E402

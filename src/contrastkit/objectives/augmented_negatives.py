@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_temperature,
@@ -122,7 +122,7 @@ class AugmentedNegatives(ContrastiveObjective):
     Inputs:
         benign: (B, d) embeddings of benign samples (B >= 2).
         augmented: (K, d) embeddings of augmented copies (the negatives); under
-            :class:`contrastkit.distributed.GatheredObjective` one per benign sample (K = B).
+            :class:`contrastkit.nn.distributed.GatheredObjective` one per benign sample (K = B).
 
     Example::
 
@@ -131,7 +131,7 @@ class AugmentedNegatives(ContrastiveObjective):
         scores = benign_distance_score(encoder(x_train_benign), encoder(x_test))
     """
 
-    not_for_view_pairs = "it treats its second input as negatives (CLAN); use contrastkit.tabular's CLAN"
+    not_for_view_pairs = "it treats its second input as negatives (CLAN); use contrastkit.modalities.tabular.estimators's CLAN"
 
     def __init__(
         self, temperature: float = 0.1, form: LossForm = "likelihood", margin: float = 1.0, alpha: float = 0.5

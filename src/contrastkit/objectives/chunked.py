@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from contrastkit.errors import ConfigError
-from contrastkit.objectives._common import mask_value
+from contrastkit.core.errors import ConfigError
+from contrastkit.objectives.base import mask_value
 
 # Rows per block of the whole mode's temporaries (the log-sum-exp's shifted exponentials and the
 # backward's probabilities): blocks of about 2^22 elements (16 MiB in float32) bound them without

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     anchor_range,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_pair,

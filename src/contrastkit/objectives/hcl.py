@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError
+from contrastkit.core.errors import ConfigError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_pair,

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import in_float32, mask_value
+from contrastkit.objectives.base import in_float32, mask_value
 
 
 def _cross_view_nce(r1: Tensor, r2: Tensor) -> Tensor:

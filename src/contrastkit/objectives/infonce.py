@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_pair,
@@ -72,7 +72,7 @@ class InfoNCE(ContrastiveObjective):
     Inputs:
         z_a, z_b: (N, d) embeddings of the two views; row i of each comes from sample i.
         keys: optional (K, d) extra negatives, the same on every process (e.g.
-            :class:`contrastkit.sampling.MemoryQueue` ``.keys()``), no gradient needed.
+            :class:`contrastkit.modalities.image.sampling.MemoryQueue` ``.keys()``), no gradient needed.
 
     References:
         - Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",

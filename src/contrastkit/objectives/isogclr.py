@@ -43,7 +43,7 @@ Steps 2 and 4 run only in training mode; the loss uses the temperatures from bef
 The returned value is the surrogate of step 3 (its gradient, not its value, is the point).
 
 Distributed: the state is indexed by global sample index. Under
-:class:`contrastkit.distributed.GatheredObjective` the indices are gathered with the embeddings
+:class:`contrastkit.nn.distributed.GatheredObjective` the indices are gathered with the embeddings
 and every rank updates every entry of the global batch from the full gathered batch, so the state
 stays identical on all ranks and equal to a single-process run.
 """
@@ -55,9 +55,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_pair,

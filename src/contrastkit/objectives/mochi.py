@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from contrastkit.errors import ConfigError, DataError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_temperature,
@@ -153,7 +153,7 @@ class MoCHi(ContrastiveObjective):
     Inputs:
         query, key: (B, d) embeddings of two views; row i of each comes from sample i.
         keys: (K, d) queue of negatives shared by all queries, the same on every process (e.g.
-            :class:`contrastkit.sampling.MemoryQueue` ``.keys()``); no gradient flows into it.
+            :class:`contrastkit.modalities.image.sampling.MemoryQueue` ``.keys()``); no gradient flows into it.
 
     Example::
 
@@ -195,11 +195,11 @@ class MoCHi(ContrastiveObjective):
         self, query: Tensor, key: Tensor, *, keys: Tensor | None = None, anchor_rows: slice | None = None
     ) -> LossTerms:
         """Sum of the losses of the queries ``anchor_rows`` and the batch size (protocol of
-        :mod:`contrastkit.distributed`). The mixes are drawn for the whole batch, then sliced."""
+        :mod:`contrastkit.nn.distributed`). The mixes are drawn for the whole batch, then sliced."""
         if keys is None:
             raise DataError(
                 "mochi needs a queue of negatives: call it as mochi(query, key, keys=negatives) with "
-                "negatives of shape (K, d), e.g. contrastkit.sampling.MemoryQueue(...).keys()."
+                "negatives of shape (K, d), e.g. contrastkit.modalities.image.sampling.MemoryQueue(...).keys()."
             )
         queue = keys
         if queue.ndim != 2 or queue.shape[1] != query.shape[1] or key.shape != query.shape:

@@ -17,7 +17,7 @@ in MoCo v3 on which GenView builds), averaged over both directions::
     loss     = (1 / B) * sum_i w_i * (l_i^{ab} + l_i^{ba}) / 2
 
 With all scores equal every ``w_i = 1`` and the loss is the symmetric InfoNCE. Under
-:class:`contrastkit.distributed.GatheredObjective` the scores are gathered, so the softmax runs
+:class:`contrastkit.nn.distributed.GatheredObjective` the scores are gathered, so the softmax runs
 over the global batch (the authors normalise per GPU).
 """
 
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     check_pair,

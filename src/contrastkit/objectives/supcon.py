@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives._common import (
+from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,
     anchor_range,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 from contrastkit.evaluation.diagnostics import (
     effective_rank_from_singular_values,
     singular_values,

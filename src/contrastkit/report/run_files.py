@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.errors import DataError
+from contrastkit.core.errors import DataError
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"

@@ -1,6 +1,6 @@
 """Tables of a run summary: learned embeddings against the baselines, and the run facts.
 
-The summary (``summary.json``, written by ``contrastkit.training.run``) is read with this layout;
+The summary (``summary.json``, written by ``contrastkit.modalities.image.training.run``) is read with this layout;
 every part is optional and a missing value shows as ``-``:
 
     {

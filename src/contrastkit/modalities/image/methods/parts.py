@@ -1,0 +1,110 @@
+"""Pieces every method builder needs: what the data looks like, and the backbone choice."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contrastkit import objectives
+from contrastkit.nn.distributed import GatheredObjective
+from contrastkit.modalities.image.encoders import build_encoder
+from contrastkit.core.errors import ConfigError, with_known_options
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method needs to know about its data (saved in checkpoints, so `embed` can rebuild it)."""
+
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_samples: int
+
+
+def backbone_name(name: str, image_size: int) -> str:
+    """`auto` picks the small CNN for tiny images (sklearn digits) and a ResNet-18 otherwise."""
+    if name != "auto":
+        return name
+    return "small-cnn" if image_size <= 16 else "resnet18"
+
+
+def build_backbone(name: str, data: DataInfo, width: float) -> nn.Module:
+    return build_encoder(backbone_name(name, data.image_size), in_channels=data.channels,
+                         image_size=data.image_size, width=width)
+
+
+def build_objective(name: str, temperature: float, num_samples: int, options: dict | None = None) -> nn.Module:
+    """The catalogue objective ``name``, wrapped for data-parallel training.
+
+    ``temperature`` and the training set's size (per-sample state such as individual temperatures)
+    are passed when the objective's constructor takes them; ``options`` (the YAML ``extra.objective``
+    mapping) are passed as they are. The wrapper is the identity in a single process; under DDP it
+    gathers the embeddings (with gradient) and computes each rank's own anchors when it can.
+    """
+    factory = objectives.OBJECTIVES.factory(name)
+    accepted = inspect.signature(factory).parameters
+    offered = {"temperature": temperature, "num_samples": num_samples, "dataset_size": num_samples}
+    kwargs = {key: value for key, value in offered.items() if key in accepted}
+    kwargs.update(options or {})
+    objective = factory(**kwargs)
+    return GatheredObjective(objective, local_loss=hasattr(objective, "loss_terms"))
+
+
+def objective_inputs(objective: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch fields an objective's forward asks for by name (``indices`` for per-sample state,
+    ``labels`` for supervised variants); nothing else is passed."""
+    if isinstance(objective, GatheredObjective):
+        objective = objective.objective
+    # Named in forward's signature, or declared as per-sample inputs (the distributed protocol's list).
+    wanted = set(inspect.signature(objective.forward).parameters) | set(getattr(objective, "per_sample_inputs", ()))
+    if "labels" in wanted and bool((batch["label"] < 0).any()):
+        raise ConfigError(
+            f"The objective {type(objective).__name__} is supervised (it takes labels), but this data has "
+            f"unlabeled samples. Use labelled data (class subfolders, IDX labels, or y in the .npz), or a "
+            f"self-supervised objective such as infonce."
+        )
+    available = {"indices": batch["index"], "labels": batch["label"]}
+    return {name: value for name, value in available.items() if name in wanted}
+
+
+def method_options(config, method: str, defaults: dict) -> dict:
+    """The method's options: ``defaults`` updated with the YAML mapping ``extra: {method: {...}}``.
+
+    Unknown option names raise ConfigError with the closest valid ones; values are checked by the
+    method's builder.
+    """
+    given = config.extra.get(method) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(
+            f"extra.{method} must be a mapping of option: value (e.g. extra: {{{method}: "
+            f"{{{next(iter(defaults))}: ...}}}}), got {type(given).__name__}."
+        )
+    return with_known_options(defaults, given, f"extra.{method}")
+
+
+# Methods whose recipes compute BatchNorm statistics over the global batch (all devices) when they
+# train data-parallel, and where that is stated. Per-device statistics would let a method find a
+# positive pair through batch-level cues (SimCLR, Sec. B.1) and would make a run's result depend on
+# how the batch is split. Methods not listed have no BatchNorm (JEPA: LayerNorm) or do not call for it.
+GLOBAL_BATCHNORM_RECIPES: dict[str, str] = {
+    "simclr": "SimCLR (Chen et al. 2020, App. B.1): global BN, mean and variance aggregated over all devices",
+    "byol": "BYOL (Grill et al. 2020): BatchNorm with cross-replica statistics in the official code",
+    "directpred": "DirectPred (Tian et al. 2021) trains with BYOL's recipe, cross-replica BatchNorm",
+    "simsiam": "SimSiam (Chen & He 2021): SyncBN over the model in the official distributed code",
+    "moco": "MoCo v3 (Chen, Xie & He 2021) uses SyncBN; it stands in for MoCo v2's shuffling BN, "
+            "which guards the same leak of per-device statistics and is not implemented here",
+}
+
+
+def recipe_uses_global_batchnorm(method: str) -> bool:
+    """Whether ``method``'s recipe normalises BatchNorm over the global batch under data parallelism."""
+    return method in GLOBAL_BATCHNORM_RECIPES
+
+
+def method_temperature(config, paper_default: float) -> float:
+    """``--temperature`` when the user set it, else the method's paper default."""
+    return paper_default if config.temperature is None else config.temperature

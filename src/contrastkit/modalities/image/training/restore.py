@@ -1,0 +1,48 @@
+"""Rebuild a trained method from a checkpoint written by `fit`, without the original command line:
+every checkpoint carries the run's configuration and the description of its data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contrastkit.modalities.image.config import FitConfig
+from contrastkit.core.errors import DataError
+from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods.parts import DataInfo
+from contrastkit.modalities.image.sources import open_image_source
+from contrastkit.modalities.image.training.callbacks import embed_images
+from contrastkit.modalities.image.training.module import CHECKPOINT_KEY
+
+
+def load_method(checkpoint_path: str | Path) -> tuple[torch.nn.Module, FitConfig, DataInfo]:
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise DataError(f"Checkpoint '{path}' does not exist. A run directory keeps it at checkpoints/last.ckpt.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: say which, not where torch failed
+        raise DataError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}: {exc}). "
+                        f"Is it a file written by 'contrastkit fit'?") from None
+    if CHECKPOINT_KEY not in checkpoint:
+        raise DataError(f"Checkpoint '{path}' was not written by 'contrastkit fit' (no '{CHECKPOINT_KEY}' entry).")
+    described = checkpoint[CHECKPOINT_KEY]
+    config = FitConfig(**described["config"])
+    data = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in described["data"].items()})
+    method = METHODS.build(config.method, config=config, data=data)
+    state = {k.removeprefix("method."): v for k, v in checkpoint["state_dict"].items() if k.startswith("method.")}
+    method.load_state_dict(state)
+    return method.eval(), config, data
+
+
+def embed_with_checkpoint(checkpoint_path: str | Path, data_spec: str, batch_size: int = 512,
+                          device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings (and labels, when the data has them) of ``data_spec`` under a trained checkpoint.
+    Images are resized to the checkpoint's image size and converted to its number of channels."""
+    method, _, data = load_method(checkpoint_path)
+    source = open_image_source(data_spec, image_size=data.image_size, channels=data.channels)
+    embeddings = embed_images(method.to(device), source.images, torch.device(device), batch_size).numpy()
+    labels = source.labels.numpy() if source.labels is not None else None
+    return embeddings, labels

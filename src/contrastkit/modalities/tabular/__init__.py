@@ -1,0 +1,1 @@
+"""Tabular records: CSV / ARFF sources, feature corruption views, SCARF and CLAN estimators."""

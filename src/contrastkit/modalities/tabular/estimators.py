@@ -1,0 +1,378 @@
+"""``SCARF`` and ``CLAN``: contrastive representations of tabular rows in three lines.
+
+    model = SCARF(input_dims=x_train.shape[1], seed=0)
+    model.fit(x_train)                       # x: (N, D) float, e.g. TabularEncoder output
+    embeddings = model.encode(x_test)        # (N, hidden_dims)
+
+    detector = CLAN(input_dims=x_benign.shape[1], seed=0)
+    detector.fit(x_benign)                   # benign rows only
+    scores = detector.score(x_test)          # larger = more anomalous
+
+Both use an MLP encoder on rows already encoded to numbers (:class:`contrastkit.modalities.tabular.sources.
+TabularEncoder`) and SCARF corruption (:mod:`contrastkit.modalities.tabular.views`) as the augmentation.
+
+- SCARF (Bahri et al., ICLR 2022): SimCLR over corrupted views. Two views of each row go through
+  the encoder ``f`` and a projection head ``g``; the loss is the catalogue's ``infonce``
+  (NT-Xent). The paper corrupts only the second view (the anchor is the clean row); the default
+  here, ``corrupt_both=True``, corrupts both independently, as SimCLR does with its two views.
+- CLAN (Wilkie et al., IEEE CSR 2025): trained on benign rows only; the other benign rows of the
+  batch are positives and corrupted copies are negatives (catalogue ``augmented_negatives``,
+  applied to the encoder output directly, so the space that the loss shapes is the space that
+  is scored). Anomaly score: cosine distance to the nearest benign training embeddings
+  (:func:`contrastkit.objectives.augmented_negatives.benign_distance_score`).
+
+Few-label fine-tuning for multi-class detection (:meth:`TabularContrastive.fit_classifier`): a
+linear (multinomial logistic) head on the frozen encoder, trained on a handful of labelled rows.
+
+Training runs on the engine (:func:`contrastkit.engine.train`): the encoder, head and corruption
+form a :class:`TabularTraining` module whose ``training_loss`` is the method's loss. ``fit(x,
+out=DIR)`` keeps the run folder (config.yaml, checkpoints/last.ckpt, metrics.csv, summary.json,
+model.safetensors) and ``fit(x, out=DIR, resume=True)`` continues a killed run to the weights an
+uninterrupted one reaches; without ``out`` the run trains in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import Tensor, nn
+
+from contrastkit import objectives
+from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+from contrastkit.engine.module import CHECKPOINT_KEY
+from contrastkit.engine.run_folder import CHECKPOINT, estimator_run_dir, resolve_run_dir, write_estimator_run
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.nn.heads import ProjectionHead
+from contrastkit.objectives.augmented_negatives import benign_distance_score
+from contrastkit.core.seeding import seeded
+from contrastkit.modalities.tabular.views import SCARFCorruption
+
+
+def mlp_encoder(input_dims: int, hidden_dims: int = 256, depth: int = 4) -> nn.Sequential:
+    """``depth`` layers ``Linear -> ReLU`` of width ``hidden_dims`` (SCARF's encoder: 4 x 256)."""
+    if depth < 1 or hidden_dims < 1 or input_dims < 1:
+        raise ConfigError(
+            f"mlp_encoder: input_dims, hidden_dims and depth must be >= 1, got {input_dims}, {hidden_dims}, {depth}."
+        )
+    layers: list[nn.Module] = []
+    for layer in range(depth):
+        layers += [nn.Linear(input_dims if layer == 0 else hidden_dims, hidden_dims), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class Rows(torch.utils.data.Dataset):
+    """Encoded rows (N, D); one ``__getitems__`` call returns a batch ``{"rows", "index"}``."""
+
+    def __init__(self, rows: Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(positions)
+        return {"rows": self.rows[index], "index": index}
+
+
+class TabularTraining(nn.Module):
+    """What the engine trains for SCARF and CLAN: the estimator's encoder and projection head (the
+    same modules, so training updates the estimator), the corruption view, and the method's loss
+    ``loss(rows, corruption)``. Everything random in a step (which features, which donor rows) is
+    drawn from torch's global generator, which the engine reseeds before every step."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module | None, corruption: SCARFCorruption,
+                 loss: Callable[[Tensor, SCARFCorruption], Tensor]):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.corruption = corruption
+        self.loss = loss
+
+    def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        return self.loss(batch["rows"], self.corruption), {}
+
+
+class EpochLosses(L.Callback):
+    """The mean training loss of every epoch, what ``fit`` returns. Saved in each checkpoint (the
+    epochs done and the current epoch's losses so far), so a resumed fit returns the whole run's."""
+
+    def __init__(self, name: str, verbose: bool):
+        self.name = name
+        self.verbose = verbose
+        self.means: list[float] = []
+        self.current: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if outputs is not None:  # None: a batch skipped for a non-finite loss
+            self.current.append(float(outputs["loss"]))
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.means.append(float(np.mean(self.current)) if self.current else float("nan"))
+        self.current = []
+        if self.verbose:
+            print(f"{self.name} epoch {len(self.means) - 1}: loss={self.means[-1]:.5f}")
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"means": list(self.means), "current": list(self.current)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.means, self.current = list(state["means"]), list(state["current"])
+
+
+class TabularContrastive(abc.ABC):
+    """Training on the engine, encoding, scoring and few-label head of :class:`SCARF` and :class:`CLAN`.
+
+    Subclasses build ``self.objective`` and the optional ``self.projector`` and implement
+    :meth:`_loss` (one batch of clean rows -> scalar loss).
+    """
+
+    def __init__(
+        self,
+        input_dims: int,
+        hidden_dims: int = 256,
+        depth: int = 4,
+        corruption_rate: float = 0.6,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        feature_groups: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+    ):
+        if batch_size < 2:
+            raise ConfigError(f"{type(self).__name__}: batch_size must be >= 2 (contrastive pairs), got {batch_size}.")
+        if not lr > 0:
+            raise ConfigError(f"{type(self).__name__}: lr must be positive, got {lr}.")
+        self.input_dims = input_dims
+        self.hidden_dims = hidden_dims
+        self.depth = depth
+        self.corruption_rate = corruption_rate
+        self.lr = lr
+        self.batch_size = batch_size
+        self.feature_groups = feature_groups
+        self.device = torch.device(device)
+        self.seed = seed
+        self._seeds = np.random.default_rng(seed) if seed is not None else None
+        with seeded(self._next_seed(), self.device):
+            self.encoder = mlp_encoder(input_dims, hidden_dims, depth).to(self.device)
+            self.projector: nn.Module | None = self._build_projector(hidden_dims)
+        self.reference: torch.Tensor | None = None  # training rows: marginals and benign set
+        self.classifier: LogisticRegression | None = None
+        self.n_epochs = 0
+
+    def _build_projector(self, hidden_dims: int) -> nn.Module | None:
+        return None
+
+    @abc.abstractmethod
+    def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
+        """The method's training loss on one batch of encoded rows."""
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, x: Any, n_epochs: int = 20, verbose: bool = False, *, out: str | os.PathLike | None = None,
+            resume: bool = False, checkpoint_every_steps: int | None = None,
+            max_steps: int | None = None) -> list[float]:
+        """Train on rows ``x`` (N, D) for ``n_epochs`` passes; returns the mean loss per epoch.
+
+        Each epoch visits the rows in an order drawn from (the fit's seed, epoch) in batches of
+        ``batch_size``; the incomplete last batch is dropped (a batch of 1 has no contrastive
+        pair). Adam at ``lr``, constant. The rows are also kept as the corruption marginals and
+        (for scoring) the reference set.
+
+        ``out``: keep the run folder there (config.yaml, checkpoints/last.ckpt written every epoch
+        and every ``checkpoint_every_steps`` optimiser steps, metrics.csv, summary.json and the
+        trained weights in model.safetensors); an existing run is never overwritten.
+        ``resume=True`` continues the run in ``out`` from its last checkpoint (pass the same rows
+        and options) to the state an uninterrupted run reaches, and returns the losses of all its
+        epochs. ``max_steps`` stops the run after that many optimiser steps; the epoch it cuts
+        short counts in the returned losses.
+        """
+        if n_epochs < 0:
+            raise ConfigError(f"{type(self).__name__}.fit: n_epochs must be >= 0, got {n_epochs}.")
+        data = self._as_rows(x, "fit")
+        if data.shape[0] < 2:
+            raise DataError(f"{type(self).__name__}.fit needs at least 2 rows, got {data.shape[0]}.")
+        self.reference = data
+        if n_epochs == 0:
+            return []
+        name = type(self).__name__
+        run_dir = resolve_run_dir(out, resume, name.lower()) if out is not None else None
+        if resume and run_dir is None:
+            raise ConfigError(f"{name}.fit: resume=True needs out=, the run folder to continue.")
+        # A resumed run goes on with its own seed (the epochs' order and every step's draws).
+        seed = _run_description(run_dir)["fit_seed"] if resume else self._next_seed()
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))
+        batch_size = min(self.batch_size, data.shape[0])
+        corruption = SCARFCorruption(data, self.corruption_rate, self.feature_groups).to(self.device)
+        method = TabularTraining(self.encoder, self.projector, corruption, self._loss)
+        loader = batch_loader(Rows(data), EpochShuffleSampler(data.shape[0], batch_size, seed))
+        accelerator, devices = _accelerator(self.device)
+        settings = TrainSettings(optimizer="adam", lr=self.lr, schedule="constant", max_epochs=n_epochs,
+                                 max_steps=max_steps, accelerator=accelerator, devices=devices, seed=seed,
+                                 batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps)
+        description = {"estimator": name, "options": self._options(), "rows": int(data.shape[0]),
+                       "n_epochs": n_epochs, "max_steps": max_steps, "fit_seed": seed}
+        losses = EpochLosses(name, verbose)
+        with estimator_run_dir(run_dir, name.lower(), description) as (folder, kept):
+            with seeded(seed, self.device):  # the engine reseeds torch per step; the caller's state is kept
+                result = train(method, loader, settings, folder, resume=resume, description=description,
+                               callbacks=[losses])
+            if kept:
+                write_estimator_run(folder, result, {
+                    "method": name, "rows": int(data.shape[0]), "epochs": len(losses.means),
+                    "epoch_losses": losses.means,
+                }, self._state_dict())
+        self.n_epochs += len(losses.means)
+        self._train_mode(False)
+        return losses.means
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def encode(self, x: Any, batch_size: int = 4096) -> np.ndarray:
+        """Encoder output (N, hidden_dims) of rows ``x`` (N, D)."""
+        data = self._as_rows(x, "encode")
+        self._train_mode(False)
+        out = [self.encoder(data[i : i + batch_size].to(self.device)).cpu() for i in range(0, data.shape[0], batch_size)]
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def score(self, x: Any, k: int = 1, reference: Any | None = None) -> np.ndarray:
+        """Anomaly score (N,): mean cosine distance ``1 - cos`` of each row's embedding to its
+        ``k`` nearest embeddings of ``reference`` (default: the rows given to :meth:`fit`)."""
+        if reference is None:
+            if self.reference is None:
+                raise ConfigError(f"{type(self).__name__}.score needs fit() first, or a reference set.")
+            reference = self.reference
+        train_embeddings = torch.from_numpy(self.encode(reference))
+        return benign_distance_score(train_embeddings, torch.from_numpy(self.encode(x)), k=k).numpy()
+
+    def fit_classifier(self, x: Any, y: Any, c: float = 1.0) -> TabularContrastive:
+        """Few-label fine-tuning: a multinomial logistic-regression head on the frozen encoder's
+        embeddings of the labelled rows ``x`` (n, D), ``y`` (n,) (any hashable labels)."""
+        labels = np.asarray(y)
+        if len(labels) != len(self._as_rows(x, "fit_classifier")) or len(np.unique(labels)) < 2:
+            raise DataError("fit_classifier needs one label per row and at least two classes.")
+        self.classifier = LogisticRegression(C=c, max_iter=2000).fit(self.encode(x), labels)
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Class of each row from the head of :meth:`fit_classifier`."""
+        if self.classifier is None:
+            raise ConfigError(f"{type(self).__name__}.predict needs fit_classifier() first.")
+        return self.classifier.predict(self.encode(x))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _train_mode(self, training: bool) -> None:
+        self.encoder.train(training)
+        if self.projector is not None:
+            self.projector.train(training)
+
+    def _as_rows(self, x: Any, method: str) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.input_dims:
+            raise DataError(
+                f"{type(self).__name__}.{method} expects rows of shape (N, {self.input_dims}), got {x.shape}; "
+                "encode the table with the same TabularEncoder used for training."
+            )
+        if not np.isfinite(x).all():
+            raise DataError(f"{type(self).__name__}.{method}: rows contain NaN or infinity.")
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    def _next_seed(self) -> int | None:
+        """The next seed of this object's stream (the first initialises, each fit takes one)."""
+        return None if self._seeds is None else int(self._seeds.integers(2**62))
+
+    def _options(self) -> dict[str, Any]:
+        """The constructor's arguments (config.yaml of a run folder)."""
+        groups = None if self.feature_groups is None else np.asarray(self.feature_groups).tolist()
+        return {"input_dims": self.input_dims, "hidden_dims": self.hidden_dims, "depth": self.depth,
+                "corruption_rate": self.corruption_rate, "lr": self.lr, "batch_size": self.batch_size,
+                "feature_groups": groups, "device": str(self.device), "seed": self.seed}
+
+    def _state_dict(self) -> dict[str, Tensor]:
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        if self.projector is not None:
+            state.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        return state
+
+
+class SCARF(TabularContrastive):
+    """SimCLR on tabular rows with SCARF corruption (Bahri et al., ICLR 2022).
+
+    ``loss = infonce(g(f(v_1)), g(f(v_2)))`` with ``v_1, v_2`` corruptions of the same rows
+    (``v_1`` the clean row when ``corrupt_both=False``, as in the paper). Paper defaults: encoder
+    4 x 256 ReLU, 2-layer projection head, corruption rate 0.6, temperature 1.0, Adam 1e-3.
+
+    Args (beyond :class:`TabularContrastive`'s): ``output_dims`` of the projection head,
+    ``temperature`` of InfoNCE, ``corrupt_both``.
+    """
+
+    def __init__(self, input_dims: int, *, output_dims: int = 128, temperature: float = 1.0,
+                 corrupt_both: bool = True, **kwargs: Any):
+        self.output_dims = output_dims
+        self.corrupt_both = corrupt_both
+        self.temperature = temperature
+        super().__init__(input_dims, **kwargs)
+        self.objective = objectives.get("infonce", temperature=temperature)
+
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "output_dims": self.output_dims, "temperature": self.temperature,
+                "corrupt_both": self.corrupt_both}
+
+    def _build_projector(self, hidden_dims: int) -> nn.Module:
+        return ProjectionHead(hidden_dims, hidden_dims, self.output_dims, num_layers=2, batch_norm=False).to(self.device)
+
+    def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
+        first = corrupt(batch) if self.corrupt_both else batch
+        second = corrupt(batch)
+        return self.objective(self.projector(self.encoder(first)), self.projector(self.encoder(second)))
+
+
+class CLAN(TabularContrastive):
+    """Contrastive Learning using Augmented Negatives (Wilkie et al., IEEE CSR 2025), benign rows only.
+
+    ``loss = augmented_negatives(f(x), f(corrupt(x)))``: benign embeddings of a batch attract each
+    other, their SCARF-corrupted copies are the negatives. :meth:`score` is the distance to the
+    benign training embeddings. Args beyond :class:`TabularContrastive`'s: ``temperature``,
+    ``form`` (``"likelihood"`` or the authors' ``"margin"``), passed to the objective.
+    """
+
+    def __init__(self, input_dims: int, *, temperature: float = 0.1, form: str = "likelihood", **kwargs: Any):
+        super().__init__(input_dims, **kwargs)
+        self.temperature = temperature
+        self.form = form
+        self.objective = objectives.get("augmented_negatives", temperature=temperature, form=form)
+
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "temperature": self.temperature, "form": self.form}
+
+    def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
+        return self.objective(self.encoder(batch), self.encoder(corrupt(batch)))
+
+
+def _run_description(run_dir: Path) -> dict[str, Any]:
+    """The description a run folder's checkpoint carries (its fit seed, options and length)."""
+    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    return checkpoint[CHECKPOINT_KEY]
+
+
+def _accelerator(device: torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's (accelerator, devices) for one torch device."""
+    if device.type == "cuda":
+        return "gpu", [device.index or 0]
+    return device.type, 1
+
+
+__all__ = ["CLAN", "SCARF", "TabularContrastive", "TabularTraining", "mlp_encoder"]

@@ -1,0 +1,263 @@
+"""Hybrid distillation: a query encoder taught to rank a corpus the way dense + BM25 fusion does.
+
+The user's situation: a general sentence encoder f0 (all-MiniLM-L6-v2) on a domain corpus where
+it trails BM25 (SciFact: nDCG@10 64.6 vs 68.6), no queries and no labels. The fusion of the two
+(:mod:`contrastkit.modalities.text.hybrid`) beats both (73.1), because they make different mistakes. This
+method moves that advantage into the dense model itself, using only the corpus:
+
+- **pseudo-queries** q are the corpus's own sentences (the training data, one per line);
+- the **teacher** scores every document d_j of the corpus for q with the hybrid. With
+  ``c_j = cos(f0(q), f0(d_j))``, ``b_j = BM25(q, d_j)`` and dense weight w::
+
+      t_j = c_j + (1 - w) / w * (max_k c_k - min_k c_k) * (b_j - min_k b_k) / (max_k b_k - min_k b_k)
+
+  which is the hybrid's fused score ``w * minmax(c) + (1 - w) * minmax(b)`` multiplied by
+  ``(max c - min c) / w`` and shifted by a per-query constant: the same ranking, and the same
+  softmax, but in the cosine's own units, so at the start the student differs from the teacher
+  only by the lexical term (a query whose BM25 scores are all equal, e.g. all 0, gives t = c);
+- the **student** scores the same documents with ``s_j = cos(f(q), f0(d_j))``, where f is the
+  encoder being trained and the documents keep the frozen base encoder's embeddings;
+- the **loss** is the list-wise distillation over the *whole corpus*, temperatures tau_t and tau::
+
+      loss(q) = KL( softmax(t / tau_t) || softmax(s / tau) ) = sum_j p_j (log p_j - log softmax(s / tau)_j)
+              + lambda * (1 - cos(f(q), f0(q))) / tau
+
+  where the second term (``anchor_weight`` lambda, 0 by default) keeps each query's embedding near
+  the base model's, in the same units as the logits: the lexical pull changes every sentence's
+  embedding, and sentence similarity (STS) is where that shows.
+
+  With ``query_crop`` r > 0 each pseudo-query is first cut to a random contiguous span of its words,
+  a share ~ U[r, 1] of them (at least 5 words, or all of a shorter sentence), and the teacher scores
+  the cut text: a corpus sentence is longer and more specific than a typical query (a SciFact claim
+  is about 12 words), and a span of it looks more like one (Contriever's cropping, on words).
+
+What learns (``student``):
+
+- ``term-residual`` (the default): the Transformer stays frozen and only a lexical term learns, one
+  vector per vocabulary token added to the base embedding (:mod:`contrastkit.modalities.text.term_residual`:
+  ``f(q) = normalise(f0(q) + sum_{t in q} W[t] / sqrt(n))``). The base embedding of each training
+  sentence is computed once and reused every epoch, so an epoch over SciFact's 49,676 sentences
+  costs about half a minute once they are embedded; this is the setting that raised SciFact's development
+  claims well above the base (docs/benchmarks.md, fourth round);
+- ``encoder``: the whole Transformer is fine-tuned (with dropout), as in the third round.
+
+Only the query side is trained ("query-side fine-tuning", Lee, Sung, Kang & Chen, "Learning
+Dense Representations of Phrases at Scale", ACL 2021, https://arxiv.org/abs/2012.12624, Sec. 4.3):
+the document index is never rebuilt, so the corpus is embedded once (and cached) and a step costs
+one forward and backward pass over B short sentences (``student=encoder``; the term residual needs
+neither once the sentences' base embeddings are cached) plus a (B, N) product; a full-corpus softmax
+is what makes the teacher's whole ranking, not a few sampled negatives, the target. The trained
+model is a two-tower retriever: embed **queries with the trained encoder and documents with the
+base model** (``contrastkit evaluate --model RUN/encoder --document-model RUN/document_encoder``).
+
+Related: GPL (Wang, Thakur, Reimers & Gurevych, NAACL 2022, https://arxiv.org/abs/2112.07577)
+distils a cross-encoder into a dense retriever with generated pseudo-queries; SPAR (Chen et al.,
+"Salient Phrase Aware Dense Retrieval: Can a Dense Retriever Imitate a Sparse One?", EMNLP 2022
+Findings, https://arxiv.org/abs/2110.06918) trains a dense model on BM25's rankings of sentence
+pseudo-queries. Here the teacher is the hybrid (which needs nothing but the corpus) and the
+student is the query tower. Measured on SciFact in docs/benchmarks.md.
+
+Options (``build(encoder, **options)``):
+    corpus: the documents to rank -- a BEIR folder or a JSONL corpus (``.jsonl[.gz]`` with
+        ``title`` and ``text``); required.
+    dense_weight: w of the teacher's hybrid (0.6, the weight chosen on SciFact's development claims
+        for the fusion itself).
+    temperature: tau of the student (0.05: the scale 20 all-MiniLM-L6-v2 was trained with).
+    teacher_temperature: tau_t (0.05).
+    corpus_precision: ``fp32`` or ``bf16``, for embedding the corpus with the base encoder (cached
+        per model, precision and corpus, :func:`contrastkit.modalities.text.evaluation.encode_corpus`; use the
+        precision you evaluate with, so the cache is shared).
+    cache_dir: the corpus-embedding cache (None: ``$CONTRASTKIT_CACHE``; false: no cache).
+    anchor_weight: lambda (0).
+    query_crop: r, the smallest share of a sentence's words kept as its pseudo-query (0: whole
+        sentences).
+    student: ``term-residual`` (default) or ``encoder`` (above).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.objectives.base import check_temperature
+from contrastkit.modalities.text.bm25 import BM25Index
+from contrastkit.modalities.text.encoders import TextEncoder
+from contrastkit.modalities.text.evaluation import (
+    DOCUMENT_SEPARATOR,
+    check_precision,
+    encode_corpus,
+)
+from contrastkit.modalities.text.methods import check_options
+from contrastkit.modalities.text.sources import RetrievalSet, read_corpus
+
+DEFAULTS = {"corpus": None, "dense_weight": 0.6, "temperature": 0.05, "teacher_temperature": 0.05,
+            "corpus_precision": "fp32", "cache_dir": None, "anchor_weight": 0.0,
+            "query_crop": 0.0, "student": "term-residual"}
+STUDENTS = ("term-residual", "encoder")
+
+MIN_QUERY_WORDS = 5
+
+
+def crop_words(text: str, min_share: float, generator: torch.Generator | None = None) -> str:
+    """A random contiguous span of ``text``'s words: ``max(min(5, n), round(u * n))`` of the n words
+    with ``u ~ U[min_share, 1]``, starting at a uniform position (``min_share`` 0: the text as is)."""
+    words = text.split()
+    if min_share <= 0 or len(words) <= MIN_QUERY_WORDS:
+        return text
+    draw = torch.rand(2, generator=generator).tolist()
+    share = min_share + (1.0 - min_share) * draw[0]
+    keep = min(len(words), max(MIN_QUERY_WORDS, round(share * len(words))))
+    start = min(int(draw[1] * (len(words) - keep + 1)), len(words) - keep)
+    return " ".join(words[start:start + keep])
+
+
+def hybrid_teacher_logits(dense: Tensor, lexical: Tensor, dense_weight: float) -> Tensor:
+    """``t = c + (1 - w) / w * (max c - min c) * minmax(b)`` row by row (module docstring): the
+    hybrid's ranking in cosine units. ``dense`` and ``lexical`` are (Q, N); w must be in (0, 1]."""
+    if not 0.0 < dense_weight <= 1.0:
+        raise ConfigError(f"The teacher's dense weight must be in (0, 1] (w = 0 has no cosine scale), got {dense_weight}.")
+    dense_span = dense.amax(dim=1, keepdim=True) - dense.amin(dim=1, keepdim=True)
+    low = lexical.amin(dim=1, keepdim=True)
+    lexical_span = lexical.amax(dim=1, keepdim=True) - low
+    lexical_unit = torch.where(lexical_span > 0, (lexical - low) / lexical_span.clamp_min(1e-30),
+                               torch.zeros_like(lexical))
+    return dense + (1.0 - dense_weight) / dense_weight * dense_span * lexical_unit
+
+
+def listwise_distillation(student: Tensor, teacher: Tensor, temperature: float,
+                          teacher_temperature: float) -> Tensor:
+    """Mean over rows of ``KL(softmax(teacher / tau_t) || softmax(student / tau))``."""
+    target = torch.log_softmax(teacher / teacher_temperature, dim=1)
+    return torch.nn.functional.kl_div(torch.log_softmax(student / temperature, dim=1), target,
+                                      log_target=True, reduction="batchmean")
+
+
+class HybridDistillation(nn.Module):
+    """Query tower ``encoder`` (trained) against the frozen base ``document_encoder``'s corpus."""
+
+    def __init__(self, encoder: TextEncoder, corpus: RetrievalSet, *, dense_weight: float = 0.6,
+                 temperature: float = 0.05, teacher_temperature: float = 0.05,
+                 corpus_precision: str = "fp32", cache_dir=None, anchor_weight: float = 0.0,
+                 query_crop: float = 0.0, student: str = "term-residual"):
+        super().__init__()
+        check_temperature(temperature)
+        check_temperature(teacher_temperature)
+        if not 0.0 < dense_weight <= 1.0:
+            raise ConfigError(f"Option 'dense_weight' must be in (0, 1], got {dense_weight}: 1 is the cosine alone, "
+                              "and dense_weight 0 (BM25 alone) has no cosine scale to distil into.")
+        if not anchor_weight >= 0:
+            raise ConfigError(f"Option 'anchor_weight' must be >= 0, got {anchor_weight}.")
+        if not 0.0 <= query_crop <= 1.0:
+            raise ConfigError(f"Option 'query_crop' must be a share of words in [0, 1] (0: no cropping), got {query_crop}.")
+        if student not in STUDENTS:
+            raise ConfigError(f"Option 'student' must be one of {', '.join(STUDENTS)}, got '{student}'.")
+        if student == "encoder" and encoder.term_residual is not None:
+            raise ConfigError("Option student=encoder fine-tunes the Transformer, but this encoder carries a trained "
+                              "term residual on top of it; start from the plain model, or keep student=term-residual "
+                              "to go on training the residual.")
+        if len(corpus.doc_ids) < 2:
+            raise DataError("Hybrid distillation needs a corpus of at least 2 documents to rank.")
+        self.encoder = encoder
+        # The base model, frozen: it embeds the documents (once) and the teacher's side of each query.
+        self.document_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
+        # Documents (and the teacher's dense half) are the plain base model's, even when training goes on
+        # from an encoder that already carries a residual: that residual belongs to the query side.
+        self.document_encoder.term_residual = None
+        self.student = student
+        if student == "term-residual":
+            encoder.transformer.requires_grad_(False)
+            if encoder.term_residual is None:
+                encoder.add_term_residual()
+        # The base model's pooled embedding of each whole training sentence, computed once: the
+        # teacher's side never changes (and neither does the student's, when the Transformer is frozen).
+        self.pooled_cache: dict[tuple[int, str], Tensor] = {}  # keyed by (max_length, text)
+        self.dense_weight = dense_weight
+        self.temperature = temperature
+        self.teacher_temperature = teacher_temperature
+        self.anchor_weight = anchor_weight
+        self.query_crop = query_crop
+        self.corpus_precision = check_precision(corpus_precision)
+        documents = encode_corpus(self.document_encoder, corpus, cache_dir, precision=self.corpus_precision)
+        self.register_buffer("documents", torch.nn.functional.normalize(torch.from_numpy(documents), dim=1),
+                             persistent=False)
+        self.bm25 = BM25Index(corpus.documents(DOCUMENT_SEPARATOR))
+
+    def train(self, mode: bool = True) -> HybridDistillation:
+        super().train(mode)
+        self.document_encoder.eval()  # the teacher never draws dropout
+        if self.student == "term-residual":
+            self.encoder.transformer.eval()  # frozen: its embeddings are the cached base ones
+        return self
+
+    def base_pooled(self, texts: list[str]) -> Tensor:
+        """(B, D) the base model's pooled embeddings of the texts (no gradient; whole sentences are
+        cached, crops are not)."""
+        length = self.encoder.max_length
+        keys = [(length, t) for t in texts]
+        known = self.pooled_cache
+        missing = list(dict.fromkeys(t for t in texts if (length, t) not in known))
+        if missing:
+            with torch.no_grad():
+                pooled = self.document_encoder.pooled(self.document_encoder.tokenize(missing, length))
+            fresh = {(length, t): row for t, row in zip(missing, pooled.float(), strict=True)}
+            if self.query_crop > 0:  # crops rarely repeat: not worth keeping
+                known = {**known, **fresh}
+            else:
+                self.pooled_cache.update(fresh)
+        return torch.stack([known[key] for key in keys]).to(self.documents.device)
+
+    def base_embeddings(self, texts: list[str], pooled: Tensor | None = None) -> Tensor:
+        """(B, D) the base model's unit embeddings of the texts (no gradient; ``pooled``: their
+        :meth:`base_pooled`, when already computed). The document tower never carries a term
+        residual, so its unit embedding is the normalised pooled state."""
+        pooled = self.base_pooled(texts) if pooled is None else pooled
+        return torch.nn.functional.normalize(pooled.float(), dim=1)
+
+    def teacher_logits(self, texts: list[str], base: Tensor | None = None) -> Tensor:
+        """(B, N) hybrid teacher logits ``t`` of the texts over the corpus (``base``: the texts'
+        :meth:`base_embeddings`, when already computed)."""
+        base = self.base_embeddings(texts) if base is None else base
+        dense = base @ self.documents.T
+        lexical = torch.from_numpy(self.bm25.scores(texts)).to(dense)
+        return hybrid_teacher_logits(dense, lexical, self.dense_weight)
+
+    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        # Crops draw from torch's generator, which the training loop reseeds every step.
+        texts = [crop_words(text, self.query_crop) for text in batch["texts"]]
+        tokens = self.encoder.tokenize(texts)
+        pooled = self.base_pooled(texts)
+        base = self.base_embeddings(texts, pooled)
+        teacher = self.teacher_logits(texts, base)
+        if self.student == "term-residual":  # frozen Transformer: its pooled output is the base's
+            queries = self.encoder.finish(pooled, tokens)
+        else:
+            queries = self.encoder(tokens)
+        queries = torch.nn.functional.normalize(queries.float(), dim=1)
+        student = queries @ self.documents.T
+        distillation = listwise_distillation(student, teacher, self.temperature, self.teacher_temperature)
+        drift = (1.0 - (queries * base).sum(dim=1)).mean()
+        loss = distillation + self.anchor_weight * drift / self.temperature if self.anchor_weight else distillation
+        with torch.no_grad():
+            agree = (student.argmax(dim=1) == teacher.argmax(dim=1)).float().mean()
+        return loss, {"distillation": float(distillation.detach()), "drift_from_base": float(drift.detach()),
+                      "top1_agreement": float(agree)}
+
+
+def build(encoder: TextEncoder, **options) -> HybridDistillation:
+    settings = check_options("hybrid-distill", options, DEFAULTS)
+    if not settings["corpus"]:
+        raise ConfigError("The method 'hybrid-distill' needs the corpus to rank: --option corpus=PATH (a BEIR "
+                          "folder or a .jsonl[.gz] corpus with title and text fields).")
+    return HybridDistillation(
+        encoder, read_corpus(settings["corpus"]), dense_weight=float(settings["dense_weight"]),
+        temperature=float(settings["temperature"]), teacher_temperature=float(settings["teacher_temperature"]),
+        corpus_precision=settings["corpus_precision"], cache_dir=settings["cache_dir"],
+        anchor_weight=float(settings["anchor_weight"]), query_crop=float(settings["query_crop"]),
+        student=str(settings["student"]),
+    )
+
+
+__all__ = ["HybridDistillation", "build", "crop_words", "hybrid_teacher_logits", "listwise_distillation"]

@@ -1,0 +1,2 @@
+"""Task-level workflows built from the library's parts: contrastive forecasting and two-tower
+recommendation."""
