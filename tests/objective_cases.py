@@ -15,7 +15,8 @@ How to add a case (for whoever adds an objective):
   ``per_sample_inputs`` are split across processes by rows (rank 0 gets the first rows);
   every other input (e.g. a queue) is given whole to every process.
 * ``make_embeddings(n, d, generator) -> (z_a, z_b)``: only if the objective does not take two
-  (n, d) views, e.g. per-time-step (n, T, d) representations; float64, dimension 0 = samples.
+  (n, d) views, e.g. per-time-step (n, T, d) representations, or one view (``z_b`` None);
+  float64, dimension 0 = samples.
 * ``distributed``: ``"exact"`` (default) -- loss and input gradients equal one process in both
   ``local_loss`` modes; ``"full_only"`` -- exact with ``local_loss=False`` only (the objective has
   no ``loss_terms``); ``"not_exact"`` -- only checks that every rank returns the same finite loss
@@ -35,7 +36,7 @@ from typing import Any, Literal
 import torch
 
 MakeExtra = Callable[[int, int, torch.Generator], dict[str, Any]]
-MakeEmbeddings = Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+MakeEmbeddings = Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def no_extra(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
@@ -99,6 +100,56 @@ def time_series_overlaps(n: int, d: int, generator: torch.Generator) -> tuple[to
     return z1, z1 + 0.5 * torch.randn(n, 6, d, generator=generator, dtype=torch.float64)  # (n, T, d) each
 
 
+# --- inputs of the losses moved into the catalogue (issue 19): query-key, queued CLIP, in-batch
+# softmax, neighbour contrast (SCGC), forecasting; see also tests/test_objectives_moved.py
+
+
+def extra_negatives(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"extra_negatives": torch.randn(3 * n, d, generator=generator, dtype=torch.float64)}
+
+
+def momentum_keys_and_queues(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # keys_a / keys_b are per-sample (split by rows); the queues are whole on every process.
+    return {
+        "keys_a": torch.randn(n, d, generator=generator, dtype=torch.float64),
+        "keys_b": torch.randn(n, d, generator=generator, dtype=torch.float64),
+        "queue_a": torch.randn(3, d, generator=generator, dtype=torch.float64),
+        "queue_b": torch.randn(4, d, generator=generator, dtype=torch.float64),
+    }
+
+
+def item_ids_and_log_probability(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # Few distinct items, so that rows share their item with rows of the other process.
+    return {
+        "item_ids": torch.randint(0, max(2, n // 2), (n,), generator=generator),
+        "log_item_probability": -3 * torch.rand(n, generator=generator, dtype=torch.float64),
+    }
+
+
+def one_view(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    return torch.randn(n, d, generator=generator, dtype=torch.float64), None
+
+
+def neighbour_weights(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # Row i: anchor i's weights over every node of the global batch (a per-sample input, split by
+    # rows); sparse like an adjacency power, and the last anchor without any positive.
+    values = torch.rand(n, n, generator=generator, dtype=torch.float64)
+    weights = values * (torch.rand(n, n, generator=generator) < 0.4)
+    weights[:, 0] += 0.5  # node 0 is a positive of every other anchor...
+    weights[-1] = 0.0  # ...but the last, which has none and is left out of the mean
+    return {"weights": weights}
+
+
+FORECAST_HORIZON = 4
+
+
+def forecasts_and_targets(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "forecast": torch.randn(n, FORECAST_HORIZON, generator=generator, dtype=torch.float64),
+        "target": torch.randn(n, FORECAST_HORIZON, generator=generator, dtype=torch.float64),
+    }
+
+
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
     "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
@@ -128,6 +179,20 @@ CASES: dict[str, ObjectiveCase] = {
         distributed="full_only",
         note="no loss_terms: the instance term is computed over the whole gathered batch per time step",
     ),
+    # losses moved into the catalogue (issue 19)
+    "query_key_infonce": ObjectiveCase(kwargs={"temperature": 0.2}),
+    "in_batch_softmax": ObjectiveCase(kwargs={"temperature": 0.2}, make_extra=item_ids_and_log_probability),
+    "queued_clip": ObjectiveCase(kwargs={"init_temperature": 0.2}, make_extra=momentum_keys_and_queues),
+    "neighbour_contrast": ObjectiveCase(
+        kwargs={"temperature": 0.5},
+        make_embeddings=one_view,
+        make_extra=neighbour_weights,
+        note="one view; each process passes its nodes' rows of W (over all nodes), gathered into the whole W",
+    ),
+    "forecast_contrastive": ObjectiveCase(
+        kwargs={"contrastive_weight": 0.3, "temperature": 0.2},
+        make_extra=forecasts_and_targets,
+    ),
 }
 
 # Extra configurations of names already in the catalogue, run by the same tests under the label
@@ -150,6 +215,10 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
         make_extra=graded_relevance,
     )),
     "augmented_negatives[margin]": ("augmented_negatives", ObjectiveCase(kwargs={"form": "margin", "margin": 0.6})),
+    # losses moved into the catalogue (issue 19)
+    "query_key_infonce[queue]": ("query_key_infonce", ObjectiveCase(kwargs={"temperature": 0.2},
+                                                                    make_extra=extra_negatives)),
+    "scaled_cosine_error[alpha 1]": ("scaled_cosine_error", ObjectiveCase(kwargs={"alpha": 1.0})),
 }
 
 

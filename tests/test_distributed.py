@@ -43,7 +43,7 @@ def _local_inputs(objective, z_a, z_b, extra, rows: slice):
     per_sample = getattr(objective, "per_sample_inputs", ())
     local_extra = {k: (v[rows] if k in per_sample else v) for k, v in extra.items()}
     z_a = z_a[rows].clone().requires_grad_(True)
-    z_b = z_b[rows].clone().requires_grad_(True)
+    z_b = None if z_b is None else z_b[rows].clone().requires_grad_(True)  # None: a one-view objective
     return z_a, z_b, local_extra
 
 
@@ -52,7 +52,8 @@ def _loss_and_grads(objective, z_a, z_b, extra):
     loss.backward()
     inner = getattr(objective, "objective", objective)  # the parameters of a GatheredObjective's objective
     params = {k: p.grad.clone() for k, p in inner.named_parameters() if p.grad is not None}
-    return {"loss": loss.detach(), "grad_a": z_a.grad, "grad_b": z_b.grad, "params": params}
+    grad_b = None if z_b is None else z_b.grad
+    return {"loss": loss.detach(), "grad_a": z_a.grad, "grad_b": grad_b, "params": params}
 
 
 def _modes(distributed_kind: str) -> list[bool]:
@@ -122,7 +123,9 @@ def test_two_processes_equal_one(catalogue_results, label, local_loss):
     _check(label, local_loss, [r[label, local_loss] for r in catalogue_results], [4, 4])
 
 
-UNEQUAL_LABELS = ["ntxent", "supcon", "clip", "siglip", "dclw", "infonce[queue]"]
+UNEQUAL_LABELS = ["ntxent", "supcon", "clip", "siglip", "dclw", "infonce[queue]",
+                  "query_key_infonce[queue]", "in_batch_softmax", "queued_clip", "neighbour_contrast",
+                  "forecast_contrastive"]
 
 
 def test_unequal_local_batches():

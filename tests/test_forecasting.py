@@ -21,11 +21,11 @@ from contrastkit.recipes.forecasting import (
     chronological_split,
     evaluate_forecaster,
     fit_forecaster,
-    forecast_contrastive_loss,
     prepare_forecast_data,
     sliding_windows,
     two_augmented_views,
 )
+from contrastkit.objectives.forecasting import forecast_contrastive_loss
 from contrastkit.core.seeding import seeded
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 

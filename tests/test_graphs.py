@@ -20,17 +20,17 @@ from contrastkit.modalities.graph.graphmae import (
     GraphMAE,
     apply_feature_mask,
     sample_feature_mask,
-    scaled_cosine_error,
 )
 from contrastkit.modalities.graph.scgc import (
     SCGC,
-    neighbour_contrastive_loss,
     neighbour_positive_weights,
     normalized_adjacency,
     student_t_assignments,
     target_distribution,
 )
 from contrastkit.modalities.graph.data import NodeBatch, NodeBatchSampler
+from contrastkit.objectives.neighbour import neighbour_contrastive_loss
+from contrastkit.objectives.reconstruction import scaled_cosine_error
 from contrastkit.modalities.graph.train import (
     GraphTrainConfig,
     embed_nodes,

@@ -22,10 +22,10 @@ from contrastkit.recipes.recommendation import (
     TwoTowerModel,
     complementary_random_masks,
     fit_two_tower,
-    in_batch_softmax_loss,
     item_ssl_loss,
     rank_items,
 )
+from contrastkit.objectives.query_key import in_batch_softmax_loss
 from contrastkit.core.seeding import seeded
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 

@@ -23,11 +23,11 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.graph.scgc import (
     SCGC,
     head_clustering_scores,
-    neighbour_contrastive_loss,
     pretrain_reconstruction,
     student_t_assignments,
     target_distribution,
 )
+from contrastkit.objectives.neighbour import neighbour_contrastive_loss
 from contrastkit.modalities.graph.train import (
     GraphTrainConfig,
     seed_everything,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.modalities.text.methods import ccp
-from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.objectives.query_key import query_key_infonce
 from tests.conftest import requires_minilm, requires_transformers
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
 

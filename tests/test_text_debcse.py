@@ -9,7 +9,7 @@ import torch
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.text.methods import debcse
-from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.objectives.query_key import query_key_infonce
 from contrastkit.modalities.text.methods._propensity import (
     bin_propensity,
     negative_weights,

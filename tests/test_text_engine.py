@@ -113,7 +113,7 @@ def _gathered_query_key(rank: int, world_size: int, queries: torch.Tensor, keys:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_the_query_key_infonce_of_two_processes_is_that_of_one_on_the_whole_batch():
-    from contrastkit.modalities.text.methods._losses import query_key_infonce
+    from contrastkit.objectives.query_key import query_key_infonce
     from tests.ddp import run_distributed
 
     generator = torch.Generator().manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.text.methods import whitenedcse
-from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.objectives.query_key import query_key_infonce
 from contrastkit.modalities.text.methods._whitening import (
     group_whiten,
     inverse_permutation,

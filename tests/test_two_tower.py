@@ -16,7 +16,7 @@ from torch import nn
 
 from contrastkit import objectives
 from contrastkit.core.errors import ConfigError
-from contrastkit.modalities.pairs.queued_clip import queued_clip_terms
+from contrastkit.objectives.queued_clip import queued_clip_terms
 from contrastkit.modalities.pairs.two_tower import TwoTowerOptions, build_two_tower
 from contrastkit.modalities.text.soft_augment import soft_augment
 from tests.conftest import requires_minilm, requires_transformers

@@ -1,11 +1,8 @@
-"""Predictors and prediction losses of the non-contrastive methods (BYOL, SimSiam, DirectPred).
+"""Predictors of the non-contrastive methods (BYOL, SimSiam, DirectPred).
 
-Losses (``p``: online predictions, ``z``: targets, rows are samples)::
-
-    normalized_mse(p, z)  = mean_i || p_i/||p_i|| - z_i/||z_i|| ||^2 = mean_i (2 - 2 cos(p_i, z_i))   (BYOL)
-    negative_cosine(p, z) = -mean_i cos(p_i, z_i)                                                    (SimSiam)
-
-Neither stops the gradient itself: the method decides what is detached.
+Their losses, ``normalized_mse`` (BYOL) and ``negative_cosine`` (SimSiam), are in the objectives
+catalogue, :mod:`contrastkit.objectives.predictive`; they are imported here for the methods that
+import them from this module.
 
 Linear predictors ``p = W f`` keep a moving average of the correlation of their input (Tian, Chen &
 Ganguli, "Understanding self-supervised learning dynamics without contrastive pairs", ICML 2021)::
@@ -33,24 +30,14 @@ Both predictors expose ``weight_matrix`` (the (d, d) ``W`` with ``p = W f``) and
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.nn.distributed import gather_no_grad
 from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import PredictionHead
+from contrastkit.objectives.predictive import negative_cosine, normalized_mse  # noqa: F401 (re-exported)
 
 PREDICTOR_KINDS = ("mlp", "linear", "none")
-
-
-def normalized_mse(p: Tensor, z: Tensor) -> Tensor:
-    """BYOL's loss ``mean_i (2 - 2 cos(p_i, z_i))``, in float32."""
-    return (2.0 - 2.0 * F.cosine_similarity(p.float(), z.float(), dim=-1)).mean()
-
-
-def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
-    """SimSiam's loss ``-mean_i cos(p_i, z_i)``, in float32."""
-    return -F.cosine_similarity(p.float(), z.float(), dim=-1).mean()
 
 
 class CorrelationEstimate(nn.Module):

@@ -42,8 +42,25 @@ from contrastkit.objectives.base import ContrastiveObjective, LossTerms  # noqa:
 from contrastkit.objectives.chunked import masked_logsumexp  # noqa: E402
 from contrastkit.objectives.clip import CLIPLoss, SigLIPLoss, clip_terms, siglip_terms  # noqa: E402
 from contrastkit.objectives.dcl import DCL, DCLW, dcl_terms  # noqa: E402
+from contrastkit.objectives.forecasting import ForecastContrastive, forecast_contrastive_loss  # noqa: E402
 from contrastkit.objectives.hcl import HCL, hcl_terms  # noqa: E402
 from contrastkit.objectives.infonce import InfoNCE, ntxent_terms  # noqa: E402
+from contrastkit.objectives.neighbour import NeighbourContrast, neighbour_contrastive_loss  # noqa: E402
+from contrastkit.objectives.predictive import (  # noqa: E402
+    NegativeCosine,
+    NormalizedMSE,
+    negative_cosine,
+    normalized_mse,
+)
+from contrastkit.objectives.query_key import (  # noqa: E402
+    InBatchSoftmax,
+    QueryKeyInfoNCE,
+    in_batch_softmax_loss,
+    query_key_infonce,
+    query_key_terms,
+)
+from contrastkit.objectives.queued_clip import QueuedCLIP, queued_clip_terms  # noqa: E402
+from contrastkit.objectives.reconstruction import ScaledCosineError, scaled_cosine_error  # noqa: E402
 from contrastkit.objectives.supcon import SupCon, supcon_terms  # noqa: E402
 
 __all__ = [
@@ -65,4 +82,21 @@ __all__ = [
     "clip_terms",
     "SigLIPLoss",
     "siglip_terms",
+    "QueuedCLIP",
+    "queued_clip_terms",
+    "QueryKeyInfoNCE",
+    "query_key_infonce",
+    "query_key_terms",
+    "InBatchSoftmax",
+    "in_batch_softmax_loss",
+    "NormalizedMSE",
+    "normalized_mse",
+    "NegativeCosine",
+    "negative_cosine",
+    "ScaledCosineError",
+    "scaled_cosine_error",
+    "NeighbourContrast",
+    "neighbour_contrastive_loss",
+    "ForecastContrastive",
+    "forecast_contrastive_loss",
 ]

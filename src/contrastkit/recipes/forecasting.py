@@ -14,7 +14,8 @@ with ``h`` the encoder's mean-pooled window representation, ``g`` a small projec
 and ``v_a``, ``v_b`` two independent draws of jitter + per-window scaling
 (:func:`contrastkit.modalities.timeseries.views.jitter` / :func:`~contrastkit.modalities.timeseries.views.scale`):
 the two views of a window are positives, the other windows of the batch negatives. The
-InfoNCE is the catalogue's :func:`contrastkit.objectives.infonce.ntxent_terms`.
+InfoNCE is the catalogue's :func:`contrastkit.objectives.infonce.ntxent_terms`; the whole loss is
+the catalogue's ``forecast_contrastive`` (:func:`contrastkit.objectives.forecasting.forecast_contrastive_loss`).
 
 Data handling is chronological and leak-free: :func:`prepare_forecast_data` cuts the series
 into train / validation / test by time, standardises with statistics of the training part
@@ -39,13 +40,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
 from contrastkit.engine.run_folder import estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.objectives.infonce import ntxent_terms
+from contrastkit.objectives.forecasting import forecast_contrastive_loss
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.timeseries.views import jitter, scale
 
@@ -262,28 +262,6 @@ def two_augmented_views(
         ]
 
     return view(), view()
-
-
-def forecast_contrastive_loss(
-    forecast: Tensor,
-    target: Tensor,
-    z_a: Tensor | None,
-    z_b: Tensor | None,
-    contrastive_weight: float,
-    temperature: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, mse, contrastive)`` with ``loss = mse + contrastive_weight * contrastive``.
-
-    ``mse = mean((forecast - target)^2)``; ``contrastive`` is NT-Xent/InfoNCE between the two
-    views' projections ``z_a``, ``z_b`` (rows i = the two views of window i), see
-    :class:`contrastkit.objectives.InfoNCE`. With ``contrastive_weight == 0`` (or no views)
-    the loss is exactly the MSE and the contrastive term is reported as 0.
-    """
-    mse = F.mse_loss(forecast, target)
-    if contrastive_weight == 0 or z_a is None or z_b is None:
-        return mse, mse, torch.zeros((), device=mse.device)
-    contrastive = ntxent_terms(z_a, z_b, temperature).mean()
-    return mse + contrastive_weight * contrastive, mse, contrastive
 
 
 # --------------------------------------------------------------------------- training

@@ -7,7 +7,8 @@ are ``s(u, i) = <q, v> / temperature`` on L2-normalised vectors. Training minimi
 
     loss = L_main + ssl_weight * L_ssl
 
-* ``L_main``, the in-batch softmax (Yi et al., RecSys 2019): for a batch of B positive
+* ``L_main``, the in-batch softmax (Yi et al., RecSys 2019; the catalogue's ``in_batch_softmax``,
+  :func:`contrastkit.objectives.query_key.in_batch_softmax_loss`): for a batch of B positive
   (query, item) pairs, ``L_main = -1/B sum_i log( exp(s_ii) / sum_j exp(s_ij) )`` where the
   other items of the batch are the negatives. Optional corrections (both used by the paper's
   production model): ``s_ij - log p_j`` with ``p_j`` the probability that item ``j`` appears in
@@ -48,6 +49,7 @@ from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader,
 from contrastkit.engine.run_folder import estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives.infonce import ntxent_terms
+from contrastkit.objectives.query_key import in_batch_softmax_loss
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.tabular.views import (
     correlated_feature_groups,
@@ -111,36 +113,6 @@ class TwoTowerModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- losses
-
-
-def in_batch_softmax_loss(
-    queries: Tensor,
-    items: Tensor,
-    temperature: float,
-    item_ids: Tensor | None = None,
-    log_item_probability: Tensor | None = None,
-) -> Tensor:
-    """``-1/B sum_i log softmax_j(s_ij)[i]`` with ``s_ij = <q_i, v_j> / temperature - log p_j``.
-
-    ``queries`` (B, d), ``items`` (B, d), row i a positive pair; both are L2-normalised.
-    ``log_item_probability`` (B,): ``log p_j`` of each batch item (logQ correction; omitted when
-    None). ``item_ids`` (B,): when given, a column ``j != i`` holding the same item as row ``i``
-    is left out of row i's softmax.
-    """
-    if queries.ndim != 2 or queries.shape != items.shape:
-        raise DataError(
-            f"in-batch softmax needs query and item embeddings of the same shape (B, d), got "
-            f"{tuple(queries.shape)} and {tuple(items.shape)}."
-        )
-    logits = F.normalize(queries, dim=1) @ F.normalize(items, dim=1).T / temperature
-    if log_item_probability is not None:
-        logits = logits - log_item_probability[None, :]
-    if item_ids is not None:
-        duplicate = (item_ids[:, None] == item_ids[None, :]) & ~torch.eye(
-            len(item_ids), dtype=torch.bool, device=logits.device
-        )
-        logits = logits.masked_fill(duplicate, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 def item_ssl_loss(

@@ -14,7 +14,8 @@ One training step on a graph with features X (N, F):
 3. Re-mask: H' = W H (a bias-free linear map), then H'_i = 0 for i in M, so the decoder must
    rebuild the masked nodes from their neighbours.
 4. Decode: Z = f_D(A, H') with a single GNN layer back to F dimensions.
-5. Loss, the scaled cosine error on the masked nodes only:
+5. Loss, the scaled cosine error on the masked nodes only
+   (:func:`contrastkit.objectives.reconstruction.scaled_cosine_error`):
 
        L_SCE = 1/|M| sum_{i in M} (1 - x_i . z_i / (||x_i|| ||z_i||))^alpha,   alpha >= 1
 
@@ -35,18 +36,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.modalities.graph.encoders import GNNEncoder
 from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.graph.sources import Graph
-
-
-def scaled_cosine_error(reconstruction: Tensor, target: Tensor, alpha: float = 3.0) -> Tensor:
-    """mean_i (1 - cos(reconstruction_i, target_i))^alpha over the rows (see the module doc)."""
-    cosine = (F.normalize(reconstruction, dim=-1) * F.normalize(target, dim=-1)).sum(dim=-1)
-    return (1.0 - cosine).pow(alpha).mean()
+from contrastkit.objectives.reconstruction import scaled_cosine_error
 
 
 @dataclass(frozen=True)

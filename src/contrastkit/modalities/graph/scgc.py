@@ -13,7 +13,8 @@ the reference code's SDCN graph loader), the positive weight of node j for ancho
     w_ij = (A^r)_ij                         (r-hop neighbours; "SCGC")
     w_ij = (A^ + A^2 + ... + A^r)_ij        (Influence Augmented Contrastive loss; "SCGC*")
 
-Neighbour contrastive loss (Graph-MLP's NContrast), with s_ij = cos(z_i, z_j) / temperature:
+Neighbour contrastive loss (Graph-MLP's NContrast; :mod:`contrastkit.objectives.neighbour`), with
+s_ij = cos(z_i, z_j) / temperature:
 
     L_N = -1/|I| sum_{i in I} log( sum_{j != i} w_ij exp(s_ij) / sum_{k != i} exp(s_ik) )
 
@@ -70,6 +71,7 @@ from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.clustering import cluster_accuracy
 from contrastkit.modalities.graph.data import NodeBatch
 from contrastkit.modalities.graph.sources import Graph
+from contrastkit.objectives.neighbour import neighbour_contrastive_loss
 
 
 def normalized_adjacency(adjacency: sp.spmatrix, kind: str = "row") -> sp.csr_matrix:
@@ -103,23 +105,6 @@ def neighbour_positive_weights(
         total = total + rows if cumulative else rows
     block = total if nodes is None else total[:, nodes]
     return torch.from_numpy(np.asarray(block.todense(), dtype=np.float32))
-
-
-def neighbour_contrastive_loss(z: Tensor, weights: Tensor, temperature: float = 0.5) -> Tensor:
-    """L_N of the module docstring: z (B, d), weights (B, B) >= 0 (the diagonal is ignored)."""
-    b = z.shape[0]
-    zn = F.normalize(z, dim=1)
-    logits = zn @ zn.T / temperature
-    off_diagonal = ~torch.eye(b, dtype=torch.bool, device=z.device)
-    weights = weights.to(z.dtype) * off_diagonal
-    has_positive = weights.sum(dim=1) > 0
-    if not has_positive.any():
-        return z.sum() * 0.0
-    log_denominator = torch.logsumexp(logits.masked_fill(~off_diagonal, float("-inf")), dim=1)
-    # Rows without positives get finite dummy weights (excluded below) so no NaN gradient arises.
-    log_weights = torch.where(has_positive[:, None], torch.log(weights.clamp(min=0)), 0.0)
-    log_numerator = torch.logsumexp(logits + log_weights, dim=1)
-    return (log_denominator - log_numerator)[has_positive].mean()
 
 
 def student_t_assignments(z: Tensor, centres: Tensor, v: float = 1.0) -> Tensor:

@@ -5,7 +5,7 @@
 - :mod:`~contrastkit.modalities.pairs.towers`: tower inputs (collate + augmentation) and projection heads;
 - :mod:`~contrastkit.modalities.pairs.two_tower`: the ``clip`` two-tower method (clip / siglip / hcl,
   gathered negatives, momentum encoders with queues, in-modality losses);
-- :mod:`~contrastkit.modalities.pairs.queued_clip`: CLIP against momentum keys and queues (CoCoSoDa);
+- :mod:`~contrastkit.objectives.queued_clip`: CLIP against momentum keys and queues (CoCoSoDa);
 - :mod:`~contrastkit.modalities.pairs.harmonization`: cross-modality gradient harmonization (Wu et al.);
 - :mod:`~contrastkit.modalities.pairs.retrieval`: retrieval metrics in both directions;
 - :mod:`~contrastkit.modalities.pairs.method`: the two-tower method on the engine (one step, harmonized

@@ -19,7 +19,7 @@ are shared) and heads ``g_a``, ``g_b``::
 - **Momentum encoders with queues** (CoCoSoDa, Shi et al. 2023): EMA copies
   ``f~, g~ <- m f~ + (1 - m) f`` make keys ``k = g~(f~(t(x)))`` of the augmented batch, queues keep
   the keys of earlier batches, and ``L_cross`` becomes the queued CLIP loss
-  (:mod:`~contrastkit.modalities.pairs.queued_clip`): ``a_i``'s positive is the key of ``b_i``, its
+  (:mod:`~contrastkit.objectives.queued_clip`): ``a_i``'s positive is the key of ``b_i``, its
   negatives the other keys and the queue of side b. The in-modality second view is then the key of
   the sample's own augmented input and its negatives include the queue of its side (CoCoSoDa's
   intra-modal loss).
@@ -39,7 +39,7 @@ from contrastkit import objectives
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.core.errors import ConfigError
 from contrastkit.nn.momentum import check_momentum, ema_update_, momentum_copy
-from contrastkit.modalities.pairs.queued_clip import QueuedCLIP
+from contrastkit.objectives.queued_clip import QueuedCLIP
 from contrastkit.modalities.pairs.towers import output_dim_of, projection_head
 from contrastkit.objectives.base import normalize
 from contrastkit.nn.queue import MemoryQueue

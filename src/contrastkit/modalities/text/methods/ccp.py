@@ -20,9 +20,9 @@ BYOL/SimSiam's) maps keys to queries, so BatchNorm is on the query side only::
     k_c = g(f(c)),  k_x = g(f(x)),  q_c = q(k_c),  q_x = q(k_x)
     loss = ( L(q_c, k_x, Q_d) + L(q_x, k_c, Q_d) ) / 2        (symmetric: "and vice versa")
 
-with ``L`` the query-key InfoNCE of :mod:`._losses` (cosine / temperature; in-batch keys of the
-same domain and the domain's queue ``Q_d`` as negatives), averaged over the batch's rows. After
-the loss, the batch's keys (detached, unit norm) are pushed into their domain's
+with ``L`` the query-key InfoNCE of :mod:`contrastkit.objectives.query_key` (cosine / temperature;
+in-batch keys of the same domain and the domain's queue ``Q_d`` as negatives), averaged over the
+batch's rows. After the loss, the batch's keys (detached, unit norm) are pushed into their domain's
 :class:`~contrastkit.nn.queue.MemoryQueue` (FIFO). Keys come from the trained encoder
 itself (no momentum encoder): the queue holds slightly stale keys, as in a memory bank.
 
@@ -50,7 +50,7 @@ from contrastkit.objectives.base import check_temperature
 from contrastkit.nn.queue import MemoryQueue
 from contrastkit.modalities.text.encoders import TextEncoder
 from contrastkit.modalities.text.methods import check_options
-from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.objectives.query_key import query_key_infonce
 from contrastkit.modalities.text.methods._parts import positive_int_or_none
 
 DEFAULTS = {

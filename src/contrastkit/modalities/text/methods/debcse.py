@@ -27,7 +27,7 @@ One training step, for anchors ``x_1 .. x_B``:
    ``false_negative_threshold``). The paper *samples* negatives; counting negative j ``w_ij``
    times in the denominator is the expectation of sampling negatives with probabilities
    ``w_ij / (B - 1)`` (ours: lower variance, deterministic).
-5. Loss: SimCSE's InfoNCE with weighted negatives (:mod:`._losses`), ``z_i = f(x_i)``,
+5. Loss: SimCSE's InfoNCE with weighted negatives (:mod:`contrastkit.objectives.query_key`), ``z_i = f(x_i)``,
    ``h_j = f(y_j)`` (both with dropout and gradient), ``s_ij = cos(z_i, h_j) / temperature``::
 
        loss = mean_i [ -s_ii + log( exp(s_ii) + sum_{j != i} w_ij exp(s_ij) ) ]
@@ -51,7 +51,7 @@ from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives.base import check_temperature
 from contrastkit.modalities.text.encoders import TextEncoder
 from contrastkit.modalities.text.methods import check_options
-from contrastkit.modalities.text.methods._losses import query_key_infonce
+from contrastkit.objectives.query_key import query_key_infonce
 from contrastkit.modalities.text.methods._propensity import (
     negative_weights,
     positive_selection_probabilities,

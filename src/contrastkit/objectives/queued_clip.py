@@ -15,8 +15,10 @@ exactly the catalogue's ``clip`` (tested). CoCoSoDa (Shi et al. 2023) contrasts 
 with momentum keys and a queue in the same way (MoCo's estimator across modalities); keeping the
 batch's own keys as negatives, as here, gives it CLIP's in-batch negatives too.
 
-Follows the ``loss_terms`` protocol of :mod:`contrastkit.nn.distributed`: ``keys_a`` / ``keys_b`` are
-per-sample inputs (gathered with the embeddings); the queues are the same on every process.
+Registered as ``queued_clip``; used by the two-tower method with momentum encoders
+(:mod:`contrastkit.modalities.pairs.two_tower`). Follows the ``loss_terms`` protocol of
+:mod:`contrastkit.nn.distributed`: ``keys_a`` / ``keys_b`` are per-sample inputs (gathered with
+the embeddings); the queues are the same on every process.
 
 References:
     - Shi et al., "CoCoSoDa: Effective Contrastive Learning for Code Search", ICSE 2023.
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.core.errors import DataError
+from contrastkit.objectives import OBJECTIVES
 from contrastkit.objectives.base import (
     LossTerms,
     anchor_range,
@@ -80,14 +83,28 @@ def queued_clip_terms(
     return LossTerms(total, n)
 
 
+@OBJECTIVES.register("queued_clip")
 class QueuedCLIP(CLIPLoss):
-    """The queued CLIP loss with CLIP's learned logit scale (initialised at ``log(1 / init_temperature)``,
+    r"""The queued CLIP loss with CLIP's learned logit scale (initialised at ``log(1 / init_temperature)``,
     clamped at ``max_scale``): the catalogue's ``clip`` with momentum keys and queues as candidates.
 
-    Called as ``objective(a, b, keys_a=..., keys_b=..., queue_a=..., queue_b=...)``.
+    With ``u = normalize(a)``, ``v = normalize(b)``, the momentum keys ``k^a = normalize(keys_a)``,
+    ``k^b = normalize(keys_b)``, the queues ``Q^a``, ``Q^b`` and ``scale = min(exp(logit_scale), max_scale)``::
+
+        logits^{ab}_r = scale * u_r . [k^b_1 .. k^b_N, Q^b_1 .. Q^b_{K_b}]
+        logits^{ba}_r = scale * v_r . [k^a_1 .. k^a_N, Q^a_1 .. Q^a_{K_a}]
+        loss = ( mean_r CE(logits^{ab}_r, r) + mean_r CE(logits^{ba}_r, r) ) / 2
+
+    Called as ``objective(a, b, keys_a=..., keys_b=..., queue_a=..., queue_b=...)``; ``keys_a`` and
+    ``keys_b`` are per-sample inputs (gathered across processes with the embeddings), the queues
+    must be the same on every process. See the module docstring for the papers.
+
+    Args:
+        init_temperature, max_scale, learn_scale: as for :class:`~contrastkit.objectives.clip.CLIPLoss`.
     """
 
     per_sample_inputs: ClassVar[tuple[str, ...]] = ("keys_a", "keys_b")
+    not_for_view_pairs = "it needs the momentum encoders' keys of the batch (keys_a, keys_b) beside the two embeddings"
 
     def loss_terms(self, z_a: Tensor, z_b: Tensor, *, anchor_rows: slice | None = None,
                    keys_a: Tensor | None = None, keys_b: Tensor | None = None,
