@@ -193,8 +193,9 @@ def test_evaluate_missing_file(tmp_path, capsys):
                                str(tmp_path / "l.npy")], "e.npy")
 
 
-def test_graph_methods_point_to_the_graph_command(capsys):
-    assert_user_error(capsys, ["fit", "--method", "graphmae"], "contrastkit graph --method graphmae")
+def test_graph_methods_run_through_fit(capsys):
+    """`fit --method graphmae` is a graph run: the graph options answer (here: the data is missing)."""
+    assert_user_error(capsys, ["fit", "--method", "graphmae"], "Give --data NAME_OR_FOLDER")
 
 
 def test_graph_command_is_reachable(capsys):

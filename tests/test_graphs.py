@@ -661,7 +661,11 @@ def test_cli_on_an_edge_list_folder(tmp_path, capsys):
     assert main(["--method", "scgc", "--data", str(tmp_path), "--eval", "probe"]) == 2
     assert "no split" in capsys.readouterr().err
     assert main(["--method", "scgc", "--data", str(tmp_path), "--epoch", "3"]) == 2
-    assert "'--epoch' (did you mean --epochs" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Unknown option '--epoch'" in err and "Did you mean: --epochs" in err, err
+    # An option of another graph method is refused, not ignored (GraphMAE has no objective).
+    assert main(["--method", "graphmae", "--data", str(tmp_path), "--objective", "dcl"]) == 2
+    assert "--objective does not apply to method 'graphmae'" in " ".join(capsys.readouterr().err.split())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,7 +752,7 @@ def test_cli_run_folders_resume_and_reload(tmp_path, monkeypatch, capsys):
         np.testing.assert_array_equal(embed_nodes(model, reloaded_graph).numpy(), np.load(folder / "embeddings.npy"))
     # A finished run is never overwritten; --resume reads its seeds back without training again.
     assert main([*argv, "--out", str(out)]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a run" in " ".join(capsys.readouterr().err.split())
     checkpoint_time = (out / "seed-4" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     assert main(["--out", str(out), "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]

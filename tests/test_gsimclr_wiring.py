@@ -15,7 +15,7 @@ import torch
 
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.core.errors import ConfigError
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.sources.images import load_digits_source
 from contrastkit.modalities.image.training.run_data import open_run_data
@@ -50,8 +50,7 @@ BYOL_VIEW_METHODS = ("byol", "directpred")
 
 
 def _build(method: str, extra: dict) -> torch.nn.Module:
-    return METHODS.build(method, data=DIGITS,
-                         config=FitConfig(method=method, backbone="small-cnn", width=0.25, extra=extra))
+    return build_method(method, FitConfig(method=method, backbone="small-cnn", width=0.25, extra=extra), DIGITS)
 
 
 def _low_frequency_spectrum(views: torch.Tensor, r_min: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from contrastkit.modalities.image.config import FitConfig
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import DataInfo
 
 TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=64)
@@ -50,7 +50,7 @@ def _one_thread():
 def build(method: str, **extra) -> torch.nn.Module:
     config = FitConfig(method=method, width=0.125, projection_dim=16, extra=extra)
     torch.manual_seed(0)
-    return METHODS.build(method, config=config, data=TINY).train()
+    return build_method(method, config, TINY).train()
 
 
 def fixed_batch(n: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from contrastkit.modalities.image.config import FitConfig
 from contrastkit.engine.optim import parameter_groups
 from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation import predictor_diagnostics as pd
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method
 from contrastkit.nn.momentum import (
     cosine_momentum,
     ema_update_,
@@ -58,7 +58,7 @@ def _one_thread():
 
 def build(method: str, data: DataInfo = TINY, **extra) -> torch.nn.Module:
     config = FitConfig(method=method, width=0.125, projection_dim=16, extra=extra)
-    return METHODS.build(method, config=config, data=data)
+    return build_method(method, config, data)
 
 
 def batch(n: int = 16, seed: int = 0, data: DataInfo = TINY) -> dict[str, torch.Tensor]:
@@ -156,7 +156,7 @@ def test_moco_enqueues_the_normalised_keys_and_its_loss_is_infonce_over_the_queu
 def test_moco_rejects_an_objective_without_a_queue():
     config = FitConfig(method="moco", objective="dcl", width=0.125, projection_dim=16)
     with pytest.raises(ConfigError, match="keys"):
-        METHODS.build("moco", config=config, data=TINY)
+        build_method("moco", config, TINY)
 
 
 def test_unknown_method_option_names_the_closest():

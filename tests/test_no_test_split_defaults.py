@@ -16,8 +16,27 @@ from tests.conftest import data_path
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    """The options as ``contrastkit`` itself parses them (the real parser, nothing run)."""
+    """The options as ``contrastkit`` itself parses them (the real parsers, nothing run): a training
+    command through the one fit command, the others through the main parser."""
+    from contrastkit.cli import FIT_ALIASES
+    from contrastkit.fit_command import parse_fit
+
+    if argv[0] in FIT_ALIASES:
+        return parse_fit(argv[1:], modality=FIT_ALIASES[argv[0]], prog=f"contrastkit {argv[0]}")[2]
     return build_parser().parse_args(argv)
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser: the main parser's subcommands and each modality's fit options."""
+    from contrastkit.fit_command import OptionParser
+    from contrastkit.modalities import load_plugins
+
+    parsers = {name: command for name, command in build_parser().commands.items()
+               if name not in ("fit", "text", "pairs", "graph", "timeseries")}
+    for name, modality in load_plugins().items():
+        parsers[name] = OptionParser(prog=f"contrastkit fit --modality {name}")
+        modality.load_cli().add_arguments(parsers[name])
+    return parsers
 
 
 # ------------------------------------------------------------------------- the parsers' defaults
@@ -51,8 +70,7 @@ def test_timeseries_scores_a_dev_carve_unless_told():
 
 
 def test_no_split_option_of_any_command_defaults_to_test():
-    parser = build_parser()
-    split_options = [(name, action.dest, action.default) for name, command in parser.commands.items()
+    split_options = [(name, action.dest, action.default) for name, command in command_parsers().items()
                      for action in command._actions if "split" in action.dest]
     assert {(name, dest) for name, dest, _ in split_options} >= {
         ("evaluate", "split"), ("text", "eval_split"), ("pairs", "eval_split"), ("timeseries", "eval_split")}

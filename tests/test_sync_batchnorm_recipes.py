@@ -14,7 +14,7 @@ import torch
 
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.nn.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES, DataInfo
 from contrastkit.modalities.image.training.run import global_batchnorm_choice
 from contrastkit.modalities.image.views.image import SimCLRViews
@@ -30,7 +30,7 @@ def _config(method: str = "simclr", **options) -> FitConfig:
 
 @pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "directpred", "moco", "jepa"])
 def test_the_choice_follows_the_recipe_the_flags_and_the_world_size(method):
-    built = METHODS.build(method, config=_config(method), data=TINY)
+    built = build_method(method, _config(method), TINY)
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in built.modules())
     assert has_batchnorm == (method != "jepa")  # JEPA's transformer uses LayerNorm
     on, why = global_batchnorm_choice(_config(method, devices=2), built)
@@ -54,7 +54,7 @@ def _step(method_name: str, images: torch.Tensor, convert: bool, rank: int = 0, 
     """One training loss + backward of ``method_name`` on this rank's slice of ``images``; the gradients
     are averaged over the ranks as DDP does."""
     torch.manual_seed(0)  # the same initial weights in every process
-    method = METHODS.build(method_name, config=_config(method_name), data=TINY)
+    method = build_method(method_name, _config(method_name), TINY)
     # Each process draws its own augmentations; deterministic views make the processes comparable.
     method.views = SimCLRViews(image_size=8, channels=1, mean=TINY.mean, std=TINY.std, **DETERMINISTIC_VIEWS)
     if convert:
@@ -80,7 +80,7 @@ def _step(method_name: str, images: torch.Tensor, convert: bool, rank: int = 0, 
 
 def _two_process_step(rank: int, world_size: int, method_name: str, images: torch.Tensor, sync: bool | None):
     config = _config(method_name, devices=world_size, sync_batchnorm=sync)
-    probe = METHODS.build(method_name, config=config, data=TINY)
+    probe = build_method(method_name, config, TINY)
     convert, _ = global_batchnorm_choice(config, probe)  # what `fit` decides for this run
     return _step(method_name, images, convert, rank, world_size)
 

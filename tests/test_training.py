@@ -235,14 +235,14 @@ def test_supervised_objective_refuses_unlabeled_data(tmp_path):
 def test_channels_last_method_gives_the_contiguous_loss_and_gradients(method_name):
     import copy
 
-    from contrastkit.modalities.image.methods import METHODS
+    from contrastkit.modalities.image.methods import build_method
     from contrastkit.modalities.image.methods.parts import DataInfo
     from contrastkit.modalities.image.training.module import use_channels_last
 
     data = DataInfo(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, num_samples=8)
     config = FitConfig(method=method_name, backbone="resnet18", width=0.125, batch_size=8)
     torch.manual_seed(0)
-    contiguous = METHODS.build(method_name, config=config, data=data)
+    contiguous = build_method(method_name, config, data)
     nhwc = use_channels_last(copy.deepcopy(contiguous))
     conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()

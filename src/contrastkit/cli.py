@@ -14,54 +14,11 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from contrastkit.modalities.image.config import FitConfig, from_mapping, load_yaml, to_yaml
 from contrastkit.core.errors import ConfigError, ContrastkitError, DataError, closest_names
 
-# `--option`: (type, help). Defaults come from FitConfig; argparse leaves absent options out
-# (SUPPRESS), so that we know which options the user actually gave.
-FIT_OPTIONS = {
-    "method": (str, "self-supervised method (simclr, ...)"),
-    "objective": (str, "objective of the catalogue, replacing the method's own (e.g. dcl, hcl)"),
-    "data": (str, ("a path (image folder, IDX files, .npz), a built-in name (digits, mnist-test, cifar10-test), "
-                   "or shards:DIR to stream a folder written by 'contrastkit shard'")),
-    "image-size": (int, "resize images to this side length"),
-    "holdout": (float, "share of labelled samples held out of pretraining for evaluation"),
-    "limit": (int, "use only the first N samples"),
-    "backbone": (str, "auto, small-cnn, resnet18, resnet50, or timm:NAME when timm is installed"),
-    "width": (float, "channel multiplier of the backbone"),
-    "projection-dim": (int, "output size of the projection head"),
-    "temperature": (float, "temperature of the contrastive objective"),
-    "epochs": (int, "training epochs"),
-    "max-steps": (int, "stop after this many optimiser steps, before the epochs' end"),
-    "batch-size": (int, "batch size per process"),
-    "optimizer": (str, "sgd, lars or adamw"),
-    "lr": (float, "base learning rate for a global batch of 256 (scaled linearly, except adamw)"),
-    "weight-decay": (float, "weight decay"),
-    "warmup-epochs": (float, "epochs of linear warm-up before the cosine decay"),
-    "nan-policy": (str, "on a NaN/Inf loss: stop (default) or skip the batch"),
-    "accelerator": (str, "cpu, gpu or auto"),
-    "devices": (int, "processes (devices) per node"),
-    "strategy": (str, "Lightning strategy: auto, ddp, ddp_spawn, ..."),
-    "num-nodes": (int, "number of nodes"),
-    "precision": (str, "32-true, bf16-mixed, 16-mixed, ..."),
-    "num-workers": (int, "DataLoader worker processes"),
-    "stream-order": (str, ("epoch order when streaming shards:DIR: shards (shards shuffled, then rows within each; "
-                           "sequential reads) or global (the in-memory order; random reads)")),
-    "batch-sampler": (str, ("shuffle, or spread: G-SimCLR batches that keep each pseudo-class (denoising "
-                            "autoencoder + k-means) spread out; options in extra.gsimclr")),
-    "seed": (int, "random seed"),
-    "checkpoint-every-steps": (int, "also write checkpoints/last.ckpt every N optimiser steps"),
-    "out": (str, "run directory (default runs/<method>-<data>-<time>)"),
-}
-FLAGS = {
-    "resume": "continue the run in --out from its last checkpoint",
-    "deterministic": "use deterministic algorithms (slower)",
-    "sync-batchnorm": "BatchNorm statistics over the global batch under DDP (default: as the method's recipe)",
-    "tsne": "t-SNE (instead of PCA) for the report's 2-D map",
-}
-
-
 EVALUATION_TASKS = ("probe", "sts", "retrieval")
+# The modality commands of earlier versions: `contrastkit text ...` = `contrastkit fit --modality text ...`.
+FIT_ALIASES = {"text": "text", "pairs": "pairs", "graph": "graph", "timeseries": "timeseries"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,28 +44,16 @@ def unknown_options_message(command: str, unknown: list[str], parser: argparse.A
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="contrastkit", description="Self-supervised representation learning. "
-                    "Graph methods: 'contrastkit graph --help'.")
+    parser = Parser(prog="contrastkit", description="Self-supervised representation learning for images, text, "
+                    "pairs, graphs, time series and tables: 'contrastkit fit --help' lists the methods.")
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
     parser.commands = commands.choices  # name -> subparser, for messages about its options
 
-    fit = commands.add_parser("fit", help="pretrain an encoder and write a run directory",
-                              argument_default=argparse.SUPPRESS)
-    fit.add_argument("--config", help="YAML file of options (command-line options win)")
-    fit.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    for name, (kind, help_text) in FIT_OPTIONS.items():
-        fit.add_argument(f"--{name}", type=kind, help=f"{help_text} (default: {_default(name)})")
-    for name, help_text in FLAGS.items():
-        fit.add_argument(f"--{name}", action="store_true", help=help_text)
-    fit.add_argument("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false",
-                     help="per-process BatchNorm statistics under DDP, even where the method's recipe is global")
-    fit.add_argument("--channels-last", action="store_true",
-                     help="channels-last weights and views (default: on for one process, off under DDP)")
-    fit.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                     help="contiguous (NCHW) weights and views instead of channels-last")
-    fit.add_argument("--no-report", dest="report", action="store_false", help="skip the report")
-    fit.add_argument("--no-baselines", dest="baselines", action="store_false",
-                     help="skip scoring the untrained encoder and raw pixels (faster sweeps)")
+    # Commands that train: parsed by contrastkit.fit_command (their options depend on the method).
+    commands.add_parser("fit", help="pretrain an encoder of any modality and write a run folder "
+                        "('contrastkit fit --help' lists the methods)", add_help=False)
+    for alias, modality in FIT_ALIASES.items():
+        commands.add_parser(alias, help=f"= contrastkit fit --modality {modality}", add_help=False)
 
     embed = commands.add_parser("embed", help="embed data with a trained checkpoint")
     embed.add_argument("--checkpoint", required=True, help="a checkpoint written by fit (checkpoints/last.ckpt)")
@@ -154,19 +99,6 @@ def build_parser() -> Parser:
     shard.add_argument("--image-size", type=int, default=None, help="resize images to this side length")
     shard.add_argument("--channels", type=int, default=None, help="1 or 3 to force grayscale or RGB")
 
-    from contrastkit.modalities.timeseries.cli import add_arguments as add_timeseries_arguments
-
-    add_timeseries_arguments(commands.add_parser(
-        "timeseries", help="TS2Vec on a UCR/UEA set, scored with the SVM protocol and the 1-NN floor"))
-
-    from contrastkit.modalities.pairs.cli import add_arguments as add_pairs_arguments
-    from contrastkit.modalities.text.cli import add_arguments as add_text_arguments
-
-    add_text_arguments(commands.add_parser(
-        "text", help="train a sentence encoder (simcse, contriever, ict, ...) on unlabeled text"))
-    add_pairs_arguments(commands.add_parser(
-        "pairs", help="two-tower (CLIP-style) training on paired data, e.g. docstring <-> code"))
-
     export = commands.add_parser("export", help="save a trained image encoder as safetensors + config.json, or a "
                                  "text encoder as a sentence-transformers folder")
     export.add_argument("--checkpoint", help="an image checkpoint written by fit (checkpoints/last.ckpt)")
@@ -180,49 +112,7 @@ def build_parser() -> Parser:
     return parser
 
 
-def _default(option: str):
-    return getattr(FitConfig(), option.replace("-", "_"))
-
-
-def resolve_fit_config(args: argparse.Namespace) -> FitConfig:
-    """defaults < --config file < the run's saved config (with --resume) < explicit options."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "print_config")}
-    values: dict = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
-    if given.get("resume"):
-        out = given.get("out") or values.get("out")
-        saved = Path(out or "") / "config.yaml"
-        if out is None or not saved.is_file():
-            raise ConfigError(f"--resume needs --out pointing to a run directory with config.yaml; "
-                              f"'{saved}' does not exist.")
-        values.update(load_yaml(saved))
-    values.update(given)
-    return from_mapping({k.replace("-", "_"): v for k, v in values.items()}, origin="the options")
-
-
-GRAPH_METHODS = ("graphmae", "scgc", "graphcl", "graphclip")
 EXPORT_FORMATS = ("contrastkit", "sentence-transformers")
-
-
-def run_fit(args: argparse.Namespace) -> int:
-    if getattr(args, "method", None) in GRAPH_METHODS:
-        raise ConfigError(f"'{args.method}' is a graph method: run it with "
-                          f"'contrastkit graph --method {args.method} --data cora' (see 'contrastkit graph --help').")
-    config = resolve_fit_config(args)
-    if getattr(args, "print_config", False):
-        print(to_yaml(config), end="")
-        return 0
-    from contrastkit.report import format_comparison_table
-    from contrastkit.modalities.image.training.run import fit
-
-    quiet_lightning()  # after Lightning's import, which sets its own loggers' levels
-
-    summary = fit(config)
-    if summary:
-        print(format_comparison_table(summary))
-        print(f"\nRun directory: {summary['out']} (report.md, summary.json, checkpoints/)")
-    return 0
 
 
 def quiet_lightning() -> None:
@@ -304,27 +194,6 @@ def run_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_timeseries(args: argparse.Namespace) -> int:
-    from contrastkit.modalities.timeseries.cli import format_summary, run
-
-    summary = run(args)
-    print(format_summary(summary))
-    print(f"\nRun directory: {args.out}")
-    return 0
-
-
-def run_text(args: argparse.Namespace) -> int:
-    from contrastkit.modalities.text.cli import run
-
-    return run(args)
-
-
-def run_pairs(args: argparse.Namespace) -> int:
-    from contrastkit.modalities.pairs.cli import run
-
-    return run(args)
-
-
 def run_export(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.text_model is None):
         raise ConfigError("contrastkit export needs exactly one of --checkpoint (an image run's checkpoint) and "
@@ -378,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         if not argv:
             parser.print_help()
             return 0
-        if argv[0] == "graph":  # graph methods train full graphs with their own loop
-            from contrastkit.modalities.graph.cli import main as graph_main
+        if argv[0] == "fit" or argv[0] in FIT_ALIASES:
+            from contrastkit.fit_command import run_fit
 
-            return graph_main(argv[1:])
-        commands = ["fit", "embed", "evaluate", "graph", "timeseries", "text", "pairs", "shard", "export"]
+            if argv[0] == "fit":
+                return run_fit(argv[1:])
+            return run_fit(argv[1:], modality=FIT_ALIASES[argv[0]], prog=f"contrastkit {argv[0]}")
+        commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "shard", "export"]
         if argv[0] not in (*commands, "-h", "--help"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -390,11 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
-        handlers = {"fit": run_fit, "embed": run_embed, "evaluate": run_evaluate, "timeseries": run_timeseries,
-                    "text": run_text, "pairs": run_pairs, "shard": run_shard, "export": run_export}
+        handlers = {"embed": run_embed, "evaluate": run_evaluate, "shard": run_shard, "export": run_export}
         return handlers[args.command](args)
     except ContrastkitError as exc:
-        print("\n" + textwrap.fill(f"error: {exc}", width=100) + "\n", file=sys.stderr)
+        print("\n" + textwrap.fill(f"error: {exc}", width=100, break_on_hyphens=False, break_long_words=False) + "\n", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; the last checkpoint (if any) is intact: continue with --resume", file=sys.stderr)

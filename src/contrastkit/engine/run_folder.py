@@ -107,8 +107,9 @@ def estimator_run_dir(run_dir: Path | None, name: str, description: dict) -> Ite
 
 
 def write_estimator_run(run_dir: Path, result, summary: dict, weights: dict) -> None:
-    """summary.json (``summary`` plus the engine's step count, timing and skipped steps) and the
-    trained weights as ``model.safetensors``, in a kept estimator run folder."""
+    """summary.json (``summary`` plus the engine's step count, timing and skipped steps), the
+    trained weights as ``model.safetensors`` and report.md (facts and loss curve), in a kept
+    estimator run folder."""
     from safetensors.torch import save_file
 
     write_summary(run_dir, {
@@ -119,3 +120,6 @@ def write_estimator_run(run_dir: Path, result, summary: dict, weights: dict) -> 
         "skipped_steps": result.module.skipped_steps,
     })
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, run_dir / "model.safetensors")
+    from contrastkit.report import write_report  # the report reads the folder; imported only here
+
+    write_report(run_dir)

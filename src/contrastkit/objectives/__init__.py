@@ -7,7 +7,8 @@ them. Two-view objectives are called ``loss = objective(z_a, z_b, **extra)`` whe
 function whose docstring gives the formula and the paper.
 
 Adding an objective: create a module in this package (its name must not start with ``_``) and
-decorate the class with ``@OBJECTIVES.register("name", "alias")``; every module here is imported
+decorate the class with ``@OBJECTIVES.register("name", "alias")`` (``OBJECTIVES`` from
+:mod:`contrastkit.objectives.registry`); every module here is imported
 when the package is, so nothing needs to be edited in this file. To be usable under
 data-parallel training, follow the ``loss_terms`` / ``per_sample_inputs`` protocol described in
 :mod:`contrastkit.nn.distributed` (the base :class:`ContrastiveObjective` implements ``forward`` from
@@ -22,9 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from contrastkit.core.registry import Registry
-
-OBJECTIVES = Registry("objective")
+from contrastkit.objectives.registry import OBJECTIVES
 
 
 def get(name: str, **kwargs: Any) -> nn.Module:
@@ -32,8 +31,8 @@ def get(name: str, **kwargs: Any) -> nn.Module:
     return OBJECTIVES.build(name, **kwargs)
 
 
-# Import every public module so that its @OBJECTIVES.register decorators run. OBJECTIVES is
-# defined above, so the modules can import it from this package while it is being initialised.
+# Import every public module so that its @OBJECTIVES.register decorators run (the modules import
+# OBJECTIVES from the leaf module objectives.registry, never from this package).
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import ContrastiveObjective, LossTerms, anchor_range, check_temperature
 from contrastkit.objectives.infonce import ntxent_terms
 

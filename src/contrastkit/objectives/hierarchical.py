@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import in_float32, mask_value
 
 

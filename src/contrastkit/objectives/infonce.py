@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from contrastkit.core.errors import DataError
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import (
     ContrastiveObjective,
     LossTerms,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.core.errors import DataError
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import ContrastiveObjective, LossTerms, anchor_range, check_temperature
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit.core.errors import DataError
-from contrastkit.objectives import OBJECTIVES
+from contrastkit.objectives.registry import OBJECTIVES
 from contrastkit.objectives.base import ContrastiveObjective, LossTerms, anchor_range, in_float32
 
 _NOT_FOR_VIEW_PAIRS = (

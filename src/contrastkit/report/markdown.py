@@ -89,13 +89,20 @@ def _summary_sections(summary: dict[str, Any] | None) -> list[str]:
             f"_No {SUMMARY_FILE} in the run directory: accuracies and run facts are not shown._"
         ]
     header, rows = comparison_rows(summary)
-    sections = [
-        "## Accuracy",
-        "Top-1 accuracy (%) on a held-out part: weighted kNN, and a logistic-regression probe "
-        "on all training labels or on a few labels per class. *learned* = the trained encoder, "
-        "*untrained* = the same encoder at initialisation, *raw* = the input itself.",
-        markdown_table(header, rows),
-    ]
+    sections = []
+    if any(cell != "-" for row in rows for cell in row[1:]):  # runs without these probes leave it out
+        sections += [
+            "## Accuracy",
+            "Top-1 accuracy (%) on a held-out part: weighted kNN, and a logistic-regression probe "
+            "on all training labels or on a few labels per class. *learned* = the trained encoder, "
+            "*untrained* = the same encoder at initialisation, *raw* = the input itself.",
+            markdown_table(header, rows),
+        ]
+    evaluation = summary.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation:
+        sections += ["## Evaluation", "As the run's command scored it (see its split).",
+                     markdown_table(["measure", "value"], [[k, format_value(v)] for k, v in evaluation.items()],
+                                    numeric=False)]
     collapse = summary.get(COLLAPSE) or {}
     warnings = list(collapse.get("reasons", [])) if collapse.get("collapsed") else []
     during_training = list(summary.get(COLLAPSE_WARNINGS) or [])

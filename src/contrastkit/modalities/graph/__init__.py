@@ -20,21 +20,39 @@ Methods import torch-geometric (through ``contrastkit.modalities.graph.encoders`
 
 from __future__ import annotations
 
-from contrastkit.modalities.graph.graphcl import GraphCL
-from contrastkit.modalities.graph.graphclip import GraphCLIP
-from contrastkit.modalities.graph.graphmae import (
-    GraphMAE,
-    apply_feature_mask,
-    sample_feature_mask,
-    scaled_cosine_error,
-)
-from contrastkit.modalities.graph.scgc import (
-    SCGC,
-    neighbour_contrastive_loss,
-    neighbour_positive_weights,
-)
-from contrastkit.modalities.graph.data import NodeBatch
-from contrastkit.modalities.graph.train import GraphTrainConfig, GraphTraining, embed_nodes, train_graph_method
+# Names resolve on first use (PEP 562), so that importing the package (e.g. for its light
+# plugin module) loads neither torch nor the methods.
+_EXPORTS = {
+    "GraphCL": ("contrastkit.modalities.graph.graphcl", "GraphCL"),
+    "GraphCLIP": ("contrastkit.modalities.graph.graphclip", "GraphCLIP"),
+    "GraphMAE": ("contrastkit.modalities.graph.graphmae", "GraphMAE"),
+    "GraphTrainConfig": ("contrastkit.modalities.graph.train", "GraphTrainConfig"),
+    "GraphTraining": ("contrastkit.modalities.graph.train", "GraphTraining"),
+    "NodeBatch": ("contrastkit.modalities.graph.data", "NodeBatch"),
+    "SCGC": ("contrastkit.modalities.graph.scgc", "SCGC"),
+    "apply_feature_mask": ("contrastkit.modalities.graph.graphmae", "apply_feature_mask"),
+    "embed_nodes": ("contrastkit.modalities.graph.train", "embed_nodes"),
+    "neighbour_contrastive_loss": ("contrastkit.modalities.graph.scgc", "neighbour_contrastive_loss"),
+    "neighbour_positive_weights": ("contrastkit.modalities.graph.scgc", "neighbour_positive_weights"),
+    "sample_feature_mask": ("contrastkit.modalities.graph.graphmae", "sample_feature_mask"),
+    "scaled_cosine_error": ("contrastkit.modalities.graph.graphmae", "scaled_cosine_error"),
+    "train_graph_method": ("contrastkit.modalities.graph.train", "train_graph_method"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 __all__ = [
     "SCGC",

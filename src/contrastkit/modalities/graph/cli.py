@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from contrastkit.engine.run_folder import is_first_process
-from contrastkit.core.errors import ConfigError, ContrastkitError, DataError, closest_names
+from contrastkit.core.errors import ConfigError, DataError, closest_names
 from contrastkit.modalities.graph.evaluate import (
     clustering_scores,
     mean_std,
@@ -101,56 +101,25 @@ PROBE_DEFAULTS = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 300}
 
 
 def build_method(name: str, graph: Graph, args: argparse.Namespace) -> torch.nn.Module:
-    """The method ``name`` for ``graph``, with the options the user gave (None = default)."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    if name == "graphmae":
-        from contrastkit.modalities.graph.graphmae import GraphMAE
+    """The method ``name`` for ``graph``, with the options the user gave (None = default), through
+    its builder in the method registry."""
+    from contrastkit.core.registry import METHODS
+    from contrastkit.modalities.graph import plugin  # noqa: F401  (registers the graph methods)
 
-        options = {k: given[k] for k in ("encoder", "mask_rate", "replace_rate", "alpha") if k in given}
-        if "hidden" in given:
-            options["hidden_dim"] = given["hidden"]
-        if "gat_init" in given:
-            options["init"] = given["gat_init"]
-        return GraphMAE(graph.num_features, **options)
-    if name == "scgc":
-        from contrastkit.modalities.graph.scgc import SCGC
-
-        if graph.y is None and "clusters" not in given:
-            raise ConfigError("scgc needs --clusters K on a graph without labels.")
-        options = {k: given[k] for k in ("order", "temperature", "warmup_epochs", "pretrain_epochs",
-                                         "reconstruction_weight") if k in given}
-        if "hidden" in given:
-            options["hidden"] = (given["hidden"],) * 2
-        if "embedding_dim" in given:
-            options["embedding_dim"] = given["embedding_dim"]
-        return SCGC(
-            graph.num_features, graph.adjacency(), given.get("clusters", graph.num_classes),
-            cumulative=not args.no_influence, **options,
-        )
-    if name == "graphcl":
-        from contrastkit.modalities.graph.graphcl import GraphCL
-
-        options = {k: given[k] for k in ("encoder", "objective", "temperature") if k in given}
-        if "hidden" in given:
-            options["hidden_dim"] = given["hidden"]
-        return GraphCL(graph.num_features, **options)
-    if name == "graphclip":
-        from contrastkit.modalities.graph.graphclip import GraphCLIP
-
-        if "text_embeddings" not in given:
-            raise ConfigError("graphclip needs --text-embeddings FILE.npy: one row per node (its summary's embedding).")
-        path = Path(given["text_embeddings"])
-        if not path.is_file():
-            raise DataError(f"Text embeddings '{path}' do not exist. Check the path.")
-        text = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
-        return GraphCLIP(graph.num_features, text, **({"encoder": given["encoder"]} if "encoder" in given else {}))
-    raise ConfigError(f"Unknown graph method '{name}'. Valid methods: {', '.join(TRAIN_DEFAULTS)}.")
+    given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
+    return METHODS.load("graph", name)(graph, given)
 
 
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: '--epoch' must not silently mean '--epochs'.
     p = argparse.ArgumentParser(prog="contrastkit graph", description="Self-supervised learning on graphs.",
                                 allow_abbrev=False)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The graph options (``contrastkit fit --method graphmae --help``)."""
     p.add_argument("--method", choices=sorted(TRAIN_DEFAULTS), help="required, unless --resume reads it back")
     p.add_argument("--data", help="built-in graph (cora, citeseer) or a folder (edges.csv + features.csv/.npy "
                                   "[+ labels.txt/.csv/.npy, split.txt])")
@@ -163,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "code: none for scgc, row for the others)")
     p.add_argument("--raw-features", action="store_true", help="same as --features-norm none")
     p.add_argument("--seeds", type=int, default=1, help="number of pretraining seeds (0..S-1)")
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--first-seed", "--seed", dest="first_seed", type=int, default=0,
+                   help="the first pretraining seed (default 0)")
     p.add_argument("--eval", choices=("probe", "clustering", "both", "none"),
                    help="default: both when the graph has a train/val/test split, clustering when it has "
                         "labels only, none without labels")
@@ -174,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-lr", type=float, default=PROBE_DEFAULTS["lr"])
     p.add_argument("--probe-weight-decay", type=float, default=PROBE_DEFAULTS["weight_decay"])
     p.add_argument("--probe-epochs", type=int, default=PROBE_DEFAULTS["epochs"])
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-epochs", "--epochs", dest="epochs", type=int,
+                   help="training epochs (default: the method's paper setting)")
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=int, help="node batches instead of the full graph")
@@ -212,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "read back; options given now override them)")
     p.add_argument("--no-report", action="store_true", help="no report.md per seed")
     p.add_argument("--quiet", action="store_true")
-    return p
 
 
 def load_graph(args: argparse.Namespace) -> Graph:
@@ -303,7 +273,8 @@ TRAIN_OPTIONS = ("epochs", "lr", "weight_decay", "batch_size", "sampler", "max_s
 
 def saved_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options a run folder keeps (what --resume reads back)."""
-    return {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "resume"}
+    return {k: v for k, v in vars(args).items()
+            if v is not None and v is not False and k not in ("resume", "given_options")}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,13 +386,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except ContrastkitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+NEEDS_GIVEN_OPTIONS = True  # command() tells given options from defaults
+
+
+def command(args: argparse.Namespace) -> int:
+    """``contrastkit fit`` for a graph method: with --resume the options saved in --out are the
+    values of those not given now (``args.given_options``: the destinations given)."""
+    given = set(vars(args).pop("given_options", ()))
+    if args.resume:
+        if not args.out or is_results_file(args.out):
+            raise ConfigError("--resume needs --out FOLDER: the folder of the run to continue (not a .json file).")
+        for name, value in read_options(Path(args.out)).items():
+            if name != "out" and name not in given:
+                setattr(args, name, value)
+    if args.method is None:
+        raise ConfigError(f"--method is required: one of {', '.join(sorted(TRAIN_DEFAULTS))}.")
+    run(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m contrastkit.modalities.graph.cli ARGS`` = ``contrastkit graph ARGS`` (the same
+    checks of the options as ``contrastkit fit``)."""
+    from contrastkit.cli import main as contrastkit_main
+
+    return contrastkit_main(["graph", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class FitConfig:
     # optimisation
     epochs: int = 30
     max_steps: int | None = None  # stop after this many optimiser steps (before the epochs' end)
+    max_minutes: float | None = None  # stop after this much training time (checkpointed; not bit-exact)
     batch_size: int = 256  # per process
     optimizer: str = "sgd"  # sgd | lars | adamw
     lr: float | None = None  # base rate for a global batch of 256; None: the optimiser's default
@@ -50,7 +51,7 @@ class FitConfig:
     precision: str = "32-true"
     num_workers: int = 0
     # BatchNorm statistics over the global batch under DDP: None follows the method's recipe
-    # (methods/_parts.GLOBAL_BATCHNORM_RECIPES) when more than one process trains; True/False force it.
+    # (methods/parts.GLOBAL_BATCHNORM_RECIPES) when more than one process trains; True/False force it.
     sync_batchnorm: bool | None = None
     stream_order: str = "shards"  # epoch order when streaming shards:DIR: shards (block) | global
     batch_sampler: str = "shuffle"  # shuffle | spread (G-SimCLR: pseudo-classes spread over batches)
@@ -136,6 +137,8 @@ def validate(config: FitConfig) -> FitConfig:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise ConfigError(f"--max-minutes must be positive, got {config.max_minutes!r}.")
     for name in ["temperature", "width"]:
         value = getattr(config, name)
         if value is None and name == "temperature":

@@ -18,25 +18,45 @@
 
 from __future__ import annotations
 
-from contrastkit.modalities.pairs.harmonization import GradientHarmonizer, project_conflicting
-from contrastkit.modalities.pairs.method import TwoTowerMethod
-from contrastkit.modalities.pairs.pairs import (
-    Pairs,
-    read_aligned_pairs,
-    read_code_docstring,
-    read_pairs,
-)
-from contrastkit.modalities.pairs.retrieval import pair_retrieval
-from contrastkit.modalities.pairs.run_folder import load_pairs_run
-from contrastkit.modalities.pairs.text_towers import text_two_tower
-from contrastkit.modalities.pairs.towers import TensorInput, TextInput, projection_head
-from contrastkit.modalities.pairs.train import (
-    TrainOptions,
-    encode_side,
-    evaluate_pairs,
-    train_two_tower,
-)
-from contrastkit.modalities.pairs.two_tower import TwoTower, TwoTowerOptions, build_two_tower
+# Names resolve on first use (PEP 562), so that importing the package (e.g. for its light
+# plugin module) loads neither torch nor the methods.
+_EXPORTS = {
+    "GradientHarmonizer": ("contrastkit.modalities.pairs.harmonization", "GradientHarmonizer"),
+    "Pairs": ("contrastkit.modalities.pairs.pairs", "Pairs"),
+    "TensorInput": ("contrastkit.modalities.pairs.towers", "TensorInput"),
+    "TextInput": ("contrastkit.modalities.pairs.towers", "TextInput"),
+    "TrainOptions": ("contrastkit.modalities.pairs.train", "TrainOptions"),
+    "TwoTower": ("contrastkit.modalities.pairs.two_tower", "TwoTower"),
+    "TwoTowerMethod": ("contrastkit.modalities.pairs.method", "TwoTowerMethod"),
+    "TwoTowerOptions": ("contrastkit.modalities.pairs.two_tower", "TwoTowerOptions"),
+    "build_two_tower": ("contrastkit.modalities.pairs.two_tower", "build_two_tower"),
+    "encode_side": ("contrastkit.modalities.pairs.train", "encode_side"),
+    "evaluate_pairs": ("contrastkit.modalities.pairs.train", "evaluate_pairs"),
+    "load_pairs_run": ("contrastkit.modalities.pairs.run_folder", "load_pairs_run"),
+    "pair_retrieval": ("contrastkit.modalities.pairs.retrieval", "pair_retrieval"),
+    "project_conflicting": ("contrastkit.modalities.pairs.harmonization", "project_conflicting"),
+    "projection_head": ("contrastkit.modalities.pairs.towers", "projection_head"),
+    "read_aligned_pairs": ("contrastkit.modalities.pairs.pairs", "read_aligned_pairs"),
+    "read_code_docstring": ("contrastkit.modalities.pairs.pairs", "read_code_docstring"),
+    "read_pairs": ("contrastkit.modalities.pairs.pairs", "read_pairs"),
+    "text_two_tower": ("contrastkit.modalities.pairs.text_towers", "text_two_tower"),
+    "train_two_tower": ("contrastkit.modalities.pairs.train", "train_two_tower"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 __all__ = [
     "GradientHarmonizer",

@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     towers.add_argument("--embedding-dim", type=int, help="joint space size (default: the towers' size)")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--objective", choices=("clip", "siglip", "hcl"), default="clip")
+    method.add_argument("--objective", "--method", dest="objective", choices=("clip", "siglip", "hcl"), default="clip",
+                        help="the cross-modal objective: clip (default), siglip or hcl (also spelled --method)")
     method.add_argument("--temperature", type=float, default=0.05,
                         help="initial CLIP temperature (learned) or HCL temperature (default 0.05)")
     method.add_argument("--fixed-temperature", action="store_true", help="do not learn CLIP's temperature")
@@ -86,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--max-steps", "--steps", dest="max_steps", type=int,
                           help="optimiser steps (default: --epochs over the pairs; 0: zero-shot)")
-    training.add_argument("--epochs", type=float, default=1.0, help="passes over the pairs (fractions allowed)")
+    training.add_argument("--max-epochs", "--epochs", dest="epochs", type=float, default=1.0,
+                          help="passes over the pairs (fractions allowed)")
     training.add_argument("--batch-size", type=int, default=32)
     training.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (AdamW)")
     training.add_argument("--head-lr", type=float, default=1e-3, help="heads' and temperature's learning rate")
@@ -172,7 +174,7 @@ def read_train_and_eval(args: argparse.Namespace):
     return train, evaluation
 
 
-NOT_SAVED = ("command", "resume", "out")  # what config.yaml leaves out: it describes the run, not the call
+NOT_SAVED = ("command", "resume", "out", "given_options")  # what config.yaml leaves out: it describes the run, not the call
 
 
 def saved_options(args: argparse.Namespace) -> dict:
@@ -211,6 +213,10 @@ def check_option_use(args: argparse.Namespace) -> None:
     if args.concentration is not None and args.objective != "hcl":
         raise ConfigError(f"--concentration is HCL's hard-negative concentration; it needs --objective hcl "
                           f"(got --objective {args.objective}).")
+
+
+def command(args: argparse.Namespace) -> int:
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:

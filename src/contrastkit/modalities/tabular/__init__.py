@@ -1,1 +1,1 @@
-"""Tabular records: CSV / ARFF sources, feature corruption views, SCARF and CLAN estimators."""
+"""Tabular records: CSV / parquet sources (and NSL-KDD), feature corruption views, SCARF and CLAN estimators, and their command (cli.py)."""

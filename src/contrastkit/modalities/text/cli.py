@@ -52,6 +52,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Lightning's spellings (what --precision means for images) are accepted too.
+PRECISION_SPELLINGS = {"32": "fp32", "32-true": "fp32", "fp32": "fp32", "bf16": "bf16", "bf16-mixed": "bf16"}
+
+
+def text_precision(value: str) -> str:
+    return PRECISION_SPELLINGS.get(value, value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options; unset ones are None here and take their value from :data:`DEFAULTS` (or, with
     ``--resume``, from the run's config.yaml) in :func:`resolve_options`."""
@@ -89,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--devices", type=int, help="processes (one per device)" + default("devices"))
     parser.add_argument("--strategy", help="Lightning's strategy, e.g. ddp for several processes" + default("strategy"))
-    parser.add_argument("--precision", choices=("fp32", "bf16"),
+    parser.add_argument("--precision", type=text_precision, choices=("fp32", "bf16"),
                         help="bf16: forward passes (training and evaluation) under bfloat16 autocast" + default("precision"))
     parser.add_argument("--eval-sts", help="an STS Benchmark file (e.g. stsb/sts-test.csv)")
     parser.add_argument("--eval-retrieval", help="a BEIR folder (e.g. scifact)")
@@ -209,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     if summary:  # the first process; the others return nothing
         print(format_summary(summary))
     return 0
+
+
+command = run  # the contract of a modality's cli module (contrastkit.modalities.Modality)
 
 
 def format_summary(summary: dict) -> str:

@@ -47,6 +47,7 @@ MACHINE_DEFAULTS = {"accelerator": "cpu", "devices": 1, "strategy": "auto", "che
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("ts2vec",), default="ts2vec", help="ts2vec (the only one)")
     parser.add_argument("--data",
                         help="a set bundled with aeon (GunPoint, ItalyPowerDemand, ...), a UCR folder, "
                              "or a .ts/.npy/.npz file (its training split); required unless --resume")
@@ -140,6 +141,14 @@ def open_splits(args: argparse.Namespace):
                                 train.class_names, f"{train.name}-{suffix}")
 
     return part(kept, "train70"), part(dev, "dev30"), dev
+
+
+def command(args: argparse.Namespace) -> int:
+    """Train, score and print (``contrastkit fit --method ts2vec``)."""
+    summary = run(args)
+    print(format_summary(summary))
+    print(f"\nRun directory: {args.out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> dict:

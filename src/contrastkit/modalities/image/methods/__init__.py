@@ -10,20 +10,30 @@ A method is an ``nn.Module`` with
   computed in one pass;
 - optionally ``after_optimizer_step(step, total_steps)`` for momentum (EMA) updates.
 
-``METHODS`` maps a name to ``build(config, data) -> method``: the builder turns the run's
+Each method module has ``build(config, data) -> method``: the builder turns the run's
 configuration into the method's explicit constructor arguments, so the method itself never sees the
-config object.
+config object. The builders are registered, by name and without being imported, in the one method
+registry (:data:`contrastkit.core.registry.METHODS`, from :mod:`contrastkit.modalities.image.plugin`);
+:func:`build_method` imports the one a run needs.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from typing import Any
 
-from contrastkit.core.registry import Registry
+from contrastkit.core.registry import METHODS
+from contrastkit.modalities.image import plugin as _plugin  # noqa: F401  (registers the image methods)
 
-METHODS = Registry("method")
 
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+def image_builder(name: str):
+    """The builder ``build(config, data)`` of the image method ``name`` (ConfigError if unknown)."""
+    return METHODS.load("image", name)
+
+
+def build_method(name: str, config: Any, data: Any):
+    """The image method ``name`` for ``config`` and ``data`` (a :class:`~.parts.DataInfo`)."""
+    return image_builder(name)(config=config, data=data)
+
+
+def image_method_names() -> list[str]:
+    return METHODS.names("image")

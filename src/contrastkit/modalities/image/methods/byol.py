@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from contrastkit.nn.heads import byol_projection
-from contrastkit.modalities.image.methods import METHODS
 from contrastkit.nn.momentum import (
     check_momentum,
     cosine_momentum,
@@ -107,7 +106,6 @@ def byol_parts(config, data: DataInfo, predictor_hidden_dim: int | None):
     return backbone, projection, views, EvalView(mean=data.mean, std=data.std), hidden
 
 
-@METHODS.register("byol")
 def build(config, data: DataInfo) -> BYOL:
     options = method_options(config, "byol", DEFAULTS)
     backbone, projection, views, eval_view, hidden = byol_parts(config, data, options["predictor_hidden_dim"])

@@ -30,7 +30,6 @@ from __future__ import annotations
 from torch import nn
 
 from contrastkit.core.errors import ConfigError
-from contrastkit.modalities.image.methods import METHODS
 from contrastkit.nn.momentum import check_momentum
 from contrastkit.modalities.image.methods.parts import DataInfo, method_options
 from contrastkit.nn.predictors import DirectPredictor
@@ -40,7 +39,6 @@ from contrastkit.modalities.image.methods.simsiam import SimSiam
 DEFAULTS = {"rho": 0.3, "eps": 0.1, "frequency": 1, "directcopy": False, "target": "ema", "momentum": 0.99}
 
 
-@METHODS.register("directpred")
 def build(config, data: DataInfo) -> nn.Module:
     options = method_options(config, "directpred", DEFAULTS)
     backbone, projection, views, eval_view, _ = byol_parts(config, data, predictor_hidden_dim=None)

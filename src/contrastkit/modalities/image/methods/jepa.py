@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError
-from contrastkit.modalities.image.methods import METHODS
 from contrastkit.nn.momentum import (
     check_momentum,
     ema_update_,
@@ -195,7 +194,6 @@ def _range(options: dict, name: str, low: float, high: float) -> tuple[float, fl
     return float(value[0]), float(value[1])
 
 
-@METHODS.register("jepa")
 def build(config, data: DataInfo) -> JEPA:
     options = method_options(config, "jepa", DEFAULTS)
     if config.backbone != "auto":

@@ -48,7 +48,6 @@ from torch import nn
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import ProjectionHead
-from contrastkit.modalities.image.methods import METHODS
 from contrastkit.nn.momentum import check_momentum, ema_update_, momentum_copy
 from contrastkit.modalities.image.methods.parts import (
     DataInfo,
@@ -139,7 +138,6 @@ def moco_objective(name: str | None, mochi, temperature: float, num_samples: int
     return build_objective("mochi", temperature, num_samples, options)
 
 
-@METHODS.register("moco")
 def build(config, data: DataInfo) -> MoCo:
     options = method_options(config, "moco", DEFAULTS)
     queue_size = options["queue_size"] or min(DEFAULT_QUEUE_SIZE, max(1, data.num_samples // 2))

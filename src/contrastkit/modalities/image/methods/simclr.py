@@ -15,7 +15,6 @@ from torch import nn
 from contrastkit import objectives
 from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import ProjectionHead
-from contrastkit.modalities.image.methods import METHODS
 from contrastkit.modalities.image.methods.parts import (
     DataInfo,
     build_backbone,
@@ -55,7 +54,6 @@ class SimCLR(nn.Module):
         return self.projection(embedding)
 
 
-@METHODS.register("simclr")
 def build(config, data: DataInfo) -> SimCLR:
     reason = getattr(objectives.OBJECTIVES.factory(config.objective or "infonce"), "not_for_view_pairs", "")
     if reason:

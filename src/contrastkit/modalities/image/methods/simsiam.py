@@ -28,7 +28,6 @@ from torch import nn
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import ProjectionHead
-from contrastkit.modalities.image.methods import METHODS
 from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
 from contrastkit.nn.predictors import (
     build_predictor,
@@ -78,7 +77,6 @@ def simsiam_projection(in_dim: int, hidden_dim: int, out_dim: int, image_size: i
                           batch_norm=True, last_batch_norm=True)
 
 
-@METHODS.register("simsiam")
 def build(config, data: DataInfo) -> SimSiam:
     options = method_options(config, "simsiam", DEFAULTS)
     if not isinstance(options["stop_gradient"], bool):

@@ -54,7 +54,7 @@ def image_settings(config: FitConfig) -> TrainSettings:
         lr_reference_batch=None if config.optimizer == "adamw" else 256,
         weight_decay=config.weight_decay, momentum=config.momentum,
         schedule="warmup-cosine", warmup_epochs=config.warmup_epochs, nan_policy=config.nan_policy,
-        max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
+        max_epochs=config.epochs, max_steps=config.max_steps, max_minutes=config.max_minutes, accelerator=config.accelerator,
         devices=config.devices, strategy=config.strategy, num_nodes=config.num_nodes,
         precision=config.precision, deterministic=config.deterministic, seed=config.seed,
         batch_size=config.batch_size, checkpoint_every_steps=config.checkpoint_every_steps,

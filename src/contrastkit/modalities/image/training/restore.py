@@ -10,7 +10,7 @@ import torch
 
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.core.errors import DataError
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method, image_builder
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.sources import open_image_source
 from contrastkit.modalities.image.training.callbacks import embed_images
@@ -31,7 +31,7 @@ def load_method(checkpoint_path: str | Path) -> tuple[torch.nn.Module, FitConfig
     described = checkpoint[CHECKPOINT_KEY]
     config = FitConfig(**described["config"])
     data = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in described["data"].items()})
-    method = METHODS.build(config.method, config=config, data=data)
+    method = build_method(config.method, config, data)
     state = {k.removeprefix("method."): v for k, v in checkpoint["state_dict"].items() if k.startswith("method.")}
     method.load_state_dict(state)
     return method.eval(), config, data

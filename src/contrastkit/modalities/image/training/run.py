@@ -20,7 +20,7 @@ untrained encoder (the same architecture at its initial weights) and raw pixels.
 then (bounded statistics, probe and evaluation samples) is in :mod:`contrastkit.modalities.image.training.run_data`.
 
 Global BatchNorm: with more than one process, BatchNorm layers normalise over the global batch
-when the method's recipe calls for it (``methods/_parts.GLOBAL_BATCHNORM_RECIPES``), unless
+when the method's recipe calls for it (``methods/parts.GLOBAL_BATCHNORM_RECIPES``), unless
 ``--no-sync-batchnorm``; ``--sync-batchnorm`` forces it. summary.json says which and why.
 """
 
@@ -43,7 +43,7 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
 from contrastkit.nn.global_batchnorm import convert_to_global_batchnorm
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method, image_builder
 from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES, DataInfo, backbone_name
 from contrastkit.objectives import OBJECTIVES
 from contrastkit.modalities.image.training.callbacks import OnlineProbe, embed_and_project, embed_images
@@ -57,7 +57,7 @@ __all__ = ["RUN_DIR_ENV", "fit", "global_batchnorm_choice", "is_first_process", 
 def fit(config: FitConfig) -> dict:
     """Train ``config.method`` on ``config.data`` and write the run directory; return the summary."""
     config = validate(config)
-    METHODS.factory(config.method)  # unknown names fail now, not after the data has loaded
+    image_builder(config.method)  # unknown names fail now, not after the data has loaded
     if config.objective is not None:
         OBJECTIVES.factory(config.objective)
     run_dir = resolve_run_dir(config.out, config.resume, f"{config.method}-{Path(config.data).name}")
@@ -66,7 +66,7 @@ def fit(config: FitConfig) -> dict:
 
     run_data = open_run_data(config)
     data = run_data.info
-    method = METHODS.build(config.method, config=config, data=data)
+    method = build_method(config.method, config, data)
     check_batch_fits(len(run_data.train_rows), config)
     global_batchnorm, global_batchnorm_reason = global_batchnorm_choice(config, method)
     if global_batchnorm:

@@ -35,44 +35,36 @@ sample during training (:mod:`contrastkit.modalities.text.dropout`). In-batch ne
 keys of all of them; queue updates and moving averages run in the step (the queue gathers its keys)
 or in ``after_optimizer_step``, so a checkpoint written after the step holds them.
 
-**Registry.** :data:`TEXT_METHODS` maps a name to the module that implements it; modules are
+**Registry.** The text methods are entries of the one method registry
+(:data:`contrastkit.core.registry.METHODS`, added by :mod:`contrastkit.modalities.text.plugin`); modules are
 imported only when their method is built (so one method's optional dependencies never burden
 another). Each module defines ``build(encoder, **options) -> method``, which validates its options
 (:func:`check_options` gives the standard did-you-mean error for unknown ones) and raises
 :class:`~contrastkit.core.errors.ConfigError` for invalid values. Memory-hungry in-batch methods accept
 ``grad_cache_chunk`` (rows per forward pass; see :mod:`contrastkit.nn.gradcache`).
 
-Adding a method: write ``contrastkit/modalities/text/methods/<name>.py`` with ``build`` and add one line to
-:data:`TEXT_METHODS`.
+Adding a method: write ``contrastkit/modalities/text/methods/<name>.py`` with ``build`` and add its line
+to :mod:`contrastkit.modalities.text.plugin`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from contrastkit.core.errors import ConfigError, unknown_name_message, with_known_options
+from contrastkit.core.errors import with_known_options
+from contrastkit.core.registry import METHODS
+from contrastkit.modalities.text import plugin as _plugin  # noqa: F401  (registers the text methods)
 
-TEXT_METHODS: dict[str, str] = {
-    "simcse": "contrastkit.modalities.text.methods.simcse",
-    "contriever": "contrastkit.modalities.text.methods.contriever",
-    "debcse": "contrastkit.modalities.text.methods.debcse",
-    "whitenedcse": "contrastkit.modalities.text.methods.whitenedcse",
-    "ccp": "contrastkit.modalities.text.methods.ccp",
-    "ict": "contrastkit.modalities.text.methods.ict",
-    "hybrid-distill": "contrastkit.modalities.text.methods.hybrid_distill",
-}
+def text_method_names() -> list[str]:
+    return METHODS.names("text")
 
 
 def build_text_method(name: str, encoder: nn.Module, **options: Any) -> nn.Module:
     """The text method ``name`` around ``encoder``, configured by ``options`` (each method's own)."""
-    if name not in TEXT_METHODS:
-        raise ConfigError(unknown_name_message("text method", name, TEXT_METHODS))
-    module = importlib.import_module(TEXT_METHODS[name])
-    return module.build(encoder, **options)
+    return METHODS.load("text", name)(encoder, **options)
 
 
 def check_options(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,4 +73,4 @@ def check_options(method: str, options: Mapping[str, Any], defaults: Mapping[str
     return with_known_options(defaults, options, f"text method '{method}'")
 
 
-__all__ = ["TEXT_METHODS", "build_text_method", "check_options"]
+__all__ = ["build_text_method", "check_options", "text_method_names"]

@@ -1,0 +1,81 @@
+"""``contrastkit.load(path)``: what a run folder (or an exported model) holds, ready to embed.
+
+The folder's files say what it is:
+
+========================================  ==================================================
+folder                                     returns
+========================================  ==================================================
+image run (``checkpoints/last.ckpt``)      the trained method in eval mode (``.embed(images)``)
+  or that ``.ckpt`` file itself
+image export (``model.safetensors`` +      :class:`~contrastkit.modalities.image.export.ExportedEncoder`
+``config.json`` of ``contrastkit export``)
+text run (``encoder/``) or a text model    :class:`~contrastkit.modalities.text.encoders.TextEncoder`
+folder (Hugging Face / sentence-transformers)
+pairs run (``tower_a/``)                   ``(TwoTower, first input, second input)``
+time-series run (``model.pt``)             :class:`~contrastkit.modalities.timeseries.ts2vec.TS2Vec`
+graph seed folder (``seed-S/``)            ``(method, graph)``
+========================================  ==================================================
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from contrastkit.core.errors import ConfigError, DataError
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def load(path: str | Path) -> Any:
+    """The trained model in ``path`` (see the table of :mod:`contrastkit.loading`)."""
+    target = Path(path)
+    if target.is_file() and target.suffix == ".ckpt":
+        from contrastkit.modalities.image.training.restore import load_method
+
+        return load_method(target)[0]
+    if not target.is_dir():
+        raise DataError(f"contrastkit.load: '{target}' is neither a run folder nor a checkpoint file.")
+    config = _config(target)
+    if (target / "tower_a").is_dir():
+        from contrastkit.modalities.pairs.run_folder import load_pairs_run
+
+        return load_pairs_run(target)
+    if (target / "model.pt").is_file() and "ts2vec" in config:
+        from contrastkit.modalities.timeseries.ts2vec import TS2Vec
+
+        return TS2Vec.load(target / "model.pt")
+    if (target / "encoder").is_dir():
+        from contrastkit.modalities.text.encoders import TextEncoder
+
+        return TextEncoder.from_folder(target / "encoder")
+    if config.get("command") == "graph" or ("seed" in config and "features_norm" in config):
+        from contrastkit.modalities.graph.run_folder import load_trained
+
+        return load_trained(target)
+    if (target / "command.yaml").is_file():
+        raise ConfigError(f"'{target}' is a tabular run: its weights are model.safetensors and its embeddings "
+                          f"embeddings.npy; a tabular estimator is used in the process that trained it "
+                          f"(SCARF(...).fit(x, out=...)).")
+    if (target / "checkpoints" / "last.ckpt").is_file():
+        from contrastkit.modalities.image.training.restore import load_method
+
+        return load_method(target / "checkpoints" / "last.ckpt")[0]
+    exported = target / "config.json"
+    if exported.is_file() and (target / "model.safetensors").is_file():
+        if json.loads(exported.read_text()).get("format") == "contrastkit-image-encoder":
+            from contrastkit.modalities.image.export import load_exported
+
+            return load_exported(target)
+    if exported.is_file():
+        from contrastkit.modalities.text.encoders import TextEncoder
+
+        return TextEncoder.from_folder(target)
+    raise DataError(f"contrastkit.load: '{target}' holds no run that contrastkit knows (no checkpoints/last.ckpt, "
+                    f"encoder/, tower_a/, model.pt or exported model).")

@@ -1,0 +1,33 @@
+"""The text modality and its methods, registered without importing them."""
+
+from __future__ import annotations
+
+from contrastkit.core.registry import METHODS
+from contrastkit.modalities import Modality, folder_holds, register_modality, suffix_of
+
+
+def recognises(data: str) -> bool:
+    return suffix_of(data) in (".txt", ".txt.gz", ".jsonl", ".jsonl.gz") or folder_holds(data, ("corpus.jsonl",), 1)
+
+
+register_modality(Modality(
+    name="text", summary="sentences (.txt[.gz]), JSONL corpora, BEIR folders", cli="contrastkit.modalities.text.cli",
+    recognises=recognises,
+    not_applicable={"max-epochs": "a text run is bounded by --max-steps and/or --max-minutes"}))
+
+# Methods that never read a sentence's neighbours; methods whose loss is not one in-batch InfoNCE
+# over the embeddings (GradCache needs exactly that).
+NO_CONTEXT = "context-window"
+NO_GRAD_CACHE = "grad-cache-chunk"
+for name, module, summary, excluded in (
+    ("simcse", "simcse", "SimCSE: dropout noise as the view (Gao et al. 2021)", (NO_CONTEXT,)),
+    ("contriever", "contriever", "Contriever: independent crops, MoCo queue (Izacard et al. 2022)", ()),
+    ("ict", "ict", "Inverse Cloze Task: a sentence vs. its context (Lee et al. 2019)", ()),
+    ("debcse", "debcse", "DebCSE: debiased negatives by propensity (Miao et al. 2023)", (NO_CONTEXT, NO_GRAD_CACHE)),
+    ("whitenedcse", "whitenedcse", "WhitenedCSE: shuffled group whitening (Zhuo et al. 2023)",
+     (NO_CONTEXT, NO_GRAD_CACHE)),
+    ("ccp", "ccp", "CCP: contrastive context prediction (Wu et al. 2022)", (NO_GRAD_CACHE,)),
+    ("hybrid-distill", "hybrid_distill", "query-side distillation of a dense + BM25 teacher (ours)",
+     (NO_CONTEXT, NO_GRAD_CACHE)),
+):
+    METHODS.add("text", name, f"contrastkit.modalities.text.methods.{module}:build", summary, excluded)
