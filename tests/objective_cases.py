@@ -1,6 +1,6 @@
 """Example inputs for every registered objective, shared by the catalogue-wide tests.
 
-tests/test_distributed.py runs EVERY name in ``contrastkit.objectives.OBJECTIVES`` on 2 processes
+tests/nn/test_distributed.py runs EVERY name in ``contrastkit.objectives.OBJECTIVES`` on 2 processes
 and compares with one process on the concatenated batch. An objective that needs more than
 ``objective(z_a, z_b)`` (labels, indices, a queue, constructor options) or that cannot be
 distributed exactly gets an entry in ``CASES`` below; names without an entry use
@@ -101,7 +101,7 @@ def time_series_overlaps(n: int, d: int, generator: torch.Generator) -> tuple[to
 
 
 # --- inputs of the losses moved into the catalogue (issue 19): query-key, queued CLIP, in-batch
-# softmax, neighbour contrast (SCGC), forecasting; see also tests/test_objectives_moved.py
+# softmax, neighbour contrast (SCGC), forecasting; see also tests/objectives/test_objectives_moved.py
 
 
 def extra_negatives(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
@@ -193,6 +193,17 @@ CASES: dict[str, ObjectiveCase] = {
         kwargs={"contrastive_weight": 0.3, "temperature": 0.2},
         make_extra=forecasts_and_targets,
     ),
+    # redundancy reduction (issue 20): statistics of the whole gathered batch; see also
+    # tests/objectives/test_objectives_redundancy.py (unequal batches, TiCo's buffer over two steps)
+    "barlow_twins": ObjectiveCase(
+        note="the cross-correlation of the whole gathered batch; each sample's term is the whole loss, count N",
+    ),
+    "vicreg": ObjectiveCase(
+        note="variance and covariance of the whole gathered batch; sample i adds its own squared error, count N",
+    ),
+    "tico": ObjectiveCase(
+        note="every rank updates the running covariance from the whole gathered batch before the per-sample terms",
+    ),
 }
 
 # Extra configurations of names already in the catalogue, run by the same tests under the label
@@ -219,6 +230,9 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
     "query_key_infonce[queue]": ("query_key_infonce", ObjectiveCase(kwargs={"temperature": 0.2},
                                                                     make_extra=extra_negatives)),
     "scaled_cosine_error[alpha 1]": ("scaled_cosine_error", ObjectiveCase(kwargs={"alpha": 1.0})),
+    # redundancy reduction (issue 20)
+    "barlow_twins[lambda 0.2]": ("barlow_twins", ObjectiveCase(kwargs={"redundancy_weight": 0.2})),
+    "tico[rho 2, beta 0.5]": ("tico", ObjectiveCase(kwargs={"covariance_weight": 2.0, "covariance_momentum": 0.5})),
 }
 
 
