@@ -40,10 +40,18 @@ for _module in pkgutil.iter_modules(__path__):
 from contrastkit.objectives.base import ContrastiveObjective, LossTerms  # noqa: E402
 from contrastkit.objectives.chunked import masked_logsumexp  # noqa: E402
 from contrastkit.objectives.clip import CLIPLoss, SigLIPLoss, clip_terms, siglip_terms  # noqa: E402
+from contrastkit.objectives.clustering import (  # noqa: E402
+    DeepClusteringKL,
+    deep_clustering_kl,
+    student_t_assignments,
+    target_distribution,
+)
 from contrastkit.objectives.dcl import DCL, DCLW, dcl_terms  # noqa: E402
+from contrastkit.objectives.distillation import ListwiseDistillation, listwise_distillation  # noqa: E402
 from contrastkit.objectives.forecasting import ForecastContrastive, forecast_contrastive_loss  # noqa: E402
 from contrastkit.objectives.hcl import HCL, hcl_terms  # noqa: E402
 from contrastkit.objectives.infonce import InfoNCE, ntxent_terms  # noqa: E402
+from contrastkit.objectives.masked_prediction import MaskedTokenRegression, masked_token_regression  # noqa: E402
 from contrastkit.objectives.neighbour import NeighbourContrast, neighbour_contrastive_loss  # noqa: E402
 from contrastkit.objectives.predictive import (  # noqa: E402
     NegativeCosine,
@@ -98,4 +106,12 @@ __all__ = [
     "neighbour_contrastive_loss",
     "ForecastContrastive",
     "forecast_contrastive_loss",
+    "DeepClusteringKL",
+    "deep_clustering_kl",
+    "student_t_assignments",
+    "target_distribution",
+    "MaskedTokenRegression",
+    "masked_token_regression",
+    "ListwiseDistillation",
+    "listwise_distillation",
 ]

@@ -23,7 +23,8 @@ s_ii forced to 0, i.e. a constant w_ii in the numerator and 1 in the denominator
 anchor out, as in every other InfoNCE of the catalogue. Its ``tau`` multiplies the
 similarities, so its tau = 1 / temperature here: its tau 0.25 is our temperature 4.)
 
-Clustering head (DEC, Xie et al., ICML 2016): centres mu_j (K, d) and Student-t assignments
+Clustering head (DEC, Xie et al., ICML 2016; :mod:`contrastkit.objectives.clustering`): centres
+mu_j (K, d) and Student-t assignments
 
     q_ij = (1 + ||z_i - mu_j||^2 / v)^{-(v+1)/2} / sum_j' (same),    v = 1
     p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'),   f_j = sum_i q_ij   (target, no gradient)
@@ -71,6 +72,11 @@ from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.clustering import cluster_accuracy
 from contrastkit.modalities.graph.data import NodeBatch
 from contrastkit.modalities.graph.sources import Graph
+from contrastkit.objectives.clustering import (
+    deep_clustering_kl,
+    student_t_assignments,
+    target_distribution,
+)
 from contrastkit.objectives.neighbour import neighbour_contrastive_loss
 
 
@@ -107,22 +113,8 @@ def neighbour_positive_weights(
     return torch.from_numpy(np.asarray(block.todense(), dtype=np.float32))
 
 
-def student_t_assignments(z: Tensor, centres: Tensor, v: float = 1.0) -> Tensor:
-    """q (B, K) of the module docstring."""
-    squared = torch.cdist(z, centres).pow(2)
-    q = (1.0 + squared / v).pow(-(v + 1.0) / 2.0)
-    return q / q.sum(dim=1, keepdim=True)
-
-
-def target_distribution(q: Tensor) -> Tensor:
-    """p (B, K) of the module docstring (sharpened q, normalised by cluster frequency f)."""
-    weight = q.pow(2) / q.sum(dim=0)
-    return weight / weight.sum(dim=1, keepdim=True)
-
-
-def clustering_kl(q: Tensor, p: Tensor) -> Tensor:
-    """KL(P || Q) averaged over rows."""
-    return F.kl_div(q.clamp(min=1e-12).log(), p, reduction="batchmean")
+# The clustering head's loss lives in the catalogue; the old name stays importable from here.
+clustering_kl = deep_clustering_kl
 
 
 def pretrain_reconstruction(
@@ -307,7 +299,7 @@ class SCGC(nn.Module):
         loss = self.alpha * contrast
         if bool(self.centres_ready):
             q = student_t_assignments(z, self.centres)
-            kl = clustering_kl(q, target_distribution(q.detach()))
+            kl = deep_clustering_kl(q, target_distribution(q.detach()))
             loss = loss + self.beta * kl
             logs["kl"] = float(kl.detach())
         if self.reconstruction_weight > 0:

@@ -16,7 +16,8 @@ For an image cut into a ``g x g`` grid of patches (multi-block masking, I-JEPA S
       loss = 1 / M * sum_i mean_{j in B_i} || s_hat_{i,j} - s_y_j ||^2 / D      (``loss: l2``)
 
   (divided by the token width D -- the reference code's mean over elements -- so that the loss
-  does not grow with the width), or the reference code's smooth-L1 (``loss: smooth_l1``).
+  does not grow with the width), or the reference code's smooth-L1 (``loss: smooth_l1``): the
+  catalogue's :func:`contrastkit.objectives.masked_prediction.masked_token_regression`.
 
 The target follows the context encoder with a rate rising linearly from m_0 to 1 (I-JEPA: 0.996;
 here 0.99 for short runs). The only augmentation is a random resized crop (scale 0.3-1, as the
@@ -55,6 +56,7 @@ from contrastkit.nn.patch_transformer import (
     gather_tokens,
 )
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews
+from contrastkit.objectives.masked_prediction import masked_token_regression
 
 DEFAULTS = {
     "dim": None, "depth": 4, "heads": 3, "patch_size": None, "predictor_dim": None, "predictor_depth": 2,
@@ -163,10 +165,7 @@ class JEPA(nn.Module):
         predictions = self.predictor(context.repeat_interleave(num_targets, dim=0),
                                      context_index.repeat_interleave(num_targets, dim=0),
                                      target_index.flatten(0, 1))
-        if self.loss == "l2":
-            loss = F.mse_loss(predictions.float(), targets.float())
-        else:
-            loss = F.smooth_l1_loss(predictions.float(), targets.float())
+        loss = masked_token_regression(predictions.float(), targets.float(), self.loss)
         return loss, {"context_patches": float(context_index.shape[1])}
 
     @torch.no_grad()

@@ -24,7 +24,8 @@ method moves that advantage into the dense model itself, using only the corpus:
 
   where the second term (``anchor_weight`` lambda, 0 by default) keeps each query's embedding near
   the base model's, in the same units as the logits: the lexical pull changes every sentence's
-  embedding, and sentence similarity (STS) is where that shows.
+  embedding, and sentence similarity (STS) is where that shows. The first term is the catalogue's
+  :func:`contrastkit.objectives.distillation.listwise_distillation` (``listwise_distillation``).
 
   With ``query_crop`` r > 0 each pseudo-query is first cut to a random contiguous span of its words,
   a share ~ U[r, 1] of them (at least 5 words, or all of a shorter sentence), and the teacher scores
@@ -83,6 +84,7 @@ from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.objectives.base import check_temperature
+from contrastkit.objectives.distillation import listwise_distillation
 from contrastkit.modalities.text.bm25 import BM25Index
 from contrastkit.modalities.text.encoders import TextEncoder
 from contrastkit.modalities.text.evaluation import (
@@ -125,14 +127,6 @@ def hybrid_teacher_logits(dense: Tensor, lexical: Tensor, dense_weight: float) -
     lexical_unit = torch.where(lexical_span > 0, (lexical - low) / lexical_span.clamp_min(1e-30),
                                torch.zeros_like(lexical))
     return dense + (1.0 - dense_weight) / dense_weight * dense_span * lexical_unit
-
-
-def listwise_distillation(student: Tensor, teacher: Tensor, temperature: float,
-                          teacher_temperature: float) -> Tensor:
-    """Mean over rows of ``KL(softmax(teacher / tau_t) || softmax(student / tau))``."""
-    target = torch.log_softmax(teacher / teacher_temperature, dim=1)
-    return torch.nn.functional.kl_div(torch.log_softmax(student / temperature, dim=1), target,
-                                      log_target=True, reduction="batchmean")
 
 
 class HybridDistillation(nn.Module):
