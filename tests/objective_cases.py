@@ -150,6 +150,15 @@ def forecasts_and_targets(n: int, d: int, generator: torch.Generator) -> dict[st
     }
 
 
+MMCR_VIEWS = 3
+
+
+def k_views(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # MMCR's own input: the (n, k, d) views of each sample as z_a, no z_b.
+    centre = torch.randn(n, 1, d, generator=generator, dtype=torch.float64)
+    return centre + 0.5 * torch.randn(n, MMCR_VIEWS, d, generator=generator, dtype=torch.float64), None
+
+
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
     "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
@@ -193,6 +202,12 @@ CASES: dict[str, ObjectiveCase] = {
         kwargs={"contrastive_weight": 0.3, "temperature": 0.2},
         make_extra=forecasts_and_targets,
     ),
+    # MMCR (issue 20): the nuclear norm of the whole gathered centroid matrix, split evenly over the samples
+    "mmcr": ObjectiveCase(
+        kwargs={"local_weight": 0.3},
+        make_embeddings=k_views,
+        note="every rank takes the SVD of the global centroid matrix; sample i's term is -||C||_* + lambda ||Z_i||_*",
+    ),
     # redundancy reduction (issue 20): statistics of the whole gathered batch; see also
     # tests/objectives/test_objectives_redundancy.py (unequal batches, TiCo's buffer over two steps)
     "barlow_twins": ObjectiveCase(
@@ -230,6 +245,8 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
     "query_key_infonce[queue]": ("query_key_infonce", ObjectiveCase(kwargs={"temperature": 0.2},
                                                                     make_extra=extra_negatives)),
     "scaled_cosine_error[alpha 1]": ("scaled_cosine_error", ObjectiveCase(kwargs={"alpha": 1.0})),
+    # MMCR (issue 20): two (n, d) views, as SimCLR's --objective mmcr passes them
+    "mmcr[two views]": ("mmcr", ObjectiveCase()),
     # redundancy reduction (issue 20)
     "barlow_twins[lambda 0.2]": ("barlow_twins", ObjectiveCase(kwargs={"redundancy_weight": 0.2})),
     "tico[rho 2, beta 0.5]": ("tico", ObjectiveCase(kwargs={"covariance_weight": 2.0, "covariance_momentum": 0.5})),
