@@ -12,6 +12,8 @@ in-process on arrays. Names resolve on first use, so ``import contrastkit`` is l
 
 __version__ = "0.1.0"
 
+from contrastkit.core.lazy import lazy_attributes  # noqa: E402
+
 _EXPORTS = {
     "fit": ("contrastkit.fit_command", "fit"),
     "load": ("contrastkit.loading", "load"),
@@ -29,18 +31,4 @@ _SUBMODULES = ("objectives", "engine", "evaluation", "modalities", "nn", "core",
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 
-def __getattr__(name: str):
-    import importlib
-
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _EXPORTS[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBMODULES)

@@ -153,3 +153,32 @@ class EngineModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = checkpoint.get(CHECKPOINT_KEY, {}).get("skipped_steps", 0)
+        # Lightning restores the loops after this hook, from this same dictionary.
+        start_next_epoch(checkpoint.get("loops", {}).get("fit_loop"))
+
+
+def start_next_epoch(fit_loop: dict[str, Any] | None) -> None:
+    """Make the loop state of a checkpoint written at an epoch's end (inside ``on_train_epoch_end``)
+    that of the next epoch's start, in place.
+
+    Written there, the epoch counts as processed but not completed. Lightning 2.6 resumes such a
+    state as "finished" only when the run is bounded by epochs; bounded by steps, it re-enters the
+    finished epoch, and the run goes on one batch off the uninterrupted one. What is left of an
+    epoch after its end hooks is bookkeeping (its ``completed`` count; nothing trains, and the
+    engine's schedules step per batch), so the two states are the same run: the epoch is marked
+    completed and the batch counters of the epoch in progress start again from zero.
+    """
+    if not fit_loop or "epoch_progress" not in fit_loop:
+        return
+    epochs = fit_loop["epoch_progress"]
+    current, total = epochs["current"], epochs["total"]
+    at_epoch_end = (current["ready"] == current["started"] == current["processed"]
+                    and current["completed"] == current["processed"] - 1)
+    if not at_epoch_end:
+        return
+    current["completed"] = current["processed"]
+    total["completed"] = total["processed"]
+    batches = fit_loop.get("epoch_loop.batch_progress")
+    if batches is not None:
+        batches["current"] = {key: 0 for key in batches["current"]}
+        batches["is_last_batch"] = False

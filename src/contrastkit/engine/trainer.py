@@ -68,7 +68,8 @@ def make_trainer(settings: TrainSettings, run_dir: Path, callbacks: list[L.Callb
         enable_checkpointing=False,  # Checkpointing writes last.ckpt
         enable_model_summary=False,
         enable_progress_bar=os.isatty(2) if progress_bar is None else progress_bar,
-        log_every_n_steps=settings.log_every_steps,
+        # A run shorter than the logging interval still logs its last step (metrics.csv is never empty).
+        log_every_n_steps=min(settings.log_every_steps, settings.max_steps or settings.log_every_steps),
         num_sanity_val_steps=0,
     )
 

@@ -17,7 +17,7 @@ The re-embedding must reproduce the first pass exactly, dropout included: before
 first pass the random number generator state is recorded (CPU, and the current CUDA device when
 the encoder is there), and restored before its second pass, so the dropout masks are replayed and
 the gradient equals that of the uncached loss computed chunk by chunk with the same generator
-(tests/test_gradcache.py checks it with dropout on). The generator is put back afterwards, so the
+(tests/nn/test_gradcache.py checks it with dropout on). The generator is put back afterwards, so the
 replay leaves the random stream as the first pass left it.
 
 How it fits the method contract: :func:`cached_embed` returns embeddings that ``require_grad``

@@ -32,5 +32,8 @@ for name, summary, excluded in (
     ("simsiam", "SimSiam: stop-gradient siamese prediction (Chen & He 2021)", NO_NEGATIVES),
     ("directpred", "DirectPred: a predictor set from the correlation's eigenbasis (Tian et al. 2021)", NO_NEGATIVES),
     ("jepa", "I-JEPA: predict masked patch embeddings (Assran et al. 2023)", NO_NEGATIVES),
+    ("barlowtwins", "Barlow Twins: two views' cross-correlation -> identity (Zbontar et al. 2021)", NO_NEGATIVES),
+    ("vicreg", "VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022)", NO_NEGATIVES),
+    ("tico", "TiCo: invariance and contrast with a running covariance (Zhu et al. 2022)", NO_NEGATIVES),
 ):
     METHODS.add("image", name, f"contrastkit.modalities.image.methods.{name}:build", summary, excluded)

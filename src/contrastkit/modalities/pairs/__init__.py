@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from contrastkit.core.lazy import lazy_attributes
+
 # Names resolve on first use (PEP 562), so that importing the package (e.g. for its light
 # plugin module) loads neither torch nor the methods.
 _EXPORTS = {
@@ -44,19 +46,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    module, attribute = _EXPORTS[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 __all__ = [
     "GradientHarmonizer",

@@ -49,7 +49,7 @@ after the restart may differ in the last bits, so it resumes exactly up to float
 Processes: with ``devices=N, strategy="ddp"`` each process trains ``batch_size`` sentences per step
 (a global batch of N x ``batch_size``), the objectives compare each query with the keys of every
 process (gathered with gradient) and DDP averages the gradients, so a step equals one process on
-the concatenated batch (SimCSE, Contriever, ICT; tests/test_text_engine.py). Only the first
+the concatenated batch (SimCSE, Contriever, ICT; tests/modalities/text/test_text_engine.py). Only the first
 process evaluates and writes the summary and the encoder. GradCache trains in one process.
 """
 

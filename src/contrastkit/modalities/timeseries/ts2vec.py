@@ -215,10 +215,11 @@ class TS2Vec:
         """The official optimisation (AdamW at a constant rate, weight decay on every parameter)
         for the engine, on the model's device.
 
-        ``n_iters`` is not the engine's ``max_steps``: Lightning resumes a run bounded by steps
-        one batch off from an end-of-epoch checkpoint (it restarts it "on epoch end" and trains
-        a batch of the next epoch in the old one). The run is bounded by the epochs that hold
-        ``n_iters`` steps instead, and :class:`StopAfterSteps` ends it at the step."""
+        ``n_iters`` is not the engine's ``max_steps``: the run is bounded by the epochs that hold
+        ``n_iters`` steps, and :class:`StopAfterSteps` ends it at the step. (This was written when
+        Lightning resumed a run bounded by steps one batch off from an end-of-epoch checkpoint;
+        the engine now restores such a checkpoint as the next epoch's start, and the bound by
+        epochs is kept because it gives the same run.)"""
         max_epochs = n_epochs
         if n_iters is not None:
             max_epochs = min(n_epochs or n_iters, math.ceil(n_iters / steps_per_epoch))

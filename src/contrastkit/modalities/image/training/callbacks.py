@@ -56,7 +56,7 @@ def embed_and_project(method: torch.nn.Module, images: torch.Tensor, device: tor
 # A run whose projections lose more than 60 % of the effective rank they once had is collapsing
 # dimension by dimension, even when no single snapshot is degenerate: SimSiam without stop-gradient
 # keeps every dimension's variance (its output BatchNorm) while its RankMe falls from ~31 to ~9
-# (tests/test_collapse.py); healthy runs' rank rises and then plateaus.
+# (tests/modalities/image/test_collapse.py); healthy runs' rank rises and then plateaus.
 RANK_DROP_FRACTION = 0.4
 
 

@@ -341,7 +341,7 @@ def test_fit_equals_a_plain_adam_loop_over_the_same_batches_and_step_seeds():
 
 @pytest.mark.slow
 def test_a_clan_run_on_nsl_kdd_killed_between_checkpoints_resumes_exactly(tmp_path):
-    """CLAN on 1,024 NSL-KDD rows (tests/tabular_resume_run.py) killed with SIGKILL after its
+    """CLAN on 1,024 NSL-KDD rows (tests/modalities/tabular/tabular_resume_run.py) killed with SIGKILL after its
     checkpoint of step 10; resumed, it must end where the uninterrupted run ends, and return the
     same per-epoch losses."""
     script = [sys.executable, str(Path(__file__).with_name("tabular_resume_run.py")), str(data_path("nsl-kdd"))]

@@ -1,6 +1,6 @@
-"""A forecaster run (MSE + InfoNCE, dropout on) for the SIGKILL test in tests/test_forecasting.py.
+"""A forecaster run (MSE + InfoNCE, dropout on) for the SIGKILL test in tests/recipes/test_forecasting.py.
 
-    python tests/forecasting_resume_run.py SERIES_CSV OUT [--resume]
+    python tests/recipes/forecasting_resume_run.py SERIES_CSV OUT [--resume]
 
 The series is the value column of a CSV with a header (aeon's bundled KDD-TSAD 135 heart-rate
 record, the benchmark's series); windows of 32 -> 8, batches of 32 (21 steps an epoch), 150 steps

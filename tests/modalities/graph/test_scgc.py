@@ -5,7 +5,7 @@ against loops, brute-force matching and closed forms; the reconstruction term ag
 computation; the order of start, centres and clustering loss in the training loop; the CLI.
 
 The loss maths shared with the rest of the graph code (positives, L_N, q, p) is tested in
-tests/test_graphs.py.
+tests/modalities/graph/test_graphs.py.
 """
 
 from __future__ import annotations

@@ -135,10 +135,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_state(tmp_path, le
 
 
 @pytest.mark.parametrize("length", [
-    pytest.param({"max_steps": 13}, marks=pytest.mark.xfail(
-        strict=True, reason="Lightning 2.6 resumes an end-of-epoch checkpoint of a run bounded only by steps one "
-                            "batch off (it re-enters the finished epoch); TS2Vec and graphs bound their runs by "
-                            "epochs or take the step checkpoints instead; issue 18 stays open for it")),
+    {"max_steps": 13},
     {"max_epochs": 3}], ids=["max_steps", "max_epochs"])
 def test_a_run_stopped_right_after_an_end_of_epoch_checkpoint_resumes_exactly(tmp_path, length):
     """The crash comes at the start of the first batch of epoch 1, right after epoch 0's checkpoint."""

@@ -16,7 +16,7 @@ from contrastkit.modalities.text.hybrid import (
     min_max_rows,
 )
 from tests.conftest import requires_minilm, requires_transformers
-from tests.test_text_evaluation import tiny_encoder, tiny_retrieval_set  # noqa: F401  (fixture)
+from tests.modalities.text.test_text_evaluation import tiny_encoder, tiny_retrieval_set  # noqa: F401  (fixture)
 
 
 def test_min_max_rows_by_hand():

@@ -265,7 +265,7 @@ def test_normalised_dependence_pairs_category_with_subcategory_not_with_the_id()
 
 @pytest.mark.slow
 def test_a_two_tower_run_killed_between_checkpoints_resumes_exactly(tmp_path):
-    """In-batch softmax + item SSL under correlated masking (tests/recommendation_resume_run.py),
+    """In-batch softmax + item SSL under correlated masking (tests/recipes/recommendation_resume_run.py),
     killed with SIGKILL after its checkpoint of step 10; resumed, both towers and the Adam state
     must equal the uninterrupted run's."""
     script = [sys.executable, str(Path(__file__).with_name("recommendation_resume_run.py"))]

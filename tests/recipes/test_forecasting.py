@@ -216,7 +216,7 @@ def _internal_bleeding_csv() -> Path:
 
 @pytest.mark.slow
 def test_a_forecaster_run_killed_between_checkpoints_resumes_exactly(tmp_path):
-    """MSE + InfoNCE with dropout under the cosine schedule (tests/forecasting_resume_run.py) on a
+    """MSE + InfoNCE with dropout under the cosine schedule (tests/recipes/forecasting_resume_run.py) on a
     real heart-rate record, killed with SIGKILL after its checkpoint of step 10; resumed, weights,
     AdamW state and scheduler must equal the uninterrupted run's."""
     script = [sys.executable, str(Path(__file__).with_name("forecasting_resume_run.py")), str(_internal_bleeding_csv())]

@@ -32,7 +32,7 @@ from contrastkit.modalities.text.methods.hybrid_distill import (
 from contrastkit.modalities.text.sources import read_corpus
 from contrastkit.modalities.text.train import fit_text
 from tests.conftest import data_path, requires_minilm, requires_transformers
-from tests.test_text_evaluation import SENTENCES, tiny_retrieval_set
+from tests.modalities.text.test_text_evaluation import SENTENCES, tiny_retrieval_set
 
 
 def small_encoder():

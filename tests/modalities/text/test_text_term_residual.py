@@ -23,8 +23,8 @@ from contrastkit.modalities.text.methods.hybrid_distill import (
 from contrastkit.modalities.text.term_residual import TERM_RESIDUAL_FILE, TermResidual
 from contrastkit.modalities.text.train import fit_text
 from tests.conftest import requires_minilm, requires_transformers
-from tests.test_text_evaluation import SENTENCES
-from tests.test_text_hybrid_distill import small_encoder, write_corpus
+from tests.modalities.text.test_text_evaluation import SENTENCES
+from tests.modalities.text.test_text_hybrid_distill import small_encoder, write_corpus
 
 
 def naive_residual(weight: torch.Tensor, ids: list[int], mask: list[int], special: set[int]) -> torch.Tensor:

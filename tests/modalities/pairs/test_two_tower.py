@@ -1,6 +1,6 @@
 """The two-tower method: its losses against the catalogue's and naive loops, soft augmentation's
 properties, and the text towers and CLI end to end (two processes against one, and resume after
-SIGKILL: tests/test_pairs_engine.py)."""
+SIGKILL: tests/modalities/pairs/test_pairs_engine.py)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "contrastkit"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "contrastkit"
 ENGINE = PACKAGE / "engine"
 
 # path (relative to the package) -> why it may call backward / build an optimiser

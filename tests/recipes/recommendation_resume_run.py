@@ -1,6 +1,6 @@
-"""A two-tower run with the item SSL term for the SIGKILL test in tests/test_recommendation.py.
+"""A two-tower run with the item SSL term for the SIGKILL test in tests/recipes/test_recommendation.py.
 
-    python tests/recommendation_resume_run.py OUT [--resume]
+    python tests/recipes/recommendation_resume_run.py OUT [--resume]
 
 The interactions are the test file's kind of synthetic log (no recommendation data set is on
 disk): 200 users who each like one of three item groups, 5 pairs each, 90 items with features

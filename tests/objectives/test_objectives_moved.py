@@ -9,7 +9,7 @@ norms written out element by element, no F.normalize / cross_entropy / logsumexp
 papers' formulas and sharing no code with contrastkit.objectives; the gradients are autograd's
 through that loop, compared with the library's, and ``torch.autograd.gradcheck`` checks them
 against finite differences. The 2-process checks of every registered name are in
-tests/test_distributed.py (inputs in tests/objective_cases.py); the one here adds the gradient of
+tests/nn/test_distributed.py (inputs in tests/objective_cases.py); the one here adds the gradient of
 a per-sample input that is itself trained (the forecasts).
 """
 

@@ -1,6 +1,6 @@
-"""A CLAN run on NSL-KDD for the SIGKILL test in tests/test_tabular.py.
+"""A CLAN run on NSL-KDD for the SIGKILL test in tests/modalities/tabular/test_tabular.py.
 
-    python tests/tabular_resume_run.py NSL_KDD_FOLDER OUT [--resume]
+    python tests/modalities/tabular/tabular_resume_run.py NSL_KDD_FOLDER OUT [--resume]
 
 1,024 normal rows of KDDTrain+_20Percent encoded as the benchmark encodes them (72 columns, a
 one-hot block corrupted as one feature); CLAN 2 x 64, batches of 64 (16 steps an epoch), 150

@@ -264,7 +264,7 @@ def test_channels_last_default_is_on_for_one_process_only():
     from contrastkit.modalities.image.training.module import resolve_channels_last
 
     assert resolve_channels_last(None, 1) is True
-    assert resolve_channels_last(None, 2) is False  # see tests/test_ddp_training.py
+    assert resolve_channels_last(None, 2) is False  # see tests/modalities/image/test_ddp_training.py
     assert resolve_channels_last(False, 1) is False
     with pytest.warns(UserWarning, match="channels-last with several processes"):
         assert resolve_channels_last(True, 2) is True
