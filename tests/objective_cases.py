@@ -159,6 +159,11 @@ def k_views(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, N
     return centre + 0.5 * torch.randn(n, MMCR_VIEWS, d, generator=generator, dtype=torch.float64), None
 
 
+def cluster_centres(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # DEC's centres (K, d): a parameter of the model, the same on every process (not per-sample).
+    return {"centres": torch.randn(3, d, generator=generator, dtype=torch.float64)}
+
+
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
     "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
@@ -201,6 +206,11 @@ CASES: dict[str, ObjectiveCase] = {
     "forecast_contrastive": ObjectiveCase(
         kwargs={"contrastive_weight": 0.3, "temperature": 0.2},
         make_extra=forecasts_and_targets,
+    ),
+    "deep_clustering_kl": ObjectiveCase(
+        make_embeddings=one_view,
+        make_extra=cluster_centres,
+        note="one view; every process computes q and the target p of the whole gathered batch",
     ),
     # MMCR (issue 20): the nuclear norm of the whole gathered centroid matrix, split evenly over the samples
     "mmcr": ObjectiveCase(

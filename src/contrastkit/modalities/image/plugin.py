@@ -35,5 +35,7 @@ for name, summary, excluded in (
     ("barlowtwins", "Barlow Twins: two views' cross-correlation -> identity (Zbontar et al. 2021)", NO_NEGATIVES),
     ("vicreg", "VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022)", NO_NEGATIVES),
     ("tico", "TiCo: invariance and contrast with a running covariance (Zhu et al. 2022)", NO_NEGATIVES),
+    ("mmcr", "MMCR: maximise the nuclear norm of k-view centroids (Yerxa et al. 2023)", NO_NEGATIVES),
+    ("nnclr", "NNCLR: nearest neighbours from a support set as positives (Dwibedi et al. 2021)", ()),
 ):
     METHODS.add("image", name, f"contrastkit.modalities.image.methods.{name}:build", summary, excluded)

@@ -97,6 +97,8 @@ GLOBAL_BATCHNORM_RECIPES: dict[str, str] = {
     "simsiam": "SimSiam (Chen & He 2021): SyncBN over the model in the official distributed code",
     "moco": "MoCo v3 (Chen, Xie & He 2021) uses SyncBN; it stands in for MoCo v2's shuffling BN, "
             "which guards the same leak of per-device statistics and is not implemented here",
+    "barlowtwins": "Barlow Twins (Zbontar et al. 2021): SyncBatchNorm over the model in the official code",
+    "vicreg": "VICReg (Bardes et al. 2022): SyncBatchNorm over the model in the official code",
 }
 
 
