@@ -19,6 +19,8 @@ from contrastkit.core.errors import ConfigError, ContrastkitError, DataError, cl
 EVALUATION_TASKS = ("probe", "sts", "retrieval")
 # The modality commands of earlier versions: `contrastkit text ...` = `contrastkit fit --modality text ...`.
 FIT_ALIASES = {"text": "text", "pairs": "pairs", "graph": "graph", "timeseries": "timeseries"}
+TRUST_HELP = ("read a checkpoint that carries code (a pickle holding more than tensors and plain values): this RUNS "
+              "that code, so use it only for a file whose maker you trust; without it such a file is refused")
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,6 +62,7 @@ def build_parser() -> Parser:
     embed.add_argument("--data", required=True, help="data to embed (same forms as fit --data)")
     embed.add_argument("--out", required=True, help="output .npy file (labels go beside it as *.labels.npy)")
     embed.add_argument("--batch-size", type=int, default=512)
+    embed.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     evaluate = commands.add_parser("evaluate", help="kNN and linear probes of embeddings with labels; "
                                    "a text model on STS or a BEIR retrieval set")
@@ -109,6 +112,7 @@ def build_parser() -> Parser:
                              "(text encoders; default with --text-model)")
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    export.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP + " (with --checkpoint)")
     return parser
 
 
@@ -129,7 +133,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     from contrastkit.modalities.image.training.restore import embed_with_checkpoint
 
-    embeddings, labels = embed_with_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size)
+    embeddings, labels = embed_with_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                               trust_checkpoint=args.trust_checkpoint)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, embeddings)
@@ -212,7 +217,8 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     from contrastkit.modalities.image.export import export_encoder
 
-    folder = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite)
+    folder = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite,
+                            trust_checkpoint=args.trust_checkpoint)
     print(f"Wrote the encoder to {folder}: model.safetensors + config.json "
           f"(reload it with contrastkit.modalities.image.export.load_exported('{folder}'))")
     return 0

@@ -120,6 +120,9 @@ def yaml_tokens(path: str, parser: argparse.ArgumentParser,
             extras[str(key).replace("-", "_")] = value
             continue
         option = "--" + str(key).replace("_", "-")
+        if option == "--trust-checkpoint":  # running a file's code is asked for each time, not set once in a file
+            raise ConfigError(f"--config '{file}': trust-checkpoint is an option of the command line only "
+                              f"(it runs the code a checkpoint carries); give --trust-checkpoint there.")
         actions = [by_option[option]] if option in by_option else by_dest.get(str(key).replace("-", "_"), [])
         if not actions or option in ("--config", "--modality"):
             close = closest_names(option, by_option)

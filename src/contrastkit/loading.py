@@ -15,6 +15,10 @@ pairs run (``tower_a/``)                   ``(TwoTower, first input, second inpu
 time-series run (``model.pt``)             :class:`~contrastkit.modalities.timeseries.ts2vec.TS2Vec`
 graph seed folder (``seed-S/``)            ``(method, graph)``
 ========================================  ==================================================
+
+Nothing it reads runs code: checkpoints are unpickled with ``torch.load(weights_only=True)``, exports
+and text models are safetensors + JSON (:mod:`contrastkit.core.safe_loading`). A checkpoint that
+carries code is refused with a DataError unless ``trust_checkpoint=True``, which runs that code.
 """
 
 from __future__ import annotations
@@ -33,13 +37,17 @@ def _config(folder: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def load(path: str | Path) -> Any:
-    """The trained model in ``path`` (see the table of :mod:`contrastkit.loading`)."""
+def load(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
+    """The trained model in ``path`` (see the table of :mod:`contrastkit.loading`).
+
+    ``trust_checkpoint=True`` reads an image or graph ``last.ckpt`` that carries code (a pickle
+    holding more than tensors and plain values), and so runs that code; by default such a file
+    is refused with a DataError."""
     target = Path(path)
     if target.is_file() and target.suffix == ".ckpt":
         from contrastkit.modalities.image.training.restore import load_method
 
-        return load_method(target)[0]
+        return load_method(target, trust_checkpoint=trust_checkpoint)[0]
     if not target.is_dir():
         raise DataError(f"contrastkit.load: '{target}' is neither a run folder nor a checkpoint file.")
     config = _config(target)
@@ -58,7 +66,7 @@ def load(path: str | Path) -> Any:
     if config.get("command") == "graph" or ("seed" in config and "features_norm" in config):
         from contrastkit.modalities.graph.run_folder import load_trained
 
-        return load_trained(target)
+        return load_trained(target, trust_checkpoint=trust_checkpoint)
     if (target / "command.yaml").is_file():
         raise ConfigError(f"'{target}' is a tabular run: its weights are model.safetensors and its embeddings "
                           f"embeddings.npy; a tabular estimator is used in the process that trained it "
@@ -66,7 +74,7 @@ def load(path: str | Path) -> Any:
     if (target / "checkpoints" / "last.ckpt").is_file():
         from contrastkit.modalities.image.training.restore import load_method
 
-        return load_method(target / "checkpoints" / "last.ckpt")[0]
+        return load_method(target / "checkpoints" / "last.ckpt", trust_checkpoint=trust_checkpoint)[0]
     exported = target / "config.json"
     if exported.is_file() and (target / "model.safetensors").is_file():
         if json.loads(exported.read_text()).get("format") == "contrastkit-image-encoder":

@@ -12,6 +12,10 @@ in the middle of an epoch if that is where it was written. Runs bounded by ``max
 ``max_epochs`` resume to the weights, optimiser state and method buffers of an uninterrupted run,
 bit for bit; a run bounded by ``max_minutes`` resumes with the rest of its time budget (Lightning
 saves the elapsed time in the checkpoint), so where it stops depends on the machine's speed.
+
+The checkpoint a resume reads is unpickled without running code (``weights_only=True``, here and in
+Lightning's own load; :mod:`contrastkit.core.safe_loading`): a ``last.ckpt`` replaced by a file that
+carries code is refused with a DataError, unless ``trust_checkpoint=True``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch import nn
 
+from contrastkit.core.errors import DataError
+from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.engine.callbacks import Checkpointing, Throughput
 from contrastkit.engine.checkpoint import AtomicCheckpointIO
 from contrastkit.engine.data import ResumableLoader
@@ -77,24 +82,35 @@ def make_trainer(settings: TrainSettings, run_dir: Path, callbacks: list[L.Callb
 def train(method: nn.Module, data: ResumableLoader | L.LightningDataModule, settings: TrainSettings,
           run_dir: str | os.PathLike, *, resume: bool = False, description: dict | None = None,
           callbacks: list[L.Callback] = (), module: EngineModule | None = None,
-          progress_bar: bool | None = None) -> TrainResult:
+          progress_bar: bool | None = None, trust_checkpoint: bool = False,
+          resume_alternative: str | None = None) -> TrainResult:
     """Train ``method`` on ``data`` into ``run_dir`` (see the module docstring).
 
     ``callbacks`` run before the checkpoint at the end of an epoch (probes log first, and their
     state is saved with it). ``module`` replaces the default :class:`EngineModule` (a modality's
-    subclass with its own ``setup``)."""
+    subclass with its own ``setup``). ``trust_checkpoint=True`` resumes from a checkpoint that
+    carries code, running it; ``resume_alternative`` ends the refusal's message otherwise (what
+    the command offers instead)."""
     run_dir = Path(run_dir)
     throughput = Throughput(batch_size=settings.batch_size)
     checkpointing = Checkpointing(run_dir / CHECKPOINT, settings.checkpoint_every_steps)
     trainer = make_trainer(settings, run_dir, [throughput, *callbacks, checkpointing], progress_bar)
     module = module if module is not None else EngineModule(method, settings, description)
     resume_from = run_dir / CHECKPOINT if resume else None
-    if resume_from is not None and is_first_process():
-        trim_after_step(run_dir / "metrics.csv",
-                        torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"])
+    if resume_from is not None:
+        # Every process reads it first: a refused file is one clear error on each, before any of
+        # them starts the process group.
+        checkpoint = read_torch_file(resume_from, trust=trust_checkpoint,
+                                     alternative=resume_alternative or START_AGAIN)
+        if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+            raise DataError(f"'{resume_from}' is not a checkpoint of a run (no 'global_step'); start the run "
+                            f"again without resuming it.")
+        if is_first_process():
+            trim_after_step(run_dir / "metrics.csv", checkpoint["global_step"])
+        del checkpoint
     started = time.perf_counter()
     if isinstance(data, L.LightningDataModule):
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
     else:
-        trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from)
+        trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
     return TrainResult(module, trainer, throughput, time.perf_counter() - started)

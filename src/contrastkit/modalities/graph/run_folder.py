@@ -31,6 +31,7 @@ import yaml
 
 from contrastkit.engine.run_folder import CHECKPOINT, is_first_process
 from contrastkit.core.errors import ConfigError
+from contrastkit.core.safe_loading import read_torch_file, trust_alternative
 from contrastkit.evaluation.diagnostics import effective_rank_from_singular_values, singular_values
 from contrastkit.report import plots
 from contrastkit.report.run_files import read_metrics_csv
@@ -137,17 +138,19 @@ def write_graph_report(run_dir: Path, result: dict[str, Any], lines: list[str]) 
     return path
 
 
-def load_trained(run_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+def load_trained(run_dir: str | Path, *, trust_checkpoint: bool = False) -> tuple[torch.nn.Module, Any]:
     """(method, graph) of a seed's run folder: the method rebuilt from its config.yaml on the graph
-    the run used, with the weights of checkpoints/last.ckpt, in eval mode."""
+    the run used, with the weights of checkpoints/last.ckpt, in eval mode. The checkpoint is read
+    without running code; ``trust_checkpoint=True`` reads one that carries code, and so runs it."""
     from contrastkit.modalities.graph.cli import build_method, load_graph, parse_args
 
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    state = read_torch_file(run_dir / CHECKPOINT, trust=trust_checkpoint,
+                            alternative=trust_alternative(command_line=False, share_hint=False))["state_dict"]
     args = parse_args(options_to_argv(config["options"]))
     graph = load_graph(args)
     method = build_method(args.method, graph, args)
-    state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
     method.load_state_dict({k.removeprefix("method."): v for k, v in state.items()})
     return method.eval(), graph
 

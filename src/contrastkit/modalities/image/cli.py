@@ -60,6 +60,10 @@ FLAGS = {
     "sync-batchnorm": "BatchNorm statistics over the global batch under DDP (default: as the method's recipe)",
     "tsne": "t-SNE (instead of PCA) for the report's 2-D map",
 }
+# Not a FitConfig field (never saved with the run, so a later --resume does not inherit it).
+TRUST_CHECKPOINT_HELP = ("with --resume: read a last.ckpt that carries code (a pickle holding more than tensors and "
+                         "plain values); this RUNS that code, so use it only for a file whose maker you trust; "
+                         "without it such a file is refused")
 
 
 
@@ -86,12 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="channels-last weights and views (default: on for one process, off under DDP)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=suppress,
                         help="contiguous (NCHW) weights and views instead of channels-last")
+    parser.add_argument("--trust-checkpoint", action="store_true", default=suppress, help=TRUST_CHECKPOINT_HELP)
     parser.add_argument("--no-report", dest="report", action="store_false", default=suppress, help="skip the report")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false", default=suppress,
                         help="skip scoring the untrained encoder and raw pixels (faster sweeps)")
 
 
-NOT_CONFIG = ("command", "config", "print_config", "given_options", "modality", "config_file_values")
+NOT_CONFIG = ("command", "config", "print_config", "given_options", "modality", "config_file_values",
+              "trust_checkpoint")
 
 
 def _config_file_keys() -> tuple[str, ...]:
@@ -134,7 +140,7 @@ def command(args: argparse.Namespace) -> int:
 
     quiet_lightning()  # after Lightning's import, which sets its own loggers' levels
 
-    summary = fit(config)
+    summary = fit(config, trust_checkpoint=getattr(args, "trust_checkpoint", False))
     if summary:
         print(format_comparison_table(summary))
         print(f"\nRun directory: {summary['out']} (report.md, summary.json, checkpoints/)")

@@ -102,8 +102,12 @@ def load_exported(out_dir: str | Path, map_location: str | torch.device = "cpu")
     return encoder.eval()
 
 
-def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: bool = False, *,
+                   trust_checkpoint: bool = False) -> Path:
     """Write the encoder of a `fit` checkpoint to ``out_dir`` (``model.safetensors`` + ``config.json``).
+
+    The checkpoint is read without running code; ``trust_checkpoint=True`` reads one that carries
+    code, and so runs that code (see :mod:`contrastkit.core.safe_loading`).
 
     The export is checked before returning: the reloaded encoder must reproduce the method's own
     ``embed`` bit for bit on a probe batch, so that a method whose representation is not
@@ -118,7 +122,7 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
     if not overwrite and ((folder / WEIGHTS_FILE).exists() or (folder / CONFIG_FILE).exists()):
         raise ConfigError(f"'{folder}' already holds an exported encoder; nothing is overwritten. "
                           f"Choose another output folder (or pass overwrite=True / --overwrite).")
-    method, config, data = load_method(checkpoint_path)
+    method, config, data = load_method(checkpoint_path, trust_checkpoint=trust_checkpoint)
     backbone, eval_view = getattr(method, "backbone", None), getattr(method, "eval_view", None)
     if backbone is None or eval_view is None:
         raise ConfigError(f"Method '{config.method}' has no single backbone behind its eval view (its "

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from contrastkit.core.errors import DataError
+from contrastkit.core.safe_loading import read_torch_file
 from contrastkit.modalities.pairs.towers import TextInput
 from contrastkit.modalities.pairs.two_tower import TwoTower, build_two_tower
 from contrastkit.report.run_files import METRICS_FILE, read_metrics_csv
@@ -56,13 +57,14 @@ def load_pairs_run(run_dir: str | os.PathLike) -> tuple[TwoTower, TextInput, Tex
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / HEADS_FILE).is_file():
         raise DataError(f"'{run_dir}' is not a finished pairs run: it needs {CONFIG_FILE}, {HEADS_FILE} and "
                         f"tower_a/ (written when 'contrastkit pairs' ends).")
+    heads = read_torch_file(run_dir / HEADS_FILE, alternative=(
+        f"'contrastkit pairs' writes only tensors in {HEADS_FILE}, so this file was not written by it or was altered."))
     saved = argparse.Namespace(**yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
     saved.momentum, saved.queue_size = None, 0
     saved.in_modality_weight_first = saved.in_modality_weight_second = 0.0
     encoder_a = TextEncoder.from_folder(run_dir / "tower_a")
     encoder_b = TextEncoder.from_folder(run_dir / "tower_b") if (run_dir / "tower_b").is_dir() else None
     model = build_two_tower(encoder_a, encoder_b, two_tower_options(saved))
-    heads = torch.load(run_dir / HEADS_FILE, map_location="cpu", weights_only=True)
     model.head_a.load_state_dict(heads["head_a"])
     model.head_b.load_state_dict(heads["head_b"])
     model.cross.load_state_dict(heads["cross"])

@@ -50,6 +50,7 @@ from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader,
 from contrastkit.engine.module import CHECKPOINT_KEY
 from contrastkit.engine.run_folder import CHECKPOINT, estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
 from contrastkit.core.seeding import seeded
@@ -364,7 +365,9 @@ class CLAN(TabularContrastive):
 
 def _run_description(run_dir: Path) -> dict[str, Any]:
     """The description a run folder's checkpoint carries (its fit seed, options and length)."""
-    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    checkpoint = read_torch_file(run_dir / CHECKPOINT, alternative=START_AGAIN)
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise DataError(f"'{run_dir / CHECKPOINT}' was not written by a tabular fit; it cannot be resumed.")
     return checkpoint[CHECKPOINT_KEY]
 
 

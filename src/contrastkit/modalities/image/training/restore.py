@@ -1,5 +1,8 @@
 """Rebuild a trained method from a checkpoint written by `fit`, without the original command line:
-every checkpoint carries the run's configuration and the description of its data."""
+every checkpoint carries the run's configuration and the description of its data.
+
+The checkpoint is read without running code (:mod:`contrastkit.core.safe_loading`); one that
+carries code is refused unless ``trust_checkpoint=True`` (``--trust-checkpoint``), which runs it."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.core.errors import DataError
+from contrastkit.core.safe_loading import UnsafeFileError, read_torch_file, trust_alternative
 from contrastkit.modalities.image.methods import build_method, image_builder
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.sources import open_image_source
@@ -17,16 +21,20 @@ from contrastkit.modalities.image.training.callbacks import embed_images
 from contrastkit.modalities.image.training.module import CHECKPOINT_KEY
 
 
-def load_method(checkpoint_path: str | Path) -> tuple[torch.nn.Module, FitConfig, DataInfo]:
+def load_method(checkpoint_path: str | Path, *, trust_checkpoint: bool = False
+                ) -> tuple[torch.nn.Module, FitConfig, DataInfo]:
+    """(method in eval mode, its FitConfig, its DataInfo) of a `fit` checkpoint. ``trust_checkpoint=True``
+    reads a checkpoint that carries code, and so runs that code."""
     path = Path(checkpoint_path)
     if not path.is_file():
         raise DataError(f"Checkpoint '{path}' does not exist. A run directory keeps it at checkpoints/last.ckpt.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: say which, not where torch failed
-        raise DataError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}: {exc}). "
-                        f"Is it a file written by 'contrastkit fit'?") from None
-    if CHECKPOINT_KEY not in checkpoint:
+        checkpoint = read_torch_file(path, trust=trust_checkpoint, alternative=trust_alternative())
+    except UnsafeFileError:
+        raise
+    except DataError as exc:  # a truncated or foreign file
+        raise DataError(f"Checkpoint {exc} Is it a file written by 'contrastkit fit'?") from None
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise DataError(f"Checkpoint '{path}' was not written by 'contrastkit fit' (no '{CHECKPOINT_KEY}' entry).")
     described = checkpoint[CHECKPOINT_KEY]
     config = FitConfig(**described["config"])
@@ -38,10 +46,12 @@ def load_method(checkpoint_path: str | Path) -> tuple[torch.nn.Module, FitConfig
 
 
 def embed_with_checkpoint(checkpoint_path: str | Path, data_spec: str, batch_size: int = 512,
-                          device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+                          device: str = "cpu", *, trust_checkpoint: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings (and labels, when the data has them) of ``data_spec`` under a trained checkpoint.
-    Images are resized to the checkpoint's image size and converted to its number of channels."""
-    method, _, data = load_method(checkpoint_path)
+    Images are resized to the checkpoint's image size and converted to its number of channels.
+    ``trust_checkpoint=True`` reads a checkpoint that carries code, and so runs that code."""
+    method, _, data = load_method(checkpoint_path, trust_checkpoint=trust_checkpoint)
     source = open_image_source(data_spec, image_size=data.image_size, channels=data.channels)
     embeddings = embed_images(method.to(device), source.images, torch.device(device), batch_size).numpy()
     labels = source.labels.numpy() if source.labels is not None else None

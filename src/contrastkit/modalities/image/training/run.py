@@ -40,6 +40,7 @@ from contrastkit.modalities.image.config import FitConfig, scaled_lr, to_yaml, v
 from contrastkit.engine.run_folder import RUN_DIR_ENV, is_first_process, open_run_dir, resolve_run_dir
 from contrastkit.engine.trainer import train
 from contrastkit.core.errors import ConfigError
+from contrastkit.core.safe_loading import TRUST_OPTION
 from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
 from contrastkit.nn.global_batchnorm import convert_to_global_batchnorm
@@ -54,8 +55,10 @@ from contrastkit.modalities.image.views.image import EvalView
 __all__ = ["RUN_DIR_ENV", "fit", "global_batchnorm_choice", "is_first_process", "raw_pixels"]
 
 
-def fit(config: FitConfig) -> dict:
-    """Train ``config.method`` on ``config.data`` and write the run directory; return the summary."""
+def fit(config: FitConfig, *, trust_checkpoint: bool = False) -> dict:
+    """Train ``config.method`` on ``config.data`` and write the run directory; return the summary.
+    With ``config.resume``, ``trust_checkpoint=True`` resumes from a last.ckpt that carries code,
+    and so runs that code (otherwise such a file is refused: :mod:`contrastkit.core.safe_loading`)."""
     config = validate(config)
     image_builder(config.method)  # unknown names fail now, not after the data has loaded
     if config.objective is not None:
@@ -79,7 +82,9 @@ def fit(config: FitConfig) -> dict:
     probe = make_probe(run_data, config.probe_every, warn_from_epoch=max(1, math.ceil(config.warmup_epochs)))
     module = SSLModule(method, config, data)
     result = train(method, run_data.datamodule, module.settings, run_dir, resume=config.resume,
-                   callbacks=[probe] if probe else [], module=module)
+                   callbacks=[probe] if probe else [], module=module, trust_checkpoint=trust_checkpoint,
+                   resume_alternative=f"Start the run again without --resume, or, if you know who made this "
+                                      f"checkpoint and trust them, pass {TRUST_OPTION}, which runs its code.")
     trainer, throughput, seconds = result.trainer, result.throughput, result.seconds
     if not trainer.is_global_zero:
         return {}
