@@ -98,17 +98,22 @@ def resolve_method(method: str | None, modality: str | None, data: str | None, o
     return get_modality(entry.modality), entry
 
 
-def yaml_tokens(path: str, parser: argparse.ArgumentParser,
-                file_only: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
-    """The options of a ``--config`` YAML file as command-line tokens for ``parser``, and the
-    values of ``file_only`` keys (settings a modality takes from files only, e.g. an image
-    method's ``extra`` mapping)."""
+def read_config(path: str) -> dict[str, Any]:
+    """The mapping of options in a ``--config`` YAML file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--config: '{file}' does not exist.")
     values = yaml.safe_load(file.read_text()) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config: '{file}' must hold a mapping of options (key: value), not {type(values).__name__}.")
+    return values
+
+
+def yaml_tokens(file: str, values: dict[str, Any], parser: argparse.ArgumentParser,
+                file_only: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
+    """The options of the ``--config`` file ``file`` (its mapping ``values``) as command-line tokens
+    for ``parser``, and the values of ``file_only`` keys (settings a modality takes from files only,
+    e.g. an image method's ``extra`` mapping)."""
     by_option = {o: a for a in parser._actions for o in a.option_strings if o.startswith("--")}
     by_dest: dict[str, list[argparse.Action]] = {}
     for action in parser._actions:
@@ -191,9 +196,9 @@ def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contras
     data, _ = _take(tokens, "--data")
     out, _ = _take(tokens, "--out")
     resume = "--resume" in tokens
+    method_on_command_line = method is not None
+    values = read_config(config) if config is not None else {}
     if config is not None:  # method / data / modality may come from the file
-        values = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else {}
-        values = values if isinstance(values, dict) else {}
         method = method or values.get("method")
         data = data or values.get("data")
         out = out or values.get("out")
@@ -207,12 +212,11 @@ def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contras
     for action in parser._actions:  # --help shows only the method's own options
         if excluded & set(action.option_strings):
             action.help = argparse.SUPPRESS
-    if entry is not None and "--method" not in tokens and not any(t.startswith("--method=") for t in tokens) \
-            and not (resume and method is None):
+    if entry is not None and not method_on_command_line and not (resume and method is None):
         tokens = ["--method", entry.name, *tokens]
     extras: dict[str, Any] = {}
     if config is not None:
-        from_file, extras = yaml_tokens(config, parser, getattr(cli, "CONFIG_FILE_KEYS", ()))
+        from_file, extras = yaml_tokens(config, values, parser, getattr(cli, "CONFIG_FILE_KEYS", ()))
         tokens = from_file + tokens
     check_options(tokens, parser, spec, entry)
     args = parser.parse_args(tokens)
