@@ -17,7 +17,7 @@ Parts, each measured in its own process so that its peak RSS (``resource.getrusa
 
 Usage::
 
-    python benchmarks/bench_scale.py --workdir /tmp/bench_scale            # 10^6 images, 10^6 embeddings
+    python benchmarks/bench_scale.py --workdir runs/bench_scale            # 10^6 images, 10^6 embeddings
     python benchmarks/bench_scale.py --samples 100000 --embeddings 100000  # a quick run
 
 The first images are synthetic (uniform noise): reading cost depends on bytes, not content.
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--centre-scale", type=float, default=0.5, help="spread of the embedding clusters' centres")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--workdir", default="/tmp/bench_scale")
+    parser.add_argument("--workdir", default="runs/bench_scale")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--keep", action="store_true", help="keep the shards and embeddings in --workdir")

@@ -16,7 +16,7 @@ DataLoader (batches of uint8 images, no model), samples/s and peak RSS, in the s
 
 Usage::
 
-    python benchmarks/bench_streaming_fit.py --workdir /tmp/bench_stream --limit 5000 --epochs 1
+    python benchmarks/bench_streaming_fit.py --workdir runs/bench_stream --limit 5000 --epochs 1
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ print(json.dumps({"open_seconds": round(opened, 2), "epoch_seconds": round(secon
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="/tmp/bench_streaming_fit")
+    parser.add_argument("--workdir", default="runs/bench_streaming_fit")
     parser.add_argument("--data", default="cifar10-test")
     parser.add_argument("--limit", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=1)

@@ -6,7 +6,7 @@ cifar10-test (8,000 images pretrain / 2,000 held out, stratified), the same epoc
 all; figure of merit: weighted kNN top-1 on the held-out images. Runs are sequential (one process at a
 time) and each writes a normal run directory under --out.
 
-    python benchmarks/dcl_batch_size.py --epochs 2 --width 0.125 --parallel 2 --out /tmp/dcl-bench
+    python benchmarks/dcl_batch_size.py --epochs 2 --width 0.125 --parallel 2 --out runs/dcl-bench
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ once. Earlier figures did that; ``ru_maxrss`` stays in the JSON only, for compar
 Must run where both libraries import (the anchor environment, ``$CONTRASTKIT_ANCHOR_ENV``;
 ``make anchors`` builds it, benchmarks/README.md)::
 
-    flock /tmp/heavy.lock -c 'OMP_NUM_THREADS=2 "$CONTRASTKIT_ANCHOR_ENV/bin/python" \\
+    flock .heavy.lock -c 'OMP_NUM_THREADS=2 "$CONTRASTKIT_ANCHOR_ENV/bin/python" \\
         benchmarks/image_side_by_side.py --epochs 3 --memory-format nchw'
 
 The issue's full protocol is ``--epochs 10`` (about 4 x 10 minutes on 2 cores).
