@@ -41,5 +41,5 @@ anchors:
 	"$(ANCHOR_BIN)/pip" install $(ANCHOR_TORCH)
 	"$(ANCHOR_BIN)/pip" install 'lightly==1.6.*' pytorch-metric-learning $(ANCHOR_TORCH)
 	"$(ANCHOR_BIN)/pip" install --no-deps -e "$(CURDIR)"
-	"$(ANCHOR_BIN)/pip" install lightning kornia scikit-learn faiss-cpu matplotlib pyyaml pillow pytest $(ANCHOR_TORCH)
+	"$(ANCHOR_BIN)/pip" install lightning kornia safetensors scikit-learn faiss-cpu matplotlib pyyaml pillow pytest $(ANCHOR_TORCH)
 	"$(ANCHOR_BIN)/python" -c "import lightly.loss, torchvision, pytorch_metric_learning, contrastkit.objectives"

@@ -159,6 +159,15 @@ def k_views(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, N
     return centre + 0.5 * torch.randn(n, MMCR_VIEWS, d, generator=generator, dtype=torch.float64), None
 
 
+def local_maps_and_grids(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # VICRegL: each view's (n, h, w, d) local embeddings and the (n, h, w, 2) image positions of their
+    # cells (maps of different sizes), all per-sample inputs.
+    return {"maps_a": torch.randn(n, 3, 3, d, generator=generator, dtype=torch.float64),
+            "maps_b": torch.randn(n, 2, 3, d, generator=generator, dtype=torch.float64),
+            "grid_a": 32 * torch.rand(n, 3, 3, 2, generator=generator, dtype=torch.float64),
+            "grid_b": 32 * torch.rand(n, 2, 3, 2, generator=generator, dtype=torch.float64)}
+
+
 def cluster_centres(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
     # DEC's centres (K, d): a parameter of the model, the same on every process (not per-sample).
     return {"centres": torch.randn(3, d, generator=generator, dtype=torch.float64)}
@@ -225,6 +234,11 @@ CASES: dict[str, ObjectiveCase] = {
     ),
     "vicreg": ObjectiveCase(
         note="variance and covariance of the whole gathered batch; sample i adds its own squared error, count N",
+    ),
+    "vicregl": ObjectiveCase(
+        kwargs={"num_matches": (4, 2)},
+        make_extra=local_maps_and_grids,
+        note="matching is within an image; sample i adds its own squared errors plus the gathered batch's statistics",
     ),
     "tico": ObjectiveCase(
         note="every rank updates the running covariance from the whole gathered batch before the per-sample terms",

@@ -25,7 +25,7 @@ distributed it may declare two things:
     every per-sample input still belongs to row ``i`` of ``z_a``. Floating tensors that require
     grad are gathered with gradient, the others without. Keyword arguments that are not listed
     (a queue's ``keys``, a scalar) are passed unchanged: they must already be the same on every
-    rank (:class:`contrastkit.modalities.image.sampling.MemoryQueue` gathers before it stores, so its keys are).
+    rank (:class:`contrastkit.nn.queue.MemoryQueue` gathers before it stores, so its keys are).
 
 ``loss_terms(z_a, z_b, *, anchor_rows: slice | None = None, **extra) -> (total, count)``
     Needed only for ``local_loss=True``. Given the *full* gathered batch, return the **sum** of

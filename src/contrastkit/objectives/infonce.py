@@ -72,7 +72,7 @@ class InfoNCE(ContrastiveObjective):
     Inputs:
         z_a, z_b: (N, d) embeddings of the two views; row i of each comes from sample i.
         keys: optional (K, d) extra negatives, the same on every process (e.g.
-            :class:`contrastkit.modalities.image.sampling.MemoryQueue` ``.keys()``), no gradient needed.
+            :class:`contrastkit.nn.queue.MemoryQueue` ``.keys()``), no gradient needed.
 
     References:
         - Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",

@@ -153,7 +153,7 @@ class MoCHi(ContrastiveObjective):
     Inputs:
         query, key: (B, d) embeddings of two views; row i of each comes from sample i.
         keys: (K, d) queue of negatives shared by all queries, the same on every process (e.g.
-            :class:`contrastkit.modalities.image.sampling.MemoryQueue` ``.keys()``); no gradient flows into it.
+            :class:`contrastkit.nn.queue.MemoryQueue` ``.keys()``); no gradient flows into it.
 
     Example::
 
@@ -199,7 +199,7 @@ class MoCHi(ContrastiveObjective):
         if keys is None:
             raise DataError(
                 "mochi needs a queue of negatives: call it as mochi(query, key, keys=negatives) with "
-                "negatives of shape (K, d), e.g. contrastkit.modalities.image.sampling.MemoryQueue(...).keys()."
+                "negatives of shape (K, d), e.g. contrastkit.nn.queue.MemoryQueue(...).keys()."
             )
         queue = keys
         if queue.ndim != 2 or queue.shape[1] != query.shape[1] or key.shape != query.shape:

@@ -34,6 +34,8 @@ for name, summary, excluded in (
     ("jepa", "I-JEPA: predict masked patch embeddings (Assran et al. 2023)", NO_NEGATIVES),
     ("barlowtwins", "Barlow Twins: two views' cross-correlation -> identity (Zbontar et al. 2021)", NO_NEGATIVES),
     ("vicreg", "VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022)", NO_NEGATIVES),
+    ("vicregl", "VICRegL: VICReg on global embeddings and matched local features (Bardes et al. 2022)",
+     NO_NEGATIVES),
     ("tico", "TiCo: invariance and contrast with a running covariance (Zhu et al. 2022)", NO_NEGATIVES),
     ("mmcr", "MMCR: maximise the nuclear norm of k-view centroids (Yerxa et al. 2023)", NO_NEGATIVES),
     ("nnclr", "NNCLR: nearest neighbours from a support set as positives (Dwibedi et al. 2021)", ()),

@@ -61,6 +61,10 @@ class SmallCNN(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last block's map before pooling, (B, output_dim, h, w)."""
+        return self.features(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.features(x)).flatten(1)
+        return self.pool(self.feature_map(x)).flatten(1)
 

@@ -166,8 +166,12 @@ class ResNet(nn.Module):
                 if isinstance(module, BasicBlock | Bottleneck):
                     nn.init.zeros_(module.last_norm().weight)
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's map before pooling, (B, output_dim, H / stride, W / stride)."""
+        return self.stages(self.stem(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.stages(self.stem(x))).flatten(1)
+        return self.pool(self.feature_map(x)).flatten(1)
 
 
 def _resolve_cifar_stem(cifar_stem: bool | None, image_size: int) -> bool:

@@ -99,6 +99,7 @@ GLOBAL_BATCHNORM_RECIPES: dict[str, str] = {
             "which guards the same leak of per-device statistics and is not implemented here",
     "barlowtwins": "Barlow Twins (Zbontar et al. 2021): SyncBatchNorm over the model in the official code",
     "vicreg": "VICReg (Bardes et al. 2022): SyncBatchNorm over the model in the official code",
+    "vicregl": "VICRegL (Bardes et al. 2022): SyncBatchNorm over the model in the official code",
 }
 
 
