@@ -43,7 +43,7 @@ def measure(method_name: str, options: dict, max_length: int, data: SentenceData
             rows = list(csv.DictReader(handle))
     first, last = rows[0], rows[-1]
     rate = (int(last["step"]) - int(first["step"])) / (float(last["elapsed_s"]) - float(first["elapsed_s"]))
-    tokens = sum(float(r.get("view_tokens") or "nan") for r in rows) / len(rows)
+    tokens = sum(float(r.get("train/view_tokens") or "nan") for r in rows) / len(rows)
     return rate, tokens
 
 

@@ -5,7 +5,7 @@ batch 8, lr 0.001, 320-d representations, max_train_length 3000, 200 iterations 
 at most 100,000 values), the official data preparation (labels by the header's class list,
 dataset-wide standardisation with training statistics) and the official SVM protocol, and
 prints a table beside the official TS2Vec figures measured on a machine of this kind
-(/work/shared/ANCHORS.md). Per-seed numbers are not comparable run to run with the official
+(the project brief's ANCHORS.md, beside the shared data). Per-seed numbers are not comparable run to run with the official
 code (the two draw their random numbers differently); compare the means over seeds.
 
     python benchmarks/bench_ts2vec.py                      # GunPoint + ItalyPowerDemand, seeds 42 and 1
@@ -34,7 +34,7 @@ from contrastkit.modalities.timeseries.sources import (
 from contrastkit.modalities.timeseries.ts2vec import TS2Vec
 
 # Official TS2Vec (default UCR settings, SVM protocol) and 1-NN Euclidean, measured on aeon's
-# bundled data on a 2-core machine (/work/shared/ANCHORS.md).
+# bundled data on a 2-core machine (the project brief's ANCHORS.md, beside the shared data).
 PUBLISHED_HERE = {
     "GunPoint": {"official": {42: 0.980, 1: 0.973}, "one_nn": 0.913},
     "ItalyPowerDemand": {"official": {42: 0.956, 1: 0.961}, "one_nn": 0.955},

@@ -82,8 +82,7 @@ def main() -> None:
         # fp32: train_two_tower has no autocast of its own, and wrapping the whole loop in one would
         # put the optimiser step under bf16 autocast too (the bug fixed in fit_text, docs/benchmarks.md).
         train_two_tower(model, pairs, titles, abstracts,
-                        TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log_every=20),
-                        log=print)
+                        TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr), progress_bar=True)
         encoder = model.encoder("a")
     else:
         documents = SentenceData.from_file(data_root() / "scifact" / "corpus.jsonl.gz", context_window=64)
