@@ -3,6 +3,7 @@
     contrastkit fit --method scarf --data flows.csv --label-column family --out runs/scarf-flows
     contrastkit fit --method clan --data nsl-kdd --out runs/clan-nsl-kdd          # benign rows: 'normal'
     contrastkit fit --out runs/scarf-flows --resume
+    contrastkit fit --method scarf --data flows.csv --batch-size 128 --devices 2 --strategy ddp
 
 ``--data`` is a CSV or parquet file with a header (every column is a feature, except
 ``--label-column`` and ``--drop-columns``), or ``nsl-kdd`` (KDDTrain+_20Percent under the data
@@ -22,6 +23,13 @@ The run folder (``--out``) is the engine's (:meth:`~contrastkit.modalities.tabul
 TabularContrastive.fit`): config.yaml, checkpoints/last.ckpt, metrics.csv, model.safetensors,
 summary.json (with ``evaluation``), report.md (with plots/), plus command.yaml (these options; ``--resume`` reads them back),
 embeddings.npy of every row (and labels.npy).
+
+``--devices N --strategy ddp`` trains in N processes, each on ``--batch-size`` rows of every global
+batch of N x ``--batch-size``; the loss is computed on the global batch (negatives and positives
+gathered from every process) and each row is corrupted as one process holding the whole global
+batch would corrupt it, so the run equals one process with ``--batch-size`` N x b
+(:class:`~contrastkit.modalities.tabular.estimators.TabularContrastive`'s ``fit``). The first
+process encodes, scores and writes the folder.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from contrastkit.core.errors import ConfigError, DataError
 DEFAULTS = {"method": None, "data": None, "label_column": None, "benign_label": "normal", "categorical": None,
             "drop_columns": None, "max_epochs": 20, "max_steps": None, "batch_size": 256, "lr": 1e-3, "seed": 0,
             "hidden_dims": 256, "depth": 4, "corruption_rate": 0.6, "temperature": None, "output_dims": 128,
-            "checkpoint_every_steps": None, "device": "cpu"}
+            "checkpoint_every_steps": None, "device": "cpu", "devices": 1, "strategy": "auto"}
 DEV_FRACTION = 0.3
 DEV_SEED = 0  # fixed: every run of a table is scored on the same carve
 COMMAND_FILE = "command.yaml"
@@ -60,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", "--epochs", dest="max_epochs", type=int,
                         help="passes over the rows" + default("max_epochs"))
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    parser.add_argument("--batch-size", type=int, help="rows per step" + default("batch_size"))
+    parser.add_argument("--batch-size", type=int, help="rows per step and process" + default("batch_size"))
     parser.add_argument("--lr", type=float, help="Adam learning rate" + default("lr"))
     parser.add_argument("--seed", type=int, help="initialisation and batch order" + default("seed"))
     parser.add_argument("--hidden-dims", type=int, help="encoder width" + default("hidden_dims"))
@@ -70,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dims", type=int, help="scarf: projection size" + default("output_dims"))
     parser.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint every N optimiser steps")
     parser.add_argument("--device", help="cpu or cuda" + default("device"))
+    parser.add_argument("--devices", type=int, help="processes (devices) that train together" + default("devices"))
+    parser.add_argument("--strategy", help="Lightning's strategy, e.g. ddp (with --devices N)" + default("strategy"))
 
 
 def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
@@ -177,7 +187,7 @@ def evaluate(options, model, x_train, y_train, x_dev, y_dev) -> dict:
 def command(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from contrastkit.engine.run_folder import resolve_run_dir, write_summary
+    from contrastkit.engine.run_folder import is_first_process, resolve_run_dir, write_summary
     from contrastkit.modalities.tabular.sources import TabularEncoder, table_rows
 
     options = resolve_options(args)
@@ -197,10 +207,15 @@ def command(args: argparse.Namespace) -> int:
                             f"(--benign-label); the labels are {', '.join(map(str, np.unique(labels)[:10]))}.")
     run_dir = resolve_run_dir(options.out, options.resume, f"{options.method}-{Path(str(options.data)).stem}")
     model = build_estimator(options, x.shape[1])
-    Path(run_dir).mkdir(parents=True, exist_ok=True)  # the options first: a run killed in training resumes with them
-    (Path(run_dir) / COMMAND_FILE).write_text(yaml.safe_dump({k: getattr(options, k) for k in DEFAULTS}, sort_keys=False))
+    if is_first_process():  # the options first: a run killed in training resumes with them
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / COMMAND_FILE).write_text(yaml.safe_dump({k: getattr(options, k) for k in DEFAULTS},
+                                                                 sort_keys=False))
     losses = model.fit(x[fit_rows], n_epochs=options.max_epochs, out=run_dir, resume=options.resume,
-                       checkpoint_every_steps=options.checkpoint_every_steps, max_steps=options.max_steps)
+                       checkpoint_every_steps=options.checkpoint_every_steps, max_steps=options.max_steps,
+                       devices=options.devices, strategy=options.strategy)
+    if not is_first_process():
+        raise SystemExit(0)  # a DDP child process: the first one encodes, scores and writes
     np.save(Path(run_dir) / "embeddings.npy", model.encode(x))
     if labels is not None:
         np.save(Path(run_dir) / "labels.npy", labels.astype(str))

@@ -29,6 +29,18 @@ form a :class:`TabularTraining` module whose ``training_loss`` is the method's l
 out=DIR)`` keeps the run folder (config.yaml, checkpoints/last.ckpt, metrics.csv, summary.json,
 model.safetensors) and ``fit(x, out=DIR, resume=True)`` continues a killed run to the weights an
 uninterrupted one reaches; without ``out`` the run trains in a temporary folder.
+
+Processes: ``fit(x, devices=N, strategy="ddp")`` (``contrastkit fit --devices N --strategy ddp``)
+trains data-parallel. Each process takes its ``batch_size`` rows of every global batch of
+``N x batch_size`` (:class:`~contrastkit.engine.EpochShuffleSampler` with Lightning's rank and
+world size); the loss gathers the embeddings of all processes with gradient
+(:class:`~contrastkit.nn.distributed.GatheredObjective`: SCARF's negatives, CLAN's benign positives
+and corrupted negatives come from the whole global batch) and DDP averages the gradients. The
+corruption's random draws (which features, which donor rows) are made for the whole global batch
+on every process, from a generator seeded by (fit seed, step) alone, and each process keeps its
+own rows: N processes of ``b`` rows train exactly like one process of ``N x b`` rows
+(tests/modalities/tabular/test_tabular_ddp.py). Lightning starts the other processes by running
+the command again, so call ``fit`` with ``devices > 1`` from a script (and with ``seed=``).
 """
 
 from __future__ import annotations
@@ -47,10 +59,11 @@ from torch import Tensor, nn
 
 from contrastkit import objectives
 from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
-from contrastkit.engine.module import CHECKPOINT_KEY
+from contrastkit.engine.module import CHECKPOINT_KEY, EngineModule, step_seed
 from contrastkit.engine.run_folder import CHECKPOINT, estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
+from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
 from contrastkit.core.seeding import seeded
@@ -83,22 +96,70 @@ class Rows(torch.utils.data.Dataset):
         return {"rows": self.rows[index], "index": index}
 
 
+class RowBatches(L.LightningDataModule):
+    """The rows as the engine's resumable loader, built once the process's rank is known: every
+    epoch a shuffle drawn from (seed, epoch), cut into global batches of ``batch_size`` x the
+    processes, of which process ``rank`` takes rows ``rank * batch_size`` onwards."""
+
+    def __init__(self, rows: Tensor, batch_size: int, seed: int):
+        super().__init__()
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+
+    def train_dataloader(self):
+        sampler = EpochShuffleSampler(len(self.rows), self.batch_size, self.seed, self.trainer.global_rank,
+                                      self.trainer.world_size)
+        return batch_loader(Rows(self.rows), sampler)
+
+
 class TabularTraining(nn.Module):
     """What the engine trains for SCARF and CLAN: the estimator's encoder and projection head (the
     same modules, so training updates the estimator), the corruption view, and the method's loss
-    ``loss(rows, corruption)``. Everything random in a step (which features, which donor rows) is
-    drawn from torch's global generator, which the engine reseeds before every step."""
+    ``loss(rows, corrupt)``, ``corrupt(rows)`` returning corrupted rows.
+
+    Everything random in a step (which features, which donor rows) is drawn from one generator
+    seeded by :meth:`begin_step` with the same seed on every process; the draws are made for the
+    global batch (``world_size`` x this process's rows) and this process keeps its rows
+    ``rank * rows`` onwards, so a row's corruption does not depend on how the global batch is
+    split. Without :meth:`begin_step`, the draws come from torch's global generator."""
 
     def __init__(self, encoder: nn.Module, projector: nn.Module | None, corruption: SCARFCorruption,
-                 loss: Callable[[Tensor, SCARFCorruption], Tensor]):
+                 loss: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor]):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
         self.corruption = corruption
         self.loss = loss
+        self.step_seed: int | None = None
+        self.rank, self.world_size = 0, 1
+
+    def begin_step(self, seed: int, rank: int, world_size: int) -> None:
+        """The next step's draws: from ``seed`` (the same on every process), for ``world_size``
+        processes' batches, of which this process (``rank``) holds one."""
+        self.step_seed, self.rank, self.world_size = seed, rank, world_size
 
     def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        return self.loss(batch["rows"], self.corruption), {}
+        rows = batch["rows"]
+        if self.step_seed is None:
+            return self.loss(rows, self.corruption), {}
+        generator = torch.Generator(rows.device).manual_seed(self.step_seed)
+        # Every process holds as many rows (the sampler cuts equal shares of each global batch).
+        share, world_size, rank = rows.shape[0], self.world_size, self.rank
+
+        def corrupt(x: Tensor) -> Tensor:
+            return self.corruption(x, generator, batch_rows=share * world_size, first_row=share * rank)
+
+        return self.loss(rows, corrupt), {}
+
+
+class TabularModule(EngineModule):
+    """The engine's module, plus one thing: before each step it seeds the corruption's generator
+    from (fit seed, step) -- the seed process 0 of the engine's per-step reseeding uses, on every
+    process -- and tells it the process's rank and the world size."""
+
+    def training_step(self, batch, batch_idx):
+        self.method.begin_step(step_seed(self.settings.seed, self.global_step, 0), self.global_rank,
+                               self.trainer.world_size)
+        return super().training_step(batch, batch_idx)
 
 
 class EpochLosses(L.Callback):
@@ -172,14 +233,15 @@ class TabularContrastive(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
-        """The method's training loss on one batch of encoded rows."""
+    def _loss(self, batch: torch.Tensor, corrupt: Callable[[Tensor], Tensor]) -> torch.Tensor:
+        """The method's training loss on one batch of encoded rows (``corrupt(rows)``: corrupted
+        copies); under several processes the loss of the global batch."""
 
     # ------------------------------------------------------------------ training
 
     def fit(self, x: Any, n_epochs: int = 20, verbose: bool = False, *, out: str | os.PathLike | None = None,
             resume: bool = False, checkpoint_every_steps: int | None = None,
-            max_steps: int | None = None) -> list[float]:
+            max_steps: int | None = None, devices: int = 1, strategy: str = "auto") -> list[float]:
         """Train on rows ``x`` (N, D) for ``n_epochs`` passes; returns the mean loss per epoch.
 
         Each epoch visits the rows in an order drawn from (the fit's seed, epoch) in batches of
@@ -194,9 +256,22 @@ class TabularContrastive(abc.ABC):
         and options) to the state an uninterrupted run reaches, and returns the losses of all its
         epochs. ``max_steps`` stops the run after that many optimiser steps; the epoch it cuts
         short counts in the returned losses.
+
+        ``devices``, ``strategy``: Lightning's (``devices=2, strategy="ddp"``: two processes, each
+        training on ``batch_size`` rows of every global batch of ``2 x batch_size``, the loss
+        computed on the global batch; the module docstring). Lightning starts the other processes
+        by running the script again, so call it from a script, on an estimator built with
+        ``seed=`` (every process must draw the same fit seed). The run folder, its summary and
+        weights are written by the first process; every process returns the losses and holds the
+        trained weights.
         """
         if n_epochs < 0:
             raise ConfigError(f"{type(self).__name__}.fit: n_epochs must be >= 0, got {n_epochs}.")
+        if devices < 1:
+            raise ConfigError(f"{type(self).__name__}.fit: devices must be >= 1, got {devices}.")
+        if devices != 1 and self._seeds is None and not resume:
+            raise ConfigError(f"{type(self).__name__}.fit on several devices needs {type(self).__name__}(seed=...): "
+                              "every process must draw the same fit seed (the epochs' order and the corruption).")
         data = self._as_rows(x, "fit")
         if data.shape[0] < 2:
             raise DataError(f"{type(self).__name__}.fit needs at least 2 rows, got {data.shape[0]}.")
@@ -211,25 +286,31 @@ class TabularContrastive(abc.ABC):
         seed = _run_description(run_dir)["fit_seed"] if resume else self._next_seed()
         if seed is None:
             seed = int(torch.randint(2**62, ()))
-        batch_size = min(self.batch_size, data.shape[0])
+        batch_size = min(self.batch_size, max(1, data.shape[0] // devices))  # per process
         corruption = SCARFCorruption(data, self.corruption_rate, self.feature_groups).to(self.device)
         method = TabularTraining(self.encoder, self.projector, corruption, self._loss)
-        loader = batch_loader(Rows(data), EpochShuffleSampler(data.shape[0], batch_size, seed))
-        accelerator, devices = _accelerator(self.device)
+        accelerator, lightning_devices = _accelerator(self.device, devices)
         settings = TrainSettings(optimizer="adam", lr=self.lr, schedule="constant", max_epochs=n_epochs,
-                                 max_steps=max_steps, accelerator=accelerator, devices=devices, seed=seed,
-                                 batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps)
+                                 max_steps=max_steps, accelerator=accelerator, devices=lightning_devices,
+                                 strategy=_strategy(strategy), seed=seed, batch_size=batch_size,
+                                 checkpoint_every_steps=checkpoint_every_steps)
         description = {"estimator": name, "options": self._options(), "rows": int(data.shape[0]),
                        "n_epochs": n_epochs, "max_steps": max_steps, "fit_seed": seed}
         losses = EpochLosses(name, verbose)
         with estimator_run_dir(run_dir, name.lower(), description) as (folder, kept):
             with seeded(seed, self.device):  # the engine reseeds torch per step; the caller's state is kept
-                result = train(method, loader, settings, folder, resume=resume, description=description,
-                               callbacks=[losses])
-            if kept:
+                module = TabularModule(method, settings, description)
+                result = train(method, RowBatches(data, batch_size, seed), settings, folder, resume=resume,
+                               description=description, callbacks=[losses], module=module)
+            self.encoder.to(self.device)  # Lightning hands the modules back on the CPU
+            if self.projector is not None:
+                self.projector.to(self.device)
+            if kept and result.is_global_zero:
+                world_size = result.trainer.world_size
                 write_estimator_run(folder, result, {
                     "method": name, "rows": int(data.shape[0]), "epochs": len(losses.means),
-                    "epoch_losses": losses.means,
+                    "epoch_losses": losses.means, "world_size": world_size,
+                    "global_batch_size": batch_size * world_size,
                 }, self._state_dict())
         self.n_epochs += len(losses.means)
         self._train_mode(False)
@@ -335,10 +416,12 @@ class SCARF(TabularContrastive):
     def _build_projector(self, hidden_dims: int) -> nn.Module:
         return ProjectionHead(hidden_dims, hidden_dims, self.output_dims, num_layers=2, batch_norm=False).to(self.device)
 
-    def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
+    def _loss(self, batch: torch.Tensor, corrupt: Callable[[Tensor], Tensor]) -> torch.Tensor:
         first = corrupt(batch) if self.corrupt_both else batch
         second = corrupt(batch)
-        return self.objective(self.projector(self.encoder(first)), self.projector(self.encoder(second)))
+        # One process: the objective itself; several: on the gathered global batch.
+        return GatheredObjective(self.objective)(self.projector(self.encoder(first)),
+                                                 self.projector(self.encoder(second)))
 
 
 class CLAN(TabularContrastive):
@@ -359,8 +442,9 @@ class CLAN(TabularContrastive):
     def _options(self) -> dict[str, Any]:
         return {**super()._options(), "temperature": self.temperature, "form": self.form}
 
-    def _loss(self, batch: torch.Tensor, corrupt: SCARFCorruption) -> torch.Tensor:
-        return self.objective(self.encoder(batch), self.encoder(corrupt(batch)))
+    def _loss(self, batch: torch.Tensor, corrupt: Callable[[Tensor], Tensor]) -> torch.Tensor:
+        # One process: the objective itself; several: on the gathered global batch.
+        return GatheredObjective(self.objective)(self.encoder(batch), self.encoder(corrupt(batch)))
 
 
 def _run_description(run_dir: Path) -> dict[str, Any]:
@@ -371,11 +455,21 @@ def _run_description(run_dir: Path) -> dict[str, Any]:
     return checkpoint[CHECKPOINT_KEY]
 
 
-def _accelerator(device: torch.device) -> tuple[str, int | list[int]]:
-    """Lightning's (accelerator, devices) for one torch device."""
+def _accelerator(device: torch.device, devices: int = 1) -> tuple[str, int | list[int]]:
+    """Lightning's (accelerator, devices) for the estimator's torch device and ``devices`` processes."""
     if device.type == "cuda":
-        return "gpu", [device.index or 0]
-    return device.type, 1
+        return "gpu", [device.index or 0] if devices == 1 else devices
+    return device.type, devices
 
 
-__all__ = ["CLAN", "SCARF", "TabularContrastive", "TabularTraining", "mlp_encoder"]
+def _strategy(strategy: str) -> Any:
+    """Lightning's strategy; ``ddp`` without broadcasting buffers before every step: the only
+    buffers are the corruption's training rows (the same on every process, and possibly large)."""
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(broadcast_buffers=False)
+    return strategy
+
+
+__all__ = ["CLAN", "SCARF", "RowBatches", "TabularContrastive", "TabularModule", "TabularTraining", "mlp_encoder"]

@@ -12,11 +12,10 @@ def recognises(data: str) -> bool:
     return data in BUILTIN or suffix_of(data) in (".csv", ".parquet", ".arff")
 
 
-ONE_PROCESS = "a tabular estimator trains in one process"
 register_modality(Modality(
     name="tabular", summary="tables: CSV, parquet, NSL-KDD", cli="contrastkit.modalities.tabular.cli",
     recognises=recognises,
-    not_applicable={"devices": ONE_PROCESS, "strategy": ONE_PROCESS, "precision": "tabular estimators train in float32",
+    not_applicable={"precision": "tabular estimators train in float32",
                     "max-minutes": "a tabular run is bounded by --max-epochs or --max-steps"}))
 
 for name, summary, excluded in (

@@ -75,6 +75,9 @@ def scarf_corrupt(
     rate: float,
     feature_groups: Tensor | np.ndarray | None = None,
     generator: torch.Generator | None = None,
+    *,
+    batch_rows: int | None = None,
+    first_row: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """SCARF corruption of a batch ``x`` (B, D) from the training rows ``reference`` (N, D).
 
@@ -86,6 +89,12 @@ def scarf_corrupt(
 
     A donor value can equal the original one, so ``mask`` -- not ``x_tilde != x`` -- says which
     features were corrupted.
+
+    ``batch_rows`` and ``first_row``: ``x`` is rows ``first_row .. first_row + B - 1`` of a batch
+    of ``batch_rows`` rows (one process's share of a global batch). The random draws are made
+    for the whole batch, in the same order, and this share's rows are kept, so a row is
+    corrupted as it would be if one process held the whole batch, however the batch is split
+    (default: ``x`` is the whole batch).
     """
     if x.ndim != 2 or reference.ndim != 2 or x.shape[1] != reference.shape[1]:
         raise DataError(
@@ -94,10 +103,15 @@ def scarf_corrupt(
         )
     if reference.shape[0] == 0:
         raise DataError("scarf_corrupt: the reference (training) rows are empty.")
+    total = x.shape[0] if batch_rows is None else batch_rows
+    if first_row < 0 or first_row + x.shape[0] > total:
+        raise DataError(f"scarf_corrupt: rows {first_row}..{first_row + x.shape[0] - 1} are not rows of a batch "
+                        f"of {total}.")
+    mine = slice(first_row, first_row + x.shape[0])
     groups = _check_groups(feature_groups, x.shape[1]).to(x.device)
     n_groups = int(groups.max()) + 1
-    mask = random_subset_mask(x.shape[0], n_groups, corrupted_feature_count(rate, n_groups), generator, x.device)
-    donors = torch.randint(reference.shape[0], (x.shape[0], n_groups), generator=generator, device=x.device)
+    mask = random_subset_mask(total, n_groups, corrupted_feature_count(rate, n_groups), generator, x.device)[mine]
+    donors = torch.randint(reference.shape[0], (total, n_groups), generator=generator, device=x.device)[mine]
     donor_values = reference.to(x.device, x.dtype)[donors[:, groups], torch.arange(x.shape[1], device=x.device)]
     return torch.where(mask[:, groups], donor_values, x), mask
 
@@ -121,8 +135,12 @@ class SCARFCorruption(nn.Module):
         corrupted_feature_count(rate, 1)  # validates the rate
         self.rate = rate
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return scarf_corrupt(x, self.reference, self.rate, self.feature_groups, generator)[0]
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, *, batch_rows: int | None = None,
+                first_row: int = 0) -> Tensor:
+        """``x`` corrupted; ``batch_rows``, ``first_row``: ``x`` is a share of a larger batch
+        (:func:`scarf_corrupt`)."""
+        return scarf_corrupt(x, self.reference, self.rate, self.feature_groups, generator,
+                             batch_rows=batch_rows, first_row=first_row)[0]
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}, reference_rows={self.reference.shape[0]}"
