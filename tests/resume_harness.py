@@ -108,3 +108,16 @@ def assert_kill_and_resume_is_exact(command: list[str], resume_command: list[str
     """The whole check (module docstring); ``reference_dir`` holds the uninterrupted run."""
     resumed = kill_then_resume(command, resume_command, run_dir, kill_after_step, seed=seed, env=env)
     assert_same_training_state(load_checkpoint(reference_dir), resumed)
+
+
+def assert_fit_resumes_exactly(tmp_path: Path, options: list[str], kill_after_step: int, seed: int = 0) -> Path:
+    """``contrastkit fit *options`` run whole, then run again, killed after ``kill_after_step`` steps
+    and resumed with ``fit --out RUN --resume``: the two final checkpoints must be equal. Returns the
+    uninterrupted run's folder."""
+    whole = Path(tmp_path) / "whole"
+    subprocess.run(cli("fit", *options, "--out", str(whole)), check=True, env=ENV, capture_output=True)
+    run_dir = Path(tmp_path) / "killed"
+    assert_kill_and_resume_is_exact(cli("fit", *options, "--out", str(run_dir)),
+                                    cli("fit", "--out", str(run_dir), "--resume"), run_dir, whole,
+                                    kill_after_step=kill_after_step, seed=seed)
+    return whole

@@ -14,12 +14,7 @@ from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader,
 from contrastkit.engine.metrics_log import trim_after_step
 from contrastkit.engine.optim import lr_multiplier
 from contrastkit.core.errors import ConfigError
-from tests.resume_harness import (
-    assert_kill_and_resume_is_exact,
-    assert_same_training_state,
-    cli,
-    load_checkpoint,
-)
+from tests.resume_harness import assert_fit_resumes_exactly, assert_same_training_state, load_checkpoint
 
 
 def test_schedules_match_their_closed_forms():
@@ -163,13 +158,4 @@ IMAGE_OPTIONS = ["--data", "digits", "--limit", "320", "--holdout", "0", "--batc
 
 @pytest.mark.slow
 def test_an_image_run_killed_between_step_checkpoints_resumes_exactly(tmp_path):
-    import subprocess
-
-    from tests.resume_harness import ENV
-
-    subprocess.run(cli("fit", *IMAGE_OPTIONS, "--out", str(tmp_path / "whole")), check=True, env=ENV,
-                   capture_output=True)
-    run_dir = tmp_path / "killed"
-    assert_kill_and_resume_is_exact(cli("fit", *IMAGE_OPTIONS, "--out", str(run_dir)),
-                                    cli("fit", "--out", str(run_dir), "--resume"), run_dir, tmp_path / "whole",
-                                    kill_after_step=6, seed=1)
+    assert_fit_resumes_exactly(tmp_path, IMAGE_OPTIONS, kill_after_step=6, seed=1)

@@ -38,7 +38,7 @@ from contrastkit.modalities.image.views.image import EvalView
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.objectives.base import normalize
 from contrastkit.objectives.mmcr import MMCRLoss, nuclear_norm
-from tests.resume_harness import assert_kill_and_resume_is_exact, cli, load_checkpoint
+from tests.resume_harness import assert_fit_resumes_exactly, load_checkpoint
 
 TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=64)
 METHODS = ["mmcr", "nnclr"]
@@ -194,17 +194,8 @@ NNCLR_OPTIONS = ["--method", "nnclr", "--data", "digits", "--limit", "320", "--h
 
 @pytest.mark.slow
 def test_an_nnclr_run_killed_between_step_checkpoints_resumes_exactly(tmp_path):
-    import subprocess
-
-    from tests.resume_harness import ENV
-
-    subprocess.run(cli("fit", *NNCLR_OPTIONS, "--out", str(tmp_path / "whole")), check=True, env=ENV,
-                   capture_output=True)
-    assert int(load_checkpoint(tmp_path / "whole")["state_dict"]["method.support_set.filled"]) == 160
-    run_dir = tmp_path / "killed"
-    assert_kill_and_resume_is_exact(cli("fit", *NNCLR_OPTIONS, "--out", str(run_dir)),
-                                    cli("fit", "--out", str(run_dir), "--resume"), run_dir, tmp_path / "whole",
-                                    kill_after_step=6, seed=2)
+    whole = assert_fit_resumes_exactly(tmp_path, NNCLR_OPTIONS, kill_after_step=6, seed=2)
+    assert int(load_checkpoint(whole)["state_dict"]["method.support_set.filled"]) == 160
 
 
 # -- collapse ------------------------------------------------------------------------------------------

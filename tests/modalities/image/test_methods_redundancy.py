@@ -19,14 +19,14 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import DataInfo
-from contrastkit.modalities.image.training.run import fit
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.objectives.barlow_twins import BarlowTwins
 from contrastkit.objectives.tico import TiCo as TiCoLoss
 from contrastkit.objectives.vicreg import VICReg
 from tests.modalities.image.test_collapse import mean_pairwise_cosine
 from tests.modalities.image.test_methods import _one_gradient_step
-from tests.resume_harness import ENV, assert_kill_and_resume_is_exact, cli
+from tests.modalities.image.collapse_runs import collapse_run_cache
+from tests.resume_harness import assert_fit_resumes_exactly
 
 TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=64)
 METHODS = {"barlowtwins": BarlowTwins, "vicreg": VICReg, "tico": TiCoLoss}
@@ -131,14 +131,7 @@ RESUME_OPTIONS = ["--method", "tico", "--data", "digits", "--limit", "320", "--h
 
 @pytest.mark.slow
 def test_tico_killed_between_checkpoints_resumes_exactly(tmp_path):
-    import subprocess
-
-    subprocess.run(cli("fit", *RESUME_OPTIONS, "--out", str(tmp_path / "whole")), check=True, env=ENV,
-                   capture_output=True)
-    run_dir = tmp_path / "killed"
-    assert_kill_and_resume_is_exact(cli("fit", *RESUME_OPTIONS, "--out", str(run_dir)),
-                                    cli("fit", "--out", str(run_dir), "--resume"), run_dir, tmp_path / "whole",
-                                    kill_after_step=6, seed=2)
+    assert_fit_resumes_exactly(tmp_path, RESUME_OPTIONS, kill_after_step=6, seed=2)
 
 
 # -- collapse: VICReg with its invariance term alone ---------------------------------------------------
@@ -155,20 +148,7 @@ COLLAPSE_VARIANTS = {"vicreg": {}, "invariance-only": {"vicreg": {"variance_weig
 
 @pytest.fixture(scope="module")
 def collapse_runs(tmp_path_factory):
-    cache: dict[str, dict] = {}
-    root = tmp_path_factory.mktemp("redundancy-collapse")
-
-    def get(name: str) -> dict:
-        if name not in cache:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                cache[name] = fit(FitConfig(**COLLAPSE_RUN, extra=COLLAPSE_VARIANTS[name], out=str(root / name)))
-            finally:
-                torch.set_num_threads(threads)
-        return cache[name]
-
-    return get
+    return collapse_run_cache(tmp_path_factory.mktemp("redundancy-collapse"), COLLAPSE_RUN, COLLAPSE_VARIANTS)
 
 
 def test_vicreg_without_variance_and_covariance_collapses_and_is_flagged(collapse_runs):
