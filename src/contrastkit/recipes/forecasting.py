@@ -30,6 +30,19 @@ past at forecast time) but their targets lie entirely inside their own part.
 Training runs on the engine (:func:`contrastkit.engine.train`, the objective in
 :class:`ForecastingTraining`); ``fit_forecaster(..., out=DIR)`` keeps the run folder and
 ``resume=True`` continues a killed run to the weights of an uninterrupted one.
+
+Processes: ``fit_forecaster(..., devices=N, strategy="ddp")`` trains data-parallel. Each process
+takes its ``batch_size`` windows of every global batch of ``N x batch_size``
+(:class:`~contrastkit.engine.EpochShuffleSampler` with Lightning's rank and world size); the loss
+is the catalogue's ``forecast_contrastive`` on the gathered global batch
+(:class:`~contrastkit.nn.distributed.GatheredObjective`: the InfoNCE's negatives are the views of
+every process's windows, and the MSE is the global batch's). Everything random in a step -- the
+views' jitter and scaling and the model's dropout (:class:`RowwiseDropout`, and the attention
+weights' dropout of :class:`RowwiseSelfAttention`) -- is drawn for the whole global batch on every
+process from torch's generator seeded by (seed, step) alone, and each process keeps its rows: N
+processes of ``b`` windows train exactly like one process of ``N x b``
+(tests/recipes/test_recipes_ddp.py). Lightning starts the other processes by running the script
+again, so call ``fit_forecaster`` with ``devices > 1`` from a script.
 """
 
 from __future__ import annotations
@@ -42,12 +55,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+import torch.nn.functional as F
+
+from contrastkit.engine import TrainSettings, train
 from contrastkit.engine.run_folder import estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.objectives.forecasting import forecast_contrastive_loss
+from contrastkit.nn.distributed import GatheredObjective, gather_no_grad
+from contrastkit.objectives.forecasting import ForecastContrastive, forecast_contrastive_loss
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.timeseries.views import jitter, scale
+from contrastkit.recipes._processes import GlobalDrawsModule, ShareBatches, check_devices, lightning_strategy
 
 # --------------------------------------------------------------------------- data
 
@@ -177,6 +194,74 @@ def prepare_forecast_data(
 # --------------------------------------------------------------------------- model
 
 
+class GlobalBatchShare:
+    """Which rows of the global batch this process holds: ``rank`` x the local batch onwards, of
+    ``world_size`` equal shares (one process: the whole batch)."""
+
+    def __init__(self) -> None:
+        self.rank, self.world_size = 0, 1
+
+    def draw_rows(self, like: Tensor, draw) -> Tensor:
+        """``draw(shape)`` for the global batch (``like``'s shape with ``world_size`` x its rows),
+        then this process's rows: a row's draw does not depend on how the batch is split."""
+        rows = like.shape[0]
+        drawn = draw((rows * self.world_size, *like.shape[1:]))
+        return drawn[rows * self.rank : rows * (self.rank + 1)]
+
+
+def rowwise_dropout(x: Tensor, p: float, share: GlobalBatchShare) -> Tensor:
+    """Inverted dropout of ``x`` (rows = samples) whose mask is drawn from torch's generator for
+    the global batch (:class:`GlobalBatchShare`), this process keeping its rows."""
+    if p == 0:
+        return x
+    keep = share.draw_rows(x, lambda shape: x.new_empty(shape).bernoulli_(1 - p))
+    return x * keep / (1 - p)
+
+
+class RowwiseDropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` whose mask is drawn for the global batch (:func:`rowwise_dropout`)."""
+
+    def __init__(self, p: float, share: GlobalBatchShare):
+        super().__init__(p)
+        self.share = share
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rowwise_dropout(x, self.p, self.share) if self.training else x
+
+
+class RowwiseSelfAttention(nn.MultiheadAttention):
+    """Batch-first self-attention whose attention-weight dropout is drawn for the global batch
+    (:func:`rowwise_dropout`) in training; the same parameters (and state-dict keys) as
+    :class:`torch.nn.MultiheadAttention`, whose computation it uses otherwise."""
+
+    def __init__(self, attention: nn.MultiheadAttention, share: GlobalBatchShare):
+        with torch.random.fork_rng(devices=[]):  # the model's initialisation draws stay as they were
+            super().__init__(attention.embed_dim, attention.num_heads, dropout=attention.dropout,
+                             batch_first=attention.batch_first)
+        self.load_state_dict(attention.state_dict())
+        self.share = share
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if not (self.training and self.dropout > 0) or key_padding_mask is not None or attn_mask is not None:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        batch, length, width = query.shape
+        heads = self.num_heads
+
+        def split(t: Tensor) -> Tensor:  # (B, P, d) -> (B, heads, P, d / heads)
+            return t.unflatten(-1, (heads, width // heads)).transpose(1, 2)
+
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q, k, v = split(F.linear(query, w_q, b_q)), split(F.linear(key, w_k, b_k)), split(F.linear(value, w_v, b_v))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (width // heads) ** 0.5, dim=-1)
+        weights = rowwise_dropout(weights, self.dropout, self.share)
+        out = self.out_proj((weights @ v).transpose(1, 2).flatten(2))
+        return out, (weights.mean(dim=1) if average_attn_weights else weights) if need_weights else None
+
+
 class PatchTransformerForecaster(nn.Module):
     """A small PatchTST-style forecaster: patches -> Transformer encoder -> linear head.
 
@@ -186,6 +271,10 @@ class PatchTransformerForecaster(nn.Module):
     ``forward`` flattens them into a linear map to the H-step forecast; ``represent`` is their
     mean over patches (B, d), the window representation the contrastive term acts on, and
     ``project`` the projection head's output on it (SimCLR-style, Chen et al. 2020).
+
+    The Transformer's dropouts draw their masks for the global batch of the step
+    (:class:`RowwiseDropout`, :class:`RowwiseSelfAttention`; ``share`` says which rows this process
+    holds), so that a window's dropout does not depend on how a batch is split across processes.
     """
 
     def __init__(
@@ -218,6 +307,11 @@ class PatchTransformerForecaster(nn.Module):
             norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.share = GlobalBatchShare()
+        for block in self.encoder.layers:
+            block.self_attn = RowwiseSelfAttention(block.self_attn, self.share)
+            for name in ("dropout", "dropout1", "dropout2"):
+                setattr(block, name, RowwiseDropout(dropout, self.share))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(patches * d_model, horizon)
         self.projector = nn.Sequential(
@@ -310,25 +404,51 @@ class Windows(torch.utils.data.Dataset):
 
 
 class ForecastingTraining(nn.Module):
-    """The objective the engine trains: :func:`forecast_contrastive_loss` of ``model`` on a batch of
-    windows, with the two augmented views when ``contrastive_weight > 0``. The views' noise and
-    dropout are drawn from torch's global generator, which the engine reseeds before every step."""
+    """The objective the engine trains: the catalogue's ``forecast_contrastive`` of ``model`` on a
+    batch of windows (:class:`~contrastkit.objectives.forecasting.ForecastContrastive`, gathered
+    across processes by :class:`~contrastkit.nn.distributed.GatheredObjective`), with the two
+    augmented views when ``contrastive_weight > 0``.
+
+    The views' noise and the dropout masks are drawn from torch's global generator, reseeded by
+    :meth:`begin_step` with the same seed on every process; the draws are made for the global
+    batch (``world_size`` x this process's windows) and this process keeps its rows ``rank *
+    windows`` onwards, so a window's draws do not depend on how the global batch is split.
+    Without :meth:`begin_step` the generator is the engine's, reseeded before every step."""
 
     def __init__(self, model: PatchTransformerForecaster, config: ForecasterConfig):
         super().__init__()
         self.model = model
         self.config = config
+        self.objective = GatheredObjective(ForecastContrastive(config.contrastive_weight, config.temperature))
+        self.step_seed: int | None = None
+
+    def begin_step(self, seed: int, rank: int, world_size: int) -> None:
+        """The next step's draws: from ``seed`` (the same on every process), for ``world_size``
+        processes' batches, of which this process (``rank``) holds one."""
+        self.step_seed = seed
+        self.model.share.rank, self.model.share.world_size = rank, world_size
 
     def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         x, y = batch["inputs"], batch["targets"]
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed)
         z_a = z_b = None
         if c.contrastive_weight > 0:
-            view_a, view_b = two_augmented_views(x, c.jitter_sigma, c.scale_sigma)
-            z_a, z_b = self.model.project(view_a), self.model.project(view_b)
-        loss, mse, contrastive = forecast_contrastive_loss(
-            self.model(x), y, z_a, z_b, c.contrastive_weight, c.temperature
-        )
+            # The views of the global batch (other processes' rows zero here), then this process's rows.
+            share = self.model.share
+            whole = x.new_zeros((x.shape[0] * share.world_size, *x.shape[1:]))
+            mine = slice(x.shape[0] * share.rank, x.shape[0] * (share.rank + 1))
+            whole[mine] = x
+            view_a, view_b = two_augmented_views(whole, c.jitter_sigma, c.scale_sigma)
+            z_a, z_b = self.model.project(view_a[mine]), self.model.project(view_b[mine])
+        forecast = self.model(x)
+        if z_a is None:  # no views: the objective (weight 0) reads none; any rows do
+            z_a = z_b = forecast.detach()
+        loss = self.objective(z_a, z_b, forecast=forecast, target=y)
+        with torch.no_grad():  # the parts, of the global batch
+            _, mse, contrastive = forecast_contrastive_loss(
+                *(gather_no_grad(t) for t in (forecast, y, z_a, z_b)), c.contrastive_weight, c.temperature)
         return loss, {"mse": mse.item(), "contrastive": contrastive.item()}
 
 
@@ -340,6 +460,8 @@ def fit_forecaster(
     resume: bool = False,
     checkpoint_every_steps: int | None = None,
     max_steps: int | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
 ) -> PatchTransformerForecaster:
     """Train a :class:`PatchTransformerForecaster` on ``data.train`` only; returns it in eval mode.
 
@@ -352,7 +474,15 @@ def fit_forecaster(
     ``resume=True`` continues the run in ``out`` (same data and config) to the weights an
     uninterrupted run reaches. ``max_steps`` shortens the run to at most that many steps (the
     cosine then decays over the shorter run).
+
+    ``devices``, ``strategy``: Lightning's (``devices=2, strategy="ddp"``: two processes, each
+    training on ``config.batch_size`` windows of every global batch of ``2 x batch_size``, the
+    loss computed on the global batch and every draw made for it; the module docstring). Lightning
+    starts the other processes by running the script again, so call it from a script. The run
+    folder's summary and weights are written by the first process; every process returns the
+    trained model.
     """
+    check_devices("fit_forecaster", devices)
     inputs, targets = data.train
     if config.contrastive_weight < 0:
         raise ConfigError(
@@ -379,10 +509,7 @@ def fit_forecaster(
         steps = config.steps if max_steps is None else min(config.steps, max_steps)
         if steps == 0:
             return model.eval()
-        batch_size = min(config.batch_size, len(inputs))
-        loader = batch_loader(
-            Windows(inputs, targets), EpochShuffleSampler(len(inputs), batch_size, config.seed)
-        )
+        batch_size = min(config.batch_size, max(1, len(inputs) // devices))  # per process
         settings = TrainSettings(
             optimizer="adamw",
             lr=config.lr,
@@ -393,6 +520,9 @@ def fit_forecaster(
             seed=config.seed,
             batch_size=batch_size,
             checkpoint_every_steps=checkpoint_every_steps,
+            devices=devices,
+            # weight 0: the projection head takes no part in the loss
+            strategy=lightning_strategy(strategy, find_unused_parameters=config.contrastive_weight == 0),
         )
         description = {
             "estimator": "fit_forecaster",
@@ -403,11 +533,15 @@ def fit_forecaster(
             "horizon": int(targets.shape[1]),
         }
         with estimator_run_dir(run_dir, "forecaster", description) as (folder, kept):
-            result = train(ForecastingTraining(model, config), loader, settings, folder, resume=resume,
-                           description=description)
-            if kept:
+            method = ForecastingTraining(model, config)
+            result = train(method, ShareBatches(Windows(inputs, targets), batch_size, config.seed), settings,
+                           folder, resume=resume, description=description,
+                           module=GlobalDrawsModule(method, settings, description))
+            if kept and result.is_global_zero:
+                world_size = result.trainer.world_size
                 write_estimator_run(folder, result, {
-                    "method": "fit_forecaster", "steps_per_epoch": len(loader),
+                    "method": "fit_forecaster", "steps_per_epoch": len(inputs) // (batch_size * world_size),
+                    "world_size": world_size, "global_batch_size": batch_size * world_size,
                     "final_loss": float(result.trainer.callback_metrics.get("train/loss", float("nan"))),
                 }, model.state_dict())
     return model.eval()

@@ -31,6 +31,19 @@ information and correlated groups); here a *feature* is one categorical input co
 Training runs on the engine (:func:`contrastkit.engine.train`, the objective in
 :class:`TwoTowerTraining`); ``fit_two_tower(..., out=DIR)`` keeps the run folder and
 ``resume=True`` continues a killed run to the weights of an uninterrupted one.
+
+Processes: ``fit_two_tower(..., devices=N, strategy="ddp")`` trains data-parallel. Each process
+takes its ``batch_size`` pairs of every global batch of ``N x batch_size``
+(:class:`~contrastkit.engine.EpochShuffleSampler` with Lightning's rank and world size) and its
+``ssl_batch_size`` items of a global SSL batch of ``N x ssl_batch_size``. Both terms are computed
+on the global batches (:class:`~contrastkit.nn.distributed.GatheredObjective`): ``L_main``'s
+negatives are the items of every process's pairs (with their item ids and ``log p_j``, so
+duplicates are masked and logQ corrected across processes), and ``L_ssl``'s the views of every
+process's SSL items. The SSL items and their masks are drawn for the whole global SSL batch on
+every process, from torch's generator seeded by (seed, step) alone, and each process keeps its
+rows: N processes of ``b`` pairs (and ``s`` SSL items) train exactly like one process of ``N x b``
+(and ``N x s``) (tests/recipes/test_recipes_ddp.py). Lightning starts the other processes by
+running the script again, so call ``fit_two_tower`` with ``devices > 1`` from a script.
 """
 
 from __future__ import annotations
@@ -45,11 +58,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
+from contrastkit.engine import TrainSettings, train
 from contrastkit.engine.run_folder import estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.objectives.infonce import ntxent_terms
-from contrastkit.objectives.query_key import in_batch_softmax_loss
+from contrastkit.nn.distributed import GatheredObjective
+from contrastkit.objectives.infonce import InfoNCE, ntxent_terms
+from contrastkit.objectives.query_key import InBatchSoftmax
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.tabular.views import (
     correlated_feature_groups,
@@ -57,6 +71,7 @@ from contrastkit.modalities.tabular.views import (
     mutual_information_matrix,
     random_subset_mask,
 )
+from contrastkit.recipes._processes import GlobalDrawsModule, ShareBatches, check_devices, lightning_strategy
 
 MASKINGS = ("random", "correlated")
 
@@ -227,9 +242,15 @@ class Pairs(torch.utils.data.Dataset):
 
 class TwoTowerTraining(nn.Module):
     """The objective the engine trains: ``L_main + ssl_weight * L_ssl`` (module docstring) on a
-    batch of pairs. The features and ``log p_j`` are buffers that move with the module but are not
-    checkpointed (data, not state). The SSL items and masks are drawn from torch's global
-    generator, which the engine reseeds before every step."""
+    batch of pairs, both terms on the global batches (gathered across processes by
+    :class:`~contrastkit.nn.distributed.GatheredObjective`). The features and ``log p_j`` are
+    buffers that move with the module but are not checkpointed (data, not state).
+
+    The SSL items and masks are drawn from torch's global generator, reseeded by
+    :meth:`begin_step` with the same seed on every process; they are drawn for the global SSL
+    batch (``world_size`` x ``ssl_batch_size``) and this process keeps its rows ``rank *
+    ssl_batch_size`` onwards, so an SSL row's draws do not depend on how the batch is split.
+    Without :meth:`begin_step` the generator is the engine's, reseeded before every step."""
 
     def __init__(
         self,
@@ -247,29 +268,42 @@ class TwoTowerTraining(nn.Module):
         self.register_buffer("log_item_probability", log_item_probability, persistent=False)
         self.correlated = correlated
         self.config = config
+        self.main_objective = GatheredObjective(InBatchSoftmax(config.temperature))
+        self.ssl_objective = GatheredObjective(InfoNCE(config.ssl_temperature))
+        self.step_seed: int | None = None
+        self.rank, self.world_size = 0, 1
+
+    def begin_step(self, seed: int, rank: int, world_size: int) -> None:
+        """The next step's draws: from ``seed`` (the same on every process), for ``world_size``
+        processes' batches, of which this process (``rank``) holds one."""
+        self.step_seed, self.rank, self.world_size = seed, rank, world_size
 
     def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         c = self.config
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed)
         pairs = batch["pairs"]
         items = pairs[:, 1]
-        main = in_batch_softmax_loss(
+        main = self.main_objective(
             self.model.query_tower(self.query_features[pairs[:, 0]]),
             self.model.item_tower(self.item_features[items]),
-            c.temperature,
             item_ids=items,
             log_item_probability=self.log_item_probability[items] if c.logq_correction else None,
         )
         if c.ssl_weight <= 0:
             return main, {"main": main.item()}
         n_items, n_features = self.item_features.shape
-        ssl_items = torch.randint(n_items, (c.ssl_batch_size,), device=items.device)
+        rows = c.ssl_batch_size * self.world_size  # the global SSL batch, drawn on every process
+        mine = slice(c.ssl_batch_size * self.rank, c.ssl_batch_size * (self.rank + 1))
+        ssl_items = torch.randint(n_items, (rows,), device=items.device)[mine]
         masks = (
-            self.correlated(c.ssl_batch_size)
+            self.correlated(rows)
             if self.correlated is not None
-            else complementary_random_masks(c.ssl_batch_size, n_features, c.mask_fraction)
+            else complementary_random_masks(rows, n_features, c.mask_fraction)
         )
-        masks = (masks[0].to(items.device), masks[1].to(items.device))
-        ssl = item_ssl_loss(self.model.item_tower, self.item_features[ssl_items], masks, c.ssl_temperature)
+        masks = (masks[0][mine].to(items.device), masks[1][mine].to(items.device))
+        features = self.item_features[ssl_items]
+        ssl = self.ssl_objective(self.model.item_tower(features, masks[0]), self.model.item_tower(features, masks[1]))
         return main + c.ssl_weight * ssl, {"main": main.item(), "ssl": ssl.item()}
 
 
@@ -285,6 +319,8 @@ def fit_two_tower(
     resume: bool = False,
     checkpoint_every_steps: int | None = None,
     max_steps: int | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
 ) -> TwoTowerModel:
     """Train on positive ``pairs`` (P, 2) = (query index, item index) rows; returns the model in
     eval mode.
@@ -297,7 +333,15 @@ def fit_two_tower(
     and SSL parts, summary.json, model.safetensors); an existing run is never overwritten.
     ``resume=True`` continues the run in ``out`` (same data and config) to the weights an
     uninterrupted run reaches. ``max_steps`` shortens the run to at most that many steps.
+
+    ``devices``, ``strategy``: Lightning's (``devices=2, strategy="ddp"``: two processes, each
+    training on ``config.batch_size`` pairs of every global batch of ``2 x batch_size`` and
+    ``config.ssl_batch_size`` items of the global SSL batch, the losses computed on the global
+    batches; the module docstring). Lightning starts the other processes by running the script
+    again, so call it from a script. The run folder's summary and weights are written by the
+    first process; every process returns the trained model.
     """
+    check_devices("fit_two_tower", devices)
     if config.masking not in MASKINGS:
         raise ConfigError(
             f"Unknown masking '{config.masking}'. Valid maskings: {', '.join(MASKINGS)}."
@@ -328,8 +372,7 @@ def fit_two_tower(
         steps = config.steps if max_steps is None else min(config.steps, max_steps)
         if steps == 0:
             return model.eval()
-        batch_size = min(config.batch_size, len(pairs))
-        loader = batch_loader(Pairs(pairs), EpochShuffleSampler(len(pairs), batch_size, config.seed))
+        batch_size = min(config.batch_size, max(1, len(pairs) // devices))  # per process
         settings = TrainSettings(
             optimizer="adam",
             lr=config.lr,
@@ -338,6 +381,8 @@ def fit_two_tower(
             seed=config.seed,
             batch_size=batch_size,
             checkpoint_every_steps=checkpoint_every_steps,
+            devices=devices,
+            strategy=lightning_strategy(strategy),
         )
         description = {
             "estimator": "fit_two_tower",
@@ -353,10 +398,14 @@ def fit_two_tower(
             model, query_features, item_features, log_item_probability, correlated, config
         )
         with estimator_run_dir(run_dir, "two-tower", description) as (folder, kept):
-            result = train(method, loader, settings, folder, resume=resume, description=description)
-            if kept:
+            result = train(method, ShareBatches(Pairs(pairs), batch_size, config.seed), settings, folder,
+                           resume=resume, description=description,
+                           module=GlobalDrawsModule(method, settings, description))
+            if kept and result.is_global_zero:
+                world_size = result.trainer.world_size
                 write_estimator_run(folder, result, {
-                    "method": "fit_two_tower", "steps_per_epoch": len(loader),
+                    "method": "fit_two_tower", "steps_per_epoch": len(pairs) // (batch_size * world_size),
+                    "world_size": world_size, "global_batch_size": batch_size * world_size,
                     "final_loss": float(result.trainer.callback_metrics.get("train/loss", float("nan"))),
                 }, model.state_dict())
     return model.eval()
