@@ -142,6 +142,9 @@ def test_moco_enqueues_the_normalised_keys_and_its_loss_is_infonce_over_the_queu
             queries = F.normalize(model.projection(model.backbone(view_a)), dim=1)
         torch.manual_seed(100 + step)
         loss, _ = model.training_loss(images)
+        # Until the step is taken the queue holds the previous keys only (a skipped batch adds none).
+        torch.testing.assert_close(model.queue.keys(in_order=True), queue_before)
+        model.after_optimizer_step(step + 1, 3)
         # The queue: the previous keys then this batch's, oldest first (24 rows hold all 3 batches).
         previous_keys.append(keys)
         torch.testing.assert_close(model.queue.keys(in_order=True), torch.cat(previous_keys), atol=1e-5, rtol=1e-5)

@@ -78,23 +78,23 @@ class MoCo(nn.Module):
         self.eval_view = eval_view
         self.objective = objective
         self.queue = queue
+        self._new_keys: torch.Tensor | None = None  # this step's keys, enqueued once the step is taken
         self.momentum = momentum
         self.symmetric = symmetric
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         view_a, view_b = self.views.two_views(batch["image"])
-        # A copy: the queue is overwritten below, before the backward pass may need these rows.
-        negatives = self.queue.keys().clone()
+        negatives = self.queue.keys()
         if self.symmetric:
             q_a, q_b = self.projection(self.backbone(torch.cat([view_a, view_b]))).chunk(2)
             k_a, k_b = self._keys(torch.cat([view_a, view_b])).chunk(2)
             loss = (self.objective(q_a, k_b, keys=negatives) + self.objective(q_b, k_a, keys=negatives)) / 2
-            self.queue.enqueue(torch.cat([k_b, k_a]))
+            self._new_keys = torch.cat([k_b, k_a])
         else:
             q = self.projection(self.backbone(view_a))
             k = self._keys(view_b)
             loss = self.objective(q, k, keys=negatives)
-            self.queue.enqueue(k)
+            self._new_keys = k
         return loss, {}
 
     @torch.no_grad()
@@ -103,6 +103,11 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        # The batch's keys join the queue only once its step is taken: a batch the engine skips
+        # (a non-finite loss under --nan-policy skip) leaves the queue as it was, as NNCLR's support set.
+        keys, self._new_keys = self._new_keys, None
+        if keys is not None:
+            self.queue.enqueue(keys)
         ema_update_(self.key_backbone, self.backbone, self.momentum)
         ema_update_(self.key_projection, self.projection, self.momentum)
 
