@@ -64,7 +64,7 @@ from contrastkit.nn.distributed import GatheredObjective, gather_no_grad
 from contrastkit.objectives.forecasting import ForecastContrastive, forecast_contrastive_loss
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.timeseries.views import jitter, scale
-from contrastkit.recipes._processes import GlobalDrawsModule, ShareBatches, check_devices, lightning_strategy
+from contrastkit.engine.processes import GlobalDrawsModule, ShareBatches, check_devices, lightning_strategy
 
 # --------------------------------------------------------------------------- data
 

@@ -71,7 +71,7 @@ from contrastkit.modalities.tabular.views import (
     mutual_information_matrix,
     random_subset_mask,
 )
-from contrastkit.recipes._processes import GlobalDrawsModule, ShareBatches, check_devices, lightning_strategy
+from contrastkit.engine.processes import GlobalDrawsModule, ShareBatches, check_devices, lightning_strategy
 
 MASKINGS = ("random", "correlated")
 

@@ -58,8 +58,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from contrastkit import objectives
-from contrastkit.engine import EpochShuffleSampler, TrainSettings, batch_loader, train
-from contrastkit.engine.module import CHECKPOINT_KEY, EngineModule, step_seed
+from contrastkit.engine import TrainSettings, train
+from contrastkit.engine.module import CHECKPOINT_KEY
+from contrastkit.engine.processes import GlobalDrawsModule, ShareBatches, lightning_strategy
 from contrastkit.engine.run_folder import CHECKPOINT, estimator_run_dir, resolve_run_dir, write_estimator_run
 from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
@@ -94,21 +95,6 @@ class Rows(torch.utils.data.Dataset):
     def __getitems__(self, positions: list[int]) -> dict[str, Tensor]:
         index = torch.as_tensor(positions)
         return {"rows": self.rows[index], "index": index}
-
-
-class RowBatches(L.LightningDataModule):
-    """The rows as the engine's resumable loader, built once the process's rank is known: every
-    epoch a shuffle drawn from (seed, epoch), cut into global batches of ``batch_size`` x the
-    processes, of which process ``rank`` takes rows ``rank * batch_size`` onwards."""
-
-    def __init__(self, rows: Tensor, batch_size: int, seed: int):
-        super().__init__()
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
-
-    def train_dataloader(self):
-        sampler = EpochShuffleSampler(len(self.rows), self.batch_size, self.seed, self.trainer.global_rank,
-                                      self.trainer.world_size)
-        return batch_loader(Rows(self.rows), sampler)
 
 
 class TabularTraining(nn.Module):
@@ -149,17 +135,6 @@ class TabularTraining(nn.Module):
             return self.corruption(x, generator, batch_rows=share * world_size, first_row=share * rank)
 
         return self.loss(rows, corrupt), {}
-
-
-class TabularModule(EngineModule):
-    """The engine's module, plus one thing: before each step it seeds the corruption's generator
-    from (fit seed, step) -- the seed process 0 of the engine's per-step reseeding uses, on every
-    process -- and tells it the process's rank and the world size."""
-
-    def training_step(self, batch, batch_idx):
-        self.method.begin_step(step_seed(self.settings.seed, self.global_step, 0), self.global_rank,
-                               self.trainer.world_size)
-        return super().training_step(batch, batch_idx)
 
 
 class EpochLosses(L.Callback):
@@ -292,15 +267,15 @@ class TabularContrastive(abc.ABC):
         accelerator, lightning_devices = _accelerator(self.device, devices)
         settings = TrainSettings(optimizer="adam", lr=self.lr, schedule="constant", max_epochs=n_epochs,
                                  max_steps=max_steps, accelerator=accelerator, devices=lightning_devices,
-                                 strategy=_strategy(strategy), seed=seed, batch_size=batch_size,
+                                 strategy=lightning_strategy(strategy), seed=seed, batch_size=batch_size,
                                  checkpoint_every_steps=checkpoint_every_steps)
         description = {"estimator": name, "options": self._options(), "rows": int(data.shape[0]),
                        "n_epochs": n_epochs, "max_steps": max_steps, "fit_seed": seed}
         losses = EpochLosses(name, verbose)
         with estimator_run_dir(run_dir, name.lower(), description) as (folder, kept):
             with seeded(seed, self.device):  # the engine reseeds torch per step; the caller's state is kept
-                module = TabularModule(method, settings, description)
-                result = train(method, RowBatches(data, batch_size, seed), settings, folder, resume=resume,
+                module = GlobalDrawsModule(method, settings, description)
+                result = train(method, ShareBatches(Rows(data), batch_size, seed), settings, folder, resume=resume,
                                description=description, callbacks=[losses], module=module)
             self.encoder.to(self.device)  # Lightning hands the modules back on the CPU
             if self.projector is not None:
@@ -462,14 +437,4 @@ def _accelerator(device: torch.device, devices: int = 1) -> tuple[str, int | lis
     return device.type, devices
 
 
-def _strategy(strategy: str) -> Any:
-    """Lightning's strategy; ``ddp`` without broadcasting buffers before every step: the only
-    buffers are the corruption's training rows (the same on every process, and possibly large)."""
-    if strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(broadcast_buffers=False)
-    return strategy
-
-
-__all__ = ["CLAN", "SCARF", "RowBatches", "TabularContrastive", "TabularModule", "TabularTraining", "mlp_encoder"]
+__all__ = ["CLAN", "SCARF", "TabularContrastive", "TabularTraining", "mlp_encoder"]

@@ -1,4 +1,4 @@
-"""What the recipes share to train in several processes (``devices=N, strategy="ddp"``).
+"""What the estimators and recipes share to train in several processes (``devices=N, strategy="ddp"``).
 
 * :class:`ShareBatches`: the engine's resumable loader, built once the process's rank is known:
   every epoch a shuffle drawn from (seed, epoch), cut into global batches of ``batch_size`` x the
@@ -8,7 +8,7 @@
   per-step reseeding uses -- the same on every process -- so the method can draw its step's
   randomness for the whole global batch on every process and keep its own rows.
 * :func:`lightning_strategy`: Lightning's strategy; ``"ddp"`` becomes a ``DDPStrategy`` that does
-  not broadcast buffers (the recipes' buffers are data, the same on every process) and, where
+  not broadcast buffers (their buffers are data, the same on every process) and, where
   asked, finds unused parameters.
 """
 
