@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch.distributed as dist
 from torch import nn
 
 from contrastkit.core.errors import DataError
@@ -113,4 +114,20 @@ def train(method: nn.Module, data: ResumableLoader | L.LightningDataModule, sett
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
     else:
         trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
-    return TrainResult(module, trainer, throughput, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    leave_process_group()
+    return TrainResult(module, trainer, throughput, seconds)
+
+
+def leave_process_group() -> None:
+    """End a multi-process run's process group on every process, together.
+
+    Lightning leaves the group alive after ``fit``. A DDP child that then exits while the first
+    process still encodes and writes destroys the group's gloo threads at interpreter exit, and
+    that aborts it now and then ("terminate called without an active exception", the launcher
+    then kills the first process too). A barrier and an explicit destroy end it cleanly; what
+    follows ``train`` is single-process work (encoding, the summary, the report). A later
+    ``train`` in the same processes starts a new group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
