@@ -3,7 +3,8 @@ same method where it has one, on one data set, backbone and epoch count, beside 
 encoder and raw pixels. Supersedes ``bench_methods.py`` (2 epochs on 1,600 images: too short to rank).
 
 Data: ``cifar10-test`` (10,000 CIFAR-10 images under ``$CONTRASTKIT_DATA``) split as ``contrastkit
-fit`` splits it: a stratified 20 %, drawn with the run's seed, is held out of pretraining; weighted
+fit`` splits it: a stratified 20 %, drawn with ``--split-seed 0`` for every training seed, is held out
+of pretraining; weighted
 kNN (cosine, k = 200, t = 0.1) with the 8,000 pretraining images and their labels as the bank, the
 2,000 held-out images as queries; a linear probe fitted on 10 labelled pretraining images per class,
 scored on the held-out ones. The held-out part is development data (it compares methods and fixed
@@ -79,6 +80,9 @@ from image_side_by_side import PeakMemory, make_backbone, optimizer_and_schedule
 
 EPOCHS = None  # not fixed: the pilot did not reach raw pixels + 5 (module docstring)
 HOLDOUT = 0.2  # contrastkit fit's default
+# One held-out split, evaluation sample and probe label draw for every training seed (fit's
+# --split-seed): seeds then differ only in training, and the baselines' raw pixels do not move.
+SPLIT_SEED = 0
 FEW_LABELS = "linear_top1_10_per_class"
 LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "tico", "mmcr", "nnclr")
 BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels")
@@ -89,15 +93,17 @@ DEFAULT_DIR = Path("runs") / "rank_image_methods"
 
 def fit_options(method: str, args) -> dict:
     """The FitConfig of a contrastkit run, less its seed and output folder."""
-    model = {"optimizer": "adamw"} if method == "jepa" else {"backbone": args.backbone}  # JEPA as bench_methods.py
+    model = ({"optimizer": "adamw"} if method == "jepa"  # JEPA as bench_methods.py
+             else {"backbone": args.backbone, "lr": args.lr})
     return dict(method=method, data=args.data, epochs=args.epochs, batch_size=args.batch_size, width=args.width,
-                holdout=HOLDOUT, channels_last=args.memory_format == "channels-last", probe_every=0, report=False,
+                holdout=HOLDOUT, split_seed=SPLIT_SEED, channels_last=args.memory_format == "channels-last",
+                probe_every=0, report=False,
                 baselines=False, **model)
 
 
 def run_settings(library: str, method: str, args) -> dict:
     """What a stored run must match to be this run (its seed apart)."""
-    settings = {"data": args.data, "holdout": HOLDOUT, "backbone": args.backbone, "width": args.width}
+    settings = {"data": args.data, "holdout": HOLDOUT, "split_seed": SPLIT_SEED, "backbone": args.backbone, "width": args.width}
     if library == BASELINE:
         return settings
     settings |= {"epochs": args.epochs, "batch_size": args.batch_size, "memory_format": args.memory_format,
@@ -139,7 +145,7 @@ def worker(args) -> None:
     Path(args.result).write_text(json.dumps({"rows": rows, "versions": versions}))
 
 
-def scores(embeddings: np.ndarray, labels: np.ndarray, n_train: int, seed: int) -> dict:
+def scores(embeddings: np.ndarray, labels: np.ndarray, n_train: int) -> dict:
     """fit's held-out figures (``evaluate_embeddings`` less its all-label probe, minutes on raw pixels):
     the first n_train rows are the kNN bank and the probe's pool, the others are scored."""
     from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector
@@ -149,9 +155,9 @@ def scores(embeddings: np.ndarray, labels: np.ndarray, n_train: int, seed: int) 
 
     x, y = as_float32_matrix(embeddings, "embeddings"), as_label_vector(labels, "labels", length=len(labels))
     train, test = np.arange(n_train), np.arange(n_train, len(y))
-    few = few_labels_per_class(y, train, 10, seed)
+    few = few_labels_per_class(y, train, 10, SPLIT_SEED)
     return {"knn_top1": weighted_knn_accuracy(x[train], y[train], x[test], y[test], 200, 0.1),
-            FEW_LABELS: linear_probe_accuracy(x[few], y[few], x[test], y[test], seed)}
+            FEW_LABELS: linear_probe_accuracy(x[few], y[few], x[test], y[test], SPLIT_SEED)}
 
 
 def baseline_rows(seed: int, args) -> dict:
@@ -170,8 +176,8 @@ def baseline_rows(seed: int, args) -> dict:
     method = build_method("simclr", config, run_data.info)
     images, labels = run_data.read(run_data.eval_rows), run_data.labels[run_data.eval_rows]
     untrained = embed_images(method, images, torch.device("cpu")).numpy()
-    return {"untrained encoder": scores(untrained, labels, run_data.eval_train, seed),
-            "raw pixels": scores(raw_pixels(images, run_data.info), labels, run_data.eval_train, seed)}
+    return {"untrained encoder": scores(untrained, labels, run_data.eval_train),
+            "raw pixels": scores(raw_pixels(images, run_data.info), labels, run_data.eval_train)}
 
 
 def train_contrastkit(method: str, seed: int, args) -> dict:
@@ -187,24 +193,24 @@ def train_contrastkit(method: str, seed: int, args) -> dict:
         "train_seconds": summary["seconds"], "collapsed": bool(summary["collapse"]["collapsed"])}
 
 
-def split_folder(args, seed: int) -> Path:
-    return Path(args.out_dir) / "splits" / f"{Path(args.data).name}-seed{seed}"
+def split_folder(args) -> Path:
+    return Path(args.out_dir) / "splits" / f"{Path(args.data).name}-split{SPLIT_SEED}"
 
 
-def prepare_split(args, seed: int) -> None:
-    """fit's split for ``seed`` as one .pt file (images in evaluation order, labels, the pretraining
+def prepare_split(args) -> None:
+    """fit's split for ``--split-seed SPLIT_SEED`` as one .pt file (images in evaluation order, labels, the pretraining
     part's size, mean and std), and a folder of links to the pretraining JPEGs, for LightlySSL."""
     from contrastkit.core.paths import data_root
     from contrastkit.modalities.image.sources import BUILTIN_SOURCES, open_image_source
     from contrastkit.modalities.image.sources.image_folder import list_image_files
     from contrastkit.modalities.image.training.run_data import split_rows
 
-    folder = split_folder(args, seed)
+    folder = split_folder(args)
     if (folder / "split.pt").exists():
         return
     source = open_image_source(args.data)
     labels = source.labels.numpy()
-    train, holdout = split_rows(labels, np.arange(len(source)), HOLDOUT, seed)
+    train, holdout = split_rows(labels, np.arange(len(source)), HOLDOUT, SPLIT_SEED)
     mean, std = source.subset(train).channel_mean_std()
     files, _, _ = list_image_files(data_root() / args.data if args.data in BUILTIN_SOURCES else Path(args.data))
     for row in train:  # the folder's sorted files are the source's rows (image_side_by_side.cifar_small)
@@ -223,7 +229,7 @@ def train_lightly(method: str, seed: int, args) -> dict:
 
     from contrastkit.modalities.image.views.image import EvalView
 
-    folder = split_folder(args, seed)
+    folder = split_folder(args)
     split = torch.load(folder / "split.pt", weights_only=False)
     n_train, fmt = split["n_train"], torch.channels_last if args.memory_format == "channels-last" else None
     steps_per_epoch = n_train // args.batch_size
@@ -247,7 +253,7 @@ def train_lightly(method: str, seed: int, args) -> dict:
             return value
 
         def configure_optimizers(self):
-            return optimizer_and_schedule(self, steps_per_epoch, args.epochs)
+            return optimizer_and_schedule(self, steps_per_epoch, args.epochs, args.lr)
 
     module = LightlyRun().to(memory_format=fmt) if fmt else LightlyRun()
     module.batch_images = lambda batch: len(batch[1])
@@ -261,7 +267,7 @@ def train_lightly(method: str, seed: int, args) -> dict:
     backbone.eval()
     with torch.inference_mode():
         embeddings = torch.cat([backbone(view(images[i : i + 512])) for i in range(0, len(images), 512)]).numpy()
-    return scores(embeddings, split["labels"], n_train, seed) | {
+    return scores(embeddings, split["labels"], n_train) | {
         "images_per_s": timing["images"] / timing["epoch_seconds"],
         "step_images_per_s": timing["images"] / timing["step_seconds"], "train_seconds": timing["epoch_seconds"]}
 
@@ -417,7 +423,7 @@ def run_all(args) -> None:
                 print(f"stored already: {library} {job} seed {seed}", flush=True)
                 continue
             if library == "lightly":
-                prepare_split(args, seed)
+                prepare_split(args)
             print(f"running: {library} {job} seed {seed}", flush=True)
             for name, row in (run_job(lightly_python if library == "lightly" else sys.executable, library, job,
                                       seed, args) or {}).items():
@@ -500,7 +506,7 @@ def pilot(args) -> None:
     from contrastkit.modalities.image.training.run_data import open_run_data
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out_dir) / f"pilot-simclr-seed0-{args.pilot}-epochs"
+    out = Path(args.out_dir) / f"pilot-simclr-seed0-{args.pilot}-epochs-lr{args.lr:g}-width{args.width:g}"
     shutil.rmtree(out, ignore_errors=True)
     config = FitConfig(**fit_options("simclr", args) | {"epochs": args.pilot, "probe_every": 1, "baselines": True},
                        seed=0, out=str(out))
@@ -533,6 +539,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--lr", type=float, default=0.06,
+                        help="SGD rate for a batch of 256, both libraries (0.06: fit's default; LightlySSL's "
+                             "CIFAR-10 benchmark uses 0.12 at batch 256); JEPA keeps AdamW's default")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--data", default="cifar10-test")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run (and its OMP_NUM_THREADS)")

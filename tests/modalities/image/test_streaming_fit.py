@@ -222,6 +222,27 @@ def test_bounded_evaluation_and_statistics_samples(digits_shards, monkeypatch):
     assert set(bank) <= set(data.train_rows) and set(queries) <= set(data.holdout_rows)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_split_seed_fixes_the_data_draws_across_training_seeds(digits_shards, monkeypatch, streamed):
+    """--split-seed S: the held-out split, the statistics and the evaluation samples of any --seed are
+    those of a run with --seed S (the default, no --split-seed, draws them with --seed)."""
+    monkeypatch.setattr(run_data_module, "EVAL_TRAIN_SIZE", 100)
+    monkeypatch.setattr(run_data_module, "EVAL_HOLDOUT_SIZE", 30)
+    monkeypatch.setattr(run_data_module, "STATS_SAMPLE_SIZE", 200)
+    data = f"shards:{digits_shards}" if streamed else "digits"
+
+    def drawn(**seeds):
+        run = run_data_module.open_run_data(FitConfig(data=data, batch_size=32, **seeds))
+        return run.train_rows, run.holdout_rows, run.eval_rows, run.info.mean, run.info.std
+
+    def same(a, b):
+        return all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a, b))
+
+    reference = drawn(seed=5)
+    assert same(drawn(seed=1, split_seed=5), reference) and same(drawn(seed=2, split_seed=5), reference)
+    assert not same(drawn(seed=1), reference)  # without it, each training seed draws its own split
+
+
 def test_mistakes_are_reported(digits_shards, tmp_path):
     from contrastkit.modalities.image.training.run import fit
 

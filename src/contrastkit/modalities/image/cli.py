@@ -26,6 +26,8 @@ FIT_OPTIONS = {
                    "or shards:DIR to stream a folder written by 'contrastkit shard'")),
     "image-size": (int, "resize images to this side length"),
     "holdout": (float, "share of labelled samples held out of pretraining for evaluation"),
+    "split-seed": (int, "seed of the held-out split and the evaluation's draws (default: --seed); give one "
+                        "value to compare training seeds on the same held-out images"),
     "limit": (int, "use only the first N samples"),
     "backbone": (str, "auto, small-cnn, resnet18, resnet50, or timm:NAME when timm is installed"),
     "width": (float, "channel multiplier of the backbone"),

@@ -25,6 +25,10 @@ class FitConfig:
     data: str = "digits"
     image_size: int | None = None  # None: the data's native size
     holdout: float = 0.2  # share of labelled samples kept out of pretraining, for evaluation
+    # Seed of the data's fixed draws (the held-out split, the evaluation samples, the probes' label
+    # subsets); None: --seed. Runs that compare training seeds pass one value, so every seed is
+    # scored on the same held-out images and its baselines (raw pixels) do not move with it.
+    split_seed: int | None = None
     limit: int | None = None  # use only the first N samples (quick trials)
     # model
     backbone: str = "auto"  # auto: small-cnn for images <= 16 px, resnet18 otherwise

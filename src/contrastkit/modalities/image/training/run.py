@@ -8,6 +8,7 @@ The run directory (``--out``) holds::
     embeddings.npy     representations of every sample (training part first, then held-out)
     labels.npy         their labels, when the data has labels
     split.json         which rows of embeddings.npy are training and held-out samples
+    rows.npy           the sample of --data that each row of embeddings.npy embeds
     summary.json       figures of the run and of the baselines (untrained encoder, raw pixels)
     report.md + *.png  the report
 
@@ -49,7 +50,7 @@ from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES,
 from contrastkit.objectives import OBJECTIVES
 from contrastkit.modalities.image.training.callbacks import OnlineProbe, embed_and_project, embed_images
 from contrastkit.modalities.image.training.module import SSLModule
-from contrastkit.modalities.image.training.run_data import RunData, open_run_data
+from contrastkit.modalities.image.training.run_data import RunData, data_seed, open_run_data
 from contrastkit.modalities.image.views.image import EvalView
 
 __all__ = ["RUN_DIR_ENV", "fit", "global_batchnorm_choice", "is_first_process", "raw_pixels"]
@@ -111,7 +112,7 @@ def fit(config: FitConfig, *, trust_checkpoint: bool = False) -> dict:
         "skipped_steps": module.skipped_steps,
         "collapse_warnings": probe.collapse_warnings if probe else [],
     }
-    summary.update(evaluate_run(method, untrained if config.baselines else None, run_data, run_dir, config.seed))
+    summary.update(evaluate_run(method, untrained if config.baselines else None, run_data, run_dir, data_seed(config)))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.report:
         from contrastkit.report import write_report
@@ -177,10 +178,11 @@ def evaluate_run(method, untrained: torch.nn.Module | None, run_data: RunData, r
     learned, projected = embed_and_project(method, images, device)
     learned = learned.numpy()
     np.save(run_dir / "embeddings.npy", learned)
-    split = {"train": [0, n_train], "holdout": [n_train, len(order)]}
-    if run_data.streamed:  # a sample of the set: which samples (global ids in the shard folder)
-        np.save(run_dir / "rows.npy", order)
-        split["rows"] = "rows.npy"
+    # Which sample of --data each row of embeddings.npy is (in memory: the data's row numbers; streamed,
+    # a sample of the set: global ids in the shard folder), so that rows chosen from the embeddings
+    # (contrastkit select) name the data's samples.
+    np.save(run_dir / "rows.npy", order)
+    split = {"train": [0, n_train], "holdout": [n_train, len(order)], "rows": "rows.npy"}
     (run_dir / "split.json").write_text(json.dumps(split))
     results: dict = {"collapse": _jsonable(collapse_report(projected)),
                      "rankme": float(effective_rank(torch.from_numpy(learned)))}

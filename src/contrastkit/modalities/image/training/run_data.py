@@ -5,7 +5,7 @@ method is built for (:class:`DataInfo`), the Lightning training data, the online
 the rows embedded by the final evaluation. The two forms follow one protocol:
 
 - rows: ``--limit N`` keeps the first N samples; a stratified ``--holdout`` share of the labelled
-  ones (:func:`contrastkit.evaluation.splits.stratified_split`, seeded by ``--seed``) never trains;
+  ones (:func:`contrastkit.evaluation.splits.stratified_split`, seeded by ``--split-seed``, default ``--seed``) never trains;
 - normalisation: the per-channel mean and std of the training part's pixels, computed exactly from
   pixel counts. Streaming counts a seeded sample of at most ``STATS_SAMPLE_SIZE`` training images,
   read in chunks (all of them when the training part is smaller, which gives the in-memory figures);
@@ -90,6 +90,11 @@ def open_run_data(config) -> RunData:
     return _in_memory(config)
 
 
+def data_seed(config) -> int:
+    """The seed of the data's fixed draws: ``--split-seed``, else ``--seed``."""
+    return config.seed if config.split_seed is None else config.split_seed
+
+
 def split_rows(labels: np.ndarray | None, rows: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, held-out rows) among ``rows``; everything trains when the data has no labels
     or holdout is 0."""
@@ -110,7 +115,7 @@ def _in_memory(config) -> RunData:
     source = open_image_source(config.data, image_size=config.image_size)
     rows = np.arange(len(source) if config.limit is None else min(config.limit, len(source)))
     labels = None if source.labels is None else source.labels.numpy()
-    train_rows, holdout_rows = split_rows(labels, rows, config.holdout, config.seed)
+    train_rows, holdout_rows = split_rows(labels, rows, config.holdout, data_seed(config))
     train = source.subset(train_rows)
     mean, std = train.channel_mean_std()
     info = DataInfo(channels=source.channels, image_size=source.image_size[0], mean=mean, std=std,
@@ -155,11 +160,11 @@ def _streamed(config, root: Path) -> RunData:
     rows = np.arange(len(folder) if config.limit is None else min(config.limit, len(folder)))
     # Labels are 8 bytes a sample: read once, while the pixels stay on disk.
     labels = None if folder.labels is None else np.array(folder.labels, dtype=np.int64)
-    train_rows, holdout_rows = split_rows(labels, rows, config.holdout, config.seed)
-    mean, std = streamed_channel_mean_std(folder, seeded_sample(train_rows, STATS_SAMPLE_SIZE, config.seed))
+    train_rows, holdout_rows = split_rows(labels, rows, config.holdout, data_seed(config))
+    mean, std = streamed_channel_mean_std(folder, seeded_sample(train_rows, STATS_SAMPLE_SIZE, data_seed(config)))
     info = DataInfo(channels=channels, image_size=height, mean=mean, std=std, num_samples=len(train_rows))
-    eval_train = seeded_sample(train_rows, EVAL_TRAIN_SIZE, config.seed)
-    eval_holdout = seeded_sample(holdout_rows, EVAL_HOLDOUT_SIZE, config.seed)
+    eval_train = seeded_sample(train_rows, EVAL_TRAIN_SIZE, data_seed(config))
+    eval_holdout = seeded_sample(holdout_rows, EVAL_HOLDOUT_SIZE, data_seed(config))
     datamodule = StreamedShards(root, train_rows, None if labels is None else labels[train_rows],
                                 config.batch_size, config.seed, config.stream_order, config.num_workers)
     return RunData(
