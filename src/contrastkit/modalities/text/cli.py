@@ -6,7 +6,17 @@
 
 ``--backbone`` is ``minilm`` (all-MiniLM-L6-v2, bundled), a local Hugging Face model folder, or
 ``random-small`` (a 2-layer, 64-wide randomly initialised BERT with MiniLM's tokenizer: a
-from-scratch baseline). ``--option KEY=VALUE`` sets a method option (values are JSON: numbers,
+from-scratch baseline). ``--method mnrl`` trains on labelled rows instead of sentences: ``--data``
+is a CSV, TSV or JSONL file of (anchor, positive[, negative_1 .. negative_k]) with named columns
+(``--columns`` names them when the file's names are not the usual ones; see
+:mod:`contrastkit.modalities.text.tables`), e.g. the output of
+:func:`contrastkit.modalities.text.mining.mine_hard_negatives`.
+
+``--matryoshka-dims 384,256,128,64`` (with optional ``--matryoshka-weights``) trains the method's
+in-batch loss at each of those prefixes of the embedding (Matryoshka Representation Learning,
+:mod:`contrastkit.modalities.text.matryoshka`), and the evaluations below are then made at each
+dimension too (``--eval-dims`` chooses other dimensions, or evaluates a run without Matryoshka
+training at several). ``--option KEY=VALUE`` sets a method option (values are JSON: numbers,
 true/false, null; anything else is a string), e.g. ``--option queue_size=4096``.
 
 With ``--eval-sts`` and/or ``--eval-retrieval`` the encoder is evaluated before training (the base
@@ -49,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "context_window": 1, "grad_cache_chunk": None, "option": [], "log_every": 50, "device": None,
     "precision": "fp32", "eval_sts": None, "eval_retrieval": None, "eval_split": "dev", "eval_queries": None,
     "eval_documents": None, "cache_dir": None, "checkpoint_every_steps": None, "devices": 1, "strategy": "auto",
+    "columns": None, "matryoshka_dims": None, "matryoshka_weights": None, "eval_dims": None,
 }
 
 
@@ -66,12 +77,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     def default(name: str) -> str:
         return f" (default: {DEFAULTS[name]})"
 
-    parser.add_argument("--method", help="simcse, contriever, ict, debcse, whitenedcse, ccp or hybrid-distill "
+    parser.add_argument("--method", help="simcse, contriever, ict, debcse, whitenedcse, ccp, hybrid-distill or mnrl "
                         "(required, except with --resume)")
     parser.add_argument("--backbone", help=BACKBONE_HELP + default("backbone"))
     parser.add_argument("--data", help="unlabeled text: .txt or .txt.gz, one sentence per line; or a JSONL "
                         "corpus (.jsonl[.gz] with title and text fields, or a BEIR folder), whose "
-                        "documents bound the contexts (required, except with --resume)")
+                        "documents bound the contexts; for mnrl, a .csv, .tsv or .jsonl file of (anchor, positive[, "
+                        "negatives]) rows (required, except with --resume)")
+    parser.add_argument("--columns", help="mnrl: the columns of --data, in the order anchor, positive, negatives... "
+                        "(e.g. query,document,neg1) or as ROLE=NAME pairs (default: found by name)")
+    parser.add_argument("--matryoshka-dims", help="train the loss at these nested dimensions, e.g. 384,256,128,64 "
+                        "(simcse, contriever, ict, mnrl)")
+    parser.add_argument("--matryoshka-weights", help="one weight per --matryoshka-dims dimension (default: 1 each)")
     parser.add_argument("--out", required=True, help="run folder (must not hold a run, except with --resume)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint, with the options of its config.yaml")
@@ -109,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-documents", type=int,
                         help="... and this many documents, relevant ones included (quick checks only)")
     parser.add_argument("--cache-dir", help="corpus-embedding cache (default: $CONTRASTKIT_CACHE)")
+    parser.add_argument("--eval-dims", help="also evaluate the embeddings cut to these dimensions, e.g. 384,128 "
+                        "(default: the --matryoshka-dims)")
 
 
 def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
@@ -153,7 +172,8 @@ def load_backbone(name: str, seed: int, max_length: int):
 
 
 def build_eval_fn(args: argparse.Namespace):
-    """``encoder -> {"sts_spearman": ..., "retrieval": {...}}`` for the requested evaluations."""
+    """``encoder -> {"sts_spearman": ..., "retrieval": {...}}`` for the requested evaluations; with
+    evaluation dimensions also ``"by_dim": [{"dim": m, "sts_spearman": ..., "retrieval": {...}}, ...]``."""
     if not args.eval_sts and not args.eval_retrieval:
         return None
     if (args.eval_queries is None) != (args.eval_documents is None):
@@ -161,9 +181,12 @@ def build_eval_fn(args: argparse.Namespace):
                           "set); give both or neither.")
     from contrastkit.modalities.text.evaluation import (
         evaluate_retrieval,
+        evaluate_retrieval_at_dims,
         sts_spearman,
+        sts_spearman_at_dims,
         subsample_retrieval_set,
     )
+    from contrastkit.modalities.text.matryoshka import parse_dims
     from contrastkit.modalities.text.sources import read_beir, read_sts
 
     pairs = read_sts(args.eval_sts) if args.eval_sts else None
@@ -173,14 +196,30 @@ def build_eval_fn(args: argparse.Namespace):
     if retrieval_set is not None and args.eval_queries is not None:
         retrieval_set = subsample_retrieval_set(retrieval_set, args.eval_queries, args.eval_documents, seed=0)
 
+    dims = parse_dims(args.eval_dims, "--eval-dims") or parse_dims(args.matryoshka_dims)
+
+    def rounded(metrics: dict) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+
     def evaluate(encoder, document_encoder=None) -> dict:
         result: dict = {}
+        by_dim: dict[int, dict] = {m: {"dim": m} for m in dims or ()}
         if pairs is not None:
             result["sts_spearman"] = round(sts_spearman(encoder, pairs), 4)
+            if dims:
+                for m, value in sts_spearman_at_dims(encoder, pairs, dims).items():
+                    by_dim[m]["sts_spearman"] = round(value, 4)
         if retrieval_set is not None:
             metrics = evaluate_retrieval(encoder, retrieval_set, cache_dir=args.cache_dir, precision=args.precision,
                                          document_encoder=document_encoder)
-            result["retrieval"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+            result["retrieval"] = rounded(metrics)
+            if dims:
+                for m, at_dim in evaluate_retrieval_at_dims(encoder, retrieval_set, dims, cache_dir=args.cache_dir,
+                                                            precision=args.precision,
+                                                            document_encoder=document_encoder).items():
+                    by_dim[m]["retrieval"] = rounded(at_dim)
+        if dims:
+            result["by_dim"] = list(by_dim.values())
         return result
 
     return evaluate
@@ -190,17 +229,32 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from contrastkit.modalities.text.data import SentenceData
+    from contrastkit.modalities.text.matryoshka import parse_dims, parse_numbers, use_matryoshka
     from contrastkit.modalities.text.methods import build_text_method
+    from contrastkit.modalities.text.pair_data import PairData
+    from contrastkit.modalities.text.tables import parse_columns
     from contrastkit.modalities.text.train import fit_text
 
     args = resolve_options(args)
     options = parse_options(args.option)
     if args.grad_cache_chunk is not None:
         options["grad_cache_chunk"] = args.grad_cache_chunk
+    matryoshka_dims = parse_dims(args.matryoshka_dims)
+    matryoshka_weights = parse_numbers(args.matryoshka_weights, "--matryoshka-weights", float)
+    if matryoshka_weights is not None and matryoshka_dims is None:
+        raise ConfigError("--matryoshka-weights weighs the --matryoshka-dims dimensions; give those too.")
     eval_fn = build_eval_fn(args)
-    data = SentenceData.from_file(args.data, context_window=args.context_window)
     encoder = load_backbone(args.backbone, args.seed, args.max_length)
     method = build_text_method(args.method, encoder, **options)
+    if matryoshka_dims is not None:
+        use_matryoshka(method, matryoshka_dims, matryoshka_weights, method_name=args.method)
+    if getattr(method, "needs_pairs", False):
+        data = PairData.from_file(args.data, parse_columns(args.columns))
+    else:
+        if args.columns is not None:
+            raise ConfigError(f"--columns names the columns of (anchor, positive, negatives) rows, which the text "
+                              f"method '{args.method}' does not train on (it reads sentences).")
+        data = SentenceData.from_file(args.data, context_window=args.context_window)
     warmup = args.warmup_steps
     if warmup is None:
         warmup = max(1, args.max_steps // 10) if args.max_steps is not None else 100
@@ -209,7 +263,10 @@ def run(args: argparse.Namespace) -> int:
         method, data, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps,
         max_minutes=args.max_minutes, warmup_steps=warmup, weight_decay=args.weight_decay, seed=args.seed,
         out_dir=args.out, log_every=args.log_every, eval_fn=eval_fn, max_length=args.max_length, device=device,
-        extra_summary={"method": args.method, "backbone": args.backbone, "options": options},
+        extra_summary={"method": args.method, "backbone": args.backbone, "options": options,
+                       **({"matryoshka": {"dims": list(method.objective.objective.dims),
+                                          "weights": list(method.objective.objective.weights)}}
+                          if matryoshka_dims is not None else {})},
         precision=args.precision, resume=args.resume, checkpoint_every_steps=args.checkpoint_every_steps,
         devices=args.devices, strategy=args.strategy,
         config={name: getattr(args, name) for name in DEFAULTS},
@@ -240,4 +297,12 @@ def format_summary(summary: dict) -> str:
         for key, value in before.get("retrieval", {}).items():
             if isinstance(value, float):
                 lines.append(f"{key + ' x100':<22}{100 * value:>10.2f}{100 * after['retrieval'][key]:>10.2f}")
+        for row_before, row_after in zip(before.get("by_dim", []), after.get("by_dim", [])):
+            at = f" @{row_before['dim']}"
+            if "sts_spearman" in row_before:
+                lines.append(f"{'STS Spearman' + at:<22}{row_before['sts_spearman']:>10.2f}"
+                             f"{row_after['sts_spearman']:>10.2f}")
+            if "retrieval" in row_before:
+                lines.append(f"{'ndcg@10 x100' + at:<22}{100 * row_before['retrieval']['ndcg@10']:>10.2f}"
+                             f"{100 * row_after['retrieval']['ndcg@10']:>10.2f}")
     return "\n".join(lines)

@@ -102,6 +102,10 @@ class SentenceData:
                 "use a smaller --batch-size or more text."
             )
 
+    def samples(self, with_context: bool = False) -> SentenceSamples:
+        """The dataset of batches the engine reads (:class:`SentenceSamples`)."""
+        return SentenceSamples(self, with_context)
+
     def epoch(self, epoch: int, batch_size: int, seed: int = 0,
               with_context: bool = False) -> Iterator[dict]:
         """The batches of one epoch in one process: a permutation seeded by ``(seed, epoch)``, full

@@ -51,15 +51,40 @@ def sts_spearman(encoder: TextEncoder, pairs: SentencePairs, batch_size: int = 6
 
     Each distinct sentence is embedded once (STS files repeat sentences across pairs).
     """
+    embeddings, first, second = _pair_embeddings(encoder, pairs, batch_size, precision)
+    return _spearman(embeddings, first, second, pairs.scores)
+
+
+def sts_spearman_at_dims(encoder: TextEncoder, pairs: SentencePairs, dims: Sequence[int], batch_size: int = 64,
+                         precision: str = "fp32") -> dict[int, float]:
+    """:func:`sts_spearman` of the embeddings cut to their first ``m`` features (re-normalised), for
+    each ``m`` of ``dims`` (a Matryoshka model's nested dimensions); the sentences are embedded once."""
+    embeddings, first, second = _pair_embeddings(encoder, pairs, batch_size, precision)
+    dims = _check_dims(dims, embeddings.shape[1])
+    return {m: _spearman(embeddings[:, :m], first, second, pairs.scores) for m in dims}
+
+
+def _pair_embeddings(encoder: TextEncoder, pairs: SentencePairs, batch_size: int,
+                     precision: str) -> tuple[torch.Tensor, list[int], list[int]]:
+    """The embeddings of the distinct sentences and the rows of each pair's first and second."""
     if len(pairs) < 2:
         raise DataError(f"STS evaluation needs at least 2 sentence pairs, got {len(pairs)}.")
     unique = list(dict.fromkeys([*pairs.first, *pairs.second]))
     row = {sentence: i for i, sentence in enumerate(unique)}
-    u = torch.nn.functional.normalize(torch.from_numpy(encode_texts(encoder, unique, batch_size, precision)), dim=1)
-    first = u[[row[s] for s in pairs.first]]
-    second = u[[row[s] for s in pairs.second]]
-    cosines = (first * second).sum(1).numpy().astype(np.float64)
-    return 100.0 * float(spearmanr(cosines, pairs.scores).statistic)
+    embeddings = torch.from_numpy(encode_texts(encoder, unique, batch_size, precision))
+    return embeddings, [row[s] for s in pairs.first], [row[s] for s in pairs.second]
+
+
+def _spearman(embeddings: torch.Tensor, first: list[int], second: list[int], scores: np.ndarray) -> float:
+    u = torch.nn.functional.normalize(embeddings, dim=1)
+    cosines = (u[first] * u[second]).sum(1).numpy().astype(np.float64)
+    return 100.0 * float(spearmanr(cosines, scores).statistic)
+
+
+def _check_dims(dims: Sequence[int], full_dim: int) -> list[int]:
+    from contrastkit.modalities.text.matryoshka import check_eval_dims
+
+    return check_eval_dims(dims, full_dim)
 
 
 # ----------------------------------------------------------------------------------- precision
@@ -254,6 +279,28 @@ def evaluate_retrieval(encoder: TextEncoder, retrieval_set: RetrievalSet,
     return {**metrics, "queries": len(retrieval_set.query_ids), "documents": len(retrieval_set.doc_ids)}
 
 
+def evaluate_retrieval_at_dims(encoder: TextEncoder, retrieval_set: RetrievalSet, dims: Sequence[int],
+                               k_values: Sequence[int] = (10, 100),
+                               cache_dir: str | os.PathLike | bool | None = None,
+                               ignore_identical_ids: bool = True, precision: str = "fp32", batch_size: int = 64,
+                               document_encoder: TextEncoder | None = None) -> dict[int, dict[str, float]]:
+    """:func:`evaluate_retrieval` with queries and documents cut to their first ``m`` features (cosine,
+    so re-normalised), for each ``m`` of ``dims``: ``{m: metrics}``. Corpus and queries are embedded
+    once, at the full dimension (the corpus through the cache)."""
+    if not retrieval_set.queries:
+        raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
+    depth = search_depth(k_values, ignore_identical_ids)
+    corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
+    queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
+    results = {}
+    for m in _check_dims(dims, corpus.shape[1]):
+        _, indices = search(queries[:, :m], corpus[:, :m], k=depth, metric="cosine")
+        metrics = retrieval_metrics(ranked_doc_ids(indices, retrieval_set), retrieval_set.qrels, k_values,
+                                    ignore_identical_ids)
+        results[m] = {**metrics, "queries": len(retrieval_set.query_ids), "documents": len(retrieval_set.doc_ids)}
+    return results
+
+
 def subsample_retrieval_set(retrieval_set: RetrievalSet, n_queries: int, n_documents: int,
                             seed: int = 0) -> RetrievalSet:
     """A smaller retrieval set for quick checks: ``n_queries`` random queries, all of their
@@ -345,9 +392,11 @@ def sentence_isotropy(encoder: TextEncoder, texts: Sequence[str], batch_size: in
 def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: str = "dev",
                        batch_size: int = 64, cache_dir: str | os.PathLike | bool | None = None,
                        precision: str = "fp32", hybrid_weight: float | None = None,
-                       document_model: str | None = None) -> dict:
+                       document_model: str | None = None, dims: Sequence[int] | None = None) -> dict:
     """What ``contrastkit evaluate --task sts|retrieval`` prints: the task's scores with the
-    model, data and sizes they came from. ``model="bm25"`` runs the BM25 baseline (retrieval);
+    model, data and sizes they came from. With ``dims`` (a Matryoshka model's dimensions, e.g.
+    ``[384, 256, 128, 64]``) the scores are a list ``rows``, one per dimension, of the embeddings cut
+    to that many features. ``model="bm25"`` runs the BM25 baseline (retrieval);
     ``hybrid_weight`` w fuses the model's cosine with BM25 (:mod:`contrastkit.modalities.text.hybrid`);
     ``document_model`` embeds the documents of a two-tower model (``model`` embeds the queries).
     Retrieval scores the qrels ``split`` of :func:`~contrastkit.modalities.text.sources.read_beir` (``dev`` by
@@ -361,14 +410,19 @@ def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: st
     if hybrid_weight is not None and (task != "retrieval" or model == "bm25"):
         raise ConfigError("--hybrid-weight fuses a text encoder with BM25 for --task retrieval; give --model "
                           "'minilm' or a model folder (not bm25).")
+    if dims is not None and (model == "bm25" or hybrid_weight is not None):
+        raise ConfigError("--dims cuts a text encoder's embeddings to each dimension; BM25 and the hybrid have no "
+                          "embedding to cut.")
     if task == "sts":
         if model == "bm25":
             raise ConfigError("--model bm25 is a retrieval baseline; STS needs a text encoder "
                               "('minilm' or a model folder).")
         pairs = read_sts(data)
-        spearman = sts_spearman(load_text_encoder(model), pairs, batch_size, precision)
-        return {"task": "sts", "model": str(model), "data": str(data), "pairs": len(pairs),
-                "spearman": spearman}
+        header = {"task": "sts", "model": str(model), "data": str(data), "pairs": len(pairs)}
+        if dims is not None:
+            by_dim = sts_spearman_at_dims(load_text_encoder(model), pairs, dims, batch_size, precision)
+            return {**header, "rows": [{"dim": m, "spearman": value} for m, value in by_dim.items()]}
+        return {**header, "spearman": sts_spearman(load_text_encoder(model), pairs, batch_size, precision)}
     if task == "retrieval":
         retrieval_set = read_beir(data, split)
         header = {"task": "retrieval", "model": str(model), "data": str(data), "split": split}
@@ -381,6 +435,10 @@ def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: st
         if document_model is not None:
             header["document_model"] = str(document_model)
             documents = load_text_encoder(document_model)
+        if dims is not None:
+            by_dim = evaluate_retrieval_at_dims(encoder, retrieval_set, dims, cache_dir=cache_dir, precision=precision,
+                                                batch_size=batch_size, document_encoder=documents)
+            return {**header, "rows": [{"dim": m, **metrics} for m, metrics in by_dim.items()]}
         if hybrid_weight is not None:
             from contrastkit.modalities.text.hybrid import evaluate_hybrid
 

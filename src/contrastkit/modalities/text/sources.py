@@ -7,7 +7,9 @@ Formats:
 - JSONL: ``.jsonl`` or ``.jsonl.gz``, one object per line; ``field`` names the text (``text``).
 - STS: the STS Benchmark csv files, tab-separated *without quoting* (quotes are part of sentences):
   genre, file, year, id, score, sentence1, sentence2 [, extra source columns]. Columns 4, 5, 6 are
-  read; the csv module must not be used, its quote handling merges lines.
+  read; the csv module must not be used, its quote handling merges lines. Any other STS file is a
+  CSV, TSV or JSONL file with named columns (``sentence1, sentence2, score`` or an alias such as
+  ``text1, text2, label``; :mod:`contrastkit.modalities.text.tables`).
 - BEIR: ``corpus.jsonl[.gz]`` ({_id, title, text}), ``queries.jsonl[.gz]`` ({_id, text}),
   ``qrels/<split>.tsv`` (header, then query-id, corpus-id, score). Only queries with qrels in the
   split are kept; grades are integers (graded relevance). The split ``dev`` is ``qrels/dev.tsv``
@@ -29,6 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from contrastkit.core.errors import DataError
+
+
+def open_text_file(path: Path):
+    """``path`` opened for reading as UTF-8 text, gunzipped when it starts with gzip's magic bytes."""
+    return _open_text(Path(path))
 
 
 def _open_text(path: Path):
@@ -144,9 +151,15 @@ class SentencePairs:
         return len(self.first)
 
 
-def read_sts(path: str | os.PathLike) -> SentencePairs:
-    """An STS Benchmark file (see the module docstring for the layout)."""
+def read_sts(path: str | os.PathLike, columns=None) -> SentencePairs:
+    """STS pairs with gold scores: an STS Benchmark file (see the module docstring for the layout),
+    or a CSV / TSV / JSONL file with named columns (:func:`contrastkit.modalities.text.tables.read_scored_pairs`;
+    ``columns`` names them, e.g. ``["s1", "s2", "gold"]``, where the names are not the usual ones)."""
     path = Path(path)
+    if columns is not None or not is_stsb_layout(path):
+        from contrastkit.modalities.text.tables import read_scored_pairs
+
+        return read_scored_pairs(path, columns)
     first, second, scores = [], [], []
     for number, line in _lines(path):
         if not line.strip():
@@ -166,6 +179,21 @@ def read_sts(path: str | os.PathLike) -> SentencePairs:
     if not first:
         raise DataError(f"'{path}' holds no sentence pairs.")
     return SentencePairs(first, second, np.asarray(scores, dtype=np.float64))
+
+
+def is_stsb_layout(path: Path) -> bool:
+    """Whether the first non-blank line of ``path`` is an STS Benchmark row: at least 7 tab-separated
+    fields, none of them a column name for STS pairs (a header line names its columns instead). A
+    JSONL file never is."""
+    from contrastkit.modalities.text.tables import STS_ROLES, is_column_name
+
+    if path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
+        return False
+    for _, line in _lines(path):
+        if line.strip():
+            fields = line.split("\t")
+            return len(fields) >= 7 and not any(is_column_name(field, STS_ROLES) for field in fields)
+    return False
 
 
 @dataclass(frozen=True)

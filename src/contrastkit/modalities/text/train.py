@@ -75,7 +75,8 @@ from contrastkit.engine.trainer import train
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.core.seeding import seeded
-from contrastkit.modalities.text.data import SentenceBatchSampler, SentenceData, SentenceSamples
+from contrastkit.modalities.text.data import SentenceBatchSampler, SentenceData
+from contrastkit.modalities.text.pair_data import PairData
 from contrastkit.modalities.text.dropout import DropoutStream, sample_seeded_dropout
 
 EvalFn = Callable[..., dict]
@@ -102,12 +103,23 @@ def check_settings(batch_size: int, lr: float, max_steps: int | None, max_minute
         raise ConfigError(f"--max-length must be at least 2 tokens, got {max_length}.")
 
 
+def check_data_kind(method: nn.Module, data: SentenceData | PairData) -> None:
+    """Rows of (anchor, positive, negatives) for a method that ``needs_pairs``, sentences for the others."""
+    name = getattr(method, "name", type(method).__name__.lower())
+    if getattr(method, "needs_pairs", False) and not isinstance(data, PairData):
+        raise ConfigError(f"The text method '{name}' trains on (anchor, positive[, negatives]) rows: give --data a "
+                          ".csv, .tsv or .jsonl file with named columns (anchor, positive, negative_1, ...).")
+    if not getattr(method, "needs_pairs", False) and isinstance(data, PairData):
+        raise ConfigError(f"The text method '{name}' trains on unlabeled sentences, not on (anchor, positive) rows; "
+                          "train 'mnrl' on rows, or give this method a lines file.")
+
+
 class SentenceBatches(L.LightningDataModule):
     """The sentences as the engine's resumable loader, built once the process's rank is known."""
 
-    def __init__(self, data: SentenceData, batch_size: int, seed: int, with_context: bool):
+    def __init__(self, data: SentenceData | PairData, batch_size: int, seed: int, with_context: bool):
         super().__init__()
-        self.samples = SentenceSamples(data, with_context)
+        self.samples = data.samples(with_context)
         self.batch_size, self.seed = batch_size, seed
 
     def train_dataloader(self):
@@ -159,7 +171,7 @@ class TextModule(EngineModule):
         self.elapsed_before = checkpoint.get(CHECKPOINT_KEY, {}).get("elapsed_s", 0.0)
 
 
-def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: float,
+def fit_text(method: nn.Module, data: SentenceData | PairData, *, batch_size: int, lr: float,
              max_steps: int | None = None, max_minutes: float | None = None, warmup_steps: int = 0,
              weight_decay: float = 0.01, seed: int = 0, out_dir: str | os.PathLike, log_every: int = 50,
              eval_fn: EvalFn | None = None, max_grad_norm: float | None = 1.0,
@@ -171,7 +183,8 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
 
     Args:
         method: a text method (:mod:`contrastkit.modalities.text.methods` contract).
-        data: the sentences; contexts are added to batches when ``method.needs_context``.
+        data: the sentences; contexts are added to batches when ``method.needs_context``. Or, for a
+            method that ``needs_pairs``, labelled rows (:class:`~contrastkit.modalities.text.pair_data.PairData`).
         batch_size: sentences per step and process.
         lr: peak learning rate of AdamW.
         max_steps, max_minutes: stop after this many optimiser steps and/or this much training
@@ -221,6 +234,7 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
         method.to(device)
     device = method.encoder.device
     with_context = bool(getattr(method, "needs_context", False))
+    check_data_kind(method, data)
     summary: dict = {
         "method": getattr(method, "name", type(method).__name__.lower()),
         "data": data.name, "sentences": len(data), "batch_size": batch_size, "lr": lr,
@@ -229,6 +243,7 @@ def fit_text(method: nn.Module, data: SentenceData, *, batch_size: int, lr: floa
         "schedule": "linear warm-up, linear decay" if max_steps is not None else "linear warm-up, constant",
         "max_length": max_length or method.encoder.max_length, "precision": precision,
         "dropout": "torch's (GradCache replays it)" if grad_cache else "per sample (contrastkit.modalities.text.dropout)",
+        **({"negatives_per_row": data.negatives_per_row} if isinstance(data, PairData) else {}),
         **(extra_summary or {}),
     }
     document_encoder = getattr(method, "document_encoder", None)

@@ -9,7 +9,10 @@ The contract
 - ``"contexts"``: ``list[str]``, only when the method sets ``needs_context = True``: for each
   anchor, the neighbouring text of the same document (the lines around it in the file, the anchor
   itself excluded, in file order, joined by spaces; see :class:`~contrastkit.modalities.text.data.SentenceData`);
-- ``"indices"``: ``LongTensor`` (B,), the anchors' row numbers in the data set.
+- ``"indices"``: ``LongTensor`` (B,), the anchors' row numbers in the data set;
+- ``"positives"``, ``"negatives"``: only for a method that sets ``needs_pairs = True`` (mnrl), which
+  trains on labelled rows (:mod:`contrastkit.modalities.text.pair_data`) instead of sentences: each
+  anchor's positive text, and a tuple of its ``k`` negative texts (``k`` the same for every row, maybe 0).
 
 Methods tokenise the texts themselves (``encoder.tokenize``, at ``encoder.max_length`` tokens), so
 views can work on text or on token ids as the paper did.
@@ -24,7 +27,11 @@ views can work on text or on token ids as the paper did.
   (``step`` counts from 1; ``total_steps`` is the planned number of steps, an estimate from the
   measured pace when the run is limited by time), e.g. for momentum-encoder updates;
 - optionally ``needs_context: bool`` (class or instance attribute, default False): ask the data
-  layer for ``"contexts"``.
+  layer for ``"contexts"``; ``needs_pairs: bool``: train on labelled rows;
+- optionally ``supports_matryoshka: bool``: its ``objective`` (a
+  :class:`~contrastkit.nn.distributed.GatheredObjective`) reads the encoder's own embeddings, so
+  :func:`contrastkit.modalities.text.matryoshka.use_matryoshka` may nest it (``matryoshka_refusal``:
+  why not, where it depends on the options).
 
 Randomness: views and other draws come from torch's global generator, which the engine reseeds
 from ``(seed, step, rank)`` before every step, so a run is reproducible and resumes exactly (a

@@ -103,6 +103,9 @@ class Contriever(nn.Module):
         self.momentum = momentum
         self.needs_context = use_context
         self.grad_cache_chunk = grad_cache_chunk
+        # Matryoshka nests the in-batch objective (modalities/text/matryoshka.py); the queue's keys are not nested.
+        self.supports_matryoshka = queue is None
+        self.matryoshka_refusal = "with a MoCo queue (queue_size > 0) its loss is not an in-batch objective"
 
     def sources(self, batch: dict) -> list[str]:
         """The texts the crops are taken from: the anchors, or each anchor and its context."""

@@ -48,6 +48,7 @@ class InverseClozeTask(nn.Module):
     """Sentence -> its surrounding text, in-batch negatives, one shared encoder."""
 
     needs_context = True
+    supports_matryoshka = True  # its objective reads the encoder's embeddings (modalities/text/matryoshka.py)
 
     def __init__(self, encoder: TextEncoder, *, temperature: float = 0.05, keep_sentence: float = 0.1,
                  context_length: int = 128, symmetric: bool = False, grad_cache_chunk: int | None = None):

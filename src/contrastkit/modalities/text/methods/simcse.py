@@ -48,6 +48,7 @@ class SimCSE(nn.Module):
     """Two dropout-noised encodings of each sentence, contrasted with in-batch negatives."""
 
     needs_context = False
+    supports_matryoshka = True  # its objective reads the encoder's embeddings (modalities/text/matryoshka.py)
 
     def __init__(self, encoder: TextEncoder, objective: nn.Module, grad_cache_chunk: int | None = None):
         super().__init__()
