@@ -1,4 +1,4 @@
-"""The `contrastkit` command line: fit, embed, evaluate.
+"""The `contrastkit` command line: fit, embed, evaluate, select, index, search, shard, export.
 
 Errors a user can cause (``ContrastkitError``) are printed as one paragraph, without a traceback,
 and the exit status is 2.
@@ -14,13 +14,24 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from contrastkit.core.errors import ConfigError, ContrastkitError, DataError, closest_names
+from contrastkit.core.errors import ConfigError, ContrastkitError, closest_names
+from contrastkit.goal_commands import (
+    SEMI_SUPERVISED_NEIGHBOURS,
+    TRUST_HELP,
+    add_goal_commands,
+    load_array,
+    run_index,
+    run_ood_evaluation,
+    run_search,
+    run_select,
+    run_semi_supervised_evaluation,
+)
+from contrastkit.modalities.text.mining import add_mine_parser, run_mine  # light: no torch at import
 
-EVALUATION_TASKS = ("probe", "sts", "retrieval")
+EVALUATION_TASKS = ("probe", "sts", "retrieval", "ood", "semi-supervised")
+PROBE_NEIGHBOURS = 200  # evaluate --k for --task probe (the weighted kNN monitor's k)
 # The modality commands of earlier versions: `contrastkit text ...` = `contrastkit fit --modality text ...`.
 FIT_ALIASES = {"text": "text", "pairs": "pairs", "graph": "graph", "timeseries": "timeseries"}
-TRUST_HELP = ("read a checkpoint that carries code (a pickle holding more than tensors and plain values): this RUNS "
-              "that code, so use it only for a file whose maker you trust; without it such a file is refused")
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,12 +76,28 @@ def build_parser() -> Parser:
     embed.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     evaluate = commands.add_parser("evaluate", help="kNN and linear probes of embeddings with labels; "
-                                   "a text model on STS or a BEIR retrieval set")
+                                   "a text model on STS or a BEIR retrieval set; out-of-distribution AUROC; "
+                                   "semi-supervised classifiers from a few labels")
     evaluate.add_argument("--task", choices=EVALUATION_TASKS, default="probe",
                           help="probe: kNN + linear probes of --embeddings/--labels (default); sts: Spearman "
-                               "x100 of a text model on an STS file; retrieval: nDCG/Recall/MRR on a BEIR folder")
-    evaluate.add_argument("--embeddings", help=".npy file of shape (N, d) (--task probe)")
-    evaluate.add_argument("--labels", help=".npy file of N integer labels (--task probe)")
+                               "x100 of a text model on an STS file; retrieval: nDCG/Recall/MRR on a BEIR folder; "
+                               "ood: AUROC of kNN-distance and Mahalanobis scores, --ood-embeddings against "
+                               "the held-out in-distribution --embeddings, fitted on --reference; semi-supervised: "
+                               "linear probe vs label propagation and self-training from a few labels + the rest")
+    evaluate.add_argument("--embeddings", help=".npy file of shape (N, d) (--task probe; --task ood: held-out "
+                                               "in-distribution embeddings)")
+    evaluate.add_argument("--ood-embeddings", help="--task ood: .npy embeddings of out-of-distribution samples")
+    evaluate.add_argument("--reference", help="--task ood: .npy embeddings of in-distribution training samples "
+                                              "(not those of --embeddings) that the scores are fitted on")
+    evaluate.add_argument("--reference-labels", help="--task ood: class labels of --reference, for the "
+                                                     "class-conditional Mahalanobis score")
+    evaluate.add_argument("--shrinkage", default="ledoit-wolf",
+                          help="--task ood: covariance shrinkage towards a multiple of the identity, a number "
+                               "in [0, 1] or ledoit-wolf (default)")
+    evaluate.add_argument("--no-normalize", action="store_true",
+                          help="--task ood: score the embeddings as given (default: L2-normalised rows, which "
+                               "discards their norm)")
+    evaluate.add_argument("--labels", help=".npy file of N integer labels (--task probe, semi-supervised)")
     evaluate.add_argument("--model", help="text model (sts, retrieval): 'minilm', a folder written by "
                                           "TextEncoder.save or any local Hugging Face / sentence-transformers "
                                           "folder; 'bm25' for the lexical baseline (retrieval)")
@@ -93,8 +120,21 @@ def build_parser() -> Parser:
     evaluate.add_argument("--test-fraction", type=float, default=0.2)
     evaluate.add_argument("--label-fractions", default="0.01,0.1,1.0",
                           help="comma-separated shares of training labels for the linear probe")
-    evaluate.add_argument("--k", type=int, default=200)
+    evaluate.add_argument("--k", type=int, default=None,
+                          help=f"neighbours: of the kNN probe (default {PROBE_NEIGHBOURS}); --task ood: the k-th "
+                               f"nearest reference row gives the kNN score (default 10); --task semi-supervised: "
+                               f"of each row in the label-propagation graph (default {SEMI_SUPERVISED_NEIGHBOURS})")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--run", help="semi-supervised: a run folder (embeddings.npy, labels.npy, split.json)")
+    evaluate.add_argument("--labelled", help="semi-supervised: labelled row numbers, one per line (contrastkit select)")
+    evaluate.add_argument("--labels-per-class", type=int, default=10, help="semi-supervised, without --labelled")
+    evaluate.add_argument("--alpha", type=float, default=0.99, help="semi-supervised: label propagation's alpha")
+    evaluate.add_argument("--threshold", type=float, default=0.95, help="semi-supervised: self-training's threshold")
+    evaluate.add_argument("--rounds", type=int, default=5, help="semi-supervised: self-training rounds")
+    evaluate.add_argument("--dims", help="sts, retrieval: also score the embeddings cut to these dimensions, e.g. "
+                                         "384,256,128,64 (one row per dimension; Matryoshka models)")
+    add_goal_commands(commands)
+    add_mine_parser(commands)
     shard = commands.add_parser("shard", help="convert an image set into memory-mapped shards for streaming")
     shard.add_argument("--data", required=True, help="images to convert (same forms as fit --data)")
     shard.add_argument("--out", required=True, help="output folder (index.json, shard-*.npy, labels.npy)")
@@ -149,6 +189,10 @@ def run_embed(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from contrastkit.evaluation.protocol import evaluate_with_label_fractions
 
+    if args.task == "ood":
+        return run_ood_evaluation(args)
+    if args.task == "semi-supervised":
+        return run_semi_supervised_evaluation(args)
     if args.task != "probe":
         return run_text_evaluation(args)
     missing = [option for option, value in (("--embeddings", args.embeddings), ("--labels", args.labels))
@@ -157,17 +201,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"evaluate --task probe needs {' and '.join(missing)}: an .npy file of embeddings "
                           "(N, d) and one of N integer labels (contrastkit embed writes both). For a text "
                           "model use --task sts or --task retrieval with --model and --data.")
-    embeddings = _load_array(args.embeddings, "--embeddings")
-    labels = _load_array(args.labels, "--labels")
+    embeddings = load_array(args.embeddings, "--embeddings")
+    labels = load_array(args.labels, "--labels")
     fractions = _parse_fractions(args.label_fractions)
     results = evaluate_with_label_fractions(embeddings, labels, fractions=fractions,
-                                            test_fraction=args.test_fraction, k=args.k, seed=args.seed)
+                                            test_fraction=args.test_fraction, k=args.k or PROBE_NEIGHBOURS,
+                                            seed=args.seed)
     print(json.dumps(results, indent=2))
     return 0
 
 
 def run_text_evaluation(args: argparse.Namespace) -> int:
     from contrastkit.modalities.text.evaluation import evaluate_text_task
+    from contrastkit.modalities.text.matryoshka import parse_dims
 
     for option, value in (("--model", args.model), ("--data", args.data)):
         if value is None:
@@ -182,7 +228,7 @@ def run_text_evaluation(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size,
                                  cache_dir=False if args.no_cache else args.cache_dir,
                                  precision=args.precision, hybrid_weight=args.hybrid_weight,
-                                 document_model=args.document_model)
+                                 document_model=args.document_model, dims=parse_dims(args.dims, "--dims"))
     print(json.dumps(results, indent=2))
     return 0
 
@@ -224,18 +270,6 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_array(path: str, option: str):
-    import numpy as np
-
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"{option}: '{file}' does not exist. Pass a .npy file (contrastkit embed writes one).")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{option}: '{file}' is not a readable .npy array ({exc}).") from None
-
-
 def _parse_fractions(text: str) -> list[float]:
     try:
         fractions = [float(part) for part in text.split(",") if part.strip()]
@@ -259,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             if argv[0] == "fit":
                 return run_fit(argv[1:])
             return run_fit(argv[1:], modality=FIT_ALIASES[argv[0]], prog=f"contrastkit {argv[0]}")
-        commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "shard", "export"]
+        commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "select", "index", "search", "mine", "shard", "export"]
         if argv[0] not in (*commands, "-h", "--help"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -267,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
-        handlers = {"embed": run_embed, "evaluate": run_evaluate, "shard": run_shard, "export": run_export}
+        handlers = {"embed": run_embed, "evaluate": run_evaluate, "select": run_select, "index": run_index,
+                    "search": run_search, "mine": run_mine, "shard": run_shard, "export": run_export}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100, break_on_hyphens=False, break_long_words=False) + "\n", file=sys.stderr)
