@@ -15,7 +15,6 @@ classes, so a class may get more or fewer than 10 (the ``classes`` column counts
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from contrastkit.evaluation.linear import linear_probe_accuracy
+from contrastkit.evaluation.run_embeddings import read_run_embeddings
 from contrastkit.evaluation.selection import select
 
 STRATEGIES = ("random", "k-center", "typicality")
@@ -34,10 +34,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, nargs="+", default=[100])
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
-    embeddings = np.load(args.run / "embeddings.npy")
-    labels = np.load(args.run / "labels.npy")
-    split = json.loads((args.run / "split.json").read_text())
-    pool, test = slice(*split["train"]), slice(*split["holdout"])
+    run = read_run_embeddings(args.run, labels=True, split=True)
+    embeddings, labels = run.embeddings, run.labels
+    pool, test = slice(run.train.start, run.train.stop), slice(run.holdout.start, run.holdout.stop)
     pool_x, pool_y, test_x, test_y = embeddings[pool], labels[pool], embeddings[test], labels[test]
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print(f"run: {args.run.name}; pool: {len(pool_x)} training rows; held-out: {len(test_x)} rows; "

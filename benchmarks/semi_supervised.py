@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from contrastkit.evaluation.arrays import l2_normalize_rows
 from contrastkit.evaluation.linear import fit_linear_probe
+from contrastkit.evaluation.run_embeddings import read_run_embeddings
 from contrastkit.evaluation.selection import select
 from contrastkit.evaluation.semi_supervised import (
     ALPHA,
@@ -157,10 +157,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="BLAS/OpenMP threads (1: on a shared 2-core machine more threads were 50x slower)")
     args = parser.parse_args()
-    embeddings = np.load(args.run / "embeddings.npy")
-    labels = np.load(args.run / "labels.npy")
-    split = json.loads((args.run / "split.json").read_text())
-    pool, test = slice(*split["train"]), slice(*split["holdout"])
+    run = read_run_embeddings(args.run, labels=True, split=True)
+    embeddings, labels = run.embeddings, run.labels
+    pool, test = slice(run.train.start, run.train.stop), slice(run.holdout.start, run.holdout.stop)
     pool_x, pool_y, test_x, test_y = embeddings[pool], labels[pool], embeddings[test], labels[test]
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print(f"run: {args.run.name}; pool: {len(pool_x)} training rows; held-out: {len(test_x)} rows; "

@@ -84,17 +84,13 @@ def run_ood_evaluation(args: argparse.Namespace) -> int:
 
 
 def run_semi_supervised_evaluation(args: argparse.Namespace) -> int:
+    from contrastkit.evaluation.run_embeddings import read_run_embeddings
     from contrastkit.evaluation.semi_supervised import few_label_split, semi_supervised_evaluation
 
     pool = test = None
     if args.run is not None and args.embeddings is None and args.labels is None:
-        folder = Path(args.run)
-        embeddings, labels = (load_array(str(folder / f"{name}.npy"), "--run") for name in ("embeddings", "labels"))
-        if not (folder / "split.json").is_file():
-            raise DataError(f"--run: '{folder}' has no split.json naming its held-out part; pass its .npy files as "
-                            f"--embeddings and --labels for a stratified split instead.")
-        split = json.loads((folder / "split.json").read_text())
-        pool, test = range(*split["train"]), range(*split["holdout"])
+        run = read_run_embeddings(args.run, labels=True, split=True)
+        embeddings, labels, pool, test = run.embeddings, run.labels, run.train, run.holdout
     elif args.run is None and args.embeddings is not None and args.labels is not None:
         embeddings, labels = load_array(args.embeddings, "--embeddings"), load_array(args.labels, "--labels")
     else:
@@ -115,21 +111,20 @@ def run_semi_supervised_evaluation(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from contrastkit.evaluation.run_embeddings import read_run_embeddings
     from contrastkit.evaluation.selection import select
 
     if (args.embeddings is None) == (args.run is None):
         raise ConfigError("contrastkit select needs exactly one of --embeddings (an .npy file) and --run (a run "
                           "folder with embeddings.npy).")
+    run = None
     if args.run is not None:
-        folder = Path(args.run)
-        embeddings = load_array(str(folder / "embeddings.npy"), "--run")
-        split = folder / "split.json"
-        if split.is_file():  # choose among the training part: the held-out part stays unseen
-            start, stop = json.loads(split.read_text())["train"]
-            embeddings = embeddings[start:stop]
-            print(f"Choosing among the training part of {folder}: rows {start}..{stop - 1} of embeddings.npy")
+        run = read_run_embeddings(args.run)
+        embeddings = run.embeddings
+        if run.train is not None:  # choose among the training part: the held-out part stays unseen
+            embeddings = embeddings[run.train.start:run.train.stop]
+            print(f"Choosing among the training part of {args.run}: rows {run.train.start}..{run.train.stop - 1} "
+                  f"of embeddings.npy")
     else:
         embeddings = load_array(args.embeddings, "--embeddings")
     chosen = select(embeddings, args.budget, args.strategy, seed=args.seed, normalize=not args.no_normalize)
@@ -137,10 +132,9 @@ def run_select(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"{int(i)}\n" for i in chosen))
     print(f"Wrote {len(chosen)} indices chosen by {args.strategy} (seed {args.seed}) to {out}")
-    if args.run is not None and (Path(args.run) / "rows.npy").is_file():  # an image run: name the data's samples
+    if run is not None and run.data_rows is not None:  # an image run: name the data's samples
         data_rows = out.with_name(out.stem + ".data-rows.txt")
-        rows = np.load(Path(args.run) / "rows.npy")
-        data_rows.write_text("".join(f"{int(rows[i])}\n" for i in chosen))
+        data_rows.write_text("".join(f"{int(run.data_rows[i])}\n" for i in chosen))
         print(f"and the same samples as rows of the run's --data (its rows.npy) to {data_rows}")
     return 0
 
