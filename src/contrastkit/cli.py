@@ -26,6 +26,7 @@ from contrastkit.goal_commands import (
     run_select,
     run_semi_supervised_evaluation,
 )
+from contrastkit.modalities.text.benchmark_tasks import add_tasks_parser, run_tasks  # light: no torch at import
 from contrastkit.modalities.text.mining import add_mine_parser, run_mine  # light: no torch at import
 
 EVALUATION_TASKS = ("probe", "sts", "retrieval", "ood", "semi-supervised")
@@ -135,6 +136,7 @@ def build_parser() -> Parser:
                                          "384,256,128,64 (one row per dimension; Matryoshka models)")
     add_goal_commands(commands)
     add_mine_parser(commands)
+    add_tasks_parser(commands)
     shard = commands.add_parser("shard", help="convert an image set into memory-mapped shards for streaming")
     shard.add_argument("--data", required=True, help="images to convert (same forms as fit --data)")
     shard.add_argument("--out", required=True, help="output folder (index.json, shard-*.npy, labels.npy)")
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             if argv[0] == "fit":
                 return run_fit(argv[1:])
             return run_fit(argv[1:], modality=FIT_ALIASES[argv[0]], prog=f"contrastkit {argv[0]}")
-        commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "select", "index", "search", "mine", "shard", "export"]
+        commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "select", "index", "search", "mine", "benchmark", "shard",
+                    "export"]
         if argv[0] not in (*commands, "-h", "--help"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
         handlers = {"embed": run_embed, "evaluate": run_evaluate, "select": run_select, "index": run_index,
-                    "search": run_search, "mine": run_mine, "shard": run_shard, "export": run_export}
+                    "search": run_search, "mine": run_mine, "benchmark": run_tasks, "shard": run_shard,
+                    "export": run_export}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100, break_on_hyphens=False, break_long_words=False) + "\n", file=sys.stderr)
