@@ -204,12 +204,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def load_array(path: str, option: str):
-    import numpy as np
+    """The .npy file ``path`` given as ``option`` (numpy, like the rest, imported only when a command runs)."""
+    from contrastkit.evaluation.run_embeddings import read_array
 
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"{option}: '{file}' does not exist. Pass a .npy file (contrastkit embed writes one).")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{option}: '{file}' is not a readable .npy array ({exc}).") from None
+    return read_array(Path(path), option, "Pass a .npy file (contrastkit embed writes one).")

@@ -28,9 +28,11 @@ class RunEmbeddings:
     data_rows: np.ndarray | None  # (N,): the sample of --data each row embeds (image runs)
 
 
-def _read_array(file: Path, option: str) -> np.ndarray:
+def read_array(file: Path, option: str, hint: str = "contrastkit fit writes it in the run folder.") -> np.ndarray:
+    """The array in .npy ``file``, given as ``option``; a DataError naming both otherwise (``hint``:
+    where such a file comes from)."""
     if not file.is_file():
-        raise DataError(f"{option}: '{file}' does not exist (contrastkit fit writes it in the run folder).")
+        raise DataError(f"{option}: '{file}' does not exist. {hint}")
     try:
         return np.load(file, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -42,7 +44,7 @@ def read_run_embeddings(folder: str | Path, *, labels: bool = False, split: bool
     """The embeddings of run ``folder``; ``labels=True`` / ``split=True``: a DataError naming the
     file unless the run has labels / a held-out split."""
     folder = Path(folder)
-    embeddings = _read_array(folder / "embeddings.npy", option)
+    embeddings = read_array(folder / "embeddings.npy", option)
     label_file, split_file, rows_file = folder / "labels.npy", folder / "split.json", folder / "rows.npy"
     if labels and not label_file.is_file():
         raise DataError(f"{option}: '{folder}' has no labels.npy (its data had no labels); pass the embeddings "
@@ -55,6 +57,6 @@ def read_run_embeddings(folder: str | Path, *, labels: bool = False, split: bool
         parts = json.loads(split_file.read_text())
         train, holdout = range(*parts["train"]), range(*parts["holdout"])
     return RunEmbeddings(embeddings=embeddings,
-                         labels=_read_array(label_file, option) if label_file.is_file() else None,
+                         labels=read_array(label_file, option) if label_file.is_file() else None,
                          train=train, holdout=holdout,
-                         data_rows=_read_array(rows_file, option) if rows_file.is_file() else None)
+                         data_rows=read_array(rows_file, option) if rows_file.is_file() else None)
