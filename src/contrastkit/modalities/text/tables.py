@@ -93,11 +93,19 @@ def table_format(path: str | os.PathLike) -> str:
     raise DataError(f"'{path}' is not a file of named columns: give a .csv, .tsv or .jsonl file (plain or .gz).")
 
 
-def read_table(path: str | os.PathLike) -> Table:
-    """The header and rows of a CSV, TSV or JSONL file (see the module docstring)."""
+def read_table(path: str | os.PathLike, kind: str | None = None, header: Sequence[str] | None = None) -> Table:
+    """The header and rows of a CSV, TSV or JSONL file (see the module docstring).
+
+    ``kind`` (csv, tsv or jsonl) reads the file as that whatever its name says; ``header`` names the
+    columns of a CSV or TSV file that has no header line (every line is then a row). A file read by
+    neither is CSV, TSV or JSONL by its name, a tab-separated file named .csv read as TSV."""
     path = Path(path)
-    kind = table_format(path)
+    detect = kind is None and header is None
+    kind = kind or table_format(path)
     if kind == "jsonl":
+        if header is not None:
+            raise ConfigError(f"'header' names the columns of a CSV or TSV file; the keys of '{path}' (JSONL) "
+                              "are its columns.")
         records = read_jsonl(path)
         header = list(dict.fromkeys(key for record in records for key in record))
         return Table(path, header, records, list(range(1, len(records) + 1)))
@@ -108,7 +116,7 @@ def read_table(path: str | os.PathLike) -> Table:
         raise DataError(f"Could not read '{path}' as UTF-8 text (plain or gzip): {error}.") from error
     text = text.removeprefix("\ufeff")
     first_line = next((line for line in text.splitlines() if line.strip()), "")
-    if kind == "csv" and "\t" in first_line and "," not in first_line:
+    if detect and kind == "csv" and "\t" in first_line and "," not in first_line:
         kind = "tsv"  # a tab-separated file named .csv (as the STS Benchmark's own files are)
     if kind == "csv":
         reader = csv.reader(io.StringIO(text, newline=""))
@@ -125,16 +133,19 @@ def read_table(path: str | os.PathLike) -> Table:
         records = [line.split("\t") for _, line in numbered if line.strip()]
     keep = [i for i, fields in enumerate(records) if any(f.strip() for f in fields)]
     records, lines = [records[i] for i in keep], [lines[i] for i in keep]
-    if not records:
-        raise DataError(f"'{path}' is empty: a {kind.upper()} file needs a header line naming its columns.")
-    header = [name.strip() for name in records[0]]
+    if header is None:
+        if not records:
+            raise DataError(f"'{path}' is empty: a {kind.upper()} file needs a header line naming its columns.")
+        header, records, lines = [name.strip() for name in records[0]], records[1:], lines[1:]
+    else:
+        header = list(header)
     rows = []
-    for fields, line in zip(records[1:], lines[1:]):
+    for fields, line in zip(records, lines):
         if len(fields) != len(header):
             raise DataError(f"Line {line} of '{path}' has {len(fields)} fields, the header has {len(header)} "
                             f"({', '.join(header)}).")
         rows.append(dict(zip(header, fields)))
-    return Table(path, header, rows, lines[1:])
+    return Table(path, header, rows, lines)
 
 
 def parse_columns(text: str | None) -> list[str] | dict[str, list[str]] | None:

@@ -23,8 +23,6 @@ file's columns.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +34,6 @@ from contrastkit.modalities.text.sources import (
     RetrievalSet,
     SentencePairs,
     _find,
-    open_text_file,
     read_corpus,
     read_jsonl,
     read_sts,
@@ -65,10 +62,7 @@ DOCUMENT_SEPARATOR = " "  # as contrastkit.modalities.text.evaluation (BEIR: tit
 
 def read_entry(entry: DataEntry) -> Table:
     """The rows of a CSV / TSV / JSONL entry, after ``header``, ``where`` and ``carve``."""
-    if entry.format is None and entry.header is None:
-        table = read_table(entry.path)
-    else:
-        table = _read_delimited(entry)
+    table = read_table(entry.path, entry.format, entry.header)
     needed = [*entry.where, *(entry.carve.key if entry.carve else ())]
     missing = [column for column in needed if column not in table.header]
     if missing:
@@ -80,43 +74,6 @@ def read_entry(entry: DataEntry) -> Table:
     if not kept:
         raise DataError(f"No row of '{entry.path}' is left after 'where' and 'carve'.")
     return replace(table, rows=[table.rows[i] for i in kept], lines=[table.lines[i] for i in kept])
-
-
-def _read_delimited(entry: DataEntry) -> Table:
-    """A CSV or TSV file read by ``format`` (whatever its suffix), with the column names of
-    ``header`` when it has no header line (byte-order mark dropped; TSV not quoted, as in tables.py)."""
-    from contrastkit.modalities.text.tables import table_format
-
-    kind = entry.format or table_format(entry.path)
-    if kind == "jsonl":
-        if entry.header is not None:
-            raise ConfigError(f"'header' names the columns of a CSV or TSV file; the keys of '{entry.path}' (JSONL) "
-                              "are its columns.")
-        records = read_jsonl(entry.path)
-        header = list(dict.fromkeys(key for record in records for key in record))
-        return Table(entry.path, header, records, list(range(1, len(records) + 1)))
-    try:
-        with open_text_file(entry.path) as handle:
-            text = handle.read().removeprefix("\ufeff")
-    except (UnicodeDecodeError, OSError, EOFError) as error:
-        raise DataError(f"Could not read '{entry.path}' as UTF-8 text (plain or gzip): {error}.") from error
-    if kind == "csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
-        records = [(reader.line_num, fields) for fields in reader]
-    else:
-        records = [(n, line.rstrip("\r").split("\t")) for n, line in enumerate(text.split("\n"), start=1)]
-    records = [(n, fields) for n, fields in records if any(f.strip() for f in fields)]
-    if entry.header is None:
-        if not records:
-            raise DataError(f"'{entry.path}' is empty.")
-        header, records = [name.strip() for name in records[0][1]], records[1:]
-    else:
-        header = list(entry.header)
-    for line, fields in records:
-        if len(fields) != len(header):
-            raise DataError(f"Line {line} of '{entry.path}' has {len(fields)} fields; the header has {len(header)} "
-                            f"({', '.join(header)}).")
-    return Table(entry.path, header, [dict(zip(header, fields)) for _, fields in records], [n for n, _ in records])
 
 
 def resolve_roles(table: Table, roles: Sequence[str], columns=None) -> dict[str, str]:
