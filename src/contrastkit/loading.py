@@ -37,6 +37,34 @@ def _config(folder: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
+def run_kind(folder: str | Path) -> str | None:
+    """What the run folder (or exported model) ``folder`` holds, from its files (the table of
+    :mod:`contrastkit.loading`): ``pairs``, ``timeseries``, ``text``, ``graph``, ``tabular``,
+    ``image``, ``image-export`` or ``text-model`` (a Hugging Face / sentence-transformers folder);
+    None for a folder that holds none of them."""
+    folder = Path(folder)
+    config = _config(folder)
+    if (folder / "tower_a").is_dir():
+        return "pairs"
+    if (folder / "model.pt").is_file() and "ts2vec" in config:
+        return "timeseries"
+    if (folder / "encoder").is_dir():
+        return "text"
+    if config.get("command") == "graph" or ("seed" in config and "features_norm" in config):
+        return "graph"
+    if (folder / "command.yaml").is_file():
+        return "tabular"
+    if (folder / "checkpoints" / "last.ckpt").is_file():
+        return "image"
+    exported = folder / "config.json"
+    if exported.is_file() and (folder / "model.safetensors").is_file():
+        if json.loads(exported.read_text()).get("format") == "contrastkit-image-encoder":
+            return "image-export"
+    if exported.is_file():
+        return "text-model"
+    return None
+
+
 def load(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
     """The trained model in ``path`` (see the table of :mod:`contrastkit.loading`).
 
@@ -50,38 +78,36 @@ def load(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
         return load_method(target, trust_checkpoint=trust_checkpoint)[0]
     if not target.is_dir():
         raise DataError(f"contrastkit.load: '{target}' is neither a run folder nor a checkpoint file.")
-    config = _config(target)
-    if (target / "tower_a").is_dir():
+    kind = run_kind(target)
+    if kind == "pairs":
         from contrastkit.modalities.pairs.run_folder import load_pairs_run
 
         return load_pairs_run(target)
-    if (target / "model.pt").is_file() and "ts2vec" in config:
+    if kind == "timeseries":
         from contrastkit.modalities.timeseries.ts2vec import TS2Vec
 
         return TS2Vec.load(target / "model.pt")
-    if (target / "encoder").is_dir():
+    if kind == "text":
         from contrastkit.modalities.text.encoders import TextEncoder
 
         return TextEncoder.from_folder(target / "encoder")
-    if config.get("command") == "graph" or ("seed" in config and "features_norm" in config):
+    if kind == "graph":
         from contrastkit.modalities.graph.run_folder import load_trained
 
         return load_trained(target, trust_checkpoint=trust_checkpoint)
-    if (target / "command.yaml").is_file():
+    if kind == "tabular":
         raise ConfigError(f"'{target}' is a tabular run: its weights are model.safetensors and its embeddings "
                           f"embeddings.npy; a tabular estimator is used in the process that trained it "
                           f"(SCARF(...).fit(x, out=...)).")
-    if (target / "checkpoints" / "last.ckpt").is_file():
+    if kind == "image":
         from contrastkit.modalities.image.training.restore import load_method
 
         return load_method(target / "checkpoints" / "last.ckpt", trust_checkpoint=trust_checkpoint)[0]
-    exported = target / "config.json"
-    if exported.is_file() and (target / "model.safetensors").is_file():
-        if json.loads(exported.read_text()).get("format") == "contrastkit-image-encoder":
-            from contrastkit.modalities.image.export import load_exported
+    if kind == "image-export":
+        from contrastkit.modalities.image.export import load_exported
 
-            return load_exported(target)
-    if exported.is_file():
+        return load_exported(target)
+    if kind == "text-model":
         from contrastkit.modalities.text.encoders import TextEncoder
 
         return TextEncoder.from_folder(target)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.loading import run_kind
 
 EMBED_BATCH_SIZE = 256
 
@@ -131,7 +132,10 @@ def run_encoder(run: str | Path, *, trust_checkpoint: bool = False) -> ImageRunE
         return _image_checkpoint_encoder(path, trust_checkpoint)
     if not path.is_dir():
         raise DataError(f"The run '{path}' is neither a run folder, a checkpoint, an exported model nor 'minilm'.")
-    modality = _run_modality(path)
+    modality = run_kind(path)
+    if modality is None:
+        raise DataError(f"'{path}' holds no run that contrastkit index knows (no config.yaml, "
+                        f"checkpoints/last.ckpt, encoder/ or exported model).")
     if modality == "image":
         return _image_checkpoint_encoder(path / "checkpoints" / "last.ckpt", trust_checkpoint)
     if modality == "image-export":
@@ -139,34 +143,13 @@ def run_encoder(run: str | Path, *, trust_checkpoint: bool = False) -> ImageRunE
 
         config = json.loads((path / "config.json").read_text())
         return ImageRunEncoder(load_exported(path), int(config["image_size"]), int(config["in_channels"]))
-    if modality == "text":
+    if modality in ("text", "text-model"):
         from contrastkit.loading import load
 
         return TextRunEncoder(load(path))
     raise ConfigError(f"'{path}' is a {modality} run: contrastkit index embeds collections with image and text "
                       f"encoders. Index this run's embeddings instead (contrastkit index --embeddings E.npy "
                       f"--ids IDS.txt, or SearchIndex.add in Python).")
-
-
-def _run_modality(folder: Path) -> str:
-    """image, image-export, text, or the name of another modality, from the files of ``folder``."""
-    if (folder / "config.yaml").is_file() or (folder / "command.yaml").is_file():
-        from contrastkit.core.registry import METHODS
-        from contrastkit.fit_command import saved_run
-        from contrastkit.modalities import load_plugins
-
-        method, modality = saved_run(str(folder))
-        if modality is None:
-            load_plugins()
-            modalities = [entry.modality for entry in METHODS.entries(name=method)]
-            modality = "text" if (folder / "encoder").is_dir() else (modalities[0] if modalities else "unknown")
-        return modality
-    config = folder / "config.json"
-    if config.is_file():
-        described = json.loads(config.read_text())
-        return "image-export" if described.get("format") == "contrastkit-image-encoder" else "text"
-    raise DataError(f"'{folder}' holds no run that contrastkit index knows (no config.yaml, checkpoints/last.ckpt, "
-                    f"encoder/ or exported model).")
 
 
 def _image_checkpoint_encoder(checkpoint: Path, trust_checkpoint: bool) -> ImageRunEncoder:
