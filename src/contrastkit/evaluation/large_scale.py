@@ -65,6 +65,20 @@ def _check_matrix(array: np.ndarray, name: str, dim: int | None = None) -> None:
         raise DataError(f"{name} must be a matrix of shape {expected}, got shape {array.shape}.")
 
 
+def empty_index(dim: int, options: IndexOptions = IndexOptions()) -> faiss.Index:
+    """An empty inner-product index of ``options.kind`` exact or hnsw, which takes rows as they come
+    (IVF needs a training sample first: :func:`build_index`)."""
+    if options.kind == "exact":
+        return faiss.IndexFlatIP(dim)
+    if options.kind != "hnsw":
+        raise ConfigError(f"An empty index is exact or hnsw (an IVF index is trained on its bank: build_index), "
+                          f"got '{options.kind}'.")
+    index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = options.ef_construction
+    index.hnsw.efSearch = options.ef_search
+    return index
+
+
 def build_index(bank: np.ndarray, options: IndexOptions = IndexOptions(), normalize: bool = True,
                 chunk_size: int = CHUNK_SIZE) -> faiss.Index:
     """A faiss index over the rows of ``bank`` (N, d), filled ``chunk_size`` rows at a time.
@@ -75,12 +89,8 @@ def build_index(bank: np.ndarray, options: IndexOptions = IndexOptions(), normal
     if options.kind not in INDEX_KINDS:
         raise ConfigError(f"Unknown index kind '{options.kind}'; choose one of {', '.join(INDEX_KINDS)}.")
     n, dim = bank.shape
-    if options.kind == "exact":
-        index = faiss.IndexFlatIP(dim)
-    elif options.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = options.ef_construction
-        index.hnsw.efSearch = options.ef_search
+    if options.kind in ("exact", "hnsw"):
+        index = empty_index(dim, options)
     else:
         nlist = options.nlist or max(1, int(4 * np.sqrt(n)))
         if nlist > n:

@@ -31,12 +31,14 @@ import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.arrays import as_float32_matrix, l2_normalize_rows
+from contrastkit.evaluation.large_scale import IndexOptions, empty_index
 
 FORMAT = "contrastkit-search-index"
 FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "hnsw")
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
+HNSW_EF_CONSTRUCTION = 40  # faiss's default, which this index was built with
 FILES = ("index.faiss", "ids.json", "index.json")
 
 
@@ -134,10 +136,9 @@ class SearchIndex:
 
 def _new_faiss_index(dim: int, kind: str) -> faiss.Index:
     if kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = HNSW_EF_SEARCH
-    return index
+        return empty_index(dim, IndexOptions(kind="exact"))
+    return empty_index(dim, IndexOptions(kind="hnsw", hnsw_m=HNSW_NEIGHBOURS, ef_construction=HNSW_EF_CONSTRUCTION,
+                                         ef_search=HNSW_EF_SEARCH))
 
 
 def index_collection(encoder: Any, data: str, folder: str | Path, *, run: str | None, update: bool = False,
