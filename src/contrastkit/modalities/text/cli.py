@@ -203,23 +203,30 @@ def build_eval_fn(args: argparse.Namespace):
 
     def evaluate(encoder, document_encoder=None) -> dict:
         result: dict = {}
-        by_dim: dict[int, dict] = {m: {"dim": m} for m in dims or ()}
+        if not dims:
+            if pairs is not None:
+                result["sts_spearman"] = round(sts_spearman(encoder, pairs), 4)
+            if retrieval_set is not None:
+                result["retrieval"] = rounded(evaluate_retrieval(encoder, retrieval_set, cache_dir=args.cache_dir,
+                                                                 precision=args.precision,
+                                                                 document_encoder=document_encoder))
+            return result
+        # One embedding pass scores the full dimension and every cut of it.
+        full = encoder.output_dim
+        every = [full, *(m for m in dims if m != full)]
+        by_dim: dict[int, dict] = {m: {"dim": m} for m in dims}
         if pairs is not None:
-            result["sts_spearman"] = round(sts_spearman(encoder, pairs), 4)
-            if dims:
-                for m, value in sts_spearman_at_dims(encoder, pairs, dims).items():
-                    by_dim[m]["sts_spearman"] = round(value, 4)
+            spearman = sts_spearman_at_dims(encoder, pairs, every)
+            result["sts_spearman"] = round(spearman[full], 4)
+            for m in dims:
+                by_dim[m]["sts_spearman"] = round(spearman[m], 4)
         if retrieval_set is not None:
-            metrics = evaluate_retrieval(encoder, retrieval_set, cache_dir=args.cache_dir, precision=args.precision,
-                                         document_encoder=document_encoder)
-            result["retrieval"] = rounded(metrics)
-            if dims:
-                for m, at_dim in evaluate_retrieval_at_dims(encoder, retrieval_set, dims, cache_dir=args.cache_dir,
-                                                            precision=args.precision,
-                                                            document_encoder=document_encoder).items():
-                    by_dim[m]["retrieval"] = rounded(at_dim)
-        if dims:
-            result["by_dim"] = list(by_dim.values())
+            metrics = evaluate_retrieval_at_dims(encoder, retrieval_set, every, cache_dir=args.cache_dir,
+                                                 precision=args.precision, document_encoder=document_encoder)
+            result["retrieval"] = rounded(metrics[full])
+            for m in dims:
+                by_dim[m]["retrieval"] = rounded(metrics[m])
+        result["by_dim"] = list(by_dim.values())
         return result
 
     return evaluate

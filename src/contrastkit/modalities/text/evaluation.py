@@ -268,14 +268,27 @@ def evaluate_retrieval(encoder: TextEncoder, retrieval_set: RetrievalSet,
 
     ``document_encoder`` embeds the corpus of a two-tower model (queries: ``encoder``), e.g. the
     base model of a query-side fine-tuning (:mod:`contrastkit.modalities.text.methods.hybrid_distill`)."""
+    depth = search_depth(k_values, ignore_identical_ids)
+    queries, corpus = _retrieval_embeddings(encoder, retrieval_set, cache_dir, precision, batch_size, document_encoder)
+    return _retrieval_scores(queries, corpus, retrieval_set, depth, k_values, ignore_identical_ids)
+
+
+def _retrieval_embeddings(encoder: TextEncoder, retrieval_set: RetrievalSet, cache_dir, precision: str,
+                          batch_size: int, document_encoder: TextEncoder | None) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, corpus) embeddings at the full dimension, the corpus through the cache."""
     if not retrieval_set.queries:
         raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
-    depth = search_depth(k_values, ignore_identical_ids)
     corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
-    queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
+    return encode_texts(encoder, retrieval_set.queries, batch_size, precision), corpus
+
+
+def _retrieval_scores(queries: np.ndarray, corpus: np.ndarray, retrieval_set: RetrievalSet, depth: int,
+                      k_values: Sequence[int], ignore_identical_ids: bool) -> dict[str, float]:
+    """:func:`retrieval_metrics` of the cosine ranking (``depth`` documents) of ``corpus`` for each
+    query, with the counts."""
     _, indices = search(queries, corpus, k=depth, metric="cosine")
-    rankings = ranked_doc_ids(indices, retrieval_set)
-    metrics = retrieval_metrics(rankings, retrieval_set.qrels, k_values, ignore_identical_ids)
+    metrics = retrieval_metrics(ranked_doc_ids(indices, retrieval_set), retrieval_set.qrels, k_values,
+                                ignore_identical_ids)
     return {**metrics, "queries": len(retrieval_set.query_ids), "documents": len(retrieval_set.doc_ids)}
 
 
@@ -287,18 +300,10 @@ def evaluate_retrieval_at_dims(encoder: TextEncoder, retrieval_set: RetrievalSet
     """:func:`evaluate_retrieval` with queries and documents cut to their first ``m`` features (cosine,
     so re-normalised), for each ``m`` of ``dims``: ``{m: metrics}``. Corpus and queries are embedded
     once, at the full dimension (the corpus through the cache)."""
-    if not retrieval_set.queries:
-        raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
     depth = search_depth(k_values, ignore_identical_ids)
-    corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
-    queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
-    results = {}
-    for m in _check_dims(dims, corpus.shape[1]):
-        _, indices = search(queries[:, :m], corpus[:, :m], k=depth, metric="cosine")
-        metrics = retrieval_metrics(ranked_doc_ids(indices, retrieval_set), retrieval_set.qrels, k_values,
-                                    ignore_identical_ids)
-        results[m] = {**metrics, "queries": len(retrieval_set.query_ids), "documents": len(retrieval_set.doc_ids)}
-    return results
+    queries, corpus = _retrieval_embeddings(encoder, retrieval_set, cache_dir, precision, batch_size, document_encoder)
+    return {m: _retrieval_scores(queries[:, :m], corpus[:, :m], retrieval_set, depth, k_values, ignore_identical_ids)
+            for m in _check_dims(dims, corpus.shape[1])}
 
 
 def subsample_retrieval_set(retrieval_set: RetrievalSet, n_queries: int, n_documents: int,
