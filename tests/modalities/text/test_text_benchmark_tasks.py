@@ -28,7 +28,6 @@ from contrastkit.modalities.text.task_metrics import (
     pair_classification_metrics,
     reciprocal_rank,
     reranking_metrics,
-    v_measure,
 )
 from tests.conftest import REPO, data_path, requires_minilm, requires_transformers
 from tests.text_method_fakes import SENTENCES, BagOfWordsEncoder
@@ -211,15 +210,6 @@ def test_pair_classification_task_from_a_headerless_bom_file(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- clustering
-
-
-def test_v_measure_matches_sklearn():
-    rng = np.random.default_rng(1)
-    for _ in range(30):
-        n = int(rng.integers(1, 80))
-        labels = rng.choice(["a", "b", "c", "d"], n)
-        clusters = rng.integers(0, int(rng.integers(1, 6)), n)
-        assert v_measure(labels, clusters) == pytest.approx(v_measure_score(labels, clusters), abs=1e-12)
 
 
 def test_clustering_task_is_minibatch_kmeans_v_measure_of_the_embeddings(tmp_path):

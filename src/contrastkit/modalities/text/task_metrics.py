@@ -20,7 +20,8 @@ multiplies by 100).
   and can split ties, and it never tries the extreme cuts; on data without ties the figures differ
   at most where predicting every pair positive is best.
 - **Clustering** (MTEB's ClusteringEvaluator): MiniBatch k-means with k = the number of distinct
-  labels on the embeddings as given, then the V-measure (Rosenberg & Hirschberg 2007), the harmonic
+  labels on the embeddings as given, then the V-measure (Rosenberg & Hirschberg 2007; scikit-learn's
+  ``v_measure_score``, as MTEB computes it), the harmonic
   mean of homogeneity h = 1 - H(C|K) / H(C) and completeness c = 1 - H(K|C) / H(K) (C the classes,
   K the clusters; h = 1 when H(C) = 0, c = 1 when H(K) = 0). k-means depends on its seed; the mean
   over ``seeds`` is reported (MTEB reports one run per subset).
@@ -131,35 +132,13 @@ def pair_classification_metrics(scores: Sequence, labels: Sequence) -> dict[str,
 # ------------------------------------------------------------------------------------ clustering
 
 
-def _entropy(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def v_measure(labels: Sequence, clusters: Sequence) -> float:
-    """The V-measure of a clustering against class labels (any hashable values), beta = 1."""
-    classes, class_ids = np.unique(np.asarray(labels), return_inverse=True)
-    found, cluster_ids = np.unique(np.asarray(clusters), return_inverse=True)
-    if class_ids.shape != cluster_ids.shape:
-        raise DataError(f"{class_ids.size} labels but {cluster_ids.size} cluster assignments.")
-    table = np.zeros((classes.size, found.size))
-    np.add.at(table, (class_ids, cluster_ids), 1)
-    h_classes, h_clusters = _entropy(table.sum(1)), _entropy(table.sum(0))
-    joint = _entropy(table.ravel())
-    # H(C|K) = H(C, K) - H(K); H(K|C) = H(C, K) - H(C)
-    homogeneity = 1.0 if h_classes == 0 else 1.0 - (joint - h_clusters) / h_classes
-    completeness = 1.0 if h_clusters == 0 else 1.0 - (joint - h_classes) / h_clusters
-    if homogeneity + completeness == 0:
-        return 0.0
-    return float(2 * homogeneity * completeness / (homogeneity + completeness))
-
-
 def kmeans_v_measure(embeddings, labels: Sequence, seeds: Sequence[int] = KMEANS_SEEDS,
                      batch_size: int = KMEANS_BATCH_SIZE) -> dict[str, float]:
     """MiniBatch k-means (scikit-learn, k-means++, one initialisation) with k = the number of distinct
     labels on ``embeddings`` as given, once per seed: ``v_measure`` (the mean), ``v_measure_std`` and
     ``clusters`` (k)."""
     from sklearn.cluster import MiniBatchKMeans
+    from sklearn.metrics import v_measure_score
 
     x = np.asarray(embeddings, dtype=np.float32)
     k = len(set(labels))
@@ -170,8 +149,8 @@ def kmeans_v_measure(embeddings, labels: Sequence, seeds: Sequence[int] = KMEANS
                         f"{x.shape[0]} texts.")
     if not seeds:
         raise ConfigError("kmeans_v_measure needs at least one seed.")
-    values = [v_measure(labels, MiniBatchKMeans(n_clusters=k, batch_size=batch_size, n_init=1,
-                                                random_state=seed).fit_predict(x))
+    values = [v_measure_score(labels, MiniBatchKMeans(n_clusters=k, batch_size=batch_size, n_init=1,
+                                                      random_state=seed).fit_predict(x))
               for seed in seeds]
     return {"v_measure": float(np.mean(values)), "v_measure_std": float(np.std(values)), "clusters": k}
 
