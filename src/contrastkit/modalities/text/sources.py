@@ -265,6 +265,12 @@ DEV_SPLIT = "dev"
 DEV_CARVE_MODULUS = 3  # one train query in three, by the hash of its id
 
 
+def hash_bucket(text: str, modulus: int) -> int:
+    """The SHA-256 of ``text`` (UTF-8), read as a big-endian integer, modulo ``modulus``: a split rule
+    that looks at nothing but the text, the same on every machine and Python version."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big") % modulus
+
+
 def in_dev_carve(query_id: str) -> bool:
     """Whether a train query belongs to the carved ``dev`` split of a BEIR folder without
     ``qrels/dev.tsv``: the SHA-256 of its id (UTF-8), read as a big-endian integer, is 0 modulo 3.
@@ -272,8 +278,7 @@ def in_dev_carve(query_id: str) -> bool:
     The rule looks at nothing but the id, so the carve is the same on every machine and Python
     version (unlike ``hash()``), does not move when other queries are added, and takes about a
     third of the train queries (268 of SciFact's 809 train claims)."""
-    digest = hashlib.sha256(query_id.encode("utf-8")).digest()
-    return int.from_bytes(digest, "big") % DEV_CARVE_MODULUS == 0
+    return hash_bucket(query_id, DEV_CARVE_MODULUS) == 0
 
 
 def read_split_qrels(folder: Path, split: str) -> tuple[dict[str, dict[str, int]], str]:
