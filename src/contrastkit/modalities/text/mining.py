@@ -135,22 +135,24 @@ class Retriever:
         else:
             if encoder is None:
                 raise ConfigError("The dense retriever needs an encoder (model='minilm' or a model folder).")
+            from contrastkit.evaluation.arrays import l2_normalize_rows
             from contrastkit.modalities.text.evaluation import encode_texts
 
             self.encoder = encoder
             embeddings = corpus_embeddings if corpus_embeddings is not None else \
                 encode_texts(encoder, corpus, batch_size)
-            self.corpus = _normalized(embeddings)
+            self.corpus = l2_normalize_rows(np.asarray(embeddings, dtype=np.float32))
 
     def rank(self, queries: Sequence[str], depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(scores, indices)`` (Q, depth) best first, and the query embeddings (dense) or None."""
         if self.kind == "bm25":
             scores, indices = self.index.search(queries, depth)
             return scores, indices, None
+        from contrastkit.evaluation.arrays import l2_normalize_rows
         from contrastkit.evaluation.retrieval import search
         from contrastkit.modalities.text.evaluation import encode_texts
 
-        embedded = _normalized(encode_texts(self.encoder, queries, self.batch_size))
+        embedded = l2_normalize_rows(encode_texts(self.encoder, queries, self.batch_size))
         scores, indices = search(embedded, self.corpus, k=depth, metric="dot")
         return scores, indices, embedded
 
@@ -164,11 +166,6 @@ class Retriever:
             rows = self.index.scores(queries[start:start + 256])
             result[start:start + 256] = rows[np.arange(len(rows)), np.asarray(documents[start:start + 256])]
         return result
-
-
-def _normalized(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def mine_rows(anchors: Sequence[str], positives: Sequence[int], labelled: Sequence[set[int]],
