@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.contrastkit-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test,timeseries,graphs,tabular,text]"
+	$(BIN)/python -m pip install -q -e ".[test,timeseries,graphs,tabular,text,audio,export,trackers,report,images]"
 	touch $(STAMP)
 
 setup: $(STAMP)

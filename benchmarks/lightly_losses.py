@@ -45,7 +45,8 @@ except ImportError as error:  # depends on the environment
 
 from contrastkit.nn import queue as contrastkit_queue
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.objectives import barlow_twins, dcl, infonce, mmcr, mochi, predictive, query_key, tico, vicreg
+from contrastkit.objectives import (barlow_twins, dcl, dino, infonce, mmcr, mochi, msn, predictive, query_key, swav,
+                                   tico, vicreg)
 
 TOLERANCE = 1e-6
 DTYPE = torch.float64
@@ -431,6 +432,123 @@ def compare_query_key() -> list[Row]:
     return rows
 
 
+def crop_scores(case: dict) -> list[Tensor]:
+    """SwAV's inputs: cosine scores (N, V, K) of V crops against K prototypes (unit rows in 6 dimensions,
+    crops of a sample correlated), and the (L, 2, K) scores of a queue of L past samples' two global crops."""
+    g = torch.Generator().manual_seed(case["seed"])
+    n, views, k = case["N"], case["V"], case["K"]
+    prototypes = F.normalize(torch.randn(k, 6, generator=g, dtype=DTYPE), dim=1)
+    centre = torch.randn(n, 1, 6, generator=g, dtype=DTYPE)
+    crops = F.normalize(centre + 0.7 * torch.randn(n, views, 6, generator=g, dtype=DTYPE), dim=-1)
+    queue = F.normalize(torch.randn(case["L"], 2, 6, generator=g, dtype=DTYPE), dim=-1)
+    return [crops @ prototypes.T] + ([queue @ prototypes.T] if case["L"] else [])
+
+
+def compare_swav() -> list[Row]:
+    """``swav`` (scores (N, V, K), the 2 global crops first) vs ``SwaVLoss`` (lists of (N, K) per crop)."""
+    def ours(**kwargs: object) -> Callable[..., Tensor]:
+        loss = swav.SwAVLoss(**kwargs)
+        return lambda scores, *queue: loss(scores, queue_scores=queue[0] if queue else None)
+
+    def theirs(**kwargs: object) -> Callable[..., Tensor]:
+        loss = lightly_loss.SwaVLoss(**kwargs)
+        return lambda scores, *queue: loss([scores[:, 0], scores[:, 1]], list(scores[:, 2:].unbind(1)),
+                                           [queue[0][:, 0], queue[0][:, 1]] if queue else None)
+
+    settings = [("defaults", {}, {}),
+                ("tau=0.2,eps=0.1,iters=5", {"temperature": 0.2, "epsilon": 0.1, "sinkhorn_iterations": 5},
+                 {"temperature": 0.2, "sinkhorn_epsilon": 0.1, "sinkhorn_iterations": 5})]
+    mapping = ("temperature, epsilon, sinkhorn_iterations -> temperature, sinkhorn_epsilon, sinkhorn_iterations; "
+               "scores[:, :2] -> high_resolution_outputs, scores[:, 2:] -> low_resolution_outputs; queue_scores[:, i] "
+               "-> queue_outputs[i]")
+    note = (f"codes of the global crops only, every other crop predicts them, averaged per code "
+            f"({cite(lightly_loss.swav_loss, 'loss += subloss / (n_crops - 1)')}, {cite(swav, 'others = [v for v')})"
+            "; the queue joins the batch before Sinkhorn in both (LightlySSL's after the batch, ours before it: the "
+            "codes do not depend on the order)")
+    return [pair(ours, theirs, (ours_name(swav.SwAVLoss, "swav"), "SwaVLoss"), mapping, note, settings, crop_scores,
+                 N=(4, 16), V=(2, 4, 8), K=(8, 32), L=(0, 8))]
+
+
+def compare_dino() -> list[Row]:
+    """``dino`` vs ``DINOLoss`` over several calls from the same centre, compared after every call."""
+    settings = [("defaults", {}, {}, {}),
+                ("tau_s=0.2,tau_t=0.07,m=0.5", {"student_temperature": 0.2, "teacher_temperature": 0.07,
+                                                 "center_momentum": 0.5},
+                 {"student_temp": 0.2, "teacher_temp": 0.07, "warmup_teacher_temp": 0.07, "center_momentum": 0.5}, {}),
+                ("per-call tau_t=0.05", {}, {}, {"teacher_temperature": 0.05})]
+    cases, described = grid(seed=SEEDS, N=(4, 16), V=(2, 3, 8), K=(8, 64), setting=settings)
+    calls = (True, True, False, True)  # training mode of each call (eval: the centre stays)
+    described += f" x {len(calls)} calls (train, train, eval, train); teacher: the 2 global crops"
+    mapping = ("student_temperature, teacher_temperature, center_momentum -> student_temp, teacher_temp (and "
+               "warmup_teacher_temp), center_momentum; student (N, V, K), teacher (N, 2, K) -> lists of (N, K) per crop; "
+               "per-call teacher_temperature -> teacher_temp; ours .eval() -> LightlySSL's loss without its centre "
+               "update (restored after the call)")
+    row = Row(ours_name(dino.DINOLoss, "dino"), "DINOLoss", mapping, EQUAL,
+              f"pairs of a teacher crop with every other student crop, averaged over the pairs and samples "
+              f"({cite(lightly_loss.dino_loss, 'loss.fill_diagonal_(0)')}, {cite(dino, 'others = [v for v')}); "
+              "centre compared after every call; LightlySSL holds a temperature as a float32 tensor "
+              f"({cite(lightly_loss.dino_loss, 'teacher_temperature = torch.tensor(teacher_temp)')}): value "
+              "differences of ~1e-8", described)
+    for case in cases:
+        _, ours_kwargs, theirs_kwargs, call_kwargs = case["setting"]
+        n, views, k = case["N"], case["V"], case["K"]
+        ours = dino.DINOLoss(output_dim=k, **ours_kwargs).to(DTYPE)
+        theirs = lightly_loss.DINOLoss(output_dim=k, **theirs_kwargs).to(DTYPE)
+        tau = call_kwargs.get("teacher_temperature")
+        value = grad = state = 0.0
+        for call, training in enumerate(calls):
+            g = torch.Generator().manual_seed(100 * case["seed"] + call)
+            student = 2 * torch.randn(n, views, k, generator=g, dtype=DTYPE)
+            teacher = student[:, :2] + torch.randn(n, 2, k, generator=g, dtype=DTYPE)
+            ours.train(training)
+            saved = theirs.center.clone()
+
+            def lightly_call(s: Tensor, t: Tensor) -> Tensor:
+                # LightlySSL's examples compute the teacher under no_grad; its loss does not detach it
+                result = theirs(list(t.detach().unbind(1)), list(s.unbind(1)), teacher_temp=tau)
+                if not training:
+                    theirs.center.data = saved.clone()
+                return result
+
+            dv, dg = differences(lambda s, t: ours(s, t, teacher_temperature=tau), lightly_call, [student, teacher])
+            value, grad = max(value, dv), max(grad, dg)
+            state = max(state, (ours.center - theirs.center.flatten()).abs().max().item())
+        row.add(value, grad, state)
+    return [row]
+
+
+def compare_msn() -> list[Row]:
+    """``msn`` (anchors (N, M, d), targets (N, d), prototypes) vs ``MSNLoss`` (anchors (M N, d), view-major)."""
+    def ours(**kwargs: object) -> Callable[..., Tensor]:
+        loss = msn.MSNLoss(**kwargs)
+        return lambda anchors, targets, prototypes: loss(anchors, targets, prototypes=prototypes)
+
+    def theirs(sharpen: float = 0.25, **kwargs: object) -> Callable[..., Tensor]:
+        loss = lightly_loss.MSNLoss(**kwargs)
+        return lambda anchors, targets, prototypes: loss(anchors.transpose(0, 1).reshape(-1, anchors.shape[-1]),
+                                                         targets, prototypes, target_sharpen_temperature=sharpen)
+
+    def inputs(case: dict) -> list[Tensor]:
+        g = torch.Generator().manual_seed(case["seed"])
+        n, views, d = case["N"], case["M"], case["d"]
+        targets = torch.randn(n, d, generator=g, dtype=DTYPE)
+        anchors = targets.unsqueeze(1) + 0.7 * torch.randn(n, views, d, generator=g, dtype=DTYPE)
+        return [anchors, targets, torch.randn(case["K"], d, generator=g, dtype=DTYPE)]
+
+    settings = [("defaults", {}, {}),
+                ("tau=0.2,T=0.5,lambda=3,iters=0", {"temperature": 0.2, "sharpen_temperature": 0.5,
+                                                     "regularization_weight": 3.0, "sinkhorn_iterations": 0},
+                 {"temperature": 0.2, "sharpen": 0.5, "regularization_weight": 3.0, "sinkhorn_iterations": 0}),
+                ("lambda=0", {"regularization_weight": 0.0}, {"regularization_weight": 0.0})]
+    mapping = ("temperature, sharpen_temperature, regularization_weight, sinkhorn_iterations -> temperature, "
+               "target_sharpen_temperature (a forward argument), regularization_weight, sinkhorn_iterations; anchors "
+               "(N, M, d) -> (M N, d) view-major")
+    note = (f"both add log K to the mean-entropy term ({cite(lightly_loss.msn_loss, 'loss += math.log(float(len')}); "
+            "ours sharpens as softmax(s / (tau T)), LightlySSL as softmax(s / tau) ** (1 / T) renormalised (equal)")
+    return [pair(ours, theirs, (ours_name(msn.MSNLoss, "msn"), "MSNLoss"), mapping, note, settings, inputs,
+                 N=(4, 16), M=(1, 3), d=(8,), K=(8, 32))]
+
+
 PAIRS = {  # catalogue name -> (LightlySSL classes it is compared with, comparison or None if done elsewhere)
     "ntxent": (("NTXentLoss",), compare_ntxent),
     "infonce": (("NTXentLoss",), None),  # another name of "ntxent"
@@ -445,6 +563,9 @@ PAIRS = {  # catalogue name -> (LightlySSL classes it is compared with, comparis
     "normalized_mse": (("NegativeCosineSimilarity",), None),  # in compare_cosine
     "mochi": (("NTXentLoss",), compare_moco),
     "query_key_infonce": (("NTXentLoss",), compare_query_key),
+    "swav": (("SwaVLoss",), compare_swav),
+    "dino": (("DINOLoss",), compare_dino),
+    "msn": (("MSNLoss",), compare_msn),
 }
 
 

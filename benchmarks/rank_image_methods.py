@@ -12,8 +12,10 @@ the epoch count); no test split is scored, so no figure here is a test accuracy.
 
 Training: CIFAR ResNet-18 at width 0.125, batch 256, the method's defaults otherwise (``contrastkit
 fit``'s SGD at the protocol's lr 0.12, one warm-up epoch then cosine), through ``training.run.fit`` (the code path of
-``contrastkit fit``) without the online probe. JEPA has its patch transformer and AdamW, as in
-``bench_methods.py``. Methods: every image method of the registry.
+``contrastkit fit``) without the online probe. JEPA and MSN have their patch transformer and AdamW, as
+JEPA in ``bench_methods.py``. Rows: every image method of the registry, and the multi-crop methods
+with options: ``swav+local6`` and ``dino+local6`` are SwAV and DINO with six local crops (``extra:
+{swav: {local_crops: 6}}``; any ``NAME+localN`` of swav, dino, obow can be asked for with ``--methods``).
 
 LightlySSL rows run in ``$CONTRASTKIT_ANCHOR_ENV/bin/python`` (LightlySSL 1.6 with its own torch
 build: the table's header names the builds) on the same split, initial backbone weights, optimiser
@@ -24,7 +26,9 @@ view, as its examples do; sizes, loss settings and augmentations are contrastkit
 contrastkit's, as its CIFAR-10 benchmark does). Kept differences: its memory banks start as random
 vectors; BYOL's loss is scaled by 4 (image_side_by_side.py); MMCR is ``MMCRLoss(lmda=0)`` on the
 normalised online projections as both arguments (the paper's CIFAR recipe, contrastkit's: no
-momentum network; LightlySSL's example has one and does not normalise). LightlySSL has no DirectPred;
+momentum network; LightlySSL's example has one and does not normalise); DINO's MLP has contrastkit's two
+layers (LightlySSL's ``DINOProjectionHead`` three), its last layer LightlySSL's; SwaV's prototypes are
+LightlySSL's (a Linear with a bias). LightlySSL has no DirectPred or OBoW; its MSN (a ViT) is not built here;
 its I-JEPA (a ViT) and VICRegL (local crops with grids) are not built here: contrastkit rows only.
 
 Per run: kNN top-1; linear top-1 with 10 labels per class; images/s = training images / wall time
@@ -83,21 +87,39 @@ HOLDOUT = 0.2  # contrastkit fit's default
 # --split-seed): seeds then differ only in training, and the baselines' raw pixels do not move.
 SPLIT_SEED = 0
 FEW_LABELS = "linear_top1_10_per_class"
-LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "tico", "mmcr", "nnclr")
+LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "tico", "mmcr", "nnclr", "swav",
+                   "swav+local6", "dino", "dino+local6")
+# Rows that are a method with options: NAME+localN is NAME with extra {NAME: {local_crops: N}} (multi-crop).
+LOCAL_CROP_METHODS = ("swav", "dino", "obow")
+DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the methods' own rows (issue 21)
+TRANSFORMER_METHODS = ("jepa", "msn")  # their own patch transformer and AdamW, as bench_methods.py
 BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels")
 DEFAULT_DIR = Path("runs") / "rank_image_methods"
 
 
 # -- settings and store ---------------------------------------------------------------------------
 
-def fit_options(method: str, args) -> dict:
+def row_method(row: str) -> tuple[str, dict]:
+    """(method, its YAML ``extra``) of a table row: ``swav`` -> ("swav", {}); ``swav+local6`` -> ("swav",
+    {"swav": {"local_crops": 6}})."""
+    method, plus, option = row.partition("+")
+    if not plus:
+        return method, {}
+    if method not in LOCAL_CROP_METHODS or not option.startswith("local") or not option[5:].isdigit():
+        raise ValueError(f"unknown row {row!r}: a method with options is NAME+localN, NAME one of "
+                         f"{', '.join(LOCAL_CROP_METHODS)} (e.g. swav+local6)")
+    return method, {method: {"local_crops": int(option[5:])}}
+
+
+def fit_options(row: str, args) -> dict:
     """The FitConfig of a contrastkit run, less its seed and output folder."""
-    model = ({"optimizer": "adamw"} if method == "jepa"  # JEPA as bench_methods.py
+    method, extra = row_method(row)
+    model = ({"optimizer": "adamw"} if method in TRANSFORMER_METHODS
              else {"backbone": args.backbone, "lr": args.lr})
     return dict(method=method, data=args.data, epochs=args.epochs, batch_size=args.batch_size, width=args.width,
                 holdout=HOLDOUT, split_seed=SPLIT_SEED, channels_last=args.memory_format == "channels-last",
                 probe_every=0, report=False,
-                baselines=False, **model)
+                baselines=False, **model, **({"extra": extra} if extra else {}))
 
 
 def run_settings(library: str, method: str, args) -> dict:
@@ -271,9 +293,9 @@ def train_lightly(method: str, seed: int, args) -> dict:
         "step_images_per_s": timing["images"] / timing["step_seconds"], "train_seconds": timing["epoch_seconds"]}
 
 
-def lightly_parts(method: str, backbone, total_steps: int, n_train: int, normalize: dict):
-    """(modules, loss(model, views, step), transform): LightlySSL's parts for ``method`` at contrastkit's
-    sizes and settings for it (module docstring)."""
+def lightly_parts(row: str, backbone, total_steps: int, n_train: int, normalize: dict):
+    """(modules, loss(model, views, step), transform): LightlySSL's parts for the row's method at
+    contrastkit's sizes and settings for it (module docstring)."""
     import torch.nn.functional as F
     from lightly import loss as losses
     from lightly.models.modules import heads
@@ -284,6 +306,8 @@ def lightly_parts(method: str, backbone, total_steps: int, n_train: int, normali
     from lightly.utils.scheduler import cosine_schedule
     from torch import nn
 
+    method, extra = row_method(row)
+    local_crops = extra.get(method, {}).get("local_crops", 0)
     dim, out, bn = backbone.output_dim, 128, nn.BatchNorm1d
     queue = min(4096, max(1, n_train // 2))  # contrastkit's MoCo queue and NNCLR support set
     simclr_views = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0, normalize=normalize)
@@ -363,7 +387,72 @@ def lightly_parts(method: str, backbone, total_steps: int, n_train: int, normali
         return ({"head": heads.MMCRProjectionHead(dim, dim, out, num_layers=1, batch_norm=True, use_bias=False)},
                 mmcr, MMCRTransform(k=8, input_size=32, cj_strength=0.5, cj_bright=0.8, cj_contrast=0.8,
                                     cj_sat=0.8, cj_hue=0.2, gaussian_blur=0.0, normalize=normalize))
-    raise ValueError(f"no LightlySSL run for {method!r}; there is one for: {', '.join(LIGHTLY_METHODS)}")
+    if method in ("swav", "dino"):
+        return lightly_multicrop_parts(method, local_crops, backbone, out, normalize, frozen)
+    raise ValueError(f"no LightlySSL run for {row!r}; there is one for: {', '.join(LIGHTLY_METHODS)}")
+
+
+def lightly_multicrop_parts(method: str, local_crops: int, backbone, out: int, normalize: dict, frozen):
+    """LightlySSL's SwaV and DINO as its examples train them, at contrastkit's sizes, crops and settings:
+    SwaV with ``SwaVProjectionHead`` (dim -> dim -> 128), ``SwaVPrototypes`` (512, normalised before each
+    step), ``SwaVLoss()`` over the global (high-resolution) and local crops; DINO with
+    ``DINOProjectionHead`` (its last layer; its MLP built from ``ProjectionHead`` blocks as contrastkit's:
+    dim -> 4 dim -> 128, BatchNorm and GELU, where LightlySSL's has one more hidden layer) to 2048 outputs,
+    an EMA teacher at constant momentum 0.99 and ``DINOLoss(output_dim=2048)`` (teacher temperature 0.04
+    throughout). Crops: contrastkit's recipe at 32 pixels (``multicrop_recipe``)."""
+    import torch.nn.functional as F
+    from lightly import loss as losses
+    from lightly.models.modules import heads
+    from lightly.models.utils import update_momentum
+    from lightly.transforms import DINOTransform, SwaVTransform
+    from torch import nn
+
+    from contrastkit.modalities.image.methods import dino, swav
+    from contrastkit.modalities.image.views.multicrop import multicrop_recipe
+
+    dim = backbone.output_dim
+    recipe = multicrop_recipe(32, swav.GLOBAL_SCALE_LOW if method == "swav" else dino.GLOBAL_SCALE_LOW)
+    if method == "swav":
+        parts = {"head": heads.SwaVProjectionHead(dim, dim, out), "prototypes": heads.SwaVPrototypes(out, 512)}
+        criterion = losses.SwaVLoss()
+
+        def swav_loss(m, views, step):
+            m.prototypes.normalize()
+            scores = [m.prototypes(F.normalize(m.head(m.backbone(v)), dim=1), step) for v in views]
+            return criterion(scores[:2], scores[2:])
+
+        transform = SwaVTransform(crop_sizes=(32, recipe["local_crop_size"]), crop_counts=(2, local_crops),
+                                  crop_min_scales=(recipe["global_crop_scale"][0], recipe["local_crop_scale"][0]),
+                                  crop_max_scales=(1.0, recipe["local_crop_scale"][1]), cj_strength=0.5,
+                                  gaussian_blur=0.0, normalize=normalize)
+        return parts, swav_loss, transform
+    def dino_head():
+        head = heads.DINOProjectionHead(dim, 4 * dim, out, 2048, batch_norm=True)
+        head.layers = heads.ProjectionHead([(dim, 4 * dim, nn.BatchNorm1d(4 * dim), nn.GELU()),
+                                            (4 * dim, out, None, None)]).layers
+        return head
+
+    # A weight-normalised layer cannot be deep-copied: the teacher head is built again (as LightlySSL's
+    # DINO example builds it) and starts from the student's weights.
+    head, teacher_head = dino_head(), dino_head()
+    teacher_head.load_state_dict(head.state_dict())
+    teacher_head.requires_grad_(False)
+    parts = {"head": head, "target_backbone": frozen(backbone), "target_head": teacher_head}
+    criterion = losses.DINOLoss(output_dim=2048)
+
+    def dino_loss(m, views, step):
+        update_momentum(m.backbone, m.target_backbone, m=0.99)
+        update_momentum(m.head, m.target_head, m=0.99)
+        with torch.no_grad():
+            teacher = [m.target_head(m.target_backbone(v)) for v in views[:2]]
+        student = [m.head(m.backbone(v)) for v in views]
+        return criterion(teacher, student)
+
+    transform = DINOTransform(global_crop_size=32, global_crop_scale=recipe["global_crop_scale"],
+                              local_crop_size=recipe["local_crop_size"], local_crop_scale=recipe["local_crop_scale"],
+                              n_local_views=local_crops, cj_strength=1.0, cj_bright=0.4, cj_contrast=0.4, cj_sat=0.2,
+                              cj_hue=0.1, gaussian_blur=(0.0, 0.0, 0.0), solarization_prob=0.2, normalize=normalize)
+    return parts, dino_loss, transform
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -532,7 +621,9 @@ def pilot(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every image method of the registry")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="rows to run: method names, or NAME+localN for a multi-crop method with N local crops "
+                             f"(default: every image method of the registry and {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--libraries", nargs="+", choices=["contrastkit", "lightly"], default=["contrastkit", "lightly"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=EPOCHS)
@@ -559,9 +650,18 @@ def main(argv: list[str] | None = None) -> None:
     from contrastkit.modalities.image.methods import image_method_names
 
     known = image_method_names()
-    args.methods = args.methods or known
-    if unknown := [m for m in args.methods if m not in known]:
-        parser.error(f"unknown image method(s) {', '.join(unknown)}; the image methods: {', '.join(known)}")
+    args.methods = args.methods or known + list(DEFAULT_VARIANTS)
+    unknown = []
+    for row in args.methods:
+        try:
+            method, _ = row_method(row)
+        except ValueError as error:
+            parser.error(str(error))
+        if method not in known:
+            unknown.append(row)
+    if unknown:
+        parser.error(f"unknown image method(s) {', '.join(unknown)}; the image methods: {', '.join(known)} "
+                     f"(and NAME+localN for {', '.join(LOCAL_CROP_METHODS)})")
     if args.pilot:
         return pilot(args)
     if args.epochs is None or args.epochs < 1:

@@ -104,6 +104,57 @@ def time_series_overlaps(n: int, d: int, generator: torch.Generator) -> tuple[to
 # softmax, neighbour contrast (SCGC), forecasting; see also tests/objectives/test_objectives_moved.py
 
 
+def cpc_predictions_and_latents(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    latents = torch.randn(n, 6, d, generator=generator, dtype=torch.float64)
+    predictions = torch.stack([latents.roll(-k, dims=1) for k in (1, 2)], dim=2)  # (n, T, K, d)
+    return predictions + 0.5 * torch.randn(predictions.shape, generator=generator, dtype=torch.float64), latents
+
+
+WAV2VEC_STEPS, WAV2VEC_DISTRACTORS, HUBERT_CLUSTERS = 6, 3, 4
+
+
+def contexts_and_quantized(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # wav2vec 2.0: context outputs (n, T, d) and quantised latents (n, T, d) of each utterance's frames.
+    quantized = torch.randn(n, WAV2VEC_STEPS, d, generator=generator, dtype=torch.float64)
+    return quantized + 0.7 * torch.randn(n, WAV2VEC_STEPS, d, generator=generator, dtype=torch.float64), quantized
+
+
+def masked_steps_and_distractors(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # Frames 0-1 and a random share of the others masked; distractors: other steps of the same utterance.
+    masked = torch.rand(n, WAV2VEC_STEPS, generator=generator) < 0.5
+    masked[:, :2] = True
+    offsets = torch.randint(1, WAV2VEC_STEPS, (n, WAV2VEC_STEPS, WAV2VEC_DISTRACTORS), generator=generator)
+    distractors = (torch.arange(WAV2VEC_STEPS)[None, :, None] + offsets) % WAV2VEC_STEPS
+    return {"masked": masked, "distractors": distractors}
+
+
+def codebook_logits(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # wav2vec 2.0's codebook logits (n, T, G=2, V=d), one tensor.
+    return torch.randn(n, WAV2VEC_STEPS, 2, d, generator=generator, dtype=torch.float64), None
+
+
+def valid_frames(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    frames = torch.rand(n, WAV2VEC_STEPS, generator=generator) < 0.7
+    frames[:, 0] = True
+    return {"frames": frames}
+
+
+def frame_predictions(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # HuBERT: projected outputs (n, T, d) of each utterance's frames.
+    return torch.randn(n, WAV2VEC_STEPS, d, generator=generator, dtype=torch.float64), None
+
+
+def cluster_targets(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # HuBERT: cluster ids per frame (-1 on the last frame: padding), masked frames, the clusters' embeddings
+    # (a parameter of the method, the same on every process).
+    targets = torch.randint(HUBERT_CLUSTERS, (n, WAV2VEC_STEPS), generator=generator)
+    targets[:, -1] = -1
+    masked = torch.rand(n, WAV2VEC_STEPS, generator=generator) < 0.5
+    masked[:, 0] = True
+    embeddings = torch.randn(HUBERT_CLUSTERS, d, generator=generator, dtype=torch.float64)
+    return {"targets": targets, "masked": masked, "cluster_embeddings": embeddings}
+
+
 def extra_negatives(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
     return {"extra_negatives": torch.randn(3 * n, d, generator=generator, dtype=torch.float64)}
 
@@ -173,6 +224,54 @@ def cluster_centres(n: int, d: int, generator: torch.Generator) -> dict[str, Any
     return {"centres": torch.randn(3, d, generator=generator, dtype=torch.float64)}
 
 
+SWAV_CROPS, DINO_GLOBAL_CROPS = 4, 2
+
+
+def prototype_scores_of_crops(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # SwAV's own input: every crop's scores against d prototypes, (n, V, d), the 2 global crops first.
+    centre = torch.randn(n, 1, d, generator=generator, dtype=torch.float64)
+    return centre + 0.5 * torch.randn(n, SWAV_CROPS, d, generator=generator, dtype=torch.float64), None
+
+
+def queued_prototype_scores(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # Scores of past samples' global crops: the same on every process (a gathered queue), not split.
+    return {"queue_scores": torch.randn(3, 2, d, generator=generator, dtype=torch.float64)}
+
+
+def student_and_teacher_crops(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # DINO: the student's outputs of every crop (n, V, d) and the teacher's of the global crops (n, G, d).
+    teacher = torch.randn(n, DINO_GLOBAL_CROPS, d, generator=generator, dtype=torch.float64)
+    student = torch.cat([teacher, torch.randn(n, 2, d, generator=generator, dtype=torch.float64)], dim=1)
+    return student + 0.5 * torch.randn(student.shape, generator=generator, dtype=torch.float64), teacher
+
+
+OBOW_CROPS, OBOW_TEACHER_CROPS, OBOW_CHANNELS = 3, 2, 3
+
+
+def student_logits_and_teacher_maps(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # OBoW: the student's logits of every crop over d words (n, V, d) and the teacher's feature maps of
+    # the first G crops (n, G, C, 3, 3).
+    logits = 2 * torch.randn(n, OBOW_CROPS, d, generator=generator, dtype=torch.float64)
+    maps = torch.rand(n, OBOW_TEACHER_CROPS, OBOW_CHANNELS, 3, 3, generator=generator, dtype=torch.float64)
+    return logits, maps
+
+
+def vocabulary_of_words(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # OBoW's vocabulary (d words of C channels): a queue, the same on every process (not split).
+    return {"vocabulary": torch.rand(d, OBOW_CHANNELS, generator=generator, dtype=torch.float64)}
+
+
+def anchor_views_and_targets(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # MSN: two masked anchor views per sample (n, 2, d) and the target view (n, d).
+    targets = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    return targets.unsqueeze(1) + 0.7 * torch.randn(n, 2, d, generator=generator, dtype=torch.float64), targets
+
+
+def msn_prototypes(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # MSN's prototypes (K, d): a parameter of the method, the same on every process (not split).
+    return {"prototypes": torch.randn(5, d, generator=generator, dtype=torch.float64)}
+
+
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
     "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
@@ -202,6 +301,18 @@ CASES: dict[str, ObjectiveCase] = {
         distributed="full_only",
         note="no loss_terms: the instance term is computed over the whole gathered batch per time step",
     ),
+    # audio (issue 24): per-step predictions (n, T, K, d) of future latents (n, T, d)
+    "cpc": ObjectiveCase(make_embeddings=cpc_predictions_and_latents,
+                         note="the other sequences of every process are negatives; terms per sequence"),
+    "wav2vec_contrastive": ObjectiveCase(
+        make_embeddings=contexts_and_quantized, make_extra=masked_steps_and_distractors,
+        note="distractors are within the utterance; the count is the global number of masked steps"),
+    "codebook_diversity": ObjectiveCase(
+        make_embeddings=codebook_logits, make_extra=valid_frames,
+        note="the codebook usage is averaged over the whole gathered batch; utterance i's share is L_d / B"),
+    "hubert_masked_prediction": ObjectiveCase(
+        kwargs={"unmasked_weight": 0.3}, make_embeddings=frame_predictions, make_extra=cluster_targets,
+        note="each mean is divided by the global count of its frames; the cluster embeddings are not split"),
     # losses moved into the catalogue (issue 19)
     "query_key_infonce": ObjectiveCase(kwargs={"temperature": 0.2}),
     "in_batch_softmax": ObjectiveCase(kwargs={"temperature": 0.2}, make_extra=item_ids_and_log_probability),
@@ -243,6 +354,30 @@ CASES: dict[str, ObjectiveCase] = {
     "tico": ObjectiveCase(
         note="every rank updates the running covariance from the whole gathered batch before the per-sample terms",
     ),
+    # clustering and self-distillation with multi-crop (issue 21); see also
+    # tests/objectives/test_objectives_swav_dino.py (DINO's centre over two steps on 2 processes)
+    "swav": ObjectiveCase(
+        kwargs={"epsilon": 0.5},
+        make_embeddings=prototype_scores_of_crops,
+        note="the Sinkhorn codes of the whole gathered batch (its sums over the global batch); sample i adds its terms",
+    ),
+    "dino": ObjectiveCase(
+        kwargs={"teacher_temperature": 0.3},
+        make_embeddings=student_and_teacher_crops,
+        note="the centre is applied and then updated from the whole gathered teacher batch on every rank",
+    ),
+    "obow": ObjectiveCase(
+        kwargs={"inverse_temperature": 3.0},
+        make_embeddings=student_logits_and_teacher_maps,
+        make_extra=vocabulary_of_words,
+        note="mu (mean distance to the nearest word) is updated from the whole gathered teacher batch on every rank",
+    ),
+    "msn": ObjectiveCase(
+        kwargs={"sharpen_temperature": 0.5},
+        make_embeddings=anchor_views_and_targets,
+        make_extra=msn_prototypes,
+        note="Sinkhorn targets and the mean-entropy term over the whole gathered batch; sample i adds its share",
+    ),
 }
 
 # Extra configurations of names already in the catalogue, run by the same tests under the label
@@ -274,6 +409,10 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
     # redundancy reduction (issue 20)
     "barlow_twins[lambda 0.2]": ("barlow_twins", ObjectiveCase(kwargs={"redundancy_weight": 0.2})),
     "tico[rho 2, beta 0.5]": ("tico", ObjectiveCase(kwargs={"covariance_weight": 2.0, "covariance_momentum": 0.5})),
+    # issue 21
+    "swav[queue]": ("swav", ObjectiveCase(kwargs={"epsilon": 0.5}, make_embeddings=prototype_scores_of_crops,
+                                          make_extra=queued_prototype_scores)),
+    "swav[two views]": ("swav", ObjectiveCase(kwargs={"epsilon": 0.5})),
 }
 
 

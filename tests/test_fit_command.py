@@ -10,6 +10,8 @@ command.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from contrastkit.cli import main
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.registry import METHODS
 from contrastkit.fit_command import resolve_method
+from contrastkit.loading import run_kind
 from tests.conftest import module_available, requires_minilm
 
 # The options every modality spells the same, given to every modality below.
@@ -61,6 +64,17 @@ def write_sentences(folder):
     return path
 
 
+def write_clips(folder):
+    """16 short WAVs in two labelled subfolders: a folder the audio modality recognises."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        (folder / "clips" / f"kind{i % 2}").mkdir(parents=True, exist_ok=True)
+        soundfile.write(folder / "clips" / f"kind{i % 2}" / f"{i}.wav", 0.1 * rng.standard_normal(4000), 8000)
+    return folder / "clips"
+
+
 def case(modality, tmp_path):
     """(method, extra argv) of a two-step run of ``modality`` on small data."""
     if modality == "image":
@@ -87,10 +101,12 @@ def case(modality, tmp_path):
     if modality == "tabular":
         return "scarf", ["--data", str(write_table(tmp_path)), "--label-column", "kind", "--hidden-dims", "16",
                          "--depth", "2"]
+    if modality == "audio":
+        return "cpc", ["--data", str(write_clips(tmp_path)), "--width", "16"]
     raise AssertionError(modality)
 
 
-MODALITIES = ["image", "text", "pairs", "graph", "timeseries", "tabular"]
+MODALITIES = ["image", "text", "pairs", "graph", "timeseries", "tabular", "audio"]
 
 
 def test_every_registered_modality_is_covered():
@@ -109,7 +125,7 @@ def test_two_steps_of_every_modality_through_one_command(modality, tmp_path, mon
     assert (folder / "config.yaml").is_file()
     assert (folder / "checkpoints" / "last.ckpt").is_file()
     assert (folder / "summary.json").is_file()
-    assert METHODS.resolve(method).modality == modality
+    assert run_kind(folder) == modality  # the folder says what trained it (simclr is image's and audio's)
 
 
 # One option per modality that exists in its command line but does not apply to the method chosen,
@@ -121,6 +137,7 @@ NOT_APPLICABLE = {
     "graph": ("graphmae", ["--data", "cora", "--objective", "dcl"], "--objective"),
     "timeseries": ("ts2vec", ["--data", "GunPoint", "--max-epochs", "3"], "--max-epochs"),
     "tabular": ("clan", ["--data", "t.csv", "--output-dims", "8"], "--output-dims"),
+    "audio": ("cpc", ["--data", "fsdd", "--temperature", "0.1"], "--temperature"),
 }
 
 
@@ -151,7 +168,26 @@ def test_a_name_shared_by_two_modalities_is_settled_by_the_data_or_by_modality(t
             resolve_method("simclr", None, "no-such-data", None, False)
     finally:
         METHODS.remove("text", "simclr")
-    assert resolve_method("simclr", None, "no-such-data", None, False)[0].name == "image"
+    assert resolve_method("simclr", None, "digits", None, False)[0].name == "image"
+    assert resolve_method("simclr", None, "fsdd", None, False)[0].name == "audio"  # simclr on spectrograms
+
+
+def test_every_image_data_form_settles_simclr_as_images(tmp_path):
+    """simclr is an image and an audio method: each form of image data must say images (the plugin
+    recognises it without importing torch), and a table without a path column must not."""
+    (tmp_path / "list.csv").write_text("FilePath,class\na.png,cat\n")
+    (tmp_path / "list.tsv").write_text("image\ta\n")
+    (tmp_path / "sentences.csv").write_text("sentence,score\nhello,1\n")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "state.json").write_text("{}")
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    (tars / "shard-000.tar").write_bytes(b"")
+    for data in ("list.csv", "list.tsv", "hf", "tars", "shard-{000..009}.tar", "bands.tif", "bands.npy"):
+        assert resolve_method("simclr", None, str(tmp_path / data), None, False)[0].name == "image", data
+    with pytest.raises(ConfigError, match="several modalities"):
+        resolve_method("simclr", None, str(tmp_path / "sentences.csv"), None, False)
 
 
 def test_a_yaml_config_drives_a_tabular_run_and_the_command_line_wins(tmp_path, monkeypatch, capsys):
@@ -202,3 +238,23 @@ def test_resume_finds_the_method_in_the_run_folder(tmp_path, monkeypatch, capsys
     (tmp_path / "run" / "summary.json").unlink()  # as if the run had been killed after its checkpoint
     assert main(["fit", "--resume", "--out", str(tmp_path / "run"), "--max-epochs", "2"]) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2 * first
+
+
+def test_the_readme_method_table_lists_every_registered_method():
+    """README's table under "One command" is what a new user reads first: it must name every method of
+    every modality in the registry, and nothing that is not registered."""
+    from contrastkit.modalities import load_plugins
+
+    load_plugins()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| modality | `--method` | section |"):]
+    table = table[:table.index("\n\n")]
+    listed = {}
+    for line in table.splitlines()[2:]:
+        modality_cell, methods_cell = [cell.strip() for cell in line.strip("|").split("|")][:2]
+        listed[modality_cell] = set(re.findall(r"`([^`]+)`", methods_cell))
+    names = {"images": "image", "graphs": "graph", "time series": "timeseries"}
+    registered = {}
+    for entry in METHODS.entries():
+        registered.setdefault(entry.modality, set()).add(entry.name)
+    assert {names.get(m, m): methods for m, methods in listed.items()} == registered

@@ -14,7 +14,9 @@ import textwrap
 import warnings
 from pathlib import Path
 
+from contrastkit import __version__
 from contrastkit.core.errors import ConfigError, ContrastkitError, closest_names
+from contrastkit.report_commands import add_report_commands, run_compare, run_report
 from contrastkit.goal_commands import (
     SEMI_SUPERVISED_NEIGHBOURS,
     TRUST_HELP,
@@ -60,6 +62,7 @@ def unknown_options_message(command: str, unknown: list[str], parser: argparse.A
 def build_parser() -> Parser:
     parser = Parser(prog="contrastkit", description="Self-supervised representation learning for images, text, "
                     "pairs, graphs, time series and tables: 'contrastkit fit --help' lists the methods.")
+    parser.add_argument("--version", action="version", version=f"contrastkit {__version__}")
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
     parser.commands = commands.choices  # name -> subparser, for messages about its options
 
@@ -135,6 +138,7 @@ def build_parser() -> Parser:
     evaluate.add_argument("--dims", help="sts, retrieval: also score the embeddings cut to these dimensions, e.g. "
                                          "384,256,128,64 (one row per dimension; Matryoshka models)")
     add_goal_commands(commands)
+    add_report_commands(commands)
     add_mine_parser(commands)
     add_tasks_parser(commands)
     shard = commands.add_parser("shard", help="convert an image set into memory-mapped shards for streaming")
@@ -143,22 +147,25 @@ def build_parser() -> Parser:
     shard.add_argument("--shard-size", type=int, default=10_000, help="images per shard file (default 10000)")
     shard.add_argument("--image-size", type=int, default=None, help="resize images to this side length")
     shard.add_argument("--channels", type=int, default=None, help="1 or 3 to force grayscale or RGB")
+    shard.add_argument("--skip-unreadable", action="store_true",
+                       help="leave out image files that cannot be decoded (named in a warning) instead of stopping")
 
     export = commands.add_parser("export", help="save a trained image encoder as safetensors + config.json, or a "
-                                 "text encoder as a sentence-transformers folder")
+                                 "text encoder as a sentence-transformers folder; --format onnx adds model.onnx")
     export.add_argument("--checkpoint", help="an image checkpoint written by fit (checkpoints/last.ckpt)")
     export.add_argument("--text-model", help="a text encoder: a folder written by 'contrastkit text' (or "
                         "TextEncoder.save), a Hugging Face model folder, or 'minilm'")
     export.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="contrastkit (image encoders; default with --checkpoint) or sentence-transformers "
-                             "(text encoders; default with --text-model)")
+                             "(text encoders; default with --text-model); onnx (either): that folder plus "
+                             "model.onnx, checked against PyTorch with onnxruntime")
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     export.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP + " (with --checkpoint)")
     return parser
 
 
-EXPORT_FORMATS = ("contrastkit", "sentence-transformers")
+EXPORT_FORMATS = ("contrastkit", "sentence-transformers", "onnx")
 
 
 def quiet_lightning() -> None:
@@ -239,7 +246,7 @@ def run_shard(args: argparse.Namespace) -> int:
     from contrastkit.modalities.image.sources.shards import shard_image_source
 
     index = shard_image_source(args.data, args.out, shard_size=args.shard_size, image_size=args.image_size,
-                               channels=args.channels)
+                               channels=args.channels, skip_unreadable=args.skip_unreadable)
     written = json.loads(index.read_text())
     print(f"Wrote {written['num_samples']} images of shape {tuple(written['image_shape'])} in "
           f"{len(written['shards'])} shards to {index.parent}; train from them with "
@@ -252,23 +259,32 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("contrastkit export needs exactly one of --checkpoint (an image run's checkpoint) and "
                           "--text-model (a text encoder folder).")
     expected = "contrastkit" if args.checkpoint is not None else "sentence-transformers"
-    if args.format not in (None, expected):
+    if args.format not in (None, expected, "onnx"):
         given = "--checkpoint" if args.checkpoint is not None else "--text-model"
         raise ConfigError(f"--format {args.format} does not apply to {given}: image checkpoints export as "
                           f"'contrastkit' (safetensors + config.json), text encoders as 'sentence-transformers'.")
     if args.text_model is not None:
         from contrastkit.modalities.text.export import export_text_model
 
-        folder = export_text_model(args.text_model, args.out, overwrite=args.overwrite)
+        folder = export_text_model(args.text_model, args.out, overwrite=args.overwrite, onnx=args.format == "onnx")
         print(f"Wrote a sentence-transformers folder to {folder} "
               f"(load it with sentence_transformers.SentenceTransformer('{folder}'))")
+        if args.format == "onnx":
+            print(f"and {folder / 'model.onnx'}, which embeds as PyTorch does (OnnxTextEncoder('{folder}') runs it)")
         return 0
     from contrastkit.modalities.image.export import export_encoder
 
     folder = export_encoder(args.checkpoint, args.out, overwrite=args.overwrite,
                             trust_checkpoint=args.trust_checkpoint)
     print(f"Wrote the encoder to {folder}: model.safetensors + config.json "
-          f"(reload it with contrastkit.modalities.image.export.load_exported('{folder}'))")
+          f"(reload it with contrastkit.load('{folder}'))")
+    if args.format != "onnx":
+        (folder / "model.onnx").unlink(missing_ok=True)  # an earlier --format onnx's graph no longer matches
+    else:
+        from contrastkit.modalities.image.onnx import export_image_onnx
+
+        path = export_image_onnx(folder)
+        print(f"and {path}, which embeds as PyTorch does (OnnxImageEncoder('{folder}') runs it)")
     return 0
 
 
@@ -296,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 return run_fit(argv[1:])
             return run_fit(argv[1:], modality=FIT_ALIASES[argv[0]], prog=f"contrastkit {argv[0]}")
         commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "select", "index", "search", "mine", "benchmark", "shard",
-                    "export"]
-        if argv[0] not in (*commands, "-h", "--help"):
+                    "export", "report", "compare"]
+        if argv[0] not in (*commands, "-h", "--help", "--version"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ConfigError(f"Unknown command '{argv[0]}'.{hint} Commands: {', '.join(commands)}.")
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
         handlers = {"embed": run_embed, "evaluate": run_evaluate, "select": run_select, "index": run_index,
                     "search": run_search, "mine": run_mine, "benchmark": run_tasks, "shard": run_shard,
-                    "export": run_export}
+                    "export": run_export, "report": run_report, "compare": run_compare}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100, break_on_hyphens=False, break_long_words=False) + "\n", file=sys.stderr)

@@ -11,7 +11,10 @@ supplies its options and runs the fit. What is the same everywhere:
   line wins over them;
 - an option that the chosen method does not use, or that no method has, is an error that lists the
   method's options (nothing is silently ignored);
-- ``--resume --out RUN`` continues a run; the run's folder says which method it was.
+- ``--resume --out RUN`` continues a run; the run's folder says which method it was;
+- ``--logger csv|tensorboard|mlflow|wandb`` (repeatable): the experiment trackers, added here to
+  every modality's options; the modality's command runs inside
+  :func:`contrastkit.core.trackers.logging_to`, so every run it trains logs to them.
 
 ``contrastkit text|pairs|graph|timeseries ...`` are the same command with the modality fixed.
 """
@@ -21,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from contrastkit.core.errors import ConfigError, closest_names
 from contrastkit.core.registry import METHODS, MethodEntry
+from contrastkit.core.trackers import TRACKERS, check_trackers, logging_to
 from contrastkit.modalities import COMMON_OPTIONS, Modality, get_modality, load_plugins, recognising
 
 DEFAULT_METHOD = "simclr"  # `contrastkit fit` alone: SimCLR on scikit-learn's digits
@@ -82,7 +86,8 @@ def saved_run(out: str) -> tuple[str | None, str | None]:
         return "ts2vec", "timeseries"
     if "max_length_second" in saved:
         return saved.get("objective"), "pairs"
-    return saved.get("method"), None
+    # An audio run names its modality; an image run is told by its FitConfig (simclr and byol are both's).
+    return saved.get("method"), saved.get("modality", "image" if "image_size" in saved else None)
 
 
 def resolve_method(method: str | None, modality: str | None, data: str | None, out: str | None,
@@ -93,7 +98,7 @@ def resolve_method(method: str | None, modality: str | None, data: str | None, o
     if method is None:
         if modality is not None:
             return get_modality(modality), None  # the modality says what is missing
-        method = DEFAULT_METHOD
+        method, modality = DEFAULT_METHOD, "image"  # SimCLR on digits; audio has a simclr too
     entry = METHODS.resolve(method, modality, recognising(data))
     return get_modality(entry.modality), entry
 
@@ -187,8 +192,19 @@ def given_destinations(tokens: list[str], parser: argparse.ArgumentParser) -> se
     return {by_option[_option_name(t)] for t in tokens if _option_name(t) in by_option}
 
 
-def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contrastkit fit"):
-    """(modality, method entry or None, parsed options) for ``contrastkit fit`` + ``argv``."""
+LOGGER_HELP = (f"experiment tracker, repeatable: {', '.join(TRACKERS)}; metrics.csv is always written, the "
+               f"others write into the run folder without a network (tensorboard/, mlruns/, wandb/)")
+
+
+class ParsedFit(NamedTuple):
+    modality: Modality
+    entry: MethodEntry | None
+    args: argparse.Namespace  # the modality's options
+    loggers: tuple[str, ...]  # --logger, checked (csv first)
+
+
+def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contrastkit fit") -> ParsedFit:
+    """(modality, method entry or None, parsed options, trackers) for ``contrastkit fit`` + ``argv``."""
     config, tokens = _take(list(argv), "--config")
     chosen_modality, tokens = _take(tokens, "--modality")
     chosen_modality = chosen_modality or modality
@@ -208,6 +224,7 @@ def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contras
     parser = OptionParser(prog=prog + (f" --method {entry.name}" if entry and prog == "contrastkit fit" else ""),
                           description=f"{spec.name}: {entry.summary if entry else spec.summary}")
     cli.add_arguments(parser)
+    parser.add_argument("--logger", action="append", metavar="TRACKER", help=LOGGER_HELP)
     excluded = {f"--{o}" for o in (entry.excluded_options if entry else ())}
     for action in parser._actions:  # --help shows only the method's own options
         if excluded & set(action.option_strings):
@@ -220,12 +237,13 @@ def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contras
         tokens = from_file + tokens
     check_options(tokens, parser, spec, entry)
     args = parser.parse_args(tokens)
+    loggers = check_trackers(vars(args).pop("logger"))  # the engine's, not the modality's
     if extras:
         args.config_file_values = extras
     args.given_options = given_destinations(tokens, parser)
     if not getattr(cli, "NEEDS_GIVEN_OPTIONS", False):
         del args.given_options
-    return spec, entry, args
+    return ParsedFit(spec, entry, args, loggers)
 
 
 def fit_help() -> str:
@@ -243,8 +261,9 @@ def run_fit(argv: list[str], modality: str | None = None, prog: str = "contrastk
     if any(t in ("-h", "--help") for t in argv) and "--method" not in argv and modality is None:
         print(fit_help())
         return 0
-    spec, _, args = parse_fit(argv, modality, prog)
-    return spec.load_cli().command(args)
+    spec, _, args, loggers = parse_fit(argv, modality, prog)
+    with logging_to(loggers):
+        return spec.load_cli().command(args)
 
 
 def fit(method: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
@@ -268,8 +287,9 @@ def fit(method: str | None = None, data: str | None = None, **options: Any) -> d
                 argv += [option, str(item)]
         else:
             argv += [option, str(value)]
-    spec, entry, args = parse_fit(argv)
-    spec.load_cli().command(args)
+    spec, entry, args, loggers = parse_fit(argv)
+    with logging_to(loggers):
+        spec.load_cli().command(args)
     out = Path(options["out"])
     summary_file = out / "summary.json"
 

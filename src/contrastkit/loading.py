@@ -14,6 +14,7 @@ folder (Hugging Face / sentence-transformers)
 pairs run (``tower_a/``)                   ``(TwoTower, first input, second input)``
 time-series run (``model.pt``)             :class:`~contrastkit.modalities.timeseries.ts2vec.TS2Vec`
 graph seed folder (``seed-S/``)            ``(method, graph)``
+audio run (``modality: audio``)            the trained method in eval mode (``.embed(batch)``)
 ========================================  ==================================================
 
 Nothing it reads runs code: checkpoints are unpickled with ``torch.load(weights_only=True)``, exports
@@ -40,7 +41,7 @@ def _config(folder: Path) -> dict:
 def run_kind(folder: str | Path) -> str | None:
     """What the run folder (or exported model) ``folder`` holds, from its files (the table of
     :mod:`contrastkit.loading`): ``pairs``, ``timeseries``, ``text``, ``graph``, ``tabular``,
-    ``image``, ``image-export`` or ``text-model`` (a Hugging Face / sentence-transformers folder);
+    ``audio``, ``image``, ``image-export`` or ``text-model`` (a Hugging Face / sentence-transformers folder);
     None for a folder that holds none of them."""
     folder = Path(folder)
     config = _config(folder)
@@ -54,6 +55,8 @@ def run_kind(folder: str | Path) -> str | None:
         return "graph"
     if (folder / "command.yaml").is_file():
         return "tabular"
+    if config.get("modality") == "audio":
+        return "audio"
     if (folder / "checkpoints" / "last.ckpt").is_file():
         return "image"
     exported = folder / "config.json"
@@ -99,6 +102,10 @@ def load(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
         raise ConfigError(f"'{target}' is a tabular run: its weights are model.safetensors and its embeddings "
                           f"embeddings.npy; a tabular estimator is used in the process that trained it "
                           f"(SCARF(...).fit(x, out=...)).")
+    if kind == "audio":
+        from contrastkit.modalities.audio.training import load_audio_run
+
+        return load_audio_run(target)
     if kind == "image":
         from contrastkit.modalities.image.training.restore import load_method
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from contrastkit.engine.optim import OPTIMIZERS, SCHEDULES
 from contrastkit.core.errors import ConfigError
+from contrastkit.core.trackers import check_trackers, requested_trackers
 
 NAN_POLICIES = ("stop", "skip")
 
@@ -49,6 +50,9 @@ class TrainSettings:
     batch_size: int = 1  # per process, for the rate's scaling and throughput
     checkpoint_every_steps: int | None = None  # also checkpoint every N optimiser steps
     log_every_steps: int = 1
+    # experiment trackers (--logger; csv always): by default those of the enclosing
+    # contrastkit.core.trackers.logging_to block, which `contrastkit fit` opens around every modality
+    loggers: tuple[str, ...] = field(default_factory=requested_trackers)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -73,6 +77,7 @@ class TrainSettings:
                               f"{self.warmup_steps} must be >= 0, log_every_steps={self.log_every_steps} >= 1.")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError(f"--max-grad-norm must be positive (or unset), got {self.max_grad_norm}.")
+        object.__setattr__(self, "loggers", check_trackers(self.loggers))
 
     def lr_for(self, world_size: int) -> float:
         """The rate the optimiser uses when ``world_size`` processes train together."""

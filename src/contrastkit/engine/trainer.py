@@ -34,10 +34,11 @@ from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.engine.callbacks import Checkpointing, Throughput
 from contrastkit.engine.checkpoint import AtomicCheckpointIO
 from contrastkit.engine.data import ResumableLoader
-from contrastkit.engine.metrics_log import ResumableCSVLogger, trim_after_step
+from contrastkit.engine.metrics_log import trim_after_step
 from contrastkit.engine.module import EngineModule
 from contrastkit.engine.run_folder import CHECKPOINT, is_first_process
 from contrastkit.engine.settings import TrainSettings
+from contrastkit.engine.trackers import build_loggers, finish_trackers, log_settings
 
 
 @dataclass
@@ -67,7 +68,7 @@ def make_trainer(settings: TrainSettings, run_dir: Path, callbacks: list[L.Callb
         gradient_clip_val=settings.max_grad_norm,
         gradient_clip_algorithm="norm" if settings.max_grad_norm is not None else None,
         default_root_dir=run_dir,
-        logger=ResumableCSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10),
+        logger=build_loggers(settings.loggers, run_dir, flush_every_steps=10),  # metrics.csv + --logger's
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # our samplers shard by rank themselves (engine/data.py)
@@ -96,6 +97,8 @@ def train(method: nn.Module, data: ResumableLoader | L.LightningDataModule, sett
     throughput = Throughput(batch_size=settings.batch_size)
     checkpointing = Checkpointing(run_dir / CHECKPOINT, settings.checkpoint_every_steps)
     trainer = make_trainer(settings, run_dir, [throughput, *callbacks, checkpointing], progress_bar)
+    if not resume:  # a tracker's parameters are fixed once logged (MLflow refuses a changed one)
+        log_settings(trainer.loggers, settings)
     module = module if module is not None else EngineModule(method, settings, description)
     resume_from = run_dir / CHECKPOINT if resume else None
     if resume_from is not None:
@@ -110,10 +113,13 @@ def train(method: nn.Module, data: ResumableLoader | L.LightningDataModule, sett
             trim_after_step(run_dir / "metrics.csv", checkpoint["global_step"])
         del checkpoint
     started = time.perf_counter()
-    if isinstance(data, L.LightningDataModule):
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
-    else:
-        trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
+    try:
+        if isinstance(data, L.LightningDataModule):
+            trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
+        else:
+            trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
+    finally:
+        finish_trackers(trainer.loggers)
     seconds = time.perf_counter() - started
     leave_process_group()
     return TrainResult(module, trainer, throughput, seconds)

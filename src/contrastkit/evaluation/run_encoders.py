@@ -63,10 +63,12 @@ class ImageRunEncoder:
         from contrastkit.modalities.image.sources.image_folder import list_image_files
 
         source = open_image_source(data, image_size=self.image_size, channels=self.channels)
+        ids = [str(row) for row in range(len(source))]
         if source.root is not None and source.root.is_dir():  # an image folder, read in sorted file order
-            ids = [file.relative_to(source.root).as_posix() for file in list_image_files(source.root)[0]]
-        else:
-            ids = [str(row) for row in range(len(source))]
+            try:
+                ids = [file.relative_to(source.root).as_posix() for file in list_image_files(source.root)[0]]
+            except DataError:  # a Hugging Face or tar-shard folder: its rows are the ids
+                pass
         return Collection(ids, source.images)
 
     @torch.inference_mode()

@@ -18,11 +18,12 @@ from pathlib import Path
 from contrastkit.core.errors import ConfigError, unknown_name_message
 
 # The modalities, in the order `contrastkit fit --help` lists them.
-PLUGINS = ("image", "text", "pairs", "graph", "timeseries", "tabular")
+PLUGINS = ("image", "text", "pairs", "graph", "timeseries", "tabular", "audio")
 
-# Options that mean the same for every modality (`contrastkit fit --help`).
+# Options that mean the same for every modality (`contrastkit fit --help`). `logger` is added to every
+# modality's parser by the common command (contrastkit.fit_command), not by the modality.
 COMMON_OPTIONS = ("out", "resume", "config", "seed", "devices", "strategy", "precision", "max-epochs",
-                  "max-steps", "max-minutes", "batch-size", "lr")
+                  "max-steps", "max-minutes", "batch-size", "lr", "logger")
 
 
 @dataclass(frozen=True)

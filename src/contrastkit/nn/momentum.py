@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -52,6 +53,19 @@ def cosine_momentum(step: int, total_steps: int, base: float) -> float:
     step 0, 1 at ``total_steps`` (and after)."""
     progress = min(1.0, step / max(1, total_steps))
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def step_momentum_targets(pairs: Iterable[tuple[nn.Module, nn.Module]], step: int, total_steps: int,
+                          base: float, cosine: bool = True) -> float:
+    """Move every ``(target, online)`` pair's target towards its online module once ``step``
+    optimiser steps are done (a method's ``after_optimizer_step``): the update after step k
+    (0-based) uses BYOL's ``cosine_momentum(k, total_steps, base)``, or ``base`` throughout with
+    ``cosine=False``. Returns the momentum used."""
+    momentum = cosine_momentum(step - 1, total_steps, base) if cosine else base
+    for target, online in pairs:
+        ema_update_(target, online, momentum)
+    return momentum
 
 
 def linear_momentum(step: int, total_steps: int, base: float) -> float:

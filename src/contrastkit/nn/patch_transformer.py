@@ -20,13 +20,14 @@ from torch import Tensor, nn
 from contrastkit.core.errors import ConfigError
 
 
-def sincos_positions_2d(grid: int, dim: int) -> Tensor:
-    """(grid * grid, dim) fixed position embeddings, raster order (row-major); ``dim % 4 == 0``."""
+def sincos_positions_2d(grid: int, dim: int, columns: int | None = None) -> Tensor:
+    """(grid * columns, dim) fixed position embeddings of a ``grid`` x ``columns`` layout (square
+    when ``columns`` is None), raster order (row-major); ``dim % 4 == 0``."""
     if dim % 4:
         raise ConfigError(f"2-D sine-cosine positions need a width divisible by 4, got {dim}.")
     frequencies = 10000.0 ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
-                                torch.arange(grid, dtype=torch.float64), indexing="ij")
+                                torch.arange(grid if columns is None else columns, dtype=torch.float64), indexing="ij")
 
     def encode(position: Tensor) -> Tensor:
         angles = position.reshape(-1, 1) * frequencies

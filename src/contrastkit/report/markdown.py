@@ -52,8 +52,9 @@ TSNE_MAX_POINTS = 2000
 MAX_EPOCH_WARNINGS = 3  # collapse warnings logged during training, shown in the report
 
 
-def write_report(run_dir: str | Path, tsne: bool = False, seed: int = 0) -> Path:
-    """Write ``run_dir/report.md`` (and its plots) and return its path.
+def write_report(run_dir: str | Path, tsne: bool = False, seed: int = 0, html: bool = True) -> Path:
+    """Write ``run_dir/report.md`` (and its plots) and return its path; with ``html`` also the
+    self-contained ``report.html`` (:mod:`contrastkit.report.html`, its map by PCA).
 
     ``tsne=True`` adds a t-SNE map of at most 2,000 embeddings (seeded subsample); the PCA map
     uses at most 5,000.
@@ -74,6 +75,10 @@ def write_report(run_dir: str | Path, tsne: bool = False, seed: int = 0) -> Path
 
     path = run_dir / REPORT_FILE
     path.write_text("\n\n".join(sections) + "\n")
+    if html:
+        from contrastkit.report.html import write_html_report
+
+        write_html_report(run_dir, seed=seed)
     return path
 
 

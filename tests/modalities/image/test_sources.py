@@ -164,10 +164,10 @@ def test_npz_gray_and_float_pixels(tmp_path):
         ({"images": np.zeros((2, 4, 4), np.uint8)}, "images"),  # no x: names what is there
         ({"x": np.zeros((3, 4, 4), np.uint8), "y": np.zeros(2, np.int64)}, "(2,)"),
         ({"x": np.zeros((2, 4, 4, 3, 1), np.uint8)}, "(2, 4, 4, 3, 1)"),
-        ({"x": np.zeros((2, 5, 6, 7), np.uint8)}, "(2, 5, 6, 7)"),
-        ({"x": np.full((2, 4, 4), -0.5)}, "[-0.5, -0.5]"),
-        ({"x": np.full((2, 4, 4), 300.0)}, "300"),
-        ({"x": np.zeros((2, 4, 4), np.int32) + 256}, "256"),
+        ({"x": np.zeros((2, 6, 5, 6), np.uint8)}, "(2, 6, 5, 6)"),  # channel axis ambiguous
+        # (wider values are no longer errors: they are scaled per channel, test_sources_formats.py)
+        ({"x": np.full((2, 4, 4), np.nan)}, "NaN"),
+        ({"x": np.full((2, 4, 4), "a")}, "expected numbers"),
         ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.array([0, -1])}, "-1"),
     ],
 )

@@ -29,7 +29,7 @@ def _config(method: str = "simclr", **options) -> FitConfig:
 
 
 @pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "directpred", "moco", "jepa", "barlowtwins",
-                                    "vicreg", "tico", "mmcr", "nnclr"])
+                                    "vicreg", "tico", "mmcr", "nnclr", "swav", "dino"])
 def test_the_choice_follows_the_recipe_the_flags_and_the_world_size(method):
     built = build_method(method, _config(method), TINY)
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in built.modules())

@@ -22,8 +22,10 @@ from contrastkit.modalities.image.config import FitConfig, from_mapping, load_ya
 FIT_OPTIONS = {
     "method": (str, "self-supervised method (simclr, ...)"),
     "objective": (str, "objective of the catalogue, replacing the method's own (e.g. dcl, hcl)"),
-    "data": (str, ("a path (image folder, IDX files, .npz), a built-in name (digits, mnist-test, cifar10-test), "
-                   "or shards:DIR to stream a folder written by 'contrastkit shard'")),
+    "data": (str, ("a path (image folder, CSV/Parquet list of images, Hugging Face save_to_disk folder, "
+                   "webdataset .tar shards or a glob/brace list of them, TIFF stack, IDX files, .npz/.npy), a "
+                   "built-in name (digits, mnist-test, cifar10-test), or shards:DIR to stream a folder written "
+                   "by 'contrastkit shard'")),
     "image-size": (int, "resize images to this side length"),
     "holdout": (float, "share of labelled samples held out of pretraining for evaluation"),
     "split-seed": (int, "seed of the held-out split and the evaluation's draws (default: --seed); give one "
@@ -37,6 +39,9 @@ FIT_OPTIONS = {
     "max-steps": (int, "stop after this many optimiser steps, before the epochs' end"),
     "max-minutes": (float, "stop after this much training time (the last checkpoint is kept; not bit-exact)"),
     "batch-size": (int, "batch size per process"),
+    "grad-cache-chunk": (int, ("GradCache: rows (views) per backbone pass, for batches larger than memory holds; the "
+                               "whole batch's gradients with BatchNorm over chunks of this many rows; one process; "
+                               "simclr, moco, nnclr, barlowtwins, vicreg")),
     "optimizer": (str, "sgd, lars or adamw"),
     "lr": (float, "base learning rate for a global batch of 256 (scaled linearly, except adamw)"),
     "weight-decay": (float, "weight decay"),
@@ -58,6 +63,8 @@ FIT_OPTIONS = {
 }
 FLAGS = {
     "resume": "continue the run in --out from its last checkpoint",
+    "skip-unreadable": ("leave out image files that cannot be decoded (counted and named in summary.json, and "
+                        "in a warning) instead of stopping with an error"),
     "deterministic": "use deterministic algorithms (slower)",
     "sync-batchnorm": "BatchNorm statistics over the global batch under DDP (default: as the method's recipe)",
     "tsne": "t-SNE (instead of PCA) for the report's 2-D map",

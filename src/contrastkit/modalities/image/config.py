@@ -30,6 +30,8 @@ class FitConfig:
     # scored on the same held-out images and its baselines (raw pixels) do not move with it.
     split_seed: int | None = None
     limit: int | None = None  # use only the first N samples (quick trials)
+    # Leave out image files that cannot be decoded (listed in summary.json) instead of stopping.
+    skip_unreadable: bool = False
     # model
     backbone: str = "auto"  # auto: small-cnn for images <= 16 px, resnet18 otherwise
     width: float = 1.0  # channel multiplier of the backbone
@@ -64,6 +66,9 @@ class FitConfig:
     # docs/benchmarks.md); off under multi-process training, where it has not been measured. True/False
     # force it.
     channels_last: bool | None = None
+    # GradCache: rows (views) per backbone pass, for batches larger than memory holds (one process;
+    # the methods of GRAD_CACHE_METHODS). None: the whole batch in one pass.
+    grad_cache_chunk: int | None = None
     # bookkeeping
     seed: int = 0
     deterministic: bool = False
@@ -87,6 +92,14 @@ CHOICES = {
 }
 
 DEFAULT_LR = {"sgd": 0.06, "lars": 0.3, "adamw": 1e-3}
+
+# Methods whose loss couples the batch's rows and depends on the backbone only through its
+# embeddings, so GradCache (contrastkit.nn.gradcache) trains them in chunks with the whole batch's
+# gradients (moco: with --objective infonce; its own InfoNCE is per query). The others' losses are
+# per sample (byol, simsiam, directpred, jepa, dino: plain chunks would do) or couple the batch in
+# ways not wired to it (swav's Sinkhorn codes over multi-crop, mmcr's and tico's batch statistics,
+# vicregl's local features).
+GRAD_CACHE_METHODS = ("simclr", "moco", "nnclr", "barlowtwins", "vicreg")
 
 
 def field_names() -> list[str]:
@@ -154,6 +167,7 @@ def validate(config: FitConfig) -> FitConfig:
     if config.sync_batchnorm is not None and not isinstance(config.sync_batchnorm, bool):
         raise ConfigError(f"sync_batchnorm must be true, false or null (the method's recipe), "
                           f"got {config.sync_batchnorm!r}.")
+    check_grad_cache(config)
     if config.lr is not None and (not isinstance(config.lr, int | float) or config.lr <= 0):
         raise ConfigError(f"--lr must be a positive number, got {config.lr!r}.")
     if not 0.0 <= config.holdout < 1.0:
@@ -167,6 +181,23 @@ def validate(config: FitConfig) -> FitConfig:
             f"--warmup-epochs must be between 0 and --epochs ({config.epochs}), got {config.warmup_epochs!r}."
         )
     return config
+
+
+def check_grad_cache(config: FitConfig) -> None:
+    """``--grad-cache-chunk``: a positive number of rows, a method that couples the batch, one process."""
+    chunk = config.grad_cache_chunk
+    if chunk is None:
+        return
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ConfigError(f"--grad-cache-chunk must be a positive number of rows, got {chunk!r}.")
+    if config.method not in GRAD_CACHE_METHODS:
+        raise ConfigError(f"--grad-cache-chunk does not apply to {config.method}: GradCache is for losses that couple "
+                          f"the batch's rows, as {', '.join(GRAD_CACHE_METHODS)} do. Drop --grad-cache-chunk.")
+    processes = config.devices * config.num_nodes
+    if processes != 1:
+        raise ConfigError(f"--grad-cache-chunk trains in one process: it recomputes each chunk in the backward pass, "
+                          f"which DDP does not allow ({processes} processes were asked for). Use --devices 1 "
+                          f"--num-nodes 1, or drop --grad-cache-chunk.")
 
 
 def base_lr(config: FitConfig) -> float:

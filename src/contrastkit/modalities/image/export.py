@@ -68,6 +68,32 @@ class ExportedEncoder(nn.Module):
                             f"got dtype {images.dtype}.")
         return self.backbone((x - self.mean) / self.std)
 
+    def save_pretrained(self, folder: str | Path, architecture: str, image_size: int, width: float,
+                        **description) -> Path:
+        """Write ``model.safetensors`` (the backbone's weights) + ``config.json`` (the architecture that
+        :func:`load_exported` and ``contrastkit.load`` rebuild, the normalisation, and ``description``'s
+        extra keys, e.g. the method) into ``folder``. Returns it."""
+        settings = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": architecture,
+            "in_channels": self.channels,
+            "image_size": int(image_size),
+            "width": width,
+            "mean": self.mean.flatten().tolist(),  # float32 -> Python float -> float32 is exact
+            "std": self.std.flatten().tolist(),
+            "output_dim": self.output_dim,
+            **description,
+            "input": "images (B, in_channels, H, W): uint8 0-255, or float already in [0, 1]",
+        }
+        # safetensors refuses tensors that share storage; a contiguous copy of each is what we want anyway.
+        state = {name: tensor.detach().contiguous().clone() for name, tensor in self.backbone.state_dict().items()}
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(state, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
+        (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        return folder
+
 
 def load_exported(out_dir: str | Path, map_location: str | torch.device = "cpu") -> ExportedEncoder:
     """The encoder written by :func:`export_encoder` into ``out_dir``, in eval mode."""
@@ -129,24 +155,9 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
                           f"representation is computed differently), so it cannot be exported as an image "
                           f"encoder yet. Use 'contrastkit embed' with the checkpoint instead.")
     normalize = eval_view.normalize
-    settings = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": backbone_name(config.backbone, data.image_size),
-        "in_channels": data.channels,
-        "image_size": data.image_size,
-        "width": config.width,
-        "mean": normalize.mean.flatten().tolist(),  # float32 -> Python float -> float32 is exact
-        "std": normalize.std.flatten().tolist(),
-        "output_dim": backbone.output_dim,
-        "method": config.method,
-        "input": "images (B, in_channels, H, W): uint8 0-255, or float already in [0, 1]",
-    }
-    # safetensors refuses tensors that share storage; a contiguous copy of each is what we want anyway.
-    state = {name: tensor.detach().contiguous().clone() for name, tensor in backbone.state_dict().items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
-    (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    exported = ExportedEncoder(backbone, normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())
+    exported.save_pretrained(folder, backbone_name(config.backbone, data.image_size), data.image_size, config.width,
+                             method=config.method)
 
     probe = torch.randint(0, 256, (2, data.channels, data.image_size, data.image_size), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))

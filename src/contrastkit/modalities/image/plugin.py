@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from contrastkit.core.registry import METHODS
 from contrastkit.modalities import Modality, folder_holds, register_modality, suffix_of
+from contrastkit.modalities.image.formats import (
+    ARRAY_FILES,
+    HF_DATASET_FILES,
+    IMAGE_FILES,
+    PATH_COLUMNS,
+    TABLE_EXTENSIONS,
+    TAR_SUFFIXES,
+    TIFF_EXTENSIONS,
+)
 
-IMAGE_FILES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 BUILTIN = ("digits", "mnist-test", "cifar10-test")  # contrastkit.modalities.image.sources.BUILTIN_SOURCES
 
 
 def recognises(data: str) -> bool:
     if data in BUILTIN or data.startswith("shards:"):
         return True
-    if suffix_of(data) in (".npz", *IMAGE_FILES) or "-ubyte" in Path(data).name:
+    if suffix_of(data) in (*ARRAY_FILES, *IMAGE_FILES, *TIFF_EXTENSIONS) or "-ubyte" in Path(data).name:
         return True
-    return folder_holds(data, IMAGE_FILES) or folder_holds(data, ("-ubyte", "-ubyte.gz"), depth=1)
+    if data.lower().endswith(TAR_SUFFIXES):  # a shard, a glob or a brace list of shards
+        return True
+    if suffix_of(data) in TABLE_EXTENSIONS:
+        return lists_image_paths(Path(data))
+    folder = Path(data)
+    if folder.is_dir() and any((folder / name).is_file() for name in HF_DATASET_FILES):
+        return True
+    return (folder_holds(data, (*IMAGE_FILES, *TIFF_EXTENSIONS, *TAR_SUFFIXES))
+            or folder_holds(data, ("-ubyte", "-ubyte.gz"), depth=1))
+
+
+def lists_image_paths(table: Path) -> bool:
+    """Whether a CSV/TSV/Parquet file has a column of image paths (one of PATH_COLUMNS, any case)."""
+    try:
+        if table.suffix.lower() == ".parquet":
+            import pyarrow.parquet
+
+            columns = pyarrow.parquet.read_schema(table).names
+        else:
+            with open(table, newline="") as handle:
+                columns = next(csv.reader(handle, delimiter="\t" if table.suffix.lower() == ".tsv" else ","), [])
+    except (OSError, ValueError, StopIteration):
+        return False
+    return any(column.strip().lower() in PATH_COLUMNS for column in columns)
 
 
 register_modality(Modality(
@@ -39,5 +71,13 @@ for name, summary, excluded in (
     ("tico", "TiCo: invariance and contrast with a running covariance (Zhu et al. 2022)", NO_NEGATIVES),
     ("mmcr", "MMCR: maximise the nuclear norm of k-view centroids (Yerxa et al. 2023)", NO_NEGATIVES),
     ("nnclr", "NNCLR: nearest neighbours from a support set as positives (Dwibedi et al. 2021)", ()),
+    ("swav", "SwAV: swapped prediction of equal-partition prototype codes, multi-crop (Caron et al. 2020)",
+     ("objective",)),
+    ("dino", "DINO: self-distillation from a centred, sharpened momentum teacher, multi-crop (Caron et al. 2021)",
+     NO_NEGATIVES),
+    ("obow", "OBoW: predict a momentum teacher's bag of visual words over an online vocabulary (Gidaris et al. 2021)",
+     NO_NEGATIVES),
+    ("msn", "MSN: masked anchor patches predict an EMA target's sharpened prototype assignment (Assran et al. 2022)",
+     NO_NEGATIVES),
 ):
     METHODS.add("image", name, f"contrastkit.modalities.image.methods.{name}:build", summary, excluded)

@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--max-epochs", "--epochs", dest="epochs", type=float, default=1.0,
                           help="passes over the pairs (fractions allowed)")
     training.add_argument("--batch-size", type=int, default=32)
+    training.add_argument("--grad-cache-chunk", type=int,
+                          help="GradCache: rows per encoder pass (same gradients, less memory; one process)")
     training.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (AdamW)")
     training.add_argument("--head-lr", type=float, default=1e-3, help="heads' and temperature's learning rate")
     training.add_argument("--warmup-fraction", type=float, default=0.1)
@@ -110,7 +112,8 @@ def two_tower_options(args: argparse.Namespace):
         concentration=1.0 if args.concentration is None else args.concentration,
         momentum=args.momentum, queue_size=args.queue_size,
         in_modality_weights=(args.in_modality_weight_first, args.in_modality_weight_second),
-        in_modality_temperature=args.in_modality_temperature)
+        in_modality_temperature=args.in_modality_temperature,
+        grad_cache_chunk=getattr(args, "grad_cache_chunk", None))  # absent from runs saved before the option
 
 
 def train_options(args: argparse.Namespace):
@@ -210,6 +213,10 @@ def check_option_use(args: argparse.Namespace) -> None:
                 f"--augment-rate-{side} {rate} augments the {side} side's second view, which only the momentum keys "
                 f"(--momentum) and the in-modality loss (--in-modality-weight-{side}) use; add one of them or drop "
                 f"--augment-rate-{side}.")
+    if getattr(args, "grad_cache_chunk", None) is not None:
+        from contrastkit.nn.gradcache import check_one_process
+
+        check_one_process(args.grad_cache_chunk, args.devices)
     if args.concentration is not None and args.objective != "hcl":
         raise ConfigError(f"--concentration is HCL's hard-negative concentration; it needs --objective hcl "
                           f"(got --objective {args.objective}).")

@@ -77,6 +77,7 @@ def load_pairs_run(run_dir: str | os.PathLike) -> tuple[TwoTower, TextInput, Tex
 def write_report(run_dir: Path, summary: dict) -> Path:
     """``report.md``: the retrieval table, the run's facts and the loss curve (plots/loss_curve.png)."""
     from contrastkit.report import plots
+    from contrastkit.report.html import write_html_report
 
     lines = [f"# Run report: pairs on {summary['data']}", ""]
     retrieval = summary.get("retrieval")
@@ -104,4 +105,5 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         lines.append("_No training steps: no loss curve._")
     report = run_dir / REPORT_FILE
     report.write_text("\n".join(lines) + "\n")
+    write_html_report(run_dir)  # report.html: the run's facts and loss curve (a pairs run keeps no embeddings)
     return report

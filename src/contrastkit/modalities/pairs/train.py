@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from contrastkit.engine import EpochShuffleSampler, TrainResult, TrainSettings, batch_loader, train
 from contrastkit.core.errors import ConfigError
+from contrastkit.nn.gradcache import check_one_process
 from contrastkit.modalities.pairs.harmonization import GradientHarmonizer
 from contrastkit.modalities.pairs.method import TwoTowerMethod, to_device
 from contrastkit.modalities.pairs.pairs import Pairs
@@ -136,6 +137,7 @@ def train_two_tower(model: TwoTower, pairs: Pairs, input_a: TowerInput, input_b:
     ``out`` is the run directory (checkpoints/last.ckpt, metrics.csv); ``resume=True`` continues
     the run there. With ``out=None`` the run trains in a temporary directory, removed afterwards."""
     options.check(len(pairs))
+    check_one_process(model.grad_cache_chunk, options.devices)
     if options.total_steps(len(pairs)) == 0:
         return None
     method = TwoTowerMethod(model, input_a, input_b, harmonizer, head_lr_scale=options.head_lr / options.lr)

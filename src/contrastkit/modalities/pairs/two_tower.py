@@ -25,6 +25,12 @@ are shared) and heads ``g_a``, ``g_b``::
   intra-modal loss).
 
 Embeddings for retrieval are ``normalize(g(f(x)))`` of the online towers (:meth:`TwoTower.embed`).
+
+**Batches larger than memory** (``grad_cache_chunk``, GradCache, :mod:`contrastkit.nn.gradcache`):
+every encoder pass of a training step goes ``C`` rows at a time: the online encoders' (features and
+in-modality second views) with GradCache, the momentum encoders' without a graph. Heads and
+objectives see the whole batch, so the gradients are those of the whole-batch step (with a tower's
+BatchNorm, if it has one, over chunks of ``C`` rows); one process only.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from torch import Tensor, nn
 from contrastkit import objectives
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.core.errors import ConfigError
+from contrastkit.nn.gradcache import chunked_embed, embed_batch
 from contrastkit.nn.momentum import check_momentum, ema_update_, momentum_copy
 from contrastkit.objectives.queued_clip import QueuedCLIP
 from contrastkit.modalities.pairs.towers import output_dim_of, projection_head
@@ -65,6 +72,7 @@ class TwoTowerOptions:
         in_modality_weights: ``(w_a, w_b)``, the weights of the in-modality losses (0: off).
         in_modality_temperature: InfoNCE temperature of the in-modality losses (SimCSE: 0.05).
         local_loss: each process computes only its own rows against the global batch.
+        grad_cache_chunk: rows per encoder pass with GradCache (None: the whole batch at once).
     """
 
     embedding_dim: int | None = None
@@ -79,6 +87,7 @@ class TwoTowerOptions:
     in_modality_weights: tuple[float, float] = (0.0, 0.0)
     in_modality_temperature: float = 0.05
     local_loss: bool = True
+    grad_cache_chunk: int | None = None
     extra_objective_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -93,6 +102,9 @@ class TwoTowerOptions:
         if self.queue_size < 0 or (self.queue_size > 0 and self.momentum is None):
             raise ConfigError(f"--queue-size {self.queue_size}: a queue holds momentum keys, so it needs "
                               "--momentum (e.g. 0.99) and a size >= 0.")
+        chunk = self.grad_cache_chunk
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+            raise ConfigError(f"--grad-cache-chunk must be a positive number of rows, got {chunk!r}.")
         if len(self.in_modality_weights) != 2 or min(self.in_modality_weights) < 0:
             raise ConfigError(f"The in-modality weights must be two numbers >= 0 (one per tower), got "
                               f"{self.in_modality_weights}.")
@@ -127,8 +139,10 @@ class MomentumBranch(nn.Module):
         self.queue_b = MemoryQueue(queue_size, embedding_dim) if queue_size > 0 else None
 
     @torch.no_grad()
-    def keys(self, view_a: Any, view_b: Any) -> tuple[Tensor, Tensor]:
-        return self.head_a(self.encoder_a(view_a)), self.head_b(self.encoder_b(view_b))
+    def keys(self, view_a: Any, view_b: Any, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+        """Both sides' keys, the encoders' passes ``chunk_size`` rows at a time (None: all at once)."""
+        return (self.head_a(chunked_embed(self.encoder_a, view_a, chunk_size)),
+                self.head_b(chunked_embed(self.encoder_b, view_b, chunk_size)))
 
     def queued(self) -> tuple[Tensor | None, Tensor | None]:
         """Copies of the queues' keys (copies: the queues change before the backward pass)."""
@@ -164,7 +178,8 @@ class TwoTower(nn.Module):
     def __init__(self, encoder_a: nn.Module, encoder_b: nn.Module, head_a: nn.Module, head_b: nn.Module,
                  cross: nn.Module, in_modality: nn.Module | None = None,
                  in_modality_weights: tuple[float, float] = (0.0, 0.0),
-                 momentum_branch: MomentumBranch | None = None, local_loss: bool = True):
+                 momentum_branch: MomentumBranch | None = None, local_loss: bool = True,
+                 grad_cache_chunk: int | None = None):
         super().__init__()
         self.encoder_a, self.encoder_b = encoder_a, encoder_b
         self.head_a, self.head_b = head_a, head_b
@@ -174,6 +189,7 @@ class TwoTower(nn.Module):
         if self.in_modality is None and max(self.in_modality_weights) > 0:
             raise ConfigError("In-modality weights are set but no in-modality objective was given.")
         self.momentum_branch = momentum_branch
+        self.grad_cache_chunk = grad_cache_chunk  # rows per encoder pass with GradCache (None: all)
 
     @property
     def shared_encoder(self) -> bool:
@@ -186,8 +202,12 @@ class TwoTower(nn.Module):
         return self.head_a if side == "a" else self.head_b
 
     def features(self, batch_a: Any, batch_b: Any) -> tuple[Tensor, Tensor]:
-        """``(h^a, h^b)``: the encoders' (B, D) outputs."""
-        return self.encoder_a(batch_a), self.encoder_b(batch_b)
+        """``(h^a, h^b)``: the encoders' (B, D) outputs (with GradCache when ``grad_cache_chunk`` is set)."""
+        return self.encode(batch_a, "a"), self.encode(batch_b, "b")
+
+    def encode(self, batch: Any, side: str) -> Tensor:
+        """One side's encoder over ``batch``: in one pass, or ``grad_cache_chunk`` rows at a time."""
+        return embed_batch(self.encoder(side), batch, self.grad_cache_chunk)
 
     def loss_terms(self, h_a: Tensor, h_b: Tensor, view_a: Any, view_b: Any) -> dict[str, Tensor]:
         """Weighted loss terms from the features; ``view_a`` / ``view_b`` are the (augmented)
@@ -196,7 +216,7 @@ class TwoTower(nn.Module):
         views = {"a": view_a, "b": view_b}
         terms: dict[str, Tensor] = {}
         if self.momentum_branch is not None:
-            keys = dict(zip(SIDES, self.momentum_branch.keys(view_a, view_b)))
+            keys = dict(zip(SIDES, self.momentum_branch.keys(view_a, view_b, self.grad_cache_chunk)))
             queues = dict(zip(SIDES, self.momentum_branch.queued()))
             terms["cross"] = self.cross(z["a"], z["b"], keys_a=keys["a"], keys_b=keys["b"],
                                         queue_a=queues["a"], queue_b=queues["b"])
@@ -208,7 +228,7 @@ class TwoTower(nn.Module):
             if self.momentum_branch is not None:
                 second, negatives = keys[side], queues[side]
             else:
-                second, negatives = self.head(side)(self.encoder(side)(views[side])), None
+                second, negatives = self.head(side)(self.encode(views[side], side)), None
             extra = {"keys": negatives} if negatives is not None else {}
             terms[f"in_{side}"] = weight * self.in_modality(z[side], second, **extra)
         if self.momentum_branch is not None:
@@ -257,4 +277,4 @@ def build_two_tower(encoder_a: nn.Module, encoder_b: nn.Module | None = None,
         branch = MomentumBranch(encoder_a, encoder_b, head_a, head_b, options.momentum,
                                 options.queue_size, embedding_dim)
     return TwoTower(encoder_a, encoder_b, head_a, head_b, cross_objective(options), in_modality,
-                    options.in_modality_weights, branch, options.local_loss)
+                    options.in_modality_weights, branch, options.local_loss, options.grad_cache_chunk)

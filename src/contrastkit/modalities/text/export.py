@@ -96,9 +96,17 @@ def export_sentence_transformers(encoder: TextEncoder, out_dir: str | os.PathLik
     return folder
 
 
-def export_text_model(text_model: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """`contrastkit export --text-model FOLDER --format sentence-transformers`."""
-    return export_sentence_transformers(load_text_encoder(text_model), out_dir, overwrite=overwrite)
+def export_text_model(text_model: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+                      onnx: bool = False) -> Path:
+    """`contrastkit export --text-model FOLDER --format sentence-transformers` (``onnx``: ``--format onnx``,
+    the same folder plus ``model.onnx``, :mod:`contrastkit.modalities.text.onnx`)."""
+    encoder = load_text_encoder(text_model)
+    folder = export_sentence_transformers(encoder, out_dir, overwrite=overwrite)
+    if onnx:
+        from contrastkit.modalities.text.onnx import export_text_onnx
+
+        export_text_onnx(encoder, folder)
+    return folder
 
 
 def _check_round_trip(encoder: TextEncoder, folder: Path) -> None:

@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def write_report(run_dir: Path, summary: dict) -> Path:
     """``report.md``: the run's figures and its loss curve (``plots/loss_curve.png``)."""
+    from contrastkit.report.html import write_html_report
     from contrastkit.report.plots import plot_loss_curve
     from contrastkit.report.run_files import read_metrics_csv
     from contrastkit.report.tables import format_value, markdown_table
@@ -219,6 +220,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         sections.append("![Training loss](plots/loss_curve.png)")
     path = run_dir / "report.md"
     path.write_text("\n\n".join(sections) + "\n")
+    write_html_report(run_dir)  # report.html: the same figures, the curve, the map of train_embeddings.npy
     return path
 
 

@@ -26,6 +26,12 @@ Data parallelism: the loss is computed on the embeddings of the global batch, ga
 gradient (:class:`~contrastkit.nn.distributed.GatheredObjective`), as the paper's code sums the
 cross-correlation over devices; the paper also uses global (synchronised) BatchNorm.
 
+``--grad-cache-chunk C`` (:mod:`contrastkit.nn.gradcache`; here and in VICReg): the loss couples the
+batch through its cross-correlation (VICReg: its variance and covariance) but depends on the
+backbone only through the embeddings, so GradCache applies: the backbone embeds each view C rows at
+a time (BatchNorm over each chunk), the projector (its BatchNorm over the whole view batch) and the
+loss see the whole batch.
+
 Options (YAML ``extra: {barlowtwins: {...}}``):
     redundancy_weight: lambda (default 5e-3).
 """
@@ -38,6 +44,7 @@ from torch import nn
 from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
 from contrastkit.modalities.image.views.image import BYOLViews, EvalView
 from contrastkit.nn.distributed import GatheredObjective
+from contrastkit.nn.gradcache import embed_batch
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.objectives.barlow_twins import PAPER_REDUNDANCY_WEIGHT, BarlowTwins
 
@@ -49,19 +56,20 @@ class JointEmbedding(nn.Module):
     batches of embeddings (Barlow Twins, VICReg: the same architecture, different losses)."""
 
     def __init__(self, backbone: nn.Module, projection: nn.Module, views: nn.Module, eval_view: nn.Module,
-                 objective: nn.Module):
+                 objective: nn.Module, grad_cache_chunk: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
         self.views = views
         self.eval_view = eval_view
         self.objective = objective
+        self.grad_cache_chunk = grad_cache_chunk  # rows per backbone pass with GradCache (None: all)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         view_a, view_b = self.views.two_views(batch["image"])
         # Separate passes, as the papers' code: BatchNorm normalises each view's batch on its own.
-        z_a = self.projection(self.backbone(view_a))
-        z_b = self.projection(self.backbone(view_b))
+        z_a = self.projection(embed_batch(self.backbone, view_a, self.grad_cache_chunk))
+        z_b = self.projection(embed_batch(self.backbone, view_b, self.grad_cache_chunk))
         return self.objective(z_a, z_b), {}
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,4 +99,5 @@ def build(config, data: DataInfo) -> JointEmbedding:
     options = method_options(config, "barlowtwins", DEFAULTS)
     backbone, projection, views, eval_view = joint_embedding_parts(config, data)
     objective = BarlowTwins(redundancy_weight=options["redundancy_weight"])
-    return JointEmbedding(backbone, projection, views, eval_view, GatheredObjective(objective))
+    return JointEmbedding(backbone, projection, views, eval_view, GatheredObjective(objective),
+                          config.grad_cache_chunk)

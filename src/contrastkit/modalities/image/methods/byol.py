@@ -33,12 +33,7 @@ import torch
 from torch import nn
 
 from contrastkit.nn.heads import byol_projection
-from contrastkit.nn.momentum import (
-    check_momentum,
-    cosine_momentum,
-    ema_update_,
-    momentum_copy,
-)
+from contrastkit.nn.momentum import check_momentum, momentum_copy, step_momentum_targets
 from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
 from contrastkit.nn.predictors import (
     build_predictor,
@@ -80,10 +75,8 @@ class BYOL(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        # `step` optimiser steps are done; the update after step k (0-based) uses m_k.
-        momentum = cosine_momentum(step - 1, total_steps, self.base_momentum)
-        ema_update_(self.target_backbone, self.backbone, momentum)
-        ema_update_(self.target_projection, self.projection, momentum)
+        step_momentum_targets([(self.target_backbone, self.backbone), (self.target_projection, self.projection)],
+                              step, total_steps, self.base_momentum)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.eval_view(images))

@@ -28,6 +28,12 @@ SimCLR's augmentations) except two that are scaled to small data:
 The queue starts empty (the reference code fills it with random vectors) and fills within
 ``queue_size / batch`` steps. The paper's shuffling BN (which needs several devices) is not done.
 
+``--grad-cache-chunk C`` (:mod:`contrastkit.nn.gradcache`): the query backbone embeds C rows at a
+time with GradCache, the key encoder C rows at a time without a graph, both with BatchNorm over each
+chunk; the query projection and the objective see the whole batch. MoCo's own InfoNCE is a sum
+over queries (each with its key and the queue), so plain chunks would give the same gradients; the
+batch is coupled, and caching needed, with ``--objective infonce`` (in-batch negatives).
+
 Options (YAML ``extra: {moco: {...}}``):
     momentum: m (default 0.99).
     queue_size: number of keys kept (default min(4096, N / 2)).
@@ -47,6 +53,7 @@ from torch import nn
 
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.core.errors import ConfigError
+from contrastkit.nn.gradcache import chunked_embed, embed_batch
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.nn.momentum import check_momentum, ema_update_, momentum_copy
 from contrastkit.modalities.image.methods.parts import (
@@ -68,7 +75,8 @@ class MoCo(nn.Module):
     """Query encoder, EMA key encoder and a queue of keys; ``objective(q, k, keys=queue)``."""
 
     def __init__(self, backbone: nn.Module, projection: nn.Module, views: nn.Module, eval_view: nn.Module,
-                 objective: nn.Module, queue: MemoryQueue, momentum: float, symmetric: bool = False):
+                 objective: nn.Module, queue: MemoryQueue, momentum: float, symmetric: bool = False,
+                 grad_cache_chunk: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
@@ -81,25 +89,30 @@ class MoCo(nn.Module):
         self._new_keys: torch.Tensor | None = None  # this step's keys, enqueued once the step is taken
         self.momentum = momentum
         self.symmetric = symmetric
+        self.grad_cache_chunk = grad_cache_chunk  # rows per backbone pass with GradCache (None: all)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         view_a, view_b = self.views.two_views(batch["image"])
         negatives = self.queue.keys()
         if self.symmetric:
-            q_a, q_b = self.projection(self.backbone(torch.cat([view_a, view_b]))).chunk(2)
+            q_a, q_b = self._queries(torch.cat([view_a, view_b])).chunk(2)
             k_a, k_b = self._keys(torch.cat([view_a, view_b])).chunk(2)
             loss = (self.objective(q_a, k_b, keys=negatives) + self.objective(q_b, k_a, keys=negatives)) / 2
             self._new_keys = torch.cat([k_b, k_a])
         else:
-            q = self.projection(self.backbone(view_a))
+            q = self._queries(view_a)
             k = self._keys(view_b)
             loss = self.objective(q, k, keys=negatives)
             self._new_keys = k
         return loss, {}
 
+    def _queries(self, views: torch.Tensor) -> torch.Tensor:
+        return self.projection(embed_batch(self.backbone, views, self.grad_cache_chunk))
+
     @torch.no_grad()
     def _keys(self, views: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.key_projection(self.key_backbone(views)), dim=1)
+        features = chunked_embed(self.key_backbone, views, self.grad_cache_chunk)  # bounded memory, no graph
+        return F.normalize(self.key_projection(features), dim=1)
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
@@ -161,4 +174,5 @@ def build(config, data: DataInfo) -> MoCo:
         queue=MemoryQueue(queue_size, config.projection_dim),
         momentum=check_momentum(options["momentum"], "extra.moco.momentum"),
         symmetric=bool(options["symmetric"]),
+        grad_cache_chunk=config.grad_cache_chunk,
     )

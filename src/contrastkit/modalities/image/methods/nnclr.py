@@ -36,6 +36,10 @@ epochs, SGD lr 0.06 x batch / 128, momentum 0.9, weight decay 5e-4, cosine sched
 The output dimension is this library's ``--projection-dim`` (default 128; 256 in the benchmark and
 the paper).
 
+``--grad-cache-chunk C`` (:mod:`contrastkit.nn.gradcache`): the backbone embeds the 2N views C rows
+at a time with GradCache (BatchNorm over each chunk); projector, predictor (their BatchNorm over
+the whole batch) and the objective see the whole batch.
+
 Options (YAML ``extra: {nnclr: {...}}``):
     queue_size: keys in the support set (default min(4096, N / 2)).
     predictor_hidden_dim: hidden width of the predictor (default 16 x --projection-dim).
@@ -57,6 +61,7 @@ from contrastkit.modalities.image.methods.parts import (
     objective_inputs,
 )
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews
+from contrastkit.nn.gradcache import embed_batch
 from contrastkit.nn.heads import MLPHead, PredictionHead
 from contrastkit.nn.support_set import SupportSet
 
@@ -76,7 +81,8 @@ class NNCLR(nn.Module):
     """Backbone, projector, predictor and a support set of past projections."""
 
     def __init__(self, backbone: nn.Module, projection: nn.Module, predictor: nn.Module, views: nn.Module,
-                 eval_view: nn.Module, objective: nn.Module, support_set: SupportSet):
+                 eval_view: nn.Module, objective: nn.Module, support_set: SupportSet,
+                 grad_cache_chunk: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
@@ -86,10 +92,12 @@ class NNCLR(nn.Module):
         self.objective = objective
         self.support_set = support_set
         self._new_keys: Tensor | None = None  # this step's keys, enqueued after the optimiser step
+        self.grad_cache_chunk = grad_cache_chunk  # rows per backbone pass with GradCache (None: all)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         view_a, view_b = self.views.two_views(batch["image"])
-        z = self.projection(self.backbone(torch.cat([view_a, view_b])))  # BN statistics over both views
+        # BN statistics over both views (the backbone's over chunks with GradCache)
+        z = self.projection(embed_batch(self.backbone, torch.cat([view_a, view_b]), self.grad_cache_chunk))
         p_a, p_b = self.predictor(z).chunk(2)
         z_a, z_b = z.detach().chunk(2)
         loss = nnclr_loss(self.objective, self.support_set, z_a, z_b, p_a, p_b,
@@ -142,4 +150,5 @@ def build(config, data: DataInfo) -> NNCLR:
         objective=build_objective(name, method_temperature(config, BENCHMARK_TEMPERATURE), data.num_samples,
                                   config.extra.get("objective")),
         support_set=SupportSet(queue_size, config.projection_dim),
+        grad_cache_chunk=config.grad_cache_chunk,
     )

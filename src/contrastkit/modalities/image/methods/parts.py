@@ -100,6 +100,8 @@ GLOBAL_BATCHNORM_RECIPES: dict[str, str] = {
     "barlowtwins": "Barlow Twins (Zbontar et al. 2021): SyncBatchNorm over the model in the official code",
     "vicreg": "VICReg (Bardes et al. 2022): SyncBatchNorm over the model in the official code",
     "vicregl": "VICRegL (Bardes et al. 2022): SyncBatchNorm over the model in the official code",
+    "swav": "SwAV (Caron et al. 2020): SyncBatchNorm over the model by default in the official code (--sync_bn)",
+    "dino": "DINO (Caron et al. 2021): the official code converts a student and teacher with BatchNorm to SyncBatchNorm",
 }
 
 

@@ -5,6 +5,11 @@ Two augmented views of each image go through one backbone and a projection MLP; 
 (NT-Xent by default, any two-view objective of the catalogue with ``--objective``) pulls the two views
 of an image together and pushes the other 2N-2 views away. Downstream tasks use the backbone's
 features, not the projection (the paper's Sec. 4.2: the projection discards useful information).
+
+``--grad-cache-chunk C`` trains the batch in bounded memory (:mod:`contrastkit.nn.gradcache`): the
+backbone embeds the 2N views C rows at a time (view a's rows, then view b's), its BatchNorm over
+each chunk; the projection head and the objective see the whole batch, so the gradients are those
+of the whole-batch step with the backbone's BatchNorm over chunks of C rows.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from torch import nn
 
 from contrastkit import objectives
 from contrastkit.core.errors import ConfigError
+from contrastkit.nn.gradcache import embed_batch
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.modalities.image.methods.parts import (
     DataInfo,
@@ -30,19 +36,20 @@ PAPER_TEMPERATURE = 0.5
 
 class SimCLR(nn.Module):
     def __init__(self, backbone: nn.Module, projection: nn.Module, views: nn.Module, eval_view: nn.Module,
-                 objective: nn.Module):
+                 objective: nn.Module, grad_cache_chunk: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
         self.views = views
         self.eval_view = eval_view
         self.objective = objective
+        self.grad_cache_chunk = grad_cache_chunk  # rows per backbone pass with GradCache (None: all)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         view_a, view_b = self.views.two_views(batch["image"])
         # One backbone pass over both views: half the kernel launches, and BatchNorm sees the whole
-        # 2N batch as in the paper's global BN.
-        z = self.projection(self.backbone(torch.cat([view_a, view_b])))
+        # 2N batch as in the paper's global BN (the backbone's sees chunks with GradCache).
+        z = self.projection(embed_batch(self.backbone, torch.cat([view_a, view_b]), self.grad_cache_chunk))
         z_a, z_b = z.chunk(2)
         loss = self.objective(z_a, z_b, **objective_inputs(self.objective, batch))
         return loss, {}
@@ -69,4 +76,5 @@ def build(config, data: DataInfo) -> SimCLR:
         objective=build_objective(config.objective or "infonce", method_temperature(config, PAPER_TEMPERATURE),
                                   data.num_samples,
                                   config.extra.get("objective")),
+        grad_cache_chunk=config.grad_cache_chunk,
     )

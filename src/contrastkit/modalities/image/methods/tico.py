@@ -36,7 +36,7 @@ from torch import nn
 from contrastkit.modalities.image.methods.byol import byol_parts
 from contrastkit.modalities.image.methods.parts import DataInfo, method_options
 from contrastkit.nn.distributed import GatheredObjective
-from contrastkit.nn.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
+from contrastkit.nn.momentum import check_momentum, momentum_copy, step_momentum_targets
 from contrastkit.objectives.tico import PAPER_COVARIANCE_MOMENTUM, PAPER_COVARIANCE_WEIGHT, TiCo as TiCoLoss
 
 DEFAULTS = {"covariance_momentum": PAPER_COVARIANCE_MOMENTUM, "covariance_weight": PAPER_COVARIANCE_WEIGHT,
@@ -67,10 +67,8 @@ class TiCo(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        # `step` optimiser steps are done; the update after step k (0-based) uses m_k, as BYOL.
-        momentum = cosine_momentum(step - 1, total_steps, self.base_momentum)
-        ema_update_(self.target_backbone, self.backbone, momentum)
-        ema_update_(self.target_projection, self.projection, momentum)
+        step_momentum_targets([(self.target_backbone, self.backbone), (self.target_projection, self.projection)],
+                              step, total_steps, self.base_momentum)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.eval_view(images))

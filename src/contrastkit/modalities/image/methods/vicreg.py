@@ -40,4 +40,5 @@ DEFAULTS = {"invariance_weight": 25.0, "variance_weight": 25.0, "covariance_weig
 def build(config, data: DataInfo) -> JointEmbedding:
     options = method_options(config, "vicreg", DEFAULTS)
     backbone, projection, views, eval_view = joint_embedding_parts(config, data)
-    return JointEmbedding(backbone, projection, views, eval_view, GatheredObjective(VICReg(**options)))
+    return JointEmbedding(backbone, projection, views, eval_view, GatheredObjective(VICReg(**options)),
+                          config.grad_cache_chunk)

@@ -28,6 +28,9 @@ class ImageSource(Dataset):
         root: the file or folder it was read from, or None (built-in or in-memory data).
         source_indices: for a subset, the position of each image in the set it was taken
             from (see :meth:`subset`); ``arange(N)`` for a set read from disk.
+
+    ``skipped`` lists the images a reader left out as unreadable ("name: reason"; only with
+    ``skip_unreadable``), empty otherwise.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class ImageSource(Dataset):
         self.source_indices = (
             torch.arange(n, dtype=torch.int64) if source_indices is None else source_indices
         )
+        # Images left out as unreadable ('name: reason'; readers with skip_unreadable set it).
+        self.skipped: list[str] = []
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -1,6 +1,10 @@
 """Pure functions on pixel arrays: bring any numeric array to uint8, change the channel count,
 resize a whole uint8 batch.
 
+Two ways to uint8: :func:`to_uint8` for data that is already 8-bit (kept on its absolute scale), and
+:func:`scale_to_uint8` for any depth and channel count (16-bit, float, multi-band), which stretches
+each channel by its own percentile range over the whole set (see :data:`PERCENTILE_RANGE`).
+
 Every reader ends with a uint8 tensor (N, C, H, W); these functions are the shared last steps,
 so that an IDX file, an ``.npz`` and an image folder given the same ``image_size`` and
 ``channels`` come out the same way.
@@ -39,8 +43,9 @@ def normalize_image_size(image_size: int | tuple[int, int] | None) -> tuple[int,
 
 
 def check_channels(channels: int | None) -> int | None:
-    """Only 1 (grayscale) and 3 (RGB) can be asked for."""
-    if channels not in (None, 1, 3):
+    """1 (grayscale) and 3 (RGB) can be converted to; any other positive count only names the data's
+    own (a trained encoder re-opening its multi-band set): :func:`convert_channels` refuses others."""
+    if channels is not None and (not isinstance(channels, int | np.integer) or channels < 1):
         raise ConfigError(
             f"channels must be 1 (grayscale) or 3 (RGB), or left unset to keep the data's own; "
             f"got {channels!r}."
@@ -85,6 +90,73 @@ def to_uint8(array: np.ndarray, what: str) -> np.ndarray:
     raise DataError(f"{what}: pixel values have dtype {array.dtype}; expected numbers.")
 
 
+# Each channel is stretched from its 0.5th to its 99.5th percentile: the 1 % of extreme values
+# (hot pixels, saturated glints, a no-data fill) would otherwise squeeze the rest into a few levels.
+PERCENTILE_RANGE = (0.5, 99.5)
+# Percentiles of a channel are taken over at most this many of its values (an evenly strided
+# sample, the same every time); below it they are exact.
+PERCENTILE_SAMPLE = 1 << 22
+
+
+def is_eight_bit(array: np.ndarray) -> bool:
+    """Whether :func:`to_uint8` takes ``array`` as it is: uint8, integers in 0..255, floats in [0, 1]
+    or [0, 255]. Wider integer dtypes (uint16, int32) count as 8-bit only by their values."""
+    if array.dtype == np.uint8 or array.size == 0:
+        return True
+    if not np.issubdtype(array.dtype, np.number):
+        return False
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        return False
+    return float(array.min()) >= 0.0 and float(array.max()) <= 255.0
+
+
+def channel_ranges(images: np.ndarray) -> np.ndarray:
+    """(C, 2) float64: the :data:`PERCENTILE_RANGE` percentiles ``(low_c, high_c)`` of each channel of
+    ``images`` (N, C, H, W), over every pixel of every image (sampled past :data:`PERCENTILE_SAMPLE`)."""
+    ranges = np.empty((images.shape[1], 2), dtype=np.float64)
+    for c in range(images.shape[1]):
+        values = images[:, c].reshape(-1)
+        if values.size > PERCENTILE_SAMPLE:
+            values = values[:: -(-values.size // PERCENTILE_SAMPLE)]
+        ranges[c] = np.percentile(values.astype(np.float64), PERCENTILE_RANGE)
+    return ranges
+
+
+def scale_to_uint8(images: np.ndarray, what: str) -> np.ndarray:
+    """Pixels (N, C, H, W) of any numeric dtype and any channel count as uint8, per channel.
+
+    8-bit data (:func:`is_eight_bit`: uint8, integers in 0..255, floats in [0, 1] or [0, 255]) keeps
+    its absolute scale through :func:`to_uint8`, so an 8-bit set reads the same as before. Anything
+    else (16-bit, negative or large values, float reflectances, ...) is stretched channel by
+    channel: with ``(low_c, high_c)`` the 0.5th and 99.5th percentiles of channel c over the whole
+    set (:func:`channel_ranges`),
+
+        u = round(255 * clip((v - low_c) / (high_c - low_c), 0, 1)),
+
+    and ``u = 0`` where ``high_c == low_c`` (a constant channel carries nothing). The per-channel
+    mean/std normalisation of training then applies to these uint8 values as to any image.
+    NaN or infinite values raise DataError naming ``what``.
+    """
+    if is_eight_bit(images):
+        return to_uint8(images, what)
+    if not np.issubdtype(images.dtype, np.number):
+        raise DataError(f"{what}: pixel values have dtype {images.dtype}; expected numbers.")
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        raise DataError(f"{what}: the pixel values contain NaN or infinity; replace them (e.g. by 0) first.")
+    ranges = channel_ranges(images)
+    out = np.empty(images.shape, dtype=np.uint8)
+    step = max(1, (1 << 22) // max(1, int(np.prod(images.shape[1:]))))
+    for c, (low, high) in enumerate(ranges):
+        for start in range(0, len(images), step):
+            plane = images[start : start + step, c].astype(np.float64)
+            if high > low:
+                unit = np.clip((plane - low) / (high - low), 0.0, 1.0)
+                out[start : start + step, c] = np.rint(unit * 255.0).astype(np.uint8)
+            else:
+                out[start : start + step, c] = 0
+    return out
+
+
 def convert_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
     """uint8 (N, C, H, W) with C in {1, 3} -> (N, channels, H, W).
 
@@ -105,7 +177,10 @@ def convert_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor
             luma = (rgb * weights).sum(dim=1, keepdim=True)
             out[start : start + step] = luma.round_().clamp_(0, 255).to(torch.uint8)
         return out
-    raise DataError(f"cannot convert images with {have} channels to {channels} channels.")
+    raise ConfigError(
+        f"Cannot convert images with {have} channels to {channels} channels: only 1 <-> 3 (gray, RGB) "
+        f"and RGB(A) -> gray are defined. Leave the channel count unset to keep the data's {have} channels."
+    )
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -153,7 +153,7 @@ def write_shards(
 
 def shard_image_source(spec: str | Path, out_dir: str | Path, shard_size: int = DEFAULT_SHARD_SIZE,
                        image_size: int | None = None, channels: int | None = None,
-                       chunk_size: int = 4096) -> Path:
+                       chunk_size: int = 4096, skip_unreadable: bool = False) -> Path:
     """`contrastkit shard`: read the image set ``spec`` (any form of ``open_image_source``) and
     write it as shards into ``out_dir``; returns the ``index.json``.
 
@@ -162,7 +162,7 @@ def shard_image_source(spec: str | Path, out_dir: str | Path, shard_size: int = 
     """
     from contrastkit.modalities.image.sources import open_image_source
 
-    source = open_image_source(spec, image_size=image_size, channels=channels)
+    source = open_image_source(spec, image_size=image_size, channels=channels, skip_unreadable=skip_unreadable)
     images = source.images.numpy()
     labels = source.labels.numpy() if source.labels is not None else None
     chunks = ((images[i : i + chunk_size], None if labels is None else labels[i : i + chunk_size])

@@ -23,7 +23,7 @@ written from.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -66,6 +66,7 @@ class RunData:
     eval_rows: np.ndarray
     eval_train: int
     streamed: bool
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--skip-unreadable)
 
     def probe_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(bank rows, query rows) of the online probe; None without labels or held-out samples."""
@@ -78,8 +79,11 @@ class RunData:
 
     def describe(self) -> dict:
         """What summary.json records about the data."""
-        return {"data_format": "shards" if self.streamed else "in-memory",
-                "n_samples_trained": len(self.train_rows), "n_samples_evaluated": len(self.eval_rows)}
+        described = {"data_format": "shards" if self.streamed else "in-memory",
+                     "n_samples_trained": len(self.train_rows), "n_samples_evaluated": len(self.eval_rows)}
+        if self.skipped:
+            described.update(unreadable_skipped=len(self.skipped), unreadable_files=self.skipped)
+        return described
 
 
 def open_run_data(config) -> RunData:
@@ -112,7 +116,7 @@ def seeded_sample(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def _in_memory(config) -> RunData:
-    source = open_image_source(config.data, image_size=config.image_size)
+    source = open_image_source(config.data, image_size=config.image_size, skip_unreadable=config.skip_unreadable)
     rows = np.arange(len(source) if config.limit is None else min(config.limit, len(source)))
     labels = None if source.labels is None else source.labels.numpy()
     train_rows, holdout_rows = split_rows(labels, rows, config.holdout, data_seed(config))
@@ -127,6 +131,7 @@ def _in_memory(config) -> RunData:
         read=lambda wanted: source.images[torch.from_numpy(np.asarray(wanted, dtype=np.int64))],
         labels=labels, train_rows=train_rows, holdout_rows=holdout_rows,
         eval_rows=np.concatenate([train_rows, holdout_rows]), eval_train=len(train_rows), streamed=False,
+        skipped=source.skipped,
     )
 
 

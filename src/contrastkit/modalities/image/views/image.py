@@ -54,10 +54,11 @@ def defaults_for(image_size: int, channels: int = 3) -> dict[str, Any]:
       half the area: 8x8 digits -> (0.5, 1.0) (a 5.7-pixel crop), 16 -> (0.25, 1.0),
       28 (MNIST) -> (0.082, 1.0), >= 29 -> (0.08, 1.0).
     * Colour images: jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, flip p 0.5.
-    * Other channel counts (digits, MNIST, ...): only brightness and contrast jitter (hue and
-      saturation need RGB), no grayscale, and no horizontal flip: the single-channel data this
-      library ships are handwritten digits, whose mirror images are not digits of the same
-      class, whereas natural photographs are mirror-symmetric in distribution.
+    * Other channel counts (digits, MNIST, 4- or 13-band TIFF/npz, ...): only the channel-agnostic
+      ops -- crop, brightness and contrast jitter (the contrast mean is taken over all channels;
+      hue, saturation and grayscale need RGB and are left out) -- and no horizontal flip: the
+      single-channel data this library ships are handwritten digits, whose mirror images are not
+      digits of the same class, whereas natural photographs are mirror-symmetric in distribution.
     * Gaussian blur only for images of side >= 96 (p 0.5, kernel ~10 % of the side, odd: 9
       at 96, 23 at 224 as in SimCLR); SimCLR drops blur for CIFAR, and lightly/solo-learn do
       the same for 32x32 images, where a blur erases most of the detail.
