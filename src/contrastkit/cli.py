@@ -16,7 +16,6 @@ from pathlib import Path
 
 from contrastkit import __version__
 from contrastkit.core.errors import ConfigError, ContrastkitError, closest_names
-from contrastkit.report_commands import add_report_commands, run_compare, run_report
 from contrastkit.goal_commands import (
     SEMI_SUPERVISED_NEIGHBOURS,
     TRUST_HELP,
@@ -28,6 +27,7 @@ from contrastkit.goal_commands import (
     run_select,
     run_semi_supervised_evaluation,
 )
+from contrastkit.report_commands import add_report_commands, run_compare, run_report
 from contrastkit.modalities.text.benchmark_tasks import add_tasks_parser, run_tasks  # light: no torch at import
 from contrastkit.modalities.text.mining import add_mine_parser, run_mine  # light: no torch at import
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.evaluation.arrays import l2_normalize_rows
 from contrastkit.report.previews import sample_previews
 from contrastkit.report.run_files import (
     LABELS_FILE,
@@ -245,7 +246,7 @@ def _embedding_sections(run_dir: Path, page_data: dict, map_method: str, max_poi
     shown = np.sort(rng.permutation(len(embeddings))[:max_points])
     coordinates, method_name = _map_coordinates(embeddings[shown], map_method, seed)
 
-    query_rows, neighbour_rows = _gallery_rows(run_dir, embeddings, shown, rng, queries, neighbours)
+    query_rows, neighbour_rows, cosines = _gallery_rows(run_dir, embeddings, shown, rng, queries, neighbours)
     previewed = np.unique(np.concatenate([shown, query_rows, neighbour_rows.reshape(-1)])).astype(np.int64)
     previews, note = sample_previews(run_dir, previewed, labels)
     preview_of = {int(row): index for index, row in enumerate(previewed)}
@@ -266,14 +267,14 @@ def _embedding_sections(run_dir: Path, page_data: dict, map_method: str, max_poi
         sections.append(f"<p class='note'>{html.escape(note)}</p>")
     sections.append('<div class="map-box"><svg id="map" viewBox="0 0 640 480" width="640" height="480" '
                     'data-points="0"></svg><div id="tooltip" hidden></div><div id="legend"></div></div>')
-    sections += _gallery_section(query_rows, neighbour_rows, embeddings, labels, previews, preview_of)
+    sections += _gallery_section(query_rows, neighbour_rows, cosines, labels, previews, preview_of)
     return sections
 
 
 def _gallery_rows(run_dir: Path, embeddings: np.ndarray, shown: np.ndarray, rng: np.random.Generator,
-                  queries: int, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    """A few query rows (drawn from the held-out part where split.json names one) and each one's
-    nearest rows by cosine similarity among all the others."""
+                  queries: int, neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A few query rows (drawn from the held-out part where split.json names one), each one's
+    nearest rows by cosine similarity among all the others, and those similarities."""
     pool = shown
     split_file = run_dir / "split.json"
     if split_file.is_file():
@@ -283,29 +284,27 @@ def _gallery_rows(run_dir: Path, embeddings: np.ndarray, shown: np.ndarray, rng:
     queries = min(queries, len(pool))
     neighbours = min(neighbours, len(embeddings) - 1)
     if queries == 0 or neighbours == 0:
-        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.int64)
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.int64), np.empty((0, 0))
     query_rows = np.sort(rng.choice(pool, size=queries, replace=False))
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    unit = l2_normalize_rows(embeddings)
     similarity = unit[query_rows] @ unit.T
     similarity[np.arange(queries), query_rows] = -np.inf  # a query is not its own neighbour
     order = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
-    return query_rows.astype(np.int64), order.astype(np.int64)
+    return query_rows.astype(np.int64), order.astype(np.int64), np.take_along_axis(similarity, order, axis=1)
 
 
-def _gallery_section(query_rows: np.ndarray, neighbour_rows: np.ndarray, embeddings: np.ndarray,
+def _gallery_section(query_rows: np.ndarray, neighbour_rows: np.ndarray, cosines: np.ndarray,
                      labels: np.ndarray | None, previews: list[dict], preview_of: dict[int, int]) -> list[str]:
     if len(query_rows) == 0:
         return []
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     lines = ["<h2>Nearest neighbours</h2>",
              "<p>A few queries (from the held-out part where the run has one) and their nearest embeddings by "
              "cosine similarity; a neighbour with another label than its query is outlined in red.</p>",
              "<table class='gallery'><tbody>"]
-    for query, row_neighbours in zip(query_rows, neighbour_rows, strict=True):
+    for query, row_neighbours, row_cosines in zip(query_rows, neighbour_rows, cosines, strict=True):
         cells = [_preview_cell(previews[preview_of[int(query)]], int(query), labels, "query")]
-        for row in row_neighbours:
+        for row, cosine in zip(row_neighbours, row_cosines, strict=True):
             same = labels is None or labels[row] == labels[query]
-            cosine = float(unit[query] @ unit[row])
             cells.append(_preview_cell(previews[preview_of[int(row)]], int(row), labels,
                                        "same" if same else "other", f"cos {cosine:.3f}"))
         lines.append("<tr>" + "".join(cells) + "</tr>")

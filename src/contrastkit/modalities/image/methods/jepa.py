@@ -184,6 +184,19 @@ def default_patch_size(image_size: int) -> int:
     return next(p for p in range(1, image_size + 1) if image_size % p == 0 and image_size // p <= MAX_GRID)
 
 
+def build_patch_encoder(config, data: DataInfo, options: dict, method: str) -> PatchTransformer:
+    """The patch transformer of a masked-token method (``jepa``, ``msn``), sized by the method's
+    options (dim, depth, heads, patch_size) or, without ``dim``, by ``--width`` (96 wide at width 1,
+    rounded to a multiple of 4 x heads); ``--backbone`` is refused: these methods mask tokens."""
+    if config.backbone != "auto":
+        raise ConfigError(f"{method} uses its own patch transformer, not --backbone {config.backbone}; drop "
+                          f"--backbone and size it with extra.{method} (dim, depth, heads, patch_size) and --width.")
+    heads = options["heads"]
+    dim = options["dim"] or max(4 * heads, round(96 * config.width / (4 * heads)) * 4 * heads)
+    patch_size = options["patch_size"] or default_patch_size(data.image_size)
+    return PatchTransformer(data.channels, data.image_size, patch_size, dim, options["depth"], heads)
+
+
 def _range(options: dict, name: str, low: float, high: float) -> tuple[float, float]:
     value = options[name]
     if (not isinstance(value, list | tuple) or len(value) != 2 or not all(isinstance(v, int | float) for v in value)
@@ -195,13 +208,8 @@ def _range(options: dict, name: str, low: float, high: float) -> tuple[float, fl
 
 def build(config, data: DataInfo) -> JEPA:
     options = method_options(config, "jepa", DEFAULTS)
-    if config.backbone != "auto":
-        raise ConfigError(f"jepa uses its own patch transformer, not --backbone {config.backbone}; drop "
-                          f"--backbone and size it with extra.jepa (dim, depth, heads, patch_size) and --width.")
-    heads = options["heads"]
-    dim = options["dim"] or max(4 * heads, round(96 * config.width / (4 * heads)) * 4 * heads)
-    patch_size = options["patch_size"] or default_patch_size(data.image_size)
-    encoder = PatchTransformer(data.channels, data.image_size, patch_size, dim, options["depth"], heads)
+    encoder = build_patch_encoder(config, data, options, "jepa")
+    heads, dim = options["heads"], encoder.output_dim
     predictor_dim = options["predictor_dim"] or max(4 * heads, round(dim / 2 / (4 * heads)) * 4 * heads)
     masks = MaskSpec(
         grid=encoder.grid, num_targets=options["num_targets"],

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError
-from contrastkit.modalities.image.methods.jepa import default_patch_size
+from contrastkit.modalities.image.methods.jepa import build_patch_encoder
 from contrastkit.modalities.image.methods.parts import DataInfo, method_options
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews, defaults_for
 from contrastkit.nn.distributed import GatheredObjective
@@ -117,13 +117,8 @@ def _number(options: dict, name: str, low: float, high: float, low_open: bool = 
 
 def build(config, data: DataInfo) -> MSN:
     options = method_options(config, "msn", DEFAULTS)
-    if config.backbone != "auto":
-        raise ConfigError(f"msn uses its own patch transformer, not --backbone {config.backbone}; drop --backbone "
-                          f"and size it with extra.msn (dim, depth, heads, patch_size) and --width.")
-    heads = options["heads"]
-    dim = options["dim"] or max(4 * heads, round(96 * config.width / (4 * heads)) * 4 * heads)
-    patch_size = options["patch_size"] or default_patch_size(data.image_size)
-    encoder = PatchTransformer(data.channels, data.image_size, patch_size, dim, options["depth"], heads)
+    encoder = build_patch_encoder(config, data, options, "msn")
+    dim = encoder.output_dim
     hidden = config.projection_hidden_dim or 4 * dim
     projection = MLPHead([(dim, hidden, nn.BatchNorm1d(hidden), nn.GELU()),
                           (hidden, hidden, nn.BatchNorm1d(hidden), nn.GELU()),
