@@ -19,11 +19,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/contrastkit fit
 
+# One pytest worker per core (pytest-xdist); each file's tests stay on one worker, so a module's
+# fixtures are built once.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
@@ -43,3 +45,18 @@ anchors:
 	"$(ANCHOR_BIN)/pip" install --no-deps -e "$(CURDIR)"
 	"$(ANCHOR_BIN)/pip" install lightning kornia safetensors scikit-learn faiss-cpu matplotlib pyyaml pillow pytest $(ANCHOR_TORCH)
 	"$(ANCHOR_BIN)/python" -c "import lightly.loss, torchvision, pytorch_metric_learning, contrastkit.objectives"
+
+# The text anchor environment (benchmarks/text_vs_sentence_transformers.py): sentence-transformers'
+# trainer (it needs datasets and accelerate) and this working tree's contrastkit under the SAME torch
+# build as .venv (2.13.0 CPU, pinned first and in every install), in the venv that
+# CONTRASTKIT_TEXT_ANCHOR_ENV names (never .venv).
+TEXT_ANCHOR_TORCH := 'torch==2.13.0'
+TEXT_ANCHOR_BIN    = $(CONTRASTKIT_TEXT_ANCHOR_ENV)/bin
+
+.PHONY: text-anchors
+text-anchors:
+	@test -n "$(CONTRASTKIT_TEXT_ANCHOR_ENV)" || { echo "make text-anchors: set CONTRASTKIT_TEXT_ANCHOR_ENV to the folder of the venv to build, e.g. CONTRASTKIT_TEXT_ANCHOR_ENV=\$$HOME/text-anchors-venv make text-anchors (benchmarks/README.md)" >&2; exit 1; }
+	test -x "$(TEXT_ANCHOR_BIN)/python" || $(PYTHON) -m venv "$(CONTRASTKIT_TEXT_ANCHOR_ENV)"
+	"$(TEXT_ANCHOR_BIN)/pip" install $(TEXT_ANCHOR_TORCH)
+	"$(TEXT_ANCHOR_BIN)/pip" install -e "$(CURDIR)[text]" datasets accelerate $(TEXT_ANCHOR_TORCH)
+	"$(TEXT_ANCHOR_BIN)/python" -c "import sentence_transformers, datasets, accelerate, torch, contrastkit.modalities.text; assert torch.__version__.startswith('2.13.0'), torch.__version__"

@@ -12,6 +12,21 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CONTRASTKIT_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    # Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the
+    # cores: torch's default (all cores in every worker) oversubscribes the machine, and OpenMP's
+    # spinning threads then make every worker several times slower. The environment variables
+    # reach the subprocesses the CLI and multi-process tests start.
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def module_available(name: str) -> bool:
     """Whether ``import name`` would find the module, without importing it."""
     try:

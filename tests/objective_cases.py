@@ -89,6 +89,10 @@ def quality_scores(n: int, d: int, generator: torch.Generator) -> dict[str, Any]
     return {"quality": torch.randn(n, generator=generator, dtype=torch.float64)}
 
 
+def teacher_pair_scores(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"teacher_scores": torch.rand(n, generator=generator, dtype=torch.float64)}
+
+
 def three_views(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     z_a = torch.randn(n, d, generator=generator, dtype=torch.float64)
     views = z_a.unsqueeze(1) + 0.5 * torch.randn(n, 2, d, generator=generator, dtype=torch.float64)
@@ -219,6 +223,23 @@ def local_maps_and_grids(n: int, d: int, generator: torch.Generator) -> dict[str
             "grid_b": 32 * torch.rand(n, 2, 3, 2, generator=generator, dtype=torch.float64)}
 
 
+DENSE_MAP_A, DENSE_MAP_B = (3, 3), (2, 3)
+
+
+def dense_maps(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # dense_infonce: two views' (n, h, w, d) feature maps of different sizes, channels last.
+    maps_a = torch.randn(n, *DENSE_MAP_A, d, generator=generator, dtype=torch.float64)
+    return maps_a, torch.randn(n, *DENSE_MAP_B, d, generator=generator, dtype=torch.float64)
+
+
+def dense_correspondence(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    # For each position of view a's map, its position in view b's (flat index), -1 for about a third.
+    positions_b = DENSE_MAP_B[0] * DENSE_MAP_B[1]
+    correspondence = torch.randint(0, positions_b, (n, *DENSE_MAP_A), generator=generator)
+    correspondence[torch.rand(n, *DENSE_MAP_A, generator=generator) < 0.3] = -1
+    return {"correspondence": correspondence}
+
+
 def cluster_centres(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
     # DEC's centres (K, d): a parameter of the model, the same on every process (not per-sample).
     return {"centres": torch.randn(3, d, generator=generator, dtype=torch.float64)}
@@ -267,6 +288,16 @@ def anchor_views_and_targets(n: int, d: int, generator: torch.Generator) -> tupl
     return targets.unsqueeze(1) + 0.7 * torch.randn(n, 2, d, generator=generator, dtype=torch.float64), targets
 
 
+def masked_patch_predictions(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # masked_pixel_regression: predictions of 2 masked patches (n, 2, d) and all 5 patches (n, 5, d).
+    return (torch.randn(n, 2, d, generator=generator, dtype=torch.float64),
+            torch.randn(n, 5, d, generator=generator, dtype=torch.float64))
+
+
+def masked_patch_index(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    return {"masked_index": torch.rand(n, 5, generator=generator).argsort(dim=1)[:, :2]}
+
+
 def msn_prototypes(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
     # MSN's prototypes (K, d): a parameter of the method, the same on every process (not split).
     return {"prototypes": torch.randn(5, d, generator=generator, dtype=torch.float64)}
@@ -274,6 +305,8 @@ def msn_prototypes(n: int, d: int, generator: torch.Generator) -> dict[str, Any]
 
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
+    "dense_infonce": ObjectiveCase(make_embeddings=dense_maps, make_extra=dense_correspondence,
+                                   note="per-position InfoNCE within each image; count = valid anchors of the batch"),
     "hcl": ObjectiveCase(kwargs={"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}),
     "dclw": ObjectiveCase(kwargs={"temperature": 0.2, "sigma": 0.5}),
     # advanced objectives
@@ -378,6 +411,8 @@ CASES: dict[str, ObjectiveCase] = {
         make_extra=msn_prototypes,
         note="Sinkhorn targets and the mean-entropy term over the whole gathered batch; sample i adds its share",
     ),
+    "pair_score_distillation": ObjectiveCase(make_extra=teacher_pair_scores),
+    "masked_pixel_regression": ObjectiveCase(make_embeddings=masked_patch_predictions, make_extra=masked_patch_index),
 }
 
 # Extra configurations of names already in the catalogue, run by the same tests under the label
@@ -413,6 +448,9 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
     "swav[queue]": ("swav", ObjectiveCase(kwargs={"epsilon": 0.5}, make_embeddings=prototype_scores_of_crops,
                                           make_extra=queued_prototype_scores)),
     "swav[two views]": ("swav", ObjectiveCase(kwargs={"epsilon": 0.5})),
+    # issue 23: dense InfoNCE with every position of every image as negatives
+    "dense_infonce[batch negatives]": ("dense_infonce", ObjectiveCase(
+        kwargs={"negatives": "batch"}, make_embeddings=dense_maps, make_extra=dense_correspondence)),
 }
 
 

@@ -11,9 +11,9 @@ The new environment gets its dependencies one of two ways:
   ``.pth`` line adds a folder without running the ``.pth`` files inside it), and every requirement
   the wheel declares is checked to be met there. A fully fresh install takes about 6 minutes on
   this project's 2-core machine (2 min 10 s for torch, 2 min 30 s for the rest, before the demo).
-- with ``CONTRASTKIT_FRESH_VENV=1``, a fresh install as the Makefile does it: torch pinned first
-  (``pip install torch==2.13.0``, the CPU wheel from the local package index), then the wheel and
-  its dependencies.
+- with ``CONTRASTKIT_FRESH_VENV=1`` (set by ``.ci/run``, so CI always does it), a fresh install as
+  the Makefile does it: torch pinned first (``pip install torch==2.13.0``, the CPU wheel from the
+  local package index), then the wheel and its dependencies.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ ALLOWED = {
     ("core/safe_loading.py", "read_torch_file", "torch.load weights_only=<expression>"):
         "the one reader of torch files: weights_only=not trust, and trust is only ever the user's explicit "
         "--trust-checkpoint / trust_checkpoint=True, documented as running the file's code",
-    ("engine/trainer.py", "train", "Lightning fit weights_only=<expression>"):
+    ("engine/trainer.py", "_train", "Lightning fit weights_only=<expression>"):
         "Lightning's resume load: weights_only=not trust_checkpoint (the same explicit choice)",
     ("modalities/graph/sources.py", "", "import pickle"):
         "the Planetoid reader: the raw Planetoid files are Python-2 pickles, read by _PlanetoidUnpickler",

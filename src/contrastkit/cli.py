@@ -27,9 +27,11 @@ from contrastkit.goal_commands import (
     run_select,
     run_semi_supervised_evaluation,
 )
+from contrastkit.fine_tune_command import add_fine_tune_arguments, run_fine_tune
 from contrastkit.report_commands import add_report_commands, run_compare, run_report
 from contrastkit.modalities.text.benchmark_tasks import add_tasks_parser, run_tasks  # light: no torch at import
 from contrastkit.modalities.text.mining import add_mine_parser, run_mine  # light: no torch at import
+from contrastkit.modalities.image.segmentation.command import add_segment_parser, run_segment  # light: no torch
 
 EVALUATION_TASKS = ("probe", "sts", "retrieval", "ood", "semi-supervised")
 PROBE_NEIGHBOURS = 200  # evaluate --k for --task probe (the weighted kNN monitor's k)
@@ -78,6 +80,9 @@ def build_parser() -> Parser:
     embed.add_argument("--out", required=True, help="output .npy file (labels go beside it as *.labels.npy)")
     embed.add_argument("--batch-size", type=int, default=512)
     embed.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    embed.add_argument("--skip-unreadable", action="store_true",
+                       help="leave out image files that cannot be decoded (counted, and named in a warning and in "
+                            "OUT's *.skipped.txt) instead of stopping")
 
     evaluate = commands.add_parser("evaluate", help="kNN and linear probes of embeddings with labels; "
                                    "a text model on STS or a BEIR retrieval set; out-of-distribution AUROC; "
@@ -101,7 +106,8 @@ def build_parser() -> Parser:
     evaluate.add_argument("--no-normalize", action="store_true",
                           help="--task ood: score the embeddings as given (default: L2-normalised rows, which "
                                "discards their norm)")
-    evaluate.add_argument("--labels", help=".npy file of N integer labels (--task probe, semi-supervised)")
+    evaluate.add_argument("--labels", help=".npy file of N integer labels (--task probe, semi-supervised); "
+                                           "with --fine-tune, the number of labelled training samples")
     evaluate.add_argument("--model", help="text model (sts, retrieval): 'minilm', a folder written by "
                                           "TextEncoder.save or any local Hugging Face / sentence-transformers "
                                           "folder; 'bm25' for the lexical baseline (retrieval)")
@@ -129,7 +135,8 @@ def build_parser() -> Parser:
                                f"nearest reference row gives the kNN score (default 10); --task semi-supervised: "
                                f"of each row in the label-propagation graph (default {SEMI_SUPERVISED_NEIGHBOURS})")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--run", help="semi-supervised: a run folder (embeddings.npy, labels.npy, split.json)")
+    evaluate.add_argument("--run", help="semi-supervised: a run folder (embeddings.npy, labels.npy, split.json); "
+                                        "--fine-tune: the run whose encoder is fine-tuned")
     evaluate.add_argument("--labelled", help="semi-supervised: labelled row numbers, one per line (contrastkit select)")
     evaluate.add_argument("--labels-per-class", type=int, default=10, help="semi-supervised, without --labelled")
     evaluate.add_argument("--alpha", type=float, default=0.99, help="semi-supervised: label propagation's alpha")
@@ -137,10 +144,12 @@ def build_parser() -> Parser:
     evaluate.add_argument("--rounds", type=int, default=5, help="semi-supervised: self-training rounds")
     evaluate.add_argument("--dims", help="sts, retrieval: also score the embeddings cut to these dimensions, e.g. "
                                          "384,256,128,64 (one row per dimension; Matryoshka models)")
+    add_fine_tune_arguments(evaluate)
     add_goal_commands(commands)
     add_report_commands(commands)
     add_mine_parser(commands)
     add_tasks_parser(commands)
+    add_segment_parser(commands)
     shard = commands.add_parser("shard", help="convert an image set into memory-mapped shards for streaming")
     shard.add_argument("--data", required=True, help="images to convert (same forms as fit --data)")
     shard.add_argument("--out", required=True, help="output folder (index.json, shard-*.npy, labels.npy)")
@@ -182,12 +191,18 @@ def run_embed(args: argparse.Namespace) -> int:
 
     from contrastkit.modalities.image.training.restore import embed_with_checkpoint
 
-    embeddings, labels = embed_with_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                               trust_checkpoint=args.trust_checkpoint)
+    embeddings, labels, skipped = embed_with_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                                        trust_checkpoint=args.trust_checkpoint,
+                                                        skip_unreadable=args.skip_unreadable)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, embeddings)
     print(f"Wrote {embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} to {out}")
+    if skipped:
+        skipped_path = out.with_name(out.stem + ".skipped.txt")
+        skipped_path.write_text("".join(f"{entry}\n" for entry in skipped))
+        print(f"Skipped {len(skipped)} unreadable image(s) (--skip-unreadable), listed in {skipped_path}; the "
+              f"embeddings are those of the other images, in order")
     if labels is not None:
         labels_path = out.with_name(out.stem + ".labels.npy")
         np.save(labels_path, labels)
@@ -198,6 +213,8 @@ def run_embed(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from contrastkit.evaluation.protocol import evaluate_with_label_fractions
 
+    if args.fine_tune:
+        return run_fine_tune(args)
     if args.task == "ood":
         return run_ood_evaluation(args)
     if args.task == "semi-supervised":
@@ -312,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run_fit(argv[1:])
             return run_fit(argv[1:], modality=FIT_ALIASES[argv[0]], prog=f"contrastkit {argv[0]}")
         commands = ["fit", "embed", "evaluate", *FIT_ALIASES, "select", "index", "search", "mine", "benchmark", "shard",
-                    "export", "report", "compare"]
+                    "export", "report", "compare", "segment"]
         if argv[0] not in (*commands, "-h", "--help", "--version"):
             close = closest_names(argv[0], commands)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -322,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(unknown_options_message(args.command, unknown, parser.commands[args.command]))
         handlers = {"embed": run_embed, "evaluate": run_evaluate, "select": run_select, "index": run_index,
                     "search": run_search, "mine": run_mine, "benchmark": run_tasks, "shard": run_shard,
-                    "export": run_export, "report": run_report, "compare": run_compare}
+                    "export": run_export, "report": run_report, "compare": run_compare,
+                    "segment": run_segment}
         return handlers[args.command](args)
     except ContrastkitError as exc:
         print("\n" + textwrap.fill(f"error: {exc}", width=100, break_on_hyphens=False, break_long_words=False) + "\n", file=sys.stderr)

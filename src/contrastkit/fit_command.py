@@ -14,7 +14,11 @@ supplies its options and runs the fit. What is the same everywhere:
 - ``--resume --out RUN`` continues a run; the run's folder says which method it was;
 - ``--logger csv|tensorboard|mlflow|wandb`` (repeatable): the experiment trackers, added here to
   every modality's options; the modality's command runs inside
-  :func:`contrastkit.core.trackers.logging_to`, so every run it trains logs to them.
+  :func:`contrastkit.core.trackers.logging_to`, so every run it trains logs to them;
+- ``--init PATH``: start the method's encoder from pretrained weights (an exported encoder, a run
+  folder, a checkpoint or a state dict), added here to every modality's options likewise; the
+  command runs inside :func:`contrastkit.core.init_source.starting_from` and the engine loads the
+  weights before the first step (:mod:`contrastkit.engine.init_weights`). Not with ``--resume``.
 
 ``contrastkit text|pairs|graph|timeseries ...`` are the same command with the modality fixed.
 """
@@ -29,6 +33,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from contrastkit.core.errors import ConfigError, closest_names
+from contrastkit.core.init_source import check_init_path, starting_from
 from contrastkit.core.registry import METHODS, MethodEntry
 from contrastkit.core.trackers import TRACKERS, check_trackers, logging_to
 from contrastkit.modalities import COMMON_OPTIONS, Modality, get_modality, load_plugins, recognising
@@ -194,6 +199,8 @@ def given_destinations(tokens: list[str], parser: argparse.ArgumentParser) -> se
 
 LOGGER_HELP = (f"experiment tracker, repeatable: {', '.join(TRACKERS)}; metrics.csv is always written, the "
                f"others write into the run folder without a network (tensorboard/, mlruns/, wandb/)")
+INIT_HELP = ("start the encoder from pretrained weights: an exported encoder (model.safetensors), a run folder, "
+             "a checkpoint (.ckpt) or a torch state dict (.pt); the rest of the method starts as usual, at step 0")
 
 
 class ParsedFit(NamedTuple):
@@ -201,6 +208,7 @@ class ParsedFit(NamedTuple):
     entry: MethodEntry | None
     args: argparse.Namespace  # the modality's options
     loggers: tuple[str, ...]  # --logger, checked (csv first)
+    init: str | None = None  # --init, an existing path
 
 
 def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contrastkit fit") -> ParsedFit:
@@ -225,6 +233,7 @@ def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contras
                           description=f"{spec.name}: {entry.summary if entry else spec.summary}")
     cli.add_arguments(parser)
     parser.add_argument("--logger", action="append", metavar="TRACKER", help=LOGGER_HELP)
+    parser.add_argument("--init", metavar="PATH", help=INIT_HELP)
     excluded = {f"--{o}" for o in (entry.excluded_options if entry else ())}
     for action in parser._actions:  # --help shows only the method's own options
         if excluded & set(action.option_strings):
@@ -238,12 +247,16 @@ def parse_fit(argv: list[str], modality: str | None = None, prog: str = "contras
     check_options(tokens, parser, spec, entry)
     args = parser.parse_args(tokens)
     loggers = check_trackers(vars(args).pop("logger"))  # the engine's, not the modality's
+    init = check_init_path(vars(args).pop("init"))  # the engine's too
+    if init is not None and resume:
+        raise ConfigError("--init starts a new run from pretrained weights; --resume continues a run from its own "
+                          "checkpoint (weights, optimiser and step). Give one of them.")
     if extras:
         args.config_file_values = extras
     args.given_options = given_destinations(tokens, parser)
     if not getattr(cli, "NEEDS_GIVEN_OPTIONS", False):
         del args.given_options
-    return ParsedFit(spec, entry, args, loggers)
+    return ParsedFit(spec, entry, args, loggers, init)
 
 
 def fit_help() -> str:
@@ -261,8 +274,8 @@ def run_fit(argv: list[str], modality: str | None = None, prog: str = "contrastk
     if any(t in ("-h", "--help") for t in argv) and "--method" not in argv and modality is None:
         print(fit_help())
         return 0
-    spec, _, args, loggers = parse_fit(argv, modality, prog)
-    with logging_to(loggers):
+    spec, _, args, loggers, init = parse_fit(argv, modality, prog)
+    with logging_to(loggers), starting_from(init):
         return spec.load_cli().command(args)
 
 
@@ -287,8 +300,8 @@ def fit(method: str | None = None, data: str | None = None, **options: Any) -> d
                 argv += [option, str(item)]
         else:
             argv += [option, str(value)]
-    spec, entry, args, loggers = parse_fit(argv)
-    with logging_to(loggers):
+    spec, entry, args, loggers, init = parse_fit(argv)
+    with logging_to(loggers), starting_from(init):
         spec.load_cli().command(args)
     out = Path(options["out"])
     summary_file = out / "summary.json"

@@ -10,7 +10,11 @@
     <the trained encoder in an exportable form: encoder/ (text), embeddings.npy (images), ...>
 
 Nothing is written until the data has loaded and the method has been built, and an existing run is
-never overwritten: only ``--resume`` reopens it.
+never overwritten: only ``--resume`` reopens it. One process at a time trains in a folder: the first
+process holds an exclusive lock on ``.contrastkit.lock`` from the moment it takes the folder until its
+training ends (:func:`claim_run_dir`; the operating system drops the lock when the process ends, even
+killed, so a crashed run can always be resumed). Before its first checkpoint a run's folder holds
+only config.yaml and metrics.csv, which a second run would otherwise take for an abandoned start.
 """
 
 from __future__ import annotations
@@ -26,10 +30,49 @@ from pathlib import Path
 
 import yaml
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; folders are then not guarded against a second process
+    fcntl = None
+
 from contrastkit.core.errors import ConfigError
 
 RUN_DIR_ENV = "CONTRASTKIT_RUN_DIR"  # set by rank 0 so that DDP child processes use the same directory
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
+LOCK_FILE = ".contrastkit.lock"
+
+_held_locks: dict[Path, int] = {}  # run folder -> the open lock file through which this process holds it
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Take ``run_dir`` for this process (first process only): an exclusive ``flock`` on its lock file,
+    kept until :func:`release_run_dir`. Raises ConfigError, naming the holder's pid, while another
+    process holds it. Claiming a folder this process already holds does nothing."""
+    key = Path(run_dir).resolve()
+    if fcntl is None or not is_first_process() or key in _held_locks:
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip()
+        os.close(descriptor)
+        raise ConfigError(
+            f"Another process{f' (pid {holder})' if holder else ''} is training in the run directory '{run_dir}'; "
+            f"two runs in one folder would write over each other's checkpoint and log. Wait for it to end (then "
+            f"--resume continues it), or choose another --out."
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, str(os.getpid()).encode())
+    _held_locks[key] = descriptor
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Let other processes take ``run_dir`` again (the end of its training)."""
+    descriptor = _held_locks.pop(Path(run_dir).resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)  # closing the only descriptor of the open file drops its flock
 
 
 def is_first_process() -> bool:
@@ -51,6 +94,8 @@ def resolve_run_dir(out: str | os.PathLike | None, resume: bool, default_name: s
     else:
         run_dir = Path(out)
     checkpoint = run_dir / CHECKPOINT
+    if run_dir.is_dir():
+        claim_run_dir(run_dir)  # before anything in it is read as abandoned (the aborted metrics.csv below)
     if resume:
         if not checkpoint.is_file():
             raise ConfigError(
@@ -73,6 +118,7 @@ def resolve_run_dir(out: str | os.PathLike | None, resume: bool, default_name: s
 def open_run_dir(run_dir: Path, config_yaml: str) -> None:
     """Create the run directory and write its config.yaml (rank 0); DDP children inherit the path."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir)
     if is_first_process():
         (run_dir / "config.yaml").write_text(config_yaml)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from contrastkit.engine.optim import OPTIMIZERS, SCHEDULES
 from contrastkit.core.errors import ConfigError
+from contrastkit.core.init_source import requested_init
 from contrastkit.core.trackers import check_trackers, requested_trackers
 
 NAN_POLICIES = ("stop", "skip")
@@ -53,6 +54,9 @@ class TrainSettings:
     # experiment trackers (--logger; csv always): by default those of the enclosing
     # contrastkit.core.trackers.logging_to block, which `contrastkit fit` opens around every modality
     loggers: tuple[str, ...] = field(default_factory=requested_trackers)
+    # pretrained encoder weights loaded before the first step (--init; engine/init_weights.py): by default
+    # those of the enclosing contrastkit.core.init_source.starting_from block, which `contrastkit fit` opens
+    init: str | None = field(default_factory=requested_init)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

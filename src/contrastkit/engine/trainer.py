@@ -34,9 +34,10 @@ from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.engine.callbacks import Checkpointing, Throughput
 from contrastkit.engine.checkpoint import AtomicCheckpointIO
 from contrastkit.engine.data import ResumableLoader
+from contrastkit.engine.init_weights import load_initial_weights, write_init_record
 from contrastkit.engine.metrics_log import trim_after_step
 from contrastkit.engine.module import EngineModule
-from contrastkit.engine.run_folder import CHECKPOINT, is_first_process
+from contrastkit.engine.run_folder import CHECKPOINT, claim_run_dir, is_first_process, release_run_dir
 from contrastkit.engine.settings import TrainSettings
 from contrastkit.engine.trackers import build_loggers, finish_trackers, log_settings
 
@@ -92,8 +93,27 @@ def train(method: nn.Module, data: ResumableLoader | L.LightningDataModule, sett
     state is saved with it). ``module`` replaces the default :class:`EngineModule` (a modality's
     subclass with its own ``setup``). ``trust_checkpoint=True`` resumes from a checkpoint that
     carries code, running it; ``resume_alternative`` ends the refusal's message otherwise (what
-    the command offers instead)."""
+    the command offers instead). With ``settings.init`` (``--init``), a run that is not resumed first
+    loads those weights into the method's encoder (:mod:`contrastkit.engine.init_weights`) and
+    writes ``init.json`` saying what it loaded."""
     run_dir = Path(run_dir)
+    claim_run_dir(run_dir)
+    try:
+        return _train(method, data, settings, run_dir, resume, description, callbacks, module, progress_bar,
+                      trust_checkpoint, resume_alternative)
+    finally:
+        # From here the folder holds a checkpoint (or the run failed): a second run is refused by
+        # the checkpoint, or may start again.
+        release_run_dir(run_dir)
+
+
+def _train(method, data, settings, run_dir, resume, description, callbacks, module, progress_bar,
+           trust_checkpoint, resume_alternative) -> TrainResult:
+    if settings.init is not None and not resume:  # a resumed run restores its weights from its checkpoint
+        record = load_initial_weights(method, settings.init)
+        if is_first_process():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_init_record(run_dir, record)
     throughput = Throughput(batch_size=settings.batch_size)
     checkpointing = Checkpointing(run_dir / CHECKPOINT, settings.checkpoint_every_steps)
     trainer = make_trainer(settings, run_dir, [throughput, *callbacks, checkpointing], progress_bar)

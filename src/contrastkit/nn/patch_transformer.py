@@ -1,12 +1,15 @@
-"""A compact patch transformer (ViT-style) and the masked-token predictor of JEPA.
+"""Transformer parts of the masked-token methods: pre-norm blocks, 2-D sine-cosine positions, token
+gathering, and the masked-token predictor. The image encoder they feed is the ViT of
+:mod:`contrastkit.modalities.image.encoders.vit`.
 
-- :class:`PatchTransformer`: non-overlapping ``patch_size`` patches -> linear embedding (a strided
-  conv) + fixed 2-D sine-cosine positions -> ``depth`` pre-norm transformer blocks -> LayerNorm.
-  ``forward(images, keep)`` runs the blocks on the kept patches only (the JEPA context).
-- :class:`MaskedTokenPredictor`: I-JEPA's narrow predictor (Assran et al. 2023, Sec. 3): encoder
-  tokens are mapped to a smaller width, one learned mask token per target position is added with
-  that position's embedding, the transformer runs over [context tokens; mask tokens], and the
-  outputs at the mask tokens are mapped back to the encoder's width.
+- :class:`MaskedTokenPredictor`: I-JEPA's narrow predictor (Assran et al. 2023, Sec. 3) and MAE's
+  light decoder (He et al. 2022, Sec. 3): encoder tokens are mapped to a smaller width, one
+  learned mask token per target position is added with that position's embedding, the
+  transformer runs over [context tokens; mask tokens], and the outputs at the mask tokens are
+  mapped to ``output_dim`` (the encoder's width for I-JEPA's latent targets, a patch's pixel
+  values for MAE). The order of the sequence does not matter (attention is permutation
+  equivariant and each token carries its position), so this is MAE's decoder over
+  [visible; mask tokens] unshuffled.
 
 Positions follow MAE / I-JEPA: for a ``grid x grid`` layout, half the channels encode the row and
 half the column, each as ``[sin(pos * w_k), cos(pos * w_k)]`` with ``w_k = 10000^(-k / (dim/4))``.
@@ -50,38 +53,12 @@ def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
-class PatchTransformer(nn.Module):
-    """Images (B, C, S, S) -> tokens (B, P, dim), P = (S / patch_size)^2, or (B, K, dim) for the
-    K patches ``keep`` (B, K) (indices in raster order)."""
-
-    positions: Tensor
-
-    def __init__(self, in_channels: int, image_size: int, patch_size: int, dim: int, depth: int, heads: int):
-        super().__init__()
-        if patch_size < 1 or image_size % patch_size:
-            raise ConfigError(f"The patch size {patch_size} must divide the image size {image_size}; set "
-                              f"extra.jepa.patch_size to a divisor of it.")
-        self.grid = image_size // patch_size
-        self.num_patches = self.grid**2
-        self.output_dim = dim
-        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
-        self.register_buffer("positions", sincos_positions_2d(self.grid, dim)[None], persistent=False)
-        self.blocks = transformer_blocks(dim, depth, heads)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
-        tokens = self.patch_embed(images).flatten(2).transpose(1, 2) + self.positions
-        if keep is not None:
-            tokens = gather_tokens(tokens, keep)
-        return self.norm(self.blocks(tokens))
-
-
 class MaskedTokenPredictor(nn.Module):
     """Predicts encoder tokens at ``target`` positions from the context tokens and their positions."""
 
     positions: Tensor
 
-    def __init__(self, encoder_dim: int, grid: int, dim: int, depth: int, heads: int):
+    def __init__(self, encoder_dim: int, grid: int, dim: int, depth: int, heads: int, output_dim: int | None = None):
         super().__init__()
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -89,10 +66,10 @@ class MaskedTokenPredictor(nn.Module):
         self.register_buffer("positions", sincos_positions_2d(grid, dim)[None], persistent=False)
         self.blocks = transformer_blocks(dim, depth, heads)
         self.norm = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, encoder_dim)
+        self.out = nn.Linear(dim, output_dim or encoder_dim)
 
     def forward(self, context: Tensor, context_index: Tensor, target_index: Tensor) -> Tensor:
-        """context (B, Nc, D) at positions context_index (B, Nc); target_index (B, Nt) -> (B, Nt, D)."""
+        """context (B, Nc, D) at positions context_index (B, Nc); target_index (B, Nt) -> (B, Nt, output_dim)."""
         positions = self.positions.expand(context.shape[0], -1, -1)
         context = self.embed(context) + gather_tokens(positions, context_index)
         queries = self.mask_token + gather_tokens(positions, target_index)

@@ -91,11 +91,12 @@ def image_previews(run_dir: Path, rows: np.ndarray) -> list[dict]:
     embedding row is, in the set as ``contrastkit fit`` opened it (same size, its own channels)."""
     from contrastkit.modalities.image.sources.images import open_image_source
     from contrastkit.modalities.image.sources.shards import shard_spec_folder
+    from contrastkit.modalities.image.sources.streamed import stream_spec_path
 
     config = _config(run_dir)
     data = config.get("data")
-    if not data or shard_spec_folder(str(data)) is not None:
-        raise DataError("the run streamed its data from shards" if data else "config.yaml names no data")
+    if not data or shard_spec_folder(str(data)) is not None or stream_spec_path(str(data)) is not None:
+        raise DataError("the run streamed its data" if data else "config.yaml names no data")
     data_rows_file = run_dir / "rows.npy"
     if not data_rows_file.is_file():
         raise DataError("rows.npy is missing")

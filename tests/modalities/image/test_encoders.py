@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from contrastkit.modalities.image.encoders import ENCODERS, build_encoder
-from contrastkit.modalities.image.encoders.resnet import BasicBlock, Bottleneck
+from contrastkit.modalities.image.encoders.resnet import BasicBlock, Bottleneck, StridedPointwiseConv
 from contrastkit.core.errors import ConfigError
 
 
@@ -173,7 +173,7 @@ def test_unknown_name_suggests_closest() -> None:
     with pytest.raises(ConfigError, match="resnet18") as error:
         build_encoder("resnet-18", in_channels=3, image_size=32)
     assert "timm:" in str(error.value)
-    assert set(ENCODERS.names()) == {"small-cnn", "resnet18", "resnet50"}
+    assert set(ENCODERS.names()) == {"small-cnn", "resnet18", "resnet50", "vit-micro", "vit-tiny", "vit-small"}
 
 
 def test_unknown_option_is_config_error() -> None:
@@ -226,3 +226,34 @@ def test_timm_model_when_installed() -> None:
     model = build_encoder("timm:resnet18", in_channels=1, image_size=32)
     out = model(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, model.output_dim) == (2, 512)
+
+
+def test_the_strided_shortcut_equals_torchs_strided_convolution():
+    # Second derivation: torch's own stride-2 1x1 convolution on a contiguous (NCHW) input, whose
+    # backward does not crash; the shortcut samples first, then convolves at stride 1.
+    torch.manual_seed(0)
+    shortcut = StridedPointwiseConv(8, 16, stride=2)
+    images = torch.randn(4, 8, 64, 63)
+    reference = nn.Conv2d(8, 16, 1, stride=2, bias=False)
+    reference.weight.data.copy_(shortcut.weight.data)
+    inputs = images.clone().requires_grad_()
+    mine = shortcut(inputs.to(memory_format=torch.channels_last))
+    mine.square().sum().backward()
+    expected_inputs = images.clone().requires_grad_()
+    expected = reference(expected_inputs)
+    expected.square().sum().backward()
+    torch.testing.assert_close(mine, expected)
+    torch.testing.assert_close(inputs.grad, expected_inputs.grad)
+    # a sum over 4 x 32 x 32 positions, accumulated in another order: float32 rounding only
+    torch.testing.assert_close(shortcut.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    assert set(shortcut.state_dict()) == set(reference.state_dict())
+
+
+def test_resnet18_at_width_eighth_trains_channels_last_on_64_pixel_images():
+    # The shape whose channels-last backward crashed the process in torch 2.13's strided 1x1
+    # convolution (8 -> 16 channels on 64x64 maps).
+    encoder = build_encoder("resnet18", in_channels=3, image_size=64, width=0.125)
+    encoder = encoder.to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    encoder(images).sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters())

@@ -39,13 +39,6 @@ from contrastkit.modalities.image.methods.parts import DataInfo
 TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def build(method: str, **extra) -> torch.nn.Module:
     config = FitConfig(method=method, width=0.125, projection_dim=16, extra=extra)
@@ -80,9 +73,25 @@ class Recorder:
         (call,) = self.calls[name]
         return call[0], call[1]
 
+    def record_tokens(self, name: str, vit: torch.nn.Module) -> None:
+        """Also record ``vit.tokens`` calls under ``name`` (JEPA calls its ViTs' tokens, not forward)."""
+        self.calls[name] = []
+        self.recorded_tokens = getattr(self, "recorded_tokens", [])
+        tokens = vit.tokens
+
+        def recorded(*args, **kwargs):
+            output = tokens(*args, **kwargs)
+            self.calls[name].append((args, kwargs, output))
+            return output
+
+        vit.tokens = recorded  # an instance attribute; remove() deletes it, and the method shows again
+        self.recorded_tokens.append(vit)
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for vit in getattr(self, "recorded_tokens", []):
+            del vit.tokens
 
 
 def move_away(*modules: torch.nn.Module, scale: float = 0.05) -> None:
@@ -264,16 +273,18 @@ def jepa_formula_torch(predictions, targets_ln, target_index, num_targets, kind)
 def test_jepa_loss_is_the_mean_latent_error_on_the_target_blocks(kind):
     model = build("jepa", jepa={"loss": kind, "num_targets": 3})
     move_away(model.target_encoder)
-    rec = Recorder(encoder=model.encoder, target_encoder=model.target_encoder, predictor=model.predictor)
+    rec = Recorder(predictor=model.predictor)
+    rec.record_tokens("encoder", model.encoder)
+    rec.record_tokens("target_encoder", model.target_encoder)
     torch.manual_seed(1)
     loss, _ = model.training_loss(fixed_batch(6))
     rec.remove()
 
     (images,), encoder_kwargs = rec.inputs("encoder")
-    context_index = encoder_kwargs["keep"]
+    context_index = encoder_kwargs["keep_index"]
     (target_images,), target_kwargs = rec.inputs("target_encoder")
     torch.testing.assert_close(target_images, images, atol=0, rtol=0)
-    assert target_kwargs.get("keep") is None  # the target encoder sees every patch
+    assert target_kwargs.get("keep_index") is None  # the target encoder sees every patch
     target_tokens = rec.output("target_encoder")
     assert target_tokens.shape[1] == model.encoder.num_patches
     (context_rows, context_index_rows, target_index), _ = rec.inputs("predictor")

@@ -44,14 +44,6 @@ TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=6
 METHODS = ["mmcr", "nnclr"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: intra-op threads cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def build(method: str, data: DataInfo = TINY, **config) -> nn.Module:
     return build_method(method, FitConfig(method=method, width=0.125, projection_dim=16, **config), data)

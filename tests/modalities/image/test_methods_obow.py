@@ -34,13 +34,6 @@ TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=6
 COLOUR = DataInfo(channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, num_samples=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def build(data: DataInfo = TINY, backbone: str = "auto", **options) -> OBoW:
     return build_method("obow", FitConfig(method="obow", backbone=backbone, width=0.125, projection_dim=16,

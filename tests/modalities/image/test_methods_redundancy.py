@@ -32,14 +32,6 @@ TINY = DataInfo(channels=1, image_size=8, mean=(0.3,), std=(0.3,), num_samples=6
 METHODS = {"barlowtwins": BarlowTwins, "vicreg": VICReg, "tico": TiCoLoss}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: intra-op threads cost more than they save
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(method: str, **extra) -> torch.nn.Module:
     return build_method(method, FitConfig(method=method, width=0.125, projection_dim=16, extra=extra), TINY)
 

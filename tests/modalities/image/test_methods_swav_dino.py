@@ -39,14 +39,6 @@ COLOUR = DataInfo(channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, n
 METHODS = {"swav": (SwAV, SwAVLoss), "dino": (DINO, DINOLoss)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: intra-op threads cost more than they save
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(method: str, data: DataInfo = TINY, **extra) -> torch.nn.Module:
     return build_method(method, FitConfig(method=method, width=0.125, projection_dim=16, extra=extra), data)
 

@@ -37,13 +37,6 @@ from tests.resume_harness import assert_fit_resumes_exactly
 SMALL = DataInfo(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, num_samples=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- where the cells come from --------------------------------------------------------------------------
 

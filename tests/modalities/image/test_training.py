@@ -209,9 +209,10 @@ def test_simclr_trains_with_every_catalogue_objective_or_says_why_not(name, tmp_
     options = dict(epochs=1, limit=128, batch_size=32, objective=name)
     if name in ("mochi", "listwise", "augmented_negatives",  # the ones whose inputs are not view pairs
                 "queued_clip", "normalized_mse", "negative_cosine", "scaled_cosine_error", "neighbour_contrast",
-                "forecast_contrastive", "deep_clustering_kl", "masked_token_regression", "listwise_distillation", "cpc",
-                "wav2vec_contrastive", "codebook_diversity", "hubert_masked_prediction",
-                    "vicregl", "swav", "dino", "obow", "msn"):
+                "forecast_contrastive", "deep_clustering_kl", "masked_token_regression", "masked_pixel_regression",
+                "listwise_distillation", "pair_score_distillation", "cpc", "wav2vec_contrastive",
+                "codebook_diversity", "hubert_masked_prediction", "vicregl", "swav", "dino", "obow", "msn",
+                "dense_infonce"):
         assert getattr(OBJECTIVES.factory(name), "not_for_view_pairs", "")
         with pytest.raises(ConfigError, match=name):
             _fit(tmp_path, name, **options)

@@ -24,8 +24,9 @@ FIT_OPTIONS = {
     "objective": (str, "objective of the catalogue, replacing the method's own (e.g. dcl, hcl)"),
     "data": (str, ("a path (image folder, CSV/Parquet list of images, Hugging Face save_to_disk folder, "
                    "webdataset .tar shards or a glob/brace list of them, TIFF stack, IDX files, .npz/.npy), a "
-                   "built-in name (digits, mnist-test, cifar10-test), or shards:DIR to stream a folder written "
-                   "by 'contrastkit shard'")),
+                   "built-in name (digits, mnist-test, cifar10-test), shards:DIR to stream a folder written "
+                   "by 'contrastkit shard', or stream:PATH to stream tar shards or a save_to_disk folder as they are "
+                   "(decoded batch by batch)")),
     "image-size": (int, "resize images to this side length"),
     "holdout": (float, "share of labelled samples held out of pretraining for evaluation"),
     "split-seed": (int, "seed of the held-out split and the evaluation's draws (default: --seed); give one "
@@ -53,7 +54,7 @@ FIT_OPTIONS = {
     "num-nodes": (int, "number of nodes"),
     "precision": (str, "32-true, bf16-mixed, 16-mixed, ..."),
     "num-workers": (int, "DataLoader worker processes"),
-    "stream-order": (str, ("epoch order when streaming shards:DIR: shards (shards shuffled, then rows within each; "
+    "stream-order": (str, ("epoch order when streaming shards:DIR or stream:PATH: shards (shards shuffled, then rows within each; "
                            "sequential reads) or global (the in-memory order; random reads)")),
     "batch-sampler": (str, ("shuffle, or spread: G-SimCLR batches that keep each pseudo-class (denoising "
                             "autoencoder + k-means) spread out; options in extra.gsimclr")),

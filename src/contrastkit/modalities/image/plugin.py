@@ -79,5 +79,18 @@ for name, summary, excluded in (
      NO_NEGATIVES),
     ("msn", "MSN: masked anchor patches predict an EMA target's sharpened prototype assignment (Assran et al. 2022)",
      NO_NEGATIVES),
+    ("mae", "MAE: a ViT on visible patches, a light decoder reconstructs the masked pixels (He et al. 2022)",
+     NO_NEGATIVES),
+    ("spark", "SparK: reconstruct masked patches from a sparse (masked) ResNet, hierarchical decoder (Tian et al. 2023)",
+     NO_NEGATIVES),
 ):
     METHODS.add("image", name, f"contrastkit.modalities.image.methods.{name}:build", summary, excluded)
+
+# Chaitanya et al. 2020's two stages (dense pretraining for segmentation; `contrastkit segment` fine-tunes).
+for name, module, summary in (
+    ("gcl-global", "gcl_global", "global stage of global+local contrast: NT-Xent of two views, random positives "
+                                 "(Chaitanya et al. 2020)"),
+    ("gcl-local", "gcl_local", "local stage: per-position contrast of two views' decoder maps, encoder frozen "
+                               "(Chaitanya et al. 2020; --init the global run)"),
+):
+    METHODS.add("image", name, f"contrastkit.modalities.image.methods.{module}:build", summary, ("objective",))

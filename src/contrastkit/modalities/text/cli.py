@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "precision": "fp32", "eval_sts": None, "eval_retrieval": None, "eval_split": "dev", "eval_queries": None,
     "eval_documents": None, "cache_dir": None, "checkpoint_every_steps": None, "devices": 1, "strategy": "auto",
     "columns": None, "matryoshka_dims": None, "matryoshka_weights": None, "eval_dims": None,
+    "general_guard": "auto",
 }
 
 
@@ -77,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     def default(name: str) -> str:
         return f" (default: {DEFAULTS[name]})"
 
-    parser.add_argument("--method", help="simcse, contriever, ict, debcse, whitenedcse, ccp, hybrid-distill or mnrl "
+    parser.add_argument("--method", help="simcse, contriever, ict, debcse, whitenedcse, ccp, hybrid-distill, mnrl, dse "
+                        "or defsent-plus "
                         "(required, except with --resume)")
     parser.add_argument("--backbone", help=BACKBONE_HELP + default("backbone"))
     parser.add_argument("--data", help="unlabeled text: .txt or .txt.gz, one sentence per line; or a JSONL "
@@ -128,6 +130,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="corpus-embedding cache (default: $CONTRASTKIT_CACHE)")
     parser.add_argument("--eval-dims", help="also evaluate the embeddings cut to these dimensions, e.g. 384,128 "
                         "(default: the --matryoshka-dims)")
+    parser.add_argument("--general-guard", choices=("auto", "test", "dev", "off"),
+                        help="score the general-quality guard (STS-B, MRPC, WordNet, code-docstring, COCO captions: "
+                             "contrastkit.modalities.text.general_guard) before and after training and record the "
+                             "loss on each set in summary.json; auto: its test splits for a method that adapts to "
+                             "one corpus (hybrid-distill), off for the others" + default("general_guard"))
 
 
 def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
@@ -236,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from contrastkit.modalities.text.data import SentenceData
+    from contrastkit.modalities.text.general_guard import guard_split_for, record_general_guard, with_general_guard
     from contrastkit.modalities.text.matryoshka import parse_dims, parse_numbers, use_matryoshka
     from contrastkit.modalities.text.methods import build_text_method
     from contrastkit.modalities.text.pair_data import PairData
@@ -255,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
     method = build_text_method(args.method, encoder, **options)
     if matryoshka_dims is not None:
         use_matryoshka(method, matryoshka_dims, matryoshka_weights, method_name=args.method)
+    guard_split = guard_split_for(args.general_guard, method)
+    eval_fn = with_general_guard(eval_fn, guard_split, method)
     if getattr(method, "needs_pairs", False):
         data = PairData.from_file(args.data, parse_columns(args.columns))
     else:
@@ -262,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--columns names the columns of (anchor, positive, negatives) rows, which the text "
                               f"method '{args.method}' does not train on (it reads sentences).")
         data = SentenceData.from_file(args.data, context_window=args.context_window)
+    if hasattr(method, "use_training_data"):  # a method that indexes the whole data set first (defsent-plus)
+        method.use_training_data(data)
     warmup = args.warmup_steps
     if warmup is None:
         warmup = max(1, args.max_steps // 10) if args.max_steps is not None else 100
@@ -278,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
         devices=args.devices, strategy=args.strategy,
         config={name: getattr(args, name) for name in DEFAULTS},
     )
+    if summary and guard_split is not None:
+        summary = record_general_guard(summary)
     if summary:  # the first process; the others return nothing
         print(format_summary(summary))
     return 0
@@ -312,4 +326,12 @@ def format_summary(summary: dict) -> str:
             if "retrieval" in row_before:
                 lines.append(f"{'ndcg@10 x100' + at:<22}{100 * row_before['retrieval']['ndcg@10']:>10.2f}"
                              f"{100 * row_after['retrieval']['ndcg@10']:>10.2f}")
+    guard = summary.get("general_guard")
+    if guard:  # the general-quality guard (contrastkit.modalities.text.general_guard)
+        lines.append(f"general guard ({guard['split']} splits){'':<2}{'base':>10}{'trained':>10}{'loss':>8}")
+        for name, before in guard["before"]["sets"].items():
+            if name in guard["after"]["sets"]:
+                lines.append(f"{name + ' ' + before['metric']:<30}{before['score']:>10.2f}"
+                             f"{guard['after']['sets'][name]['score']:>10.2f}{guard['loss'][name]:>8.2f}")
+        lines.append(f"{'mean loss':<50}{guard['loss']['mean']:>8.2f}")
     return "\n".join(lines)

@@ -244,7 +244,7 @@ class TextEncoder(nn.Module):
         """The embedding from :meth:`pooled`'s output: normalisation, and the term residual if any
         (added to the normalised embedding, then normalised again)."""
         embedding = F.normalize(pooled, dim=-1) if self.normalize else pooled
-        if self.term_residual is None:
+        if self.term_residual is None or self.term_residual.scale == 0:  # scale 0: the base model, bit for bit
             return embedding
         embedding = embedding + self.term_residual(tokens["input_ids"], tokens["attention_mask"]).to(embedding)
         return F.normalize(embedding, dim=-1) if self.normalize else embedding

@@ -35,6 +35,7 @@ from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.evaluation.diagnostics import isotropy
 from contrastkit.evaluation.retrieval import mrr_at_k, ndcg_at_k, recall_at_k, search
 from contrastkit.modalities.text.encoders import TextEncoder, load_text_encoder
+from contrastkit.modalities.text.query_tower import document_tower, warn_general_use
 from contrastkit.modalities.text.sources import RetrievalSet, SentencePairs
 
 PRECISIONS = ("fp32", "bf16")
@@ -267,7 +268,9 @@ def evaluate_retrieval(encoder: TextEncoder, retrieval_set: RetrievalSet,
     ``queries`` and ``documents``. Corpus embeddings go through :func:`encode_corpus`'s cache.
 
     ``document_encoder`` embeds the corpus of a two-tower model (queries: ``encoder``), e.g. the
-    base model of a query-side fine-tuning (:mod:`contrastkit.modalities.text.methods.hybrid_distill`)."""
+    base model of a query-side fine-tuning (:mod:`contrastkit.modalities.text.methods.hybrid_distill`);
+    by default ``encoder`` without its term residual, if it has one (a query tower's:
+    :func:`~contrastkit.modalities.text.query_tower.document_tower`)."""
     depth = search_depth(k_values, ignore_identical_ids)
     queries, corpus = _retrieval_embeddings(encoder, retrieval_set, cache_dir, precision, batch_size, document_encoder)
     return _retrieval_scores(queries, corpus, retrieval_set, depth, k_values, ignore_identical_ids)
@@ -278,7 +281,8 @@ def _retrieval_embeddings(encoder: TextEncoder, retrieval_set: RetrievalSet, cac
     """(queries, corpus) embeddings at the full dimension, the corpus through the cache."""
     if not retrieval_set.queries:
         raise DataError("The retrieval set has no queries (none of them has qrels in this split).")
-    corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
+    # A term residual is a query tower's (contrastkit.modalities.text.query_tower): documents go without it.
+    corpus = encode_corpus(document_encoder or document_tower(encoder), retrieval_set, cache_dir, batch_size, precision)
     return encode_texts(encoder, retrieval_set.queries, batch_size, precision), corpus
 
 
@@ -424,10 +428,12 @@ def evaluate_text_task(task: str, model: str, data: str | os.PathLike, split: st
                               "('minilm' or a model folder).")
         pairs = read_sts(data)
         header = {"task": "sts", "model": str(model), "data": str(data), "pairs": len(pairs)}
+        encoder = load_text_encoder(model)
+        warn_general_use(encoder, model, "STS")  # a query tower's figure here is the adaptation's cost
         if dims is not None:
-            by_dim = sts_spearman_at_dims(load_text_encoder(model), pairs, dims, batch_size, precision)
+            by_dim = sts_spearman_at_dims(encoder, pairs, dims, batch_size, precision)
             return {**header, "rows": [{"dim": m, "spearman": value} for m, value in by_dim.items()]}
-        return {**header, "spearman": sts_spearman(load_text_encoder(model), pairs, batch_size, precision)}
+        return {**header, "spearman": sts_spearman(encoder, pairs, batch_size, precision)}
     if task == "retrieval":
         retrieval_set = read_beir(data, split)
         header = {"task": "retrieval", "model": str(model), "data": str(data), "split": split}

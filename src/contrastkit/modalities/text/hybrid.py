@@ -36,6 +36,7 @@ from contrastkit.modalities.text.evaluation import (
     retrieval_metrics,
     search_depth,
 )
+from contrastkit.modalities.text.query_tower import document_tower
 from contrastkit.modalities.text.sources import RetrievalSet
 
 
@@ -70,8 +71,10 @@ def hybrid_scores(encoder: TextEncoder, retrieval_set: RetrievalSet,
                   batch_size: int = 64, document_encoder: TextEncoder | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(dense, lexical)``: the (Q, N) cosine and BM25 scores of every query against every
     document. Computed once, they serve every dense weight (:func:`fused_metrics`).
-    ``document_encoder`` embeds the documents of a two-tower model (default: ``encoder``)."""
-    corpus = encode_corpus(document_encoder or encoder, retrieval_set, cache_dir, batch_size, precision)
+    ``document_encoder`` embeds the documents of a two-tower model (default: ``encoder`` without its term
+    residual, which belongs to the query side: :func:`~contrastkit.modalities.text.query_tower.document_tower`)."""
+    # A term residual belongs to the query side (contrastkit.modalities.text.query_tower).
+    corpus = encode_corpus(document_encoder or document_tower(encoder), retrieval_set, cache_dir, batch_size, precision)
     queries = encode_texts(encoder, retrieval_set.queries, batch_size, precision)
     norms = np.linalg.norm(queries, axis=1, keepdims=True) * np.linalg.norm(corpus, axis=1)[None, :]
     dense = (queries @ corpus.T) / np.maximum(norms, 1e-12)

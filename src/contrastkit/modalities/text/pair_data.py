@@ -34,6 +34,15 @@ class PairData:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, columns: Columns = None) -> PairData:
+        """Rows from a file of named columns; an STS Benchmark file (no header) gives its pairs as
+        (anchor, positive) rows without negatives, its scores left out (what ``dse`` trains on)."""
+        from pathlib import Path
+
+        from contrastkit.modalities.text.sources import is_stsb_layout, read_sts
+
+        if columns is None and Path(path).is_file() and is_stsb_layout(Path(path)):
+            sts = read_sts(path)
+            return cls(TrainingPairs(list(sts.first), list(sts.second), [()] * len(sts), name=str(path)))
         return cls(read_training_pairs(path, columns))
 
     def __len__(self) -> int:

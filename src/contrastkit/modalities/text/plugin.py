@@ -36,5 +36,9 @@ for name, module, summary, excluded in (
      (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA, NO_COLUMNS)),
     ("mnrl", "mnrl", "multiple negatives ranking on (anchor, positive, negatives) rows (Henderson et al. 2017)",
      (NO_CONTEXT,)),
+    ("dse", "dse", "Distilled Sentence Embedding: pair cosines regress a cross-encoder's scores (Barkan et al. 2020)",
+     (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA)),
+    ("defsent-plus", "defsent_plus", "DefSent+: definitions classified into isotropic entry embeddings (Liu 2024)",
+     (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA)),
 ):
     METHODS.add("text", name, f"contrastkit.modalities.text.methods.{module}:build", summary, excluded)

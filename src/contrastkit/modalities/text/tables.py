@@ -20,8 +20,8 @@ role           aliases
 ``sentence1``  sentence1, text1, sentence_a, anchor, query
 ``sentence2``  sentence2, text2, sentence_b, positive
 ``score``      score, label, similarity, similarity_score, relatedness_score
-``anchor``     anchor, query, question, sentence1, text1, sentence_a
-``positive``   positive, pos, document, passage, answer, sentence2, text2, sentence_b
+``anchor``     anchor, query, question, sentence1, text1, sentence_a, definition
+``positive``   positive, pos, document, passage, answer, sentence2, text2, sentence_b, entry
 ``negative``   every column called negative, neg or hard_negative, numbered or not
                (``negative_1 .. negative_k`` in the order of their numbers), or one
                JSONL key ``negatives`` / ``negative`` holding a list
@@ -58,8 +58,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "sentence1": ("sentence1", "text1", "sentence_a", "anchor", "query"),
     "sentence2": ("sentence2", "text2", "sentence_b", "positive"),
     "score": ("score", "label", "similarity", "similarity_score", "relatedness_score"),
-    "anchor": ("anchor", "query", "question", "sentence1", "text1", "sentence_a"),
-    "positive": ("positive", "pos", "document", "passage", "answer", "sentence2", "text2", "sentence_b"),
+    "anchor": ("anchor", "query", "question", "sentence1", "text1", "sentence_a", "definition"),
+    "positive": ("positive", "pos", "document", "passage", "answer", "sentence2", "text2", "sentence_b", "entry"),
 }
 NEGATIVE_COLUMN = re.compile(r"^(?:hard)?neg(?:ative)?s?(\d*)$")  # after _key(): negative, negative3, neg_2, ...
 Columns = Sequence[str] | Mapping[str, str | Sequence[str]] | None

@@ -23,35 +23,84 @@ model's own embedding.
 Distinct tokens (not counts) and the 1/sqrt(n) scale: a repeated word should not count twice, and
 the residual of a long text should not swamp its embedding. Saved as ``term_residual.safetensors``
 (the non-zero rows and their token ids) beside the Transformer, and loaded with it.
+
+**What it is for.** A residual trained by ``hybrid-distill`` is the *query tower* of a retriever over one
+corpus: documents keep the base model's embeddings, and every ordinary word of a general sentence moves
+its embedding too (on general sentence similarity it costs points: :mod:`contrastkit.modalities.text.general_guard`).
+``corpus`` records which corpus (saved with the table), so ``evaluate`` can say so.
+
+**Keeping general quality** (issue 31). Three settings restrict what the table can do, applied in this
+order to the sum ``r(x)`` above, and saved with it (so they need no retraining to change):
+
+- ``allowed``: only these tokens have a row (e.g. the tokens over-represented in the target corpus,
+  :func:`over_represented_tokens`); the others' rows act as 0 -- they still count in ``|T(x)|``, so
+  restricting a trained table never enlarges the rows it keeps;
+- ``scale`` alpha >= 0: ``alpha * r(x)``; since ``f(x) + alpha r(x) = (1 - alpha) f(x) + alpha (f(x) + r(x))``
+  this mixes the base embedding with the adapted one before normalising (alpha 0: the base model exactly);
+- ``max_norm`` c: ``r * min(1, c / ||r||)``, a cap on how far a text can move (the base embedding has
+  norm 1 when normalised, so c 0.2 caps the angle at about 11.5 degrees).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from contrastkit.core.errors import DataError
+from contrastkit.core.errors import ConfigError, DataError
 
 TERM_RESIDUAL_FILE = "term_residual.safetensors"
 
 
 class TermResidual(nn.Module):
-    """The table W (vocabulary x dim, zeros at the start) and ``r(x)`` of the module docstring."""
+    """The table W (vocabulary x dim, zeros at the start) and ``r(x)`` of the module docstring, with its
+    restrictions (``allowed`` token ids, ``scale``, ``max_norm``) and the ``corpus`` it was trained for."""
 
-    def __init__(self, vocab_size: int, dim: int, special_ids: Iterable[int] = ()) -> None:
+    def __init__(self, vocab_size: int, dim: int, special_ids: Iterable[int] = (), *, scale: float = 1.0,
+                 max_norm: float | None = None, allowed: Iterable[int] | None = None,
+                 corpus: dict | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(vocab_size, dim))
         ignored = torch.zeros(vocab_size, dtype=torch.bool)
         ids = [i for i in special_ids if i is not None and 0 <= i < vocab_size]
         ignored[ids] = True
         self.register_buffer("ignored", ignored, persistent=False)
+        self.register_buffer("allowed", None, persistent=False)
+        self.scale = 1.0
+        self.max_norm: float | None = None
+        self.restrict(scale=scale, max_norm=max_norm, allowed=allowed)
+        self.corpus = dict(corpus) if corpus else None  # what the table was trained for (module docstring)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, D) residuals of a tokenised batch (B, L)."""
+    def restrict(self, *, scale: float | None = None, max_norm: float | None | bool = False,
+                 allowed: Iterable[int] | None | bool = False) -> TermResidual:
+        """Set ``scale``, ``max_norm`` (None: no cap) and ``allowed`` (token ids; None: every token);
+        an argument left out keeps its value. Returns the residual."""
+        if scale is not None:
+            if not scale >= 0:
+                raise ConfigError(f"The term residual's scale must be >= 0 (0: the base model), got {scale}.")
+            self.scale = float(scale)
+        if max_norm is not False:
+            if max_norm is not None and not max_norm > 0:
+                raise ConfigError(f"The term residual's max_norm must be > 0 (None: no cap), got {max_norm}.")
+            self.max_norm = None if max_norm is None else float(max_norm)
+        if allowed is not False:
+            if allowed is None:
+                self.allowed = None
+            else:
+                mask = torch.zeros(self.weight.shape[0], dtype=torch.bool, device=self.weight.device)
+                ids = torch.as_tensor(list(allowed), dtype=torch.long, device=self.weight.device)
+                if ids.numel() and (ids.min() < 0 or ids.max() >= mask.numel()):
+                    raise DataError(f"Allowed token ids must be in [0, {mask.numel()}), got {ids.min()}..{ids.max()}.")
+                mask[ids] = True
+                self.allowed = mask
+        return self
+
+    def unscaled(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, D) ``r(x)`` of a tokenised batch (B, L) with the ``allowed`` rows only (no scale, no cap)."""
         ids = input_ids.to(self.weight.device)
         keep = attention_mask.to(self.weight.device).bool() & ~self.ignored[ids]
         # Distinct tokens per row: sort, and count a token only where it differs from its left neighbour.
@@ -61,35 +110,106 @@ class TermResidual(nn.Module):
         first[:, 1:] = ids[:, 1:] != ids[:, :-1]
         use = first & (ids >= 0)
         count = use.sum(dim=1, keepdim=True).clamp_min(1).to(self.weight.dtype)
-        rows = self.weight[ids.clamp_min(0)] * use.unsqueeze(-1).to(self.weight.dtype)
+        rowed = use if self.allowed is None else use & self.allowed[ids.clamp_min(0)]  # others count in n only
+        rows = self.weight[ids.clamp_min(0)] * rowed.unsqueeze(-1).to(self.weight.dtype)
         return rows.sum(dim=1) / count.sqrt()
 
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, D) residuals of a tokenised batch (B, L): :meth:`unscaled`, scaled, then capped."""
+        residual = self.unscaled(input_ids, attention_mask)
+        if self.scale != 1.0:
+            residual = self.scale * residual
+        if self.max_norm is not None:
+            norm = residual.norm(dim=1, keepdim=True)
+            residual = residual * (self.max_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
+        return residual
+
+    def settings(self) -> dict:
+        """The restrictions and the corpus, as saved beside the table (JSON-friendly)."""
+        return {"scale": self.scale, "max_norm": self.max_norm,
+                "allowed_tokens": None if self.allowed is None else int(self.allowed.sum()),
+                "corpus": self.corpus}
+
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the non-zero rows (and their token ids) to ``folder/term_residual.safetensors``."""
+        """Write the non-zero rows (and their token ids), the restrictions and the corpus to
+        ``folder/term_residual.safetensors``."""
         from safetensors.torch import save_file
 
         weight = self.weight.detach().float().cpu()
         rows = torch.nonzero(weight.abs().sum(dim=1) > 0).flatten()
+        tensors = {"token_ids": rows.contiguous(), "rows": weight[rows].contiguous(),
+                   "shape": torch.tensor(list(weight.shape))}
+        if self.allowed is not None:
+            tensors["allowed_ids"] = torch.nonzero(self.allowed.cpu()).flatten().contiguous()
+        metadata = {"scale": repr(self.scale), "max_norm": "" if self.max_norm is None else repr(self.max_norm),
+                    "corpus": json.dumps(self.corpus) if self.corpus else ""}
         path = Path(folder) / TERM_RESIDUAL_FILE
-        save_file({"token_ids": rows.contiguous(), "rows": weight[rows].contiguous(),
-                   "shape": torch.tensor(list(weight.shape))}, str(path))
+        save_file(tensors, str(path), metadata=metadata)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, vocab_size: int, dim: int,
              special_ids: Iterable[int] = ()) -> TermResidual:
         """The residual saved by :meth:`save`, checked against the encoder's vocabulary and width."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         saved = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}  # files of earlier versions have none: no restriction
         shape = tuple(int(v) for v in saved["shape"].tolist())
         if shape != (vocab_size, dim):
             raise DataError(f"'{path}' holds a term residual of shape {shape}, but the encoder beside it has "
                             f"{vocab_size} tokens and {dim} dimensions: the files do not belong together.")
-        residual = cls(vocab_size, dim, special_ids)
+        residual = cls(vocab_size, dim, special_ids, scale=float(metadata.get("scale") or 1.0),
+                       max_norm=float(metadata["max_norm"]) if metadata.get("max_norm") else None,
+                       allowed=saved["allowed_ids"].tolist() if "allowed_ids" in saved else None,
+                       corpus=json.loads(metadata["corpus"]) if metadata.get("corpus") else None)
         with torch.no_grad():
             residual.weight[saved["token_ids"]] = saved["rows"]
         return residual
 
 
-__all__ = ["TERM_RESIDUAL_FILE", "TermResidual"]
+def residual_l2(residual: Tensor) -> Tensor:
+    """``mean_b ||r(x_b)||^2`` of a (B, D) batch of residuals: the L2 pull of the residual to zero
+    (``residual_l2`` of hybrid-distill). With the base embedding of norm 1, ``||r||^2`` is the share of
+    the base embedding's squared length the residual adds."""
+    return residual.float().pow(2).sum(dim=1).mean()
+
+
+def over_represented_tokens(target: Sequence[Sequence[int]], reference: Sequence[Sequence[int]],
+                            min_ratio: float = 4.0, min_count: int = 3,
+                            ignored: Iterable[int] = ()) -> list[int]:
+    """Token ids over-represented in a target corpus against a general reference corpus.
+
+    Each corpus is a list of texts as token id lists. With ``df_T(t)`` and ``df_R(t)`` the number of
+    texts that hold t among the ``N_T`` target and ``N_R`` reference texts, t is kept when it occurs in
+    at least ``min_count`` target texts and::
+
+        (df_T(t) / N_T) / ((df_R(t) + 1) / (N_R + 1))  >=  min_ratio
+
+    (add-one smoothing of the reference share, so a token the reference never holds is kept only if its
+    target share is ``min_ratio / (N_R + 1)`` or more). Words as frequent in general text as in the
+    target ("the", "patients" vs "people") drop out; what stays is the domain's vocabulary, the only
+    rows a restricted residual (:meth:`TermResidual.restrict`) may use. Sorted ids."""
+    if not min_ratio > 0 or min_count < 1:
+        raise ConfigError(f"over_represented_tokens needs min_ratio > 0 and min_count >= 1, got {min_ratio}, "
+                          f"{min_count}.")
+    if not target or not reference:
+        raise DataError("over_represented_tokens needs a non-empty target corpus and a non-empty reference corpus.")
+    skip = set(ignored)
+
+    def document_frequency(texts: Sequence[Sequence[int]]) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for ids in texts:
+            for token in set(ids) - skip:
+                counts[token] = counts.get(token, 0) + 1
+        return counts
+
+    in_target, in_reference = document_frequency(target), document_frequency(reference)
+    n_target, n_reference = len(target), len(reference)
+    return sorted(t for t, df in in_target.items() if df >= min_count
+                  and (df / n_target) / ((in_reference.get(t, 0) + 1) / (n_reference + 1)) >= min_ratio)
+
+
+__all__ = ["TERM_RESIDUAL_FILE", "TermResidual", "over_represented_tokens", "residual_l2"]

@@ -32,6 +32,7 @@ from contrastkit.modalities.audio.methods.parts import StepDraws
 from contrastkit.modalities.audio.views import random_crop
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.patch_transformer import gather_tokens, sincos_positions_2d, transformer_blocks
+from contrastkit.objectives.masked_pixels import normalize_patches
 
 HEADS, DECODER_DEPTH = 4, 2
 
@@ -51,12 +52,6 @@ def unpatchify(patches: Tensor, rows: int, patch_mels: int, patch_frames: int) -
     columns = count // rows
     grid = patches.reshape(batch, rows, columns, patch_mels, patch_frames)
     return grid.permute(0, 1, 3, 2, 4).reshape(batch, rows * patch_mels, columns * patch_frames)
-
-
-def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
-    """Each patch minus its mean, over ``sqrt(var + eps)`` (MAE's ``norm_pix_loss`` targets)."""
-    mean, variance = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (variance + eps).sqrt()
 
 
 class SpectrogramMAE(StepDraws, nn.Module):

@@ -1,9 +1,11 @@
 """Image encoders (backbones): a normalised float batch (B, C, H, W) -> features (B, output_dim).
 
 Built-in names: ``small-cnn`` (tiny images), ``resnet18``, ``resnet50`` (the CIFAR 3x3 stem without
-max-pool is used when ``image_size <= 64``; pass ``cifar_stem=True/False`` to force it), and
-``timm:NAME`` for any timm model when timm is installed. Every encoder has an ``output_dim``
-attribute and ends with global average pooling. Example::
+max-pool is used when ``image_size <= 64``; pass ``cifar_stem=True/False`` to force it), the vision
+transformers ``vit-micro``, ``vit-tiny``, ``vit-small`` (:mod:`.vit`: any image size, ``patch_size``,
+``pooling``, ``positions``; ``tokens(images, keep_index)`` for masked methods), and ``timm:NAME``
+for any timm model when timm is installed. Every encoder has an ``output_dim`` attribute and ends
+with a global pooling. Example::
 
     encoder = build_encoder("resnet18", in_channels=3, image_size=32, width=0.5)
     features = encoder(images)  # (B, encoder.output_dim) = (B, 256)
@@ -20,6 +22,7 @@ from contrastkit.modalities.image.encoders.cnn import SmallCNN
 from contrastkit.modalities.image.encoders.resnet import ResNet, resnet18, resnet50
 from contrastkit.modalities.image.encoders.timm_adapter import PREFIX as TIMM_PREFIX
 from contrastkit.modalities.image.encoders.timm_adapter import timm_encoder
+from contrastkit.modalities.image.encoders.vit import VisionTransformer, vit_micro, vit_small, vit_tiny
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.registry import Registry
 
@@ -27,6 +30,9 @@ ENCODERS = Registry("backbone")
 ENCODERS.register("small-cnn")(SmallCNN)
 ENCODERS.register("resnet18")(resnet18)
 ENCODERS.register("resnet50")(resnet50)
+ENCODERS.register("vit-micro")(vit_micro)
+ENCODERS.register("vit-tiny")(vit_tiny)
+ENCODERS.register("vit-small")(vit_small)
 
 
 def build_encoder(
@@ -61,4 +67,4 @@ def build_encoder(
     return factory(**options)
 
 
-__all__ = ["ENCODERS", "ResNet", "SmallCNN", "build_encoder", "resnet18", "resnet50"]
+__all__ = ["ENCODERS", "ResNet", "SmallCNN", "VisionTransformer", "build_encoder", "resnet18", "resnet50"]

@@ -23,6 +23,7 @@ Parameter counts at width 1 (no fc): ResNet-18 CIFAR stem 11,168,832; ResNet-50 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError
@@ -35,13 +36,32 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride ``s`` (the downsampling shortcut), computed as the stride-1 1x1
+    convolution of every ``s``-th pixel: the same output and gradients, the same weights and keys.
+
+    Why: torch 2.13's CPU backward of a strided 1x1 convolution on a channels-last input crashes
+    the process (segmentation fault) for some shapes, e.g. 8 -> 16 channels on 64x64 maps (ResNet-18
+    at width 0.125 with the CIFAR stem on 64-pixel images); sampling first avoids that kernel."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        step = self.stride
+        return F.conv2d(x[..., :: step[0], :: step[1]], self.weight)
+
+
 def conv_bn(
     in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
 ) -> nn.Sequential:
     """Conv (no bias: the BN shift replaces it) followed by BatchNorm."""
-    conv = nn.Conv2d(
-        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
-    )
+    if kernel_size == 1 and stride > 1:
+        conv = StridedPointwiseConv(in_channels, out_channels, stride)
+    else:
+        conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+        )
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
@@ -165,6 +185,21 @@ class ResNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, BasicBlock | Bottleneck):
                     nn.init.zeros_(module.last_norm().weight)
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each stage's output, in order (what :meth:`stage_features` returns)."""
+        return [stage[-1].last_norm().num_features for stage in self.stages]
+
+    def stage_features(self, x: Tensor) -> list[Tensor]:
+        """Every stage's output map, finest first: the skip connections of a U-Net-style
+        decoder and the levels of a hierarchical (SparK) decoder read them."""
+        maps = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
 
     def feature_map(self, x: Tensor) -> Tensor:
         """The last stage's map before pooling, (B, output_dim, H / stride, W / stride)."""

@@ -8,7 +8,10 @@ A method is an ``nn.Module`` with
 - ``project_embedding(embedding) -> Tensor``: from ``embed``'s output to the space where the
   objective acts (the projection head), where collapse diagnostics are measured; the two are
   computed in one pass;
-- optionally ``after_optimizer_step(step, total_steps)`` for momentum (EMA) updates.
+- optionally ``after_optimizer_step(step, total_steps)`` for momentum (EMA) updates;
+- optionally ``objective_distributions(images) -> {name: (B, K) tensor}``: distributions over K
+  outputs that the objective compares (OBoW's and DINO's targets), whose collapse (the same
+  distribution for every image) the diagnostics also flag.
 
 Each method module has ``build(config, data) -> method``: the builder turns the run's
 configuration into the method's explicit constructor arguments, so the method itself never sees the

@@ -10,7 +10,8 @@ For an image cut into a ``g x g`` grid of patches (multi-block masking, I-JEPA S
 - the context: a block of scale ``~ U(context_scale)`` (aspect 1) minus every target block; all
   images of a batch keep the same number of context patches (a random subset of each image's).
 - ``s_y = LayerNorm(target_encoder(x))`` (EMA of the context encoder, no gradient), all patches;
-  ``s_x = context_encoder(x restricted to the context)``; for each block ``i`` the predictor gets
+  ``s_x = context_encoder(x restricted to the context)`` (the ViT's ``tokens`` on the context
+  patches alone); for each block ``i`` the predictor gets
   ``s_x`` and one mask token per position of ``B_i`` and predicts ``s_hat_i``. The loss (Eq. 1) is::
 
       loss = 1 / M * sum_i mean_{j in B_i} || s_hat_{i,j} - s_y_j ||^2 / D      (``loss: l2``)
@@ -25,9 +26,14 @@ paper's). ``embed`` mean-pools the target encoder's tokens (the paper evaluates 
 encoder), and ``project`` is the same (the objective acts per token; the pooled token is where the
 collapse diagnostics look).
 
+The encoder is the project's ViT (:mod:`contrastkit.modalities.image.encoders.vit`, mean-pooled):
+``--backbone vit-micro | vit-tiny | vit-small`` (scaled by ``--width``), or, left at ``auto``, one
+sized by the options below.
+
 Options (YAML ``extra: {jepa: {...}}``): ``dim`` (default ``96 * --width``, rounded to a multiple
-of 4 * heads), ``depth`` (4), ``heads`` (3), ``patch_size`` (default: the smallest divisor of the
-image side giving at most 8 patches per side: 4 for 32 and 28 px, 1 for 8 px), ``predictor_dim``
+of 4 * heads), ``depth`` (4), ``heads`` (3) (these three only without ``--backbone``),
+``patch_size`` (default: the smallest divisor of the image side giving at most 8 patches per
+side: 4 for 32 and 28 px, 1 for 8 px), ``predictor_dim``
 (dim / 2), ``predictor_depth`` (2), ``num_targets`` (4), ``target_scale`` ([0.15, 0.2]),
 ``target_aspect`` ([0.75, 1.5]), ``context_scale`` ([0.85, 1.0]), ``momentum`` (0.99), ``loss``
 (``l2``). Transformers want ``--optimizer adamw`` (I-JEPA uses AdamW, lr 1e-3 scale).
@@ -49,12 +55,10 @@ from contrastkit.nn.momentum import (
     linear_momentum,
     momentum_copy,
 )
-from contrastkit.modalities.image.methods.parts import DataInfo, method_options
-from contrastkit.nn.patch_transformer import (
-    MaskedTokenPredictor,
-    PatchTransformer,
-    gather_tokens,
-)
+from contrastkit.modalities.image.encoders.vit import VisionTransformer, scaled_dim
+from contrastkit.modalities.image.encoders.vit import default_patch_size as vit_patch_size
+from contrastkit.modalities.image.methods.parts import DataInfo, build_vit_backbone, method_options
+from contrastkit.nn.patch_transformer import MaskedTokenPredictor, gather_tokens
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews
 from contrastkit.objectives.masked_prediction import masked_token_regression
 
@@ -139,7 +143,7 @@ def sample_masks(batch: int, spec: MaskSpec, generator: torch.Generator | None =
 class JEPA(nn.Module):
     """Context encoder, EMA target encoder and masked-token predictor on image patches."""
 
-    def __init__(self, encoder: PatchTransformer, predictor: MaskedTokenPredictor, views: nn.Module,
+    def __init__(self, encoder: VisionTransformer, predictor: MaskedTokenPredictor, views: nn.Module,
                  eval_view: nn.Module, masks: MaskSpec, base_momentum: float, loss: str = "l2"):
         super().__init__()
         if loss not in ("l2", "smooth_l1"):
@@ -158,9 +162,9 @@ class JEPA(nn.Module):
         context_index, target_index = (m.to(images.device) for m in sample_masks(len(images), self.masks))
         batch_size, num_targets, block = target_index.shape
         with torch.no_grad():
-            targets = F.layer_norm(self.target_encoder(images), (self.encoder.output_dim,))
+            targets = F.layer_norm(self.target_encoder.tokens(images), (self.encoder.output_dim,))
             targets = gather_tokens(targets, target_index.flatten(1)).reshape(batch_size * num_targets, block, -1)
-        context = self.encoder(images, keep=context_index)
+        context = self.encoder.tokens(images, keep_index=context_index)
         # Each target block is predicted separately from the whole context: repeat it per block.
         predictions = self.predictor(context.repeat_interleave(num_targets, dim=0),
                                      context_index.repeat_interleave(num_targets, dim=0),
@@ -173,28 +177,23 @@ class JEPA(nn.Module):
         ema_update_(self.target_encoder, self.encoder, linear_momentum(step - 1, total_steps, self.base_momentum))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.target_encoder(self.eval_view(images)).mean(dim=1)
+        return self.target_encoder(self.eval_view(images))  # the ViT's pooled tokens (mean unless [CLS])
 
     def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return embedding  # the predictor works on tokens; the pooled target encoding is the space
 
 
 def default_patch_size(image_size: int) -> int:
-    """The smallest divisor of ``image_size`` that gives at most 8 patches per side."""
-    return next(p for p in range(1, image_size + 1) if image_size % p == 0 and image_size // p <= MAX_GRID)
+    """The smallest divisor of ``image_size`` that gives at most 8 patches per side (1-pixel patches
+    allowed: JEPA's targets are latent, not pixels)."""
+    return vit_patch_size(image_size, max_grid=MAX_GRID, min_patch=1)
 
 
-def build_patch_encoder(config, data: DataInfo, options: dict, method: str) -> PatchTransformer:
-    """The patch transformer of a masked-token method (``jepa``, ``msn``), sized by the method's
-    options (dim, depth, heads, patch_size) or, without ``dim``, by ``--width`` (96 wide at width 1,
-    rounded to a multiple of 4 x heads); ``--backbone`` is refused: these methods mask tokens."""
-    if config.backbone != "auto":
-        raise ConfigError(f"{method} uses its own patch transformer, not --backbone {config.backbone}; drop "
-                          f"--backbone and size it with extra.{method} (dim, depth, heads, patch_size) and --width.")
-    heads = options["heads"]
-    dim = options["dim"] or max(4 * heads, round(96 * config.width / (4 * heads)) * 4 * heads)
+def build_patch_encoder(config, data: DataInfo, options: dict, method: str) -> VisionTransformer:
+    """The ViT of a latent masked-token method (``jepa``, ``msn``): :func:`build_vit_backbone` with
+    the patch size defaulting to :func:`default_patch_size`."""
     patch_size = options["patch_size"] or default_patch_size(data.image_size)
-    return PatchTransformer(data.channels, data.image_size, patch_size, dim, options["depth"], heads)
+    return build_vit_backbone(config, data, {**options, "patch_size": patch_size}, method)
 
 
 def _range(options: dict, name: str, low: float, high: float) -> tuple[float, float]:
@@ -209,8 +208,8 @@ def _range(options: dict, name: str, low: float, high: float) -> tuple[float, fl
 def build(config, data: DataInfo) -> JEPA:
     options = method_options(config, "jepa", DEFAULTS)
     encoder = build_patch_encoder(config, data, options, "jepa")
-    heads, dim = options["heads"], encoder.output_dim
-    predictor_dim = options["predictor_dim"] or max(4 * heads, round(dim / 2 / (4 * heads)) * 4 * heads)
+    heads, dim = encoder.heads, encoder.output_dim
+    predictor_dim = options["predictor_dim"] or scaled_dim(dim, heads, 0.5)
     masks = MaskSpec(
         grid=encoder.grid, num_targets=options["num_targets"],
         target_scale=_range(options, "target_scale", 0.0, 1.0), target_aspect=_range(options, "target_aspect", 0.0, 10.0),

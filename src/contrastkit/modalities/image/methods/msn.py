@@ -2,25 +2,25 @@
 Networks for Label-Efficient Learning", ECCV 2022).
 
 Chosen over SMoG for issue 21 because its one requirement beyond the catalogue, a patch
-transformer that runs on a subset of its patches, is already the project's
-(:class:`~contrastkit.nn.patch_transformer.PatchTransformer`, I-JEPA's encoder): masking is then
-just dropping tokens, as in the paper.
+transformer that runs on a subset of its patches, is already the project's (the ViT of
+:mod:`contrastkit.modalities.image.encoders.vit`, I-JEPA's encoder here): masking is then just
+dropping tokens, as in the paper.
 
 Each image gives two views (random resized crops of area (0.3, 1) with SimCLR's colour ops, MSN's
 ``RandomResizedCrop(scale=(0.3, 1.0))``). The anchor view loses a random ``mask_ratio`` of its
 patches (random masking, the paper's default for ViT-S) and goes through the encoder, the mean of
-its tokens through a projection head; the target view, unmasked, through EMA copies of both (no
-gradient). Both projections are compared with K learned prototypes, and the anchor's assignment
+its kept tokens (the ViT's pooling) through a projection head; the target view, unmasked, through
+EMA copies of both (no gradient). Both projections are compared with K learned prototypes, and the anchor's assignment
 is trained to match the target's sharpened one, with mean-entropy maximisation over the batch
 (:class:`contrastkit.objectives.msn.MSNLoss`). The targets follow the online networks with a rate
 rising linearly from ``momentum`` to 1 (the paper: 0.996 to 1; 0.99 here for short runs, as JEPA).
 
 Deviations, all for the project's small patch transformer: the representation is the mean of the
 tokens (the paper's ViT has a [CLS] token); there are no focal views (the paper's ten 96-pixel
-crops, also masked: our encoder's position table is made for one image size).
+crops, also masked; the ViT's positions would be resized for them, which is not tried here).
 
 Defaults: the encoder as JEPA's (width ``96 * --width``, 4 blocks, 3 heads, patches of 4 pixels
-at 32); projection ``dim -> 4 dim -> 4 dim -> --projection-dim`` with BatchNorm and GELU
+at 32; or ``--backbone vit-micro | vit-tiny | vit-small``); projection ``dim -> 4 dim -> 4 dim -> --projection-dim`` with BatchNorm and GELU
 (LightlySSL's ``MSNProjectionHead``, 384 -> 2048 -> 2048 -> 256, scaled); 1024 prototypes; tau 0.1,
 sharpening T 0.25, ME-MAX weight 1, three Sinkhorn iterations on the targets (LightlySSL's
 ``MSNLoss``; its MSN benchmark is on ImageNet with a ViT, there is none on CIFAR-10), mask ratio
@@ -40,13 +40,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.image.encoders.vit import VisionTransformer
 from contrastkit.modalities.image.methods.jepa import build_patch_encoder
 from contrastkit.modalities.image.methods.parts import DataInfo, method_options
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews, defaults_for
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.heads import MLPHead
 from contrastkit.nn.momentum import check_momentum, ema_update_, linear_momentum, momentum_copy
-from contrastkit.nn.patch_transformer import PatchTransformer
 from contrastkit.objectives.msn import (
     PAPER_REGULARIZATION_WEIGHT,
     PAPER_SHARPEN_TEMPERATURE,
@@ -70,7 +70,7 @@ def random_keep(batch: int, num_patches: int, keep: int, device: torch.device) -
 class MSN(nn.Module):
     """Encoder + projection + prototypes; EMA target encoder + projection; random patch masking."""
 
-    def __init__(self, encoder: PatchTransformer, projection: nn.Module, num_prototypes: int, views: nn.Module,
+    def __init__(self, encoder: VisionTransformer, projection: nn.Module, num_prototypes: int, views: nn.Module,
                  eval_view: nn.Module, objective: nn.Module, mask_ratio: float, base_momentum: float):
         super().__init__()
         self.encoder = encoder
@@ -88,9 +88,9 @@ class MSN(nn.Module):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         target_view, anchor_view = self.views.two_views(batch["image"])
         keep = random_keep(len(anchor_view), self.encoder.num_patches, self.kept_patches, anchor_view.device)
-        anchors = self.projection(self.encoder(anchor_view, keep=keep).mean(dim=1))
+        anchors = self.projection(self.encoder(anchor_view, keep_index=keep))
         with torch.no_grad():
-            targets = self.target_projection(self.target_encoder(target_view).mean(dim=1))
+            targets = self.target_projection(self.target_encoder(target_view))
         return self.objective(anchors, targets, prototypes=self.prototypes), {}
 
     @torch.no_grad()
@@ -100,10 +100,20 @@ class MSN(nn.Module):
         ema_update_(self.target_projection, self.projection, momentum)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.target_encoder(self.eval_view(images)).mean(dim=1)  # the paper evaluates the target encoder
+        return self.target_encoder(self.eval_view(images))  # the paper evaluates the target encoder
 
     def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.target_projection(embedding), dim=-1)
+
+    @torch.no_grad()
+    def objective_distributions(self, images: torch.Tensor) -> dict[str, Tensor]:
+        """The loss's targets for the eval view of ``images`` before Sinkhorn (which depends on the
+        batch): the target network's sharpened prototype assignment, (B, K). The same assignment for
+        every image carries no information about the image (the collapse ME-MAX prevents)."""
+        loss = self.objective.objective
+        targets = F.normalize(self.target_projection(self.target_encoder(self.eval_view(images))), dim=-1)
+        logits = targets @ F.normalize(self.prototypes, dim=-1).T
+        return {"target_assignments": torch.softmax(logits / (loss.temperature * loss.sharpen_temperature), dim=-1)}
 
 
 def _number(options: dict, name: str, low: float, high: float, low_open: bool = False) -> float:

@@ -47,7 +47,18 @@ Options (YAML ``extra: {obow: {...}}``):
     momentum: the teacher's base EMA rate (default 0.99, cosine schedule to 1).
 
 ``embed`` is the student backbone's pooled feature and ``project_embedding`` the identity: the loss
-acts on ``f`` itself (through the generated head), so that is where the diagnostics look.
+acts on ``f`` itself (through the generated head), so that is where the geometric diagnostics look.
+
+Collapse. The objective compares distributions over the vocabulary, so the diagnostics also read
+``objective_distributions``: per stage, the teacher's bag of the (eval) view, the target, flagged
+when it carries no information about the image
+(:func:`~contrastkit.evaluation.diagnostics.assignment_report`: every image gets the same bag). A
+constant encoder trips it and the geometric rules on ``f``; uniform bags (``inverse_temperature:
+0``) trip it alone (tests/modalities/image/test_objective_space_collapse.py). The student's predicted bag
+``softmax(kappa <f, w_k>)`` is not judged: with kappa 5 and unit ``w_k`` its logits span little, so
+it is nearly uniform over thousands of words in healthy runs too (0.007 to 0.025 nats of information
+after 24 steps on digits, against 1.1 to 1.9 for the teacher's bags). A frozen vocabulary is not a
+collapse: its bags still tell images apart.
 """
 
 from __future__ import annotations
@@ -180,6 +191,17 @@ class OBoW(nn.Module):
 
     def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return embedding
+
+    @torch.no_grad()
+    def objective_distributions(self, images: torch.Tensor) -> dict[str, Tensor]:
+        """The targets of the loss for the eval view of ``images``: the teacher's bag of each stage,
+        ``teacher_bag_level{i}`` (B, K), from the current vocabulary and ``mu`` (call it in eval mode:
+        in training mode the loss updates ``mu``)."""
+        maps = stage_maps(self.target_backbone, self.eval_view(images), len(self.objectives))
+        return {f"teacher_bag_level{level}": objective.objective.teacher_bags(
+                    trim_border(level_map).unsqueeze(1), vocabulary.keys())[:, 0]
+                for level, (vocabulary, objective, level_map) in enumerate(
+                    zip(self.vocabularies, self.objectives, maps, strict=True))}
 
 
 def _whole(options: dict, name: str, low: int, high: int | None = None) -> int:

@@ -11,6 +11,8 @@ from torch import nn
 from contrastkit import objectives
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.modalities.image.encoders import build_encoder
+from contrastkit.modalities.image.encoders.vit import SIZES as VIT_SIZES
+from contrastkit.modalities.image.encoders.vit import VisionTransformer, scaled_dim
 from contrastkit.core.errors import ConfigError, with_known_options
 
 
@@ -35,6 +37,34 @@ def backbone_name(name: str, image_size: int) -> str:
 def build_backbone(name: str, data: DataInfo, width: float) -> nn.Module:
     return build_encoder(backbone_name(name, data.image_size), in_channels=data.channels,
                          image_size=data.image_size, width=width)
+
+
+VIT_SIZING = ("dim", "depth", "heads")
+
+
+def build_vit_backbone(config, data: DataInfo, options: dict, method: str) -> VisionTransformer:
+    """The ViT of a masked-token method (``jepa``, ``msn``, ``mae``): they encode visible patches only.
+
+    ``--backbone auto`` builds one sized by the method's options ``dim`` (default ``96 * --width``,
+    rounded to a multiple of 4 x heads), ``depth`` and ``heads``; ``--backbone vit-NAME`` a registered
+    size scaled by ``--width``. Either takes ``options["patch_size"]`` (None: the ViT's default).
+    Other backbones are refused: masking drops tokens, which a CNN does not have.
+    """
+    patch_size = options.get("patch_size")
+    if config.backbone == "auto":
+        heads = options["heads"]
+        dim = options["dim"] or scaled_dim(96, heads, config.width)
+        return VisionTransformer(data.channels, data.image_size, dim, options["depth"], heads, patch_size=patch_size)
+    if config.backbone not in VIT_SIZES:
+        raise ConfigError(f"{method} masks image patches and needs a vision transformer, not --backbone "
+                          f"{config.backbone}; use one of {', '.join(VIT_SIZES)}, or leave --backbone out and "
+                          f"size it with extra.{method} (dim, depth, heads, patch_size) and --width.")
+    sized = sorted(set(config.extra.get(method) or {}) & set(VIT_SIZING))
+    if sized:
+        raise ConfigError(f"--backbone {config.backbone} sets the ViT's size; drop extra.{method}.{', '.join(sized)} "
+                          f"(or leave --backbone out to size the ViT with them).")
+    return build_encoder(config.backbone, in_channels=data.channels, image_size=data.image_size,
+                         width=config.width, patch_size=patch_size)
 
 
 def build_objective(name: str, temperature: float, num_samples: int, options: dict | None = None) -> nn.Module:
@@ -102,6 +132,8 @@ GLOBAL_BATCHNORM_RECIPES: dict[str, str] = {
     "vicregl": "VICRegL (Bardes et al. 2022): SyncBatchNorm over the model in the official code",
     "swav": "SwAV (Caron et al. 2020): SyncBatchNorm over the model by default in the official code (--sync_bn)",
     "dino": "DINO (Caron et al. 2021): the official code converts a student and teacher with BatchNorm to SyncBatchNorm",
+    "spark": "SparK (Tian et al. 2023): sbn=True in the official pretraining arguments, sparse SyncBatchNorm over "
+             "the visible positions of all devices in the encoder and the densifying norms, SyncBatchNorm in the decoder",
 }
 
 

@@ -65,6 +65,14 @@ def build(config, data: DataInfo) -> SimCLR:
     reason = getattr(objectives.OBJECTIVES.factory(config.objective or "infonce"), "not_for_view_pairs", "")
     if reason:
         raise ConfigError(f"--objective {config.objective} does not fit SimCLR's view pairs: {reason}.")
+    return simclr_model(config, data, config.objective or "infonce", PAPER_TEMPERATURE, config.extra.get("objective"))
+
+
+def simclr_model(config, data: DataInfo, objective: str, default_temperature: float,
+                 objective_options: dict | None = None) -> SimCLR:
+    """SimCLR's model for ``config``: its backbone, 2-layer projection, views and ``objective`` at
+    ``--temperature`` or ``default_temperature`` (the recipes that are SimCLR with another paper's
+    temperature, e.g. ``gcl-global``, build it through here)."""
     backbone = build_backbone(config.backbone, data, config.width)
     hidden = config.projection_hidden_dim or backbone.output_dim
     return SimCLR(
@@ -73,8 +81,7 @@ def build(config, data: DataInfo) -> SimCLR:
         views=SimCLRViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
                           **config.extra.get("views", {})),
         eval_view=EvalView(mean=data.mean, std=data.std),
-        objective=build_objective(config.objective or "infonce", method_temperature(config, PAPER_TEMPERATURE),
-                                  data.num_samples,
-                                  config.extra.get("objective")),
+        objective=build_objective(objective, method_temperature(config, default_temperature), data.num_samples,
+                                  objective_options),
         grad_cache_chunk=config.grad_cache_chunk,
     )

@@ -2,7 +2,9 @@
 
 Images: :func:`open_image_source` (built-in names, image folders, CSV/Parquet lists, Hugging Face
 ``save_to_disk`` folders, webdataset tar shards, TIFF, IDX, ``.npz``/``.npy``) returns an
-:class:`ImageSource`. Label-aware index splits live in :mod:`contrastkit.evaluation.splits`.
+:class:`ImageSource`. Tar shards and ``save_to_disk`` folders can also be read batch by batch
+without decoding the set (:func:`contrastkit.modalities.image.sources.streamed.open_streamed_images`,
+``--data stream:PATH``). Label-aware index splits live in :mod:`contrastkit.evaluation.splits`.
 """
 
 from contrastkit.modalities.image.sources.hf_arrow import read_hf_dataset

@@ -64,18 +64,8 @@ def read_hf_columns(folder: Path) -> tuple[dict[str, list], dict]:
     """(columns as Python lists, the features of dataset_info.json) of a ``save_to_disk`` folder."""
     import pyarrow as pa
 
-    if (folder / DICT_FILE).is_file() and not (folder / STATE_FILE).is_file():
-        splits = json.loads((folder / DICT_FILE).read_text()).get("splits", [])
-        raise DataError(f"'{folder}' holds a DatasetDict with splits {', '.join(splits) or '(none)'}; pass the "
-                        f"folder of one split, e.g. '{folder / (splits[0] if splits else 'train')}'.")
-    state = _read_json(folder / STATE_FILE)
-    files = [folder / entry["filename"] for entry in state.get("_data_files", [])]
-    if not files:
-        raise DataError(f"'{folder / STATE_FILE}' lists no data files ('_data_files'); the folder is incomplete.")
     tables = []
-    for file in files:
-        if not file.is_file():
-            raise DataError(f"'{file}' is listed in {STATE_FILE} but missing; copy the whole folder again.")
+    for file in hf_data_files(folder):
         try:
             with pa.memory_map(str(file)) as source:
                 tables.append(pa.ipc.open_stream(source).read_all())
@@ -85,6 +75,22 @@ def read_hf_columns(folder: Path) -> tuple[dict[str, list], dict]:
     info = _read_json(folder / INFO_FILE) if (folder / INFO_FILE).is_file() else {}
     features = info.get("features") or _schema_features(table.schema)
     return table.to_pydict(), features
+
+
+def hf_data_files(folder: Path) -> list[Path]:
+    """The ``.arrow`` files of a ``save_to_disk`` folder in row order (``state.json``), all present."""
+    if (folder / DICT_FILE).is_file() and not (folder / STATE_FILE).is_file():
+        splits = json.loads((folder / DICT_FILE).read_text()).get("splits", [])
+        raise DataError(f"'{folder}' holds a DatasetDict with splits {', '.join(splits) or '(none)'}; pass the "
+                        f"folder of one split, e.g. '{folder / (splits[0] if splits else 'train')}'.")
+    state = _read_json(folder / STATE_FILE)
+    files = [folder / entry["filename"] for entry in state.get("_data_files", [])]
+    if not files:
+        raise DataError(f"'{folder / STATE_FILE}' lists no data files ('_data_files'); the folder is incomplete.")
+    for file in files:
+        if not file.is_file():
+            raise DataError(f"'{file}' is listed in {STATE_FILE} but missing; copy the whole folder again.")
+    return files
 
 
 def _read_json(path: Path) -> dict:

@@ -123,7 +123,7 @@ class ImageSource(Dataset):
         """
         if len(self) == 0:
             raise DataError(f"ImageSource '{self.name}' is empty; it has no mean or std.")
-        return histogram_mean_std(pixel_histogram(self.images))
+        return histogram_mean_std(pixel_histogram(self.images), f"The images of '{self.name}'")
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSource:
         """A new source holding copies of the images at ``indices`` (in that order).

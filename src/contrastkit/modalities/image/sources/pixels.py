@@ -13,6 +13,7 @@ so that an IDX file, an ``.npz`` and an image folder given the same ``image_size
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -213,7 +214,7 @@ def pixel_histogram(images: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-def histogram_mean_std(counts: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def histogram_mean_std(counts: torch.Tensor, what: str = "the images") -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std, in [0, 1] units, from ``counts[c, v]``
     (:func:`pixel_histogram`). With M = sum_v h_c[v], S1 = sum_v v h_c[v], S2 = sum_v v^2 h_c[v]
     in Python integers::
@@ -221,7 +222,13 @@ def histogram_mean_std(counts: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
         mean_c = S1 / (255 M),    std_c = sqrt(M S2 - S1^2) / (255 M)
 
     M S2 - S1^2 is exact (no cancellation); only the last division and square root round, so the
-    same pixels give the same figures bit for bit however they were counted."""
+    same pixels give the same figures bit for bit however they were counted.
+
+    A constant channel (std 0: a blank band, or one that :func:`scale_to_uint8` set to 0) gets std 1,
+    with a warning that names the channel and ``what``: ``(x - mean) / std`` then maps it to 0, the
+    convention of scikit-learn's StandardScaler for a feature without variance. A channel that carries
+    nothing need not stop a run, and a std of 1 keeps the channel bounded (within [-1, 1]) for images
+    where it is not constant, where a tiny std would blow it up."""
     means, stds = [], []
     for histogram in counts.tolist():
         m = sum(histogram)
@@ -229,6 +236,12 @@ def histogram_mean_std(counts: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
         s2 = sum(v * v * n for v, n in enumerate(histogram))
         means.append(s1 / (255 * m))
         stds.append(math.sqrt(m * s2 - s1 * s1) / (255 * m))
+    constant = [c for c, std in enumerate(stds) if std == 0.0]
+    if constant:
+        values = ", ".join(f"channel {c} (value {round(means[c] * 255)})" for c in constant)
+        warnings.warn(f"{what}: {values} is the same in every pixel (a blank band?); its normalisation std is "
+                      f"taken as 1, so it enters the encoder as 0.", stacklevel=2)
+        stds = [1.0 if std == 0.0 else std for std in stds]
     return tuple(means), tuple(stds)
 
 

@@ -53,7 +53,8 @@ LABELS_FILE = "labels.npy"
 DEFAULT_SHARD_SIZE = 10_000
 OPEN_SHARDS = 2  # a global batch spans at most two shards when batch <= shard_size
 SPEC_PREFIX = "shards:"  # `--data shards:DIR` trains from a shard folder without loading it
-STATS_CHUNK = 4096  # images read at once while counting pixel values
+STATS_CHUNK = 4096  # images read at once while counting pixel values ...
+STATS_CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of them (large images, decoded streams)
 
 
 def shard_spec_folder(spec: str | Path) -> Path | None:
@@ -242,7 +243,9 @@ def block_shuffled_order(blocks: list[np.ndarray], seed: int, epoch: int) -> Ite
 
 def streamed_channel_mean_std(folder: ShardFolder, rows: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std, in [0, 1] units, of the pixels of samples ``rows``,
-    read ``STATS_CHUNK`` images at a time (memory: one chunk, whatever the number of rows).
+    read ``STATS_CHUNK`` images (at most ``STATS_CHUNK_BYTES``) at a time (memory: one chunk, whatever
+    the number of rows). ``folder`` is a :class:`ShardFolder` or any reader with its ``read``,
+    ``image_shape`` and ``root`` (a streamed source: :mod:`.streamed`).
 
     Exact, like :meth:`contrastkit.modalities.image.sources.ImageSource.channel_mean_std` (both end in
     :func:`~contrastkit.modalities.image.sources.pixels.histogram_mean_std`), so the figures of the same images are
@@ -254,9 +257,10 @@ def streamed_channel_mean_std(folder: ShardFolder, rows: np.ndarray) -> tuple[tu
     if len(rows) == 0:
         raise DataError(f"No samples of '{folder.root}' to compute the pixel mean and std from.")
     counts = torch.zeros((folder.image_shape[0], 256), dtype=torch.int64)
-    for start in range(0, len(rows), STATS_CHUNK):
-        counts += pixel_histogram(torch.from_numpy(folder.read(rows[start : start + STATS_CHUNK])))
-    return histogram_mean_std(counts)
+    chunk = max(1, min(STATS_CHUNK, STATS_CHUNK_BYTES // int(np.prod(folder.image_shape))))
+    for start in range(0, len(rows), chunk):
+        counts += pixel_histogram(torch.from_numpy(folder.read(rows[start : start + chunk])))
+    return histogram_mean_std(counts, f"The images of '{folder.root}'")
 
 
 def epoch_order(counts: np.ndarray, shard_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:

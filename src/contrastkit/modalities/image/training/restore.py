@@ -17,8 +17,11 @@ from contrastkit.core.safe_loading import UnsafeFileError, read_torch_file, trus
 from contrastkit.modalities.image.methods import build_method, image_builder
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.sources import open_image_source
+from contrastkit.modalities.image.sources.streamed import open_streamed_images, stream_spec_path
 from contrastkit.modalities.image.training.callbacks import embed_images
 from contrastkit.modalities.image.training.module import CHECKPOINT_KEY
+
+STREAMED_EMBED_CHUNK = 4096  # images decoded at once when embedding stream:PATH
 
 
 def load_method(checkpoint_path: str | Path, *, trust_checkpoint: bool = False
@@ -46,13 +49,26 @@ def load_method(checkpoint_path: str | Path, *, trust_checkpoint: bool = False
 
 
 def embed_with_checkpoint(checkpoint_path: str | Path, data_spec: str, batch_size: int = 512,
-                          device: str = "cpu", *, trust_checkpoint: bool = False
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Embeddings (and labels, when the data has them) of ``data_spec`` under a trained checkpoint.
-    Images are resized to the checkpoint's image size and converted to its number of channels.
-    ``trust_checkpoint=True`` reads a checkpoint that carries code, and so runs that code."""
+                          device: str = "cpu", *, trust_checkpoint: bool = False, skip_unreadable: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(embeddings, labels when the data has them, the unreadable images left out) of ``data_spec``
+    under a trained checkpoint. Images are resized to the checkpoint's image size and converted to
+    its number of channels; ``stream:PATH`` decodes them a chunk at a time instead of all at once.
+    ``skip_unreadable`` leaves out images that cannot be decoded (named in a warning and in the
+    third value) instead of stopping. ``trust_checkpoint=True`` reads a checkpoint that carries code,
+    and so runs that code."""
     method, _, data = load_method(checkpoint_path, trust_checkpoint=trust_checkpoint)
-    source = open_image_source(data_spec, image_size=data.image_size, channels=data.channels)
+    stream = stream_spec_path(data_spec)
+    if stream is not None:
+        images = open_streamed_images(stream, image_size=data.image_size, channels=data.channels,
+                                      skip_unreadable=skip_unreadable)
+        chunks = (torch.from_numpy(images.read(np.arange(start, min(start + STREAMED_EMBED_CHUNK, len(images)))))
+                  for start in range(0, len(images), STREAMED_EMBED_CHUNK))
+        embeddings = torch.cat([embed_images(method.to(device), chunk, torch.device(device), batch_size)
+                                for chunk in chunks]).numpy()
+        return embeddings, images.labels, images.skipped
+    source = open_image_source(data_spec, image_size=data.image_size, channels=data.channels,
+                               skip_unreadable=skip_unreadable)
     embeddings = embed_images(method.to(device), source.images, torch.device(device), batch_size).numpy()
     labels = source.labels.numpy() if source.labels is not None else None
-    return embeddings, labels
+    return embeddings, labels, source.skipped

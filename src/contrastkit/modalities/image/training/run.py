@@ -15,7 +15,8 @@ The run directory (``--out``) holds::
 Evaluation protocol: when the data has labels, a stratified ``--holdout`` share of it is kept out
 of pretraining. kNN and linear probes are fit on the training part's representations (the probes'
 only labels) and scored on the held-out part. The same split serves the trained encoder, the
-untrained encoder (the same architecture at its initial weights) and raw pixels.
+untrained encoder (the same architecture at its initial weights; with ``--init``, the pretrained
+weights the run starts from) and raw pixels.
 
 ``--data shards:DIR`` streams a shard folder instead of decoding the set into memory; what changes
 then (bounded statistics, probe and evaluation samples) is in :mod:`contrastkit.modalities.image.training.run_data`.
@@ -39,16 +40,23 @@ import torch
 
 from contrastkit.modalities.image.config import FitConfig, scaled_lr, to_yaml, validate
 from contrastkit.engine.run_folder import RUN_DIR_ENV, is_first_process, open_run_dir, resolve_run_dir
+from contrastkit.engine.init_weights import initial_weights_record, load_initial_weights
 from contrastkit.engine.trainer import train
+from contrastkit.core.init_source import requested_init
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.safe_loading import TRUST_OPTION
-from contrastkit.evaluation.diagnostics import collapse_report, effective_rank
+from contrastkit.evaluation.diagnostics import effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
 from contrastkit.nn.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.modalities.image.methods import build_method, image_builder
 from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES, DataInfo, backbone_name
 from contrastkit.objectives import OBJECTIVES
-from contrastkit.modalities.image.training.callbacks import OnlineProbe, embed_and_project, embed_images
+from contrastkit.modalities.image.training.callbacks import (
+    OnlineProbe,
+    embed_and_project,
+    embed_images,
+    objective_space_report,
+)
 from contrastkit.modalities.image.training.module import SSLModule
 from contrastkit.modalities.image.training.run_data import RunData, data_seed, open_run_data
 from contrastkit.modalities.image.views.image import EvalView
@@ -75,6 +83,9 @@ def fit(config: FitConfig, *, trust_checkpoint: bool = False) -> dict:
     global_batchnorm, global_batchnorm_reason = global_batchnorm_choice(config, method)
     if global_batchnorm:
         convert_to_global_batchnorm(method)
+    init = requested_init() if not config.resume else None
+    if init is not None:  # --init: before the baseline's copy, so that it scores the weights the run starts from
+        load_initial_weights(method, init)
     untrained = copy.deepcopy(method)  # the baseline: same architecture, same initial weights
     # Written only now that the data loaded and the method built: a run that fails on bad input
     # leaves no directory behind that would block the corrected command.
@@ -112,6 +123,8 @@ def fit(config: FitConfig, *, trust_checkpoint: bool = False) -> dict:
         "skipped_steps": module.skipped_steps,
         "collapse_warnings": probe.collapse_warnings if probe else [],
     }
+    if initial_weights_record(method) is not None:
+        summary["init"] = initial_weights_record(method).as_dict()
     summary.update(evaluate_run(method, untrained if config.baselines else None, run_data, run_dir, data_seed(config)))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.report:
@@ -184,7 +197,7 @@ def evaluate_run(method, untrained: torch.nn.Module | None, run_data: RunData, r
     np.save(run_dir / "rows.npy", order)
     split = {"train": [0, n_train], "holdout": [n_train, len(order)], "rows": "rows.npy"}
     (run_dir / "split.json").write_text(json.dumps(split))
-    results: dict = {"collapse": _jsonable(collapse_report(projected)),
+    results: dict = {"collapse": _jsonable(objective_space_report(method, images, device, projected)),
                      "rankme": float(effective_rank(torch.from_numpy(learned)))}
     if run_data.labels is None or n_train == len(order):
         return results

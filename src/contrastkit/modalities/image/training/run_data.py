@@ -18,6 +18,10 @@ the rows embedded by the final evaluation. The two forms follow one protocol:
 So for a set that fits the bounds, a run from ``shards:DIR`` with ``--stream-order global`` sees the
 same images, statistics, batches and probe as the in-memory run on the source the shards were
 written from.
+
+``stream:PATH`` (tar shards or a ``save_to_disk`` folder decoded batch by batch,
+:mod:`contrastkit.modalities.image.training.streamed_sources`) follows the streamed protocol too
+(:func:`streamed_run_data`), over the samples of the in-memory reading of PATH.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from contrastkit.modalities.image.sources.shards import (
     shard_spec_folder,
     streamed_channel_mean_std,
 )
+from contrastkit.modalities.image.sources.streamed import stream_spec_path
 from contrastkit.modalities.image.training.data import InMemoryImages, StreamedShards
 
 PROBE_BANK_SIZE = 5000
@@ -67,6 +72,7 @@ class RunData:
     eval_train: int
     streamed: bool
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (--skip-unreadable)
+    data_format: str = "in-memory"  # summary.json's data_format: in-memory, shards, or stream (stream:PATH)
 
     def probe_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(bank rows, query rows) of the online probe; None without labels or held-out samples."""
@@ -79,7 +85,7 @@ class RunData:
 
     def describe(self) -> dict:
         """What summary.json records about the data."""
-        described = {"data_format": "shards" if self.streamed else "in-memory",
+        described = {"data_format": self.data_format,
                      "n_samples_trained": len(self.train_rows), "n_samples_evaluated": len(self.eval_rows)}
         if self.skipped:
             described.update(unreadable_skipped=len(self.skipped), unreadable_files=self.skipped)
@@ -87,10 +93,15 @@ class RunData:
 
 
 def open_run_data(config) -> RunData:
-    """The data of ``config.data``: streamed for ``shards:DIR``, else decoded into memory."""
+    """The data of ``config.data``: streamed for ``shards:DIR`` and ``stream:PATH``, else decoded into memory."""
     folder = shard_spec_folder(config.data)
     if folder is not None:
         return _streamed(config, folder)
+    if stream_spec_path(config.data) is not None:
+        # imported here: that module builds on this one's streamed_run_data
+        from contrastkit.modalities.image.training.streamed_sources import open_streamed_run_data
+
+        return open_streamed_run_data(config)
     return _in_memory(config)
 
 
@@ -149,9 +160,6 @@ def _pseudo_labels(config, train) -> np.ndarray | None:
 
 
 def _streamed(config, root: Path) -> RunData:
-    if config.batch_sampler != "shuffle":
-        raise ConfigError("--batch-sampler spread needs the images in memory (the pseudo-labels come from an "
-                          "autoencoder trained on all of them); it is not available with --data shards:DIR.")
     folder = ShardFolder(root)
     channels, height, width = folder.image_shape
     if config.image_size is not None and (config.image_size, config.image_size) != (height, width):
@@ -162,6 +170,20 @@ def _streamed(config, root: Path) -> RunData:
     if height != width:
         raise ConfigError(f"The shards in '{root}' hold {height}x{width} images; training needs square images. "
                           f"Write them again with 'contrastkit shard --image-size SIDE'.")
+    return streamed_run_data(config, folder, lambda train_rows, train_labels: StreamedShards(
+        root, train_rows, train_labels, config.batch_size, config.seed, config.stream_order, config.num_workers))
+
+
+def streamed_run_data(config, folder, datamodule: Callable[[np.ndarray, np.ndarray | None], L.LightningDataModule],
+                      data_format: str = "shards") -> RunData:
+    """The RunData of a set read batch by batch: ``folder`` has ``image_shape``, ``labels`` (all rows,
+    or None), ``read(rows)`` and a length (a :class:`ShardFolder`, or a streamed source's reader);
+    ``datamodule(train rows, their labels)`` streams the training part."""
+    if config.batch_sampler != "shuffle":
+        raise ConfigError("--batch-sampler spread needs the images in memory (the pseudo-labels come from an "
+                          "autoencoder trained on all of them); it is not available with a streamed --data "
+                          "(shards:DIR, stream:PATH).")
+    channels, height, _ = folder.image_shape
     rows = np.arange(len(folder) if config.limit is None else min(config.limit, len(folder)))
     # Labels are 8 bytes a sample: read once, while the pixels stay on disk.
     labels = None if folder.labels is None else np.array(folder.labels, dtype=np.int64)
@@ -170,11 +192,10 @@ def _streamed(config, root: Path) -> RunData:
     info = DataInfo(channels=channels, image_size=height, mean=mean, std=std, num_samples=len(train_rows))
     eval_train = seeded_sample(train_rows, EVAL_TRAIN_SIZE, data_seed(config))
     eval_holdout = seeded_sample(holdout_rows, EVAL_HOLDOUT_SIZE, data_seed(config))
-    datamodule = StreamedShards(root, train_rows, None if labels is None else labels[train_rows],
-                                config.batch_size, config.seed, config.stream_order, config.num_workers)
     return RunData(
-        info=info, datamodule=datamodule,
+        info=info, datamodule=datamodule(train_rows, None if labels is None else labels[train_rows]),
         read=lambda wanted: torch.from_numpy(folder.read(np.asarray(wanted, dtype=np.int64))),
         labels=labels, train_rows=train_rows, holdout_rows=holdout_rows,
         eval_rows=np.concatenate([eval_train, eval_holdout]), eval_train=len(eval_train), streamed=True,
+        data_format=data_format, skipped=list(getattr(folder, "skipped", [])),
     )

@@ -61,8 +61,9 @@ def random_crop_boxes(batch: int, height: int, width: int, scale: tuple[float, f
     return torch.stack([top, left, h, w], dim=1)
 
 
-def crop_and_flip(images: Tensor, geometry: CropGeometry, size: int) -> Tensor:
-    """Resample each image's box to ``size`` x ``size`` (bilinear), mirrored where ``flipped``."""
+def crop_and_flip(images: Tensor, geometry: CropGeometry, size: int, mode: str = "bilinear") -> Tensor:
+    """Resample each image's box to ``size`` x ``size`` (``mode``: bilinear, or nearest for masks of
+    class indices), mirrored where ``flipped``."""
     height, width = geometry.source_size
     top, left, h, w = geometry.boxes.to(images.device, images.dtype).unbind(1)
     sign = 1.0 - 2.0 * geometry.flipped.to(images.device, images.dtype)
@@ -73,7 +74,7 @@ def crop_and_flip(images: Tensor, geometry: CropGeometry, size: int) -> Tensor:
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, [images.shape[0], images.shape[1], size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def location_grid(geometry: CropGeometry, rows: int, columns: int) -> Tensor:

@@ -27,6 +27,10 @@ method moves that advantage into the dense model itself, using only the corpus:
   embedding, and sentence similarity (STS) is where that shows. The first term is the catalogue's
   :func:`contrastkit.objectives.distillation.listwise_distillation` (``listwise_distillation``).
 
+  With ``residual_l2`` mu > 0 (term-residual student) the loss adds ``mu * mean_b ||r(q_b)||^2``
+  (:func:`~contrastkit.modalities.text.term_residual.residual_l2`), an L2 pull of each query's residual
+  to zero: the residual then moves a text only as far as ranking its corpus repays.
+
   With ``query_crop`` r > 0 each pseudo-query is first cut to a random contiguous span of its words,
   a share ~ U[r, 1] of them (at least 5 words, or all of a shorter sentence), and the teacher scores
   the cut text: a corpus sentence is longer and more specific than a typical query (a SciFact claim
@@ -41,6 +45,17 @@ What learns (``student``):
   costs about half a minute once they are embedded; this is the setting that raised SciFact's development
   claims well above the base (docs/benchmarks.md, fourth round);
 - ``encoder``: the whole Transformer is fine-tuned (with dropout), as in the third round.
+
+**The trained model is a query tower for one corpus, not a general encoder.** The residual is saved with
+a description of its corpus (``TermResidual.corpus``); retrieval applies it on the query side only, and
+``evaluate`` on general text says what it costs (:mod:`contrastkit.modalities.text.query_tower`). The run
+measures the general guard (:mod:`contrastkit.modalities.text.general_guard`) before and after training by
+default (``--general-guard off`` to skip it). To keep general quality (issue 31), the residual can be
+restricted, at training (options below) or afterwards (:meth:`TermResidual.restrict`, no retraining):
+``residual_scale`` alpha (mixing with the base embedding), ``residual_max_norm`` (a cap on its norm),
+``restrict_tokens`` (only tokens over-represented in the corpus's documents against a general reference,
+:func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`). Measured in docs/benchmarks.md
+(``benchmarks/adaptation_guard.py``).
 
 Only the query side is trained ("query-side fine-tuning", Lee, Sung, Kang & Chen, "Learning
 Dense Representations of Phrases at Scale", ACL 2021, https://arxiv.org/abs/2012.12624, Sec. 4.3):
@@ -73,6 +88,13 @@ Options (``build(encoder, **options)``):
     query_crop: r, the smallest share of a sentence's words kept as its pseudo-query (0: whole
         sentences).
     student: ``term-residual`` (default) or ``encoder`` (above).
+    residual_l2: mu, the L2 pull of the residual to zero (0; term-residual only).
+    residual_scale: alpha of the trained residual (1; term-residual only; applies in training too).
+    residual_max_norm: the cap c on the residual's norm (none; term-residual only).
+    restrict_tokens: the ratio of :func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`
+        (0: every token has a row); the target is the corpus's documents, the reference ``reference``.
+    reference: general-domain sentences, one per line, for ``restrict_tokens`` (default: WikiText-2's
+        sentences under the data root, ``wikitext2/sentences_valid_test.txt``).
 """
 
 from __future__ import annotations
@@ -94,10 +116,13 @@ from contrastkit.modalities.text.evaluation import (
 )
 from contrastkit.modalities.text.methods import check_options
 from contrastkit.modalities.text.sources import RetrievalSet, read_corpus
+from contrastkit.modalities.text.term_residual import residual_l2
 
 DEFAULTS = {"corpus": None, "dense_weight": 0.6, "temperature": 0.05, "teacher_temperature": 0.05,
             "corpus_precision": "fp32", "cache_dir": None, "anchor_weight": 0.0,
-            "query_crop": 0.0, "student": "term-residual"}
+            "query_crop": 0.0, "student": "term-residual", "residual_l2": 0.0, "residual_scale": 1.0,
+            "residual_max_norm": None, "restrict_tokens": 0.0, "reference": None}
+RESIDUAL_OPTIONS = ("residual_l2", "residual_scale", "residual_max_norm", "restrict_tokens")
 STUDENTS = ("term-residual", "encoder")
 
 MIN_QUERY_WORDS = 5
@@ -132,10 +157,13 @@ def hybrid_teacher_logits(dense: Tensor, lexical: Tensor, dense_weight: float) -
 class HybridDistillation(nn.Module):
     """Query tower ``encoder`` (trained) against the frozen base ``document_encoder``'s corpus."""
 
+    adapts_to_corpus = True  # the text CLI measures the general guard before and after by default
+
     def __init__(self, encoder: TextEncoder, corpus: RetrievalSet, *, dense_weight: float = 0.6,
                  temperature: float = 0.05, teacher_temperature: float = 0.05,
                  corpus_precision: str = "fp32", cache_dir=None, anchor_weight: float = 0.0,
-                 query_crop: float = 0.0, student: str = "term-residual"):
+                 query_crop: float = 0.0, student: str = "term-residual", residual_l2_weight: float = 0.0,
+                 corpus_description: dict | None = None):
         super().__init__()
         check_temperature(temperature)
         check_temperature(teacher_temperature)
@@ -144,6 +172,10 @@ class HybridDistillation(nn.Module):
                               "and dense_weight 0 (BM25 alone) has no cosine scale to distil into.")
         if not anchor_weight >= 0:
             raise ConfigError(f"Option 'anchor_weight' must be >= 0, got {anchor_weight}.")
+        if not residual_l2_weight >= 0:
+            raise ConfigError(f"Option 'residual_l2' must be >= 0, got {residual_l2_weight}.")
+        if residual_l2_weight and student != "term-residual":
+            raise ConfigError("Option 'residual_l2' pulls the term residual to zero; it needs student=term-residual.")
         if not 0.0 <= query_crop <= 1.0:
             raise ConfigError(f"Option 'query_crop' must be a share of words in [0, 1] (0: no cropping), got {query_crop}.")
         if student not in STUDENTS:
@@ -165,6 +197,10 @@ class HybridDistillation(nn.Module):
             encoder.transformer.requires_grad_(False)
             if encoder.term_residual is None:
                 encoder.add_term_residual()
+            # What the table is for, saved with it (contrastkit.modalities.text.query_tower).
+            encoder.term_residual.corpus = {"role": "query tower", "documents": len(corpus.doc_ids),
+                                            **(corpus_description or {})}
+        self.residual_l2_weight = residual_l2_weight
         # The base model's pooled embedding of each whole training sentence, computed once: the
         # teacher's side never changes (and neither does the student's, when the Transformer is frozen).
         self.pooled_cache: dict[tuple[int, str], Tensor] = {}  # keyed by (max_length, text)
@@ -225,6 +261,7 @@ class HybridDistillation(nn.Module):
         pooled = self.base_pooled(texts)
         base = self.base_embeddings(texts, pooled)
         teacher = self.teacher_logits(texts, base)
+        logs = {}
         if self.student == "term-residual":  # frozen Transformer: its pooled output is the base's
             queries = self.encoder.finish(pooled, tokens)
         else:
@@ -234,10 +271,14 @@ class HybridDistillation(nn.Module):
         distillation = listwise_distillation(student, teacher, self.temperature, self.teacher_temperature)
         drift = (1.0 - (queries * base).sum(dim=1)).mean()
         loss = distillation + self.anchor_weight * drift / self.temperature if self.anchor_weight else distillation
+        if self.residual_l2_weight:
+            pull = residual_l2(self.encoder.term_residual(tokens["input_ids"], tokens["attention_mask"]))
+            loss = loss + self.residual_l2_weight * pull
+            logs["residual_l2"] = float(pull.detach())
         with torch.no_grad():
             agree = (student.argmax(dim=1) == teacher.argmax(dim=1)).float().mean()
         return loss, {"distillation": float(distillation.detach()), "drift_from_base": float(drift.detach()),
-                      "top1_agreement": float(agree)}
+                      "top1_agreement": float(agree), **logs}
 
 
 def build(encoder: TextEncoder, **options) -> HybridDistillation:
@@ -245,13 +286,50 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
     if not settings["corpus"]:
         raise ConfigError("The method 'hybrid-distill' needs the corpus to rank: --option corpus=PATH (a BEIR "
                           "folder or a .jsonl[.gz] corpus with title and text fields).")
-    return HybridDistillation(
-        encoder, read_corpus(settings["corpus"]), dense_weight=float(settings["dense_weight"]),
+    student = str(settings["student"])
+    restricting = [name for name in RESIDUAL_OPTIONS[1:] if settings[name] != DEFAULTS[name]]
+    if student != "term-residual" and restricting:
+        raise ConfigError(f"Option '{restricting[0]}' restricts the term residual; it needs student=term-residual.")
+    if settings["reference"] is not None and not float(settings["restrict_tokens"]):
+        raise ConfigError("Option 'reference' is the general corpus of restrict_tokens; set restrict_tokens=RATIO too.")
+    corpus = read_corpus(settings["corpus"])
+    method = HybridDistillation(
+        encoder, corpus, dense_weight=float(settings["dense_weight"]),
         temperature=float(settings["temperature"]), teacher_temperature=float(settings["teacher_temperature"]),
         corpus_precision=settings["corpus_precision"], cache_dir=settings["cache_dir"],
         anchor_weight=float(settings["anchor_weight"]), query_crop=float(settings["query_crop"]),
-        student=str(settings["student"]),
+        student=student, residual_l2_weight=float(settings["residual_l2"]),
+        corpus_description={"path": str(settings["corpus"])},
     )
+    if student == "term-residual":
+        cap = settings["residual_max_norm"]
+        method.encoder.term_residual.restrict(scale=float(settings["residual_scale"]),
+                                              max_norm=None if cap in (None, "none") else float(cap))
+        if float(settings["restrict_tokens"]):
+            domain_tokens(method.encoder, corpus.documents(DOCUMENT_SEPARATOR), float(settings["restrict_tokens"]),
+                          settings["reference"], apply=True)
+    return method
 
 
-__all__ = ["HybridDistillation", "build", "crop_words", "hybrid_teacher_logits", "listwise_distillation"]
+def domain_tokens(encoder: TextEncoder, target_texts, min_ratio: float, reference: str | None = None,
+                  apply: bool = False) -> list[int]:
+    """:func:`~contrastkit.modalities.text.term_residual.over_represented_tokens` of ``target_texts``
+    against the ``reference`` sentences (default: WikiText-2's, under the data root), in the encoder's
+    tokenizer; ``apply``: restrict the encoder's term residual to them. Returns the kept ids."""
+    from contrastkit.core.paths import data_root
+    from contrastkit.modalities.text.data import SentenceData
+    from contrastkit.modalities.text.term_residual import over_represented_tokens
+
+    path = reference or str(data_root() / "wikitext2" / "sentences_valid_test.txt")
+    tokenizer = encoder.tokenizer
+    ids = over_represented_tokens(
+        tokenizer(list(target_texts), add_special_tokens=False)["input_ids"],
+        tokenizer(list(SentenceData.from_file(path).texts), add_special_tokens=False)["input_ids"],
+        min_ratio=min_ratio, ignored=tokenizer.all_special_ids)
+    if apply:
+        encoder.term_residual.restrict(allowed=ids)
+    return ids
+
+
+__all__ = ["HybridDistillation", "build", "crop_words", "hybrid_teacher_logits", "listwise_distillation",
+           "domain_tokens"]

@@ -1,0 +1,349 @@
+"""Issue 31: a term residual that keeps general quality, and the guard that measures it.
+
+The residual's restrictions against hand computations (scale 0 is the base model bit for bit, scale
+alpha is the linear mix of base and adapted, the cap, the token restriction, the L2 pull's closed form),
+the domain-token rule against a hand count, the guard's cached embeddings against the encoder's own
+forward pass, its task specs against the project's task files, its sets' relevance against the raw
+files, the query tower's defaults (documents without the residual; a warning on general text), and the
+CLI's summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from contrastkit.cli import main as cli_main
+from contrastkit.core.errors import ConfigError
+from contrastkit.modalities.text import general_guard
+from contrastkit.modalities.text.encoders import load_text_encoder, small_random_encoder
+from contrastkit.modalities.text.evaluation import encode_texts, evaluate_retrieval, evaluate_text_task
+from contrastkit.modalities.text.general_guard import (
+    FrozenBaseCache,
+    coco_captions_set,
+    guard_loss,
+    guard_split_for,
+    measure_guard,
+    task_specs,
+    wordnet_definitions_set,
+)
+from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.query_tower import QueryTowerWarning, document_tower, general_use_message
+from contrastkit.modalities.text.term_residual import TermResidual, over_represented_tokens, residual_l2
+from tests.conftest import data_path, requires_minilm, requires_transformers
+from tests.modalities.text.test_text_evaluation import SENTENCES, tiny_retrieval_set
+from tests.modalities.text.test_text_hybrid_distill import small_encoder, write_corpus
+
+
+def residual_encoder(seed: int = 0):
+    encoder = small_random_encoder(hidden_size=32, layers=1, heads=2, max_length=32, seed=0).eval()
+    encoder.normalize = True
+    encoder.add_term_residual()
+    with torch.no_grad():
+        encoder.term_residual.weight.copy_(torch.randn(encoder.term_residual.weight.shape,
+                                                       generator=torch.Generator().manual_seed(seed)) * 0.1)
+    return encoder
+
+
+def plain(encoder):
+    base = small_random_encoder(hidden_size=32, layers=1, heads=2, max_length=32, seed=0).eval()
+    base.normalize = encoder.normalize
+    return base
+
+
+def distinct_ordinary(ids, mask, special):
+    return sorted({i for i, m in zip(ids, mask, strict=True) if m and i not in special})
+
+
+# ----------------------------------------------------------------------------- the restrictions
+
+
+@requires_transformers
+@requires_minilm
+def test_scale_zero_is_the_base_model_and_scale_alpha_mixes_base_and_adapted():
+    encoder = residual_encoder()
+    base = plain(encoder)
+    tokens = encoder.tokenize(SENTENCES[:6])
+    with torch.no_grad():
+        adapted = encoder(tokens)
+        f0 = base(tokens)
+        encoder.term_residual.restrict(scale=0.0)
+        assert torch.equal(encoder(tokens), f0)  # bit for bit
+        encoder.term_residual.restrict(scale=0.3)
+        mixed = torch.nn.functional.normalize(0.7 * f0 + 0.3 * (f0 + encoder.term_residual.unscaled(
+            tokens["input_ids"], tokens["attention_mask"])), dim=1)
+        torch.testing.assert_close(encoder(tokens), mixed, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(encoder(tokens), adapted, atol=1e-4)
+    with pytest.raises(ConfigError, match="scale"):
+        encoder.term_residual.restrict(scale=-1)
+
+
+def test_cap_shrinks_only_long_residuals_and_keeps_their_direction():
+    residual = TermResidual(10, 4, special_ids=[0])
+    with torch.no_grad():
+        residual.weight[3] = torch.tensor([3.0, 0.0, 0.0, 4.0])  # norm 5
+        residual.weight[4] = torch.tensor([0.0, 0.1, 0.0, 0.0])  # norm 0.1
+    ids, mask = torch.tensor([[0, 3], [0, 4]]), torch.ones(2, 2, dtype=torch.long)
+    residual.restrict(max_norm=1.0)
+    got = residual(ids, mask)
+    torch.testing.assert_close(got[0], torch.tensor([0.6, 0.0, 0.0, 0.8]))  # (3, 0, 0, 4) / 5 * 1
+    torch.testing.assert_close(got[1], torch.tensor([0.0, 0.1, 0.0, 0.0]))  # under the cap: unchanged
+    residual.restrict(max_norm=None)
+    torch.testing.assert_close(residual(ids, mask)[0], torch.tensor([3.0, 0.0, 0.0, 4.0]))
+
+
+def test_restricted_tokens_have_no_row_but_still_count():
+    torch.manual_seed(0)
+    residual = TermResidual(30, 5, special_ids=[0, 1])
+    with torch.no_grad():
+        residual.weight.normal_()
+    allowed = {4, 7, 9}
+    residual.restrict(allowed=allowed)
+    ids = torch.tensor([[0, 4, 5, 7, 5, 1], [0, 5, 6, 8, 1, 1], [0, 9, 9, 12, 13, 1]])
+    mask = torch.ones_like(ids)
+    got = residual(ids, mask)
+    weight = residual.weight.detach()
+    for row in range(ids.shape[0]):
+        distinct = distinct_ordinary(ids[row].tolist(), mask[row].tolist(), {0, 1})
+        kept = [weight[t] for t in distinct if t in allowed]
+        expected = sum(kept) / math.sqrt(len(distinct)) if kept else torch.zeros(5)
+        torch.testing.assert_close(got[row], expected)
+    assert torch.equal(got[1], torch.zeros(5))  # only non-selected tokens: no residual at all
+    # and no gradient reaches a non-selected row
+    residual(ids, mask).sum().backward()
+    grad_rows = set(torch.nonzero(residual.weight.grad.abs().sum(1)).flatten().tolist())
+    assert grad_rows == {4, 7, 9}
+
+
+def test_residual_l2_closed_form():
+    residual = TermResidual(10, 3)
+    u, v = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.5, -1.0, 2.0])
+    with torch.no_grad():
+        residual.weight[2], residual.weight[5] = u, v
+    r = residual(torch.tensor([[2, 5, 5], [2, 2, 2]]), torch.ones(2, 3, dtype=torch.long))
+    # ||(u + v) / sqrt 2||^2 = (|u|^2 + |v|^2 + 2 u.v) / 2, and ||u||^2
+    expected = ((u @ u + v @ v + 2 * u @ v) / 2 + u @ u) / 2
+    assert float(residual_l2(r.detach())) == pytest.approx(float(expected))
+
+
+@requires_transformers
+@requires_minilm
+def test_hybrid_distill_loss_adds_the_l2_pull(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
+    texts = SENTENCES[:5]
+    plain_method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False)
+    pulled = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                               residual_l2=0.7)
+    for method in (plain_method, pulled):
+        with torch.no_grad():
+            method.encoder.term_residual.weight.copy_(
+                torch.randn(method.encoder.term_residual.weight.shape, generator=torch.Generator().manual_seed(1)))
+        method.eval()
+    loss, logs = plain_method.training_loss({"texts": texts})
+    pulled_loss, pulled_logs = pulled.training_loss({"texts": texts})
+    tokens = pulled.encoder.tokenize(texts)
+    special = set(pulled.encoder.tokenizer.all_special_ids)
+    weight = pulled.encoder.term_residual.weight.detach()
+    norms = []
+    for row in range(len(texts)):  # the residual's squared norm, from its formula, text by text
+        distinct = distinct_ordinary(tokens["input_ids"][row].tolist(), tokens["attention_mask"][row].tolist(), special)
+        norms.append(float((sum(weight[t] for t in distinct) / math.sqrt(len(distinct))).pow(2).sum()))
+    assert pulled_logs["residual_l2"] == pytest.approx(np.mean(norms), rel=1e-5)
+    assert float(pulled_loss) - float(loss) == pytest.approx(0.7 * np.mean(norms), rel=1e-4)
+    with pytest.raises(ConfigError, match="student=term-residual"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          residual_l2=0.1, student="encoder")
+
+
+def test_over_represented_tokens_by_hand():
+    target = [[1, 2, 3], [1, 3], [1, 3, 4], [3]]  # df: 1 -> 3, 2 -> 1, 3 -> 4, 4 -> 1 of 4 texts
+    reference = [[1, 5], [1], [5], [2, 5]]        # df: 1 -> 2, 2 -> 1, 5 -> 3 of 4 texts
+    # ratio = (df_T / 4) / ((df_R + 1) / 5): 1 -> 0.75 / 0.6 = 1.25; 3 -> 1 / 0.2 = 5; 2 and 4: df_T < 2
+    assert over_represented_tokens(target, reference, min_ratio=2.0, min_count=2) == [3]
+    assert over_represented_tokens(target, reference, min_ratio=1.2, min_count=2) == [1, 3]
+    assert over_represented_tokens(target, reference, min_ratio=1.2, min_count=1) == [1, 3, 4]  # 4: 0.25/0.2
+    assert over_represented_tokens(target, reference, min_ratio=1.2, min_count=2, ignored=[3]) == [1]
+
+
+@requires_transformers
+@requires_minilm
+def test_restrictions_and_corpus_survive_save_and_load(tmp_path):
+    encoder = residual_encoder()
+    encoder.term_residual.restrict(scale=0.4, max_norm=0.25, allowed=[5, 1000, 2023])
+    encoder.term_residual.corpus = {"role": "query tower", "path": "scifact", "documents": 5183}
+    encoder.save(tmp_path / "model")
+    loaded = load_text_encoder(tmp_path / "model")
+    assert loaded.term_residual.settings() == encoder.term_residual.settings()
+    np.testing.assert_allclose(encode_texts(loaded, SENTENCES), encode_texts(encoder, SENTENCES), atol=1e-6)
+
+
+@requires_transformers
+@requires_minilm
+def test_options_restrict_the_residual_of_the_method(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
+    reference = tmp_path / "general.txt"
+    reference.write_text("the cat sat on the mat\nit was a sunny day\nwe went to the shop\n")
+    method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                               residual_scale=0.5, residual_max_norm=0.2, restrict_tokens=1.5,
+                               reference=str(reference))
+    residual = method.encoder.term_residual
+    assert residual.scale == 0.5 and residual.max_norm == 0.2
+    the = method.encoder.tokenizer.convert_tokens_to_ids("the")
+    assert residual.allowed is not None and not residual.allowed[the]  # general in the reference: no row
+    assert residual.corpus["path"] == str(corpus) and residual.corpus["documents"] == len(SENTENCES)
+    with pytest.raises(ConfigError, match="restrict_tokens"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          reference=str(reference))
+
+
+# ------------------------------------------------------------------------------------ the guard
+
+
+@requires_transformers
+@requires_minilm
+def test_frozen_base_cache_equals_the_encoders_forward_pass():
+    encoder = residual_encoder()
+    cache = FrozenBaseCache()
+    np.testing.assert_allclose(cache.wrap(encoder).encode(SENTENCES).numpy(), encode_texts(encoder, SENTENCES),
+                               atol=1e-5)
+    encoder.term_residual.restrict(scale=0.5, allowed=list(range(2000, 5000)))  # same cache, other residual
+    np.testing.assert_allclose(cache.wrap(encoder).encode(SENTENCES[::-1]).numpy(),
+                               encode_texts(encoder, SENTENCES[::-1]), atol=1e-5)
+    other = small_random_encoder(hidden_size=32, layers=1, heads=2, max_length=32, seed=1).eval()
+    assert FrozenBaseCache.fingerprint(other) != FrozenBaseCache.fingerprint(encoder)
+
+
+def test_guard_loss_by_hand():
+    before = {"split": "dev", "sets": {"a": {"score": 80.0}, "b": {"score": 50.0}, "c": {"score": 10.0}}}
+    after = {"split": "dev", "sets": {"a": {"score": 78.5}, "b": {"score": 50.5}}}
+    loss = guard_loss(before, after)
+    assert loss == {"a": 1.5, "b": -0.5, "mean": 0.5, "max": 1.5, "worst": "a"}
+    with pytest.raises(ConfigError, match="different splits"):
+        guard_loss(before, {**after, "split": "test"})
+
+
+def test_guard_task_specs_are_the_project_task_files():
+    from pathlib import Path
+
+    from contrastkit.modalities.text.task_files import read_task_file
+
+    folder = Path(__file__).parents[3] / "benchmarks" / "text_tasks"
+    if not folder.is_dir():
+        pytest.skip("benchmarks/text_tasks is not beside the tests")
+    for name, spec in task_specs().items():
+        declared = read_task_file(folder / f"{name}.yaml")
+        assert (spec.type, spec.metric, spec.columns) == (declared.type, declared.metric, declared.columns)
+        for split in ("dev", "test"):
+            assert spec.entry(split) == declared.entry(split), (name, split)
+
+
+def test_wordnet_definitions_relevance_is_the_synsets_members():
+    path = data_path("wordnet/synsets.tsv.gz")
+    retrieval_set = wordnet_definitions_set("test")
+    lemma = dict(zip(retrieval_set.doc_ids, retrieval_set.texts, strict=True))
+    members = {}
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            synset, pos, _, _, names, definition, _ = line.rstrip("\n").split("\t")
+            members[synset] = (pos, set(names.split("|")), definition)
+    import hashlib
+
+    sample = [s for s, (pos, _, _) in members.items()  # the supersense task's test sample, by its rule
+              if pos == "n" and int.from_bytes(hashlib.sha256(s.encode()).digest(), "big") % 40 == 1]
+    assert sorted(retrieval_set.query_ids) == sorted(sample) and len(sample) > 1000
+    for query, text in zip(retrieval_set.query_ids, retrieval_set.queries, strict=True):
+        pos, names, definition = members[query]
+        assert pos == "n" and text == definition
+        assert {lemma[d] for d in retrieval_set.qrels[query]} == names
+
+
+def test_coco_captions_relevance_is_the_other_captions_of_the_image():
+    data_path("image-captions/captions.tsv")
+    retrieval_set = coco_captions_set("test")
+    assert len(retrieval_set.query_ids) == 395
+    for query, relevant in retrieval_set.qrels.items():
+        assert len(relevant) == 4 and query not in relevant
+
+
+def test_guard_default_follows_the_method():
+    class Adapting:
+        adapts_to_corpus = True
+
+    assert guard_split_for("auto", Adapting()) == "test" and guard_split_for("auto", object()) is None
+    assert guard_split_for("dev", object()) == "dev" and guard_split_for("off", Adapting()) is None
+    with pytest.raises(ConfigError, match="general-guard"):
+        guard_split_for("train", Adapting())
+
+
+# ------------------------------------------------------------------------------- the query tower
+
+
+@requires_transformers
+@requires_minilm
+def test_retrieval_embeds_documents_without_the_residual():
+    encoder = residual_encoder()
+    retrieval_set = tiny_retrieval_set()
+    default = evaluate_retrieval(encoder, retrieval_set, cache_dir=False)
+    two_towers = evaluate_retrieval(encoder, retrieval_set, cache_dir=False, document_encoder=plain(encoder))
+    symmetric = evaluate_retrieval(encoder, retrieval_set, cache_dir=False, document_encoder=encoder)
+    assert default == two_towers
+    assert document_tower(encoder).term_residual is None and document_tower(plain(encoder)) is not None
+    np.testing.assert_allclose(encode_texts(document_tower(encoder), SENTENCES),
+                               encode_texts(plain(encoder), SENTENCES), atol=1e-6)
+    assert symmetric["queries"] == default["queries"]
+
+
+@requires_transformers
+@requires_minilm
+def test_sts_with_a_query_tower_warns_with_its_recorded_cost(tmp_path):
+    sts = tmp_path / "sts.csv"
+    sts.write_text("sentence1,sentence2,score\n" + "".join(
+        f"{a},{b},{i % 5}\n" for i, (a, b) in enumerate(zip(SENTENCES[:8], SENTENCES[1:9]))))
+    encoder = residual_encoder()
+    encoder.term_residual.corpus = {"role": "query tower", "path": "my-corpus"}
+    encoder.save(tmp_path / "run" / "encoder")
+    with pytest.warns(QueryTowerWarning, match="my-corpus.*not recorded"):
+        evaluate_text_task("sts", str(tmp_path / "run" / "encoder"), sts)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"general_guard": {
+        "split": "test", "loss": {"stsb": 3.76, "mrpc": 0.5, "mean": 2.13, "max": 3.76, "worst": "stsb"}}}))
+    message = general_use_message(load_text_encoder(tmp_path / "run" / "encoder"), tmp_path / "run" / "encoder", "STS")
+    assert "2.13 points on average" in message and "stsb +3.76" in message
+    plain(encoder).save(tmp_path / "base")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QueryTowerWarning)
+        evaluate_text_task("sts", str(tmp_path / "base"), sts)  # no residual: no warning
+
+
+@requires_transformers
+@requires_minilm
+def test_cli_records_the_guard_before_and_after(tmp_path, capsys, monkeypatch):
+    data_path("image-captions/captions.tsv")
+    monkeypatch.setattr(general_guard, "GUARD_SETS", ("coco-captions",))  # the smallest set: a quick run
+    corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(SENTENCES) + "\n")
+    code = cli_main(["text", "--method", "hybrid-distill", "--backbone", "random-small", "--data", str(sentences),
+                     "--option", f"corpus={corpus}", "--option", "cache_dir=false", "--max-steps", "2",
+                     "--batch-size", "4", "--lr", "0.5", "--general-guard", "dev", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0 and "general guard (dev splits)" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    guard = summary["general_guard"]
+    assert "evaluation" not in summary  # only the guard was asked for; it lives under general_guard
+    direct = {name: measure_guard(load_text_encoder(tmp_path / "run" / folder), "dev")["sets"]["coco-captions"]["score"]
+              for name, folder in (("before", "document_encoder"), ("after", "encoder"))}
+    assert guard["before"]["sets"]["coco-captions"]["score"] == pytest.approx(direct["before"], abs=1e-3)
+    assert guard["after"]["sets"]["coco-captions"]["score"] == pytest.approx(direct["after"], abs=1e-3)
+    assert guard["loss"]["coco-captions"] == pytest.approx(direct["before"] - direct["after"], abs=2e-3)
+    encoder = load_text_encoder(tmp_path / "run" / "encoder")
+    assert encoder.term_residual.corpus["path"] == str(corpus)
+    # the run's own record is what the warning quotes
+    message = general_use_message(encoder, tmp_path / "run" / "encoder", "STS")
+    assert f"{guard['loss']['mean']:.2f} points on average on the general guard (dev splits" in message
