@@ -19,13 +19,15 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/contrastkit fit
 
-# One pytest worker per core (pytest-xdist); each file's tests stay on one worker, so a module's
-# fixtures are built once.
+# One pytest worker per core, at most 4 (pytest-xdist; each worker holds torch, Lightning and a model or
+# two in memory); each file's tests stay on one worker, so a module's fixtures are built once.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
+
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
