@@ -40,13 +40,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.modalities.text.encoders import (
-    _model_inputs,
-    check_safe_weights,
-    pool_tokens,
-    quiet_transformers,
-    resolve_text_model,
-)
+from contrastkit.modalities.text.encoders import _model_inputs, load_transformer, pool_tokens, save_transformer
 
 HEAD_FILE = "score_head.safetensors"
 SETTINGS_FILE = "contrastkit_cross_encoder.json"
@@ -67,13 +61,7 @@ class CrossEncoder(nn.Module):
     def from_backbone(cls, name_or_path: str | os.PathLike = "minilm", max_length: int = 128,
                       seed: int = 0) -> CrossEncoder:
         """A new cross-encoder on a local model folder (``minilm``), its head drawn from ``seed``."""
-        from transformers import AutoModel, AutoTokenizer
-
-        quiet_transformers()
-        folder = resolve_text_model(name_or_path)
-        check_safe_weights(folder)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        transformer = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+        _, transformer, tokenizer = load_transformer(name_or_path)
         if getattr(transformer, "pooler", None) is not None:
             # Unused (the head reads mean-pooled states); a folder without its weights would draw new ones at
             # each load, and the weights' fingerprint (the key of the cached scores) would change with them.
@@ -99,11 +87,7 @@ class CrossEncoder(nn.Module):
     def save(self, folder: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        quiet_transformers()
-        self.transformer.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
+        folder = save_transformer(folder, self.transformer, self.tokenizer)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(folder / HEAD_FILE))
         (folder / SETTINGS_FILE).write_text(json.dumps({"pooling": "mean", "max_length": self.max_length}, indent=2))
         return folder

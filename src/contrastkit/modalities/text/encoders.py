@@ -152,6 +152,36 @@ def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
     raise ConfigError(f"Unknown pooling '{pooling}'. Valid poolings: {', '.join(POOLINGS)}.")
 
 
+def load_transformer(name_or_path: str | os.PathLike) -> tuple[Path, nn.Module, object]:
+    """``(folder, transformer, tokenizer)`` of a local Hugging Face model folder (or ``minilm``), from
+    safetensors only; DataError naming the folder when it cannot be loaded."""
+    from transformers import AutoModel, AutoTokenizer
+
+    quiet_transformers()
+    folder = resolve_text_model(name_or_path)
+    check_safe_weights(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        # safetensors only, never a pickled pytorch_model.bin (check_safe_weights said why)
+        transformer = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"Could not load a Hugging Face model from '{folder}': {error}. The folder needs "
+            "config.json, the weights and the tokenizer files."
+        ) from error
+    return folder, transformer, tokenizer
+
+
+def save_transformer(folder: str | os.PathLike, transformer: nn.Module, tokenizer) -> Path:
+    """Write ``transformer`` and ``tokenizer`` into ``folder`` (Hugging Face layout); the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    quiet_transformers()
+    transformer.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 class TextEncoder(nn.Module):
     """Transformer + pooling (+ optional L2 normalisation) with its tokenizer.
 
@@ -185,21 +215,8 @@ class TextEncoder(nn.Module):
                     normalize: bool | None = None, max_length: int | None = None) -> TextEncoder:
         """Load a local model folder (or ``minilm``); unset options come from the folder's
         sentence-transformers files, then default to mean pooling, no normalisation, 256 tokens."""
-        from transformers import AutoModel, AutoTokenizer
-
-        quiet_transformers()
-        folder = resolve_text_model(name_or_path)
-        check_safe_weights(folder)
+        folder, transformer, tokenizer = load_transformer(name_or_path)
         declared = sentence_transformers_settings(folder)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            # safetensors only, never a pickled pytorch_model.bin (check_safe_weights said why)
-            transformer = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-        except (OSError, ValueError) as error:
-            raise DataError(
-                f"Could not load a Hugging Face model from '{folder}': {error}. The folder needs "
-                "config.json, the weights and the tokenizer files."
-            ) from error
         encoder = cls(
             transformer,
             tokenizer,
@@ -282,11 +299,7 @@ class TextEncoder(nn.Module):
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the Transformer and tokenizer (Hugging Face layout) plus the pooling settings."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        quiet_transformers()
-        self.transformer.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
+        folder = save_transformer(folder, self.transformer, self.tokenizer)
         (folder / SAVED_SETTINGS_FILE).write_text(json.dumps(
             {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length},
             indent=2))

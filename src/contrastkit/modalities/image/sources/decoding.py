@@ -63,6 +63,16 @@ class EncodedImage:
         return Path(self.name).suffix.lower() in TIFF_EXTENSIONS
 
 
+def warn_skipped(name: str, skipped: list[str], stacklevel: int = 2) -> None:
+    """Warn that ``skipped`` images of the set ``name`` were left out (``--skip-unreadable``), naming
+    the first :data:`NAMED_IN_WARNING` ("file: reason"); ``stacklevel`` as the caller would give it to
+    ``warnings.warn``."""
+    shown = "; ".join(skipped[:NAMED_IN_WARNING])
+    more = f"; and {len(skipped) - NAMED_IN_WARNING} more" if len(skipped) > NAMED_IN_WARNING else ""
+    warnings.warn(f"Skipped {len(skipped)} unreadable image(s) of '{name}' (--skip-unreadable): {shown}{more}.",
+                  stacklevel=stacklevel + 1)
+
+
 def decode_into_source(
     items: Sequence[EncodedImage],
     labels: Sequence[int] | None,
@@ -95,10 +105,7 @@ def decode_into_source(
     if not kept:
         raise DataError(f"None of the {len(items)} images of '{name}' could be read: {skipped[0]}")
     if skipped:
-        shown = "; ".join(skipped[:NAMED_IN_WARNING])
-        more = f"; and {len(skipped) - NAMED_IN_WARNING} more" if len(skipped) > NAMED_IN_WARNING else ""
-        warnings.warn(f"Skipped {len(skipped)} unreadable image(s) of '{name}' (--skip-unreadable): "
-                      f"{shown}{more}.", stacklevel=2)
+        warn_skipped(name, skipped, stacklevel=2)
     decoded = [arrays[i] for i in kept]
     names = [items[i].name for i in kept]
     if tiff[0]:

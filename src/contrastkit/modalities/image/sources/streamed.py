@@ -39,7 +39,6 @@ and writes uint8 shards to stream with ``shards:DIR``).
 from __future__ import annotations
 
 import tarfile
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -50,11 +49,11 @@ from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.modalities.image.formats import LABEL_COLUMNS
 from contrastkit.modalities.image.sources.decoding import (
     GRAYSCALE_MODES,
-    NAMED_IN_WARNING,
     EncodedImage,
     _common_size,
     _decode_with_pil,
     _opened,
+    warn_skipped,
 )
 from contrastkit.modalities.image.sources.hf_arrow import (
     INFO_FILE,
@@ -152,10 +151,7 @@ class StreamedImages:
         if not kept:
             raise DataError(f"None of the {len(shard_of)} images of '{name}' could be read: {skipped[0]}")
         if skipped:
-            shown = "; ".join(skipped[:NAMED_IN_WARNING])
-            more = f"; and {len(skipped) - NAMED_IN_WARNING} more" if len(skipped) > NAMED_IN_WARNING else ""
-            warnings.warn(f"Skipped {len(skipped)} unreadable image(s) of '{name}' (--skip-unreadable): "
-                          f"{shown}{more}.", stacklevel=3)
+            warn_skipped(name, skipped, stacklevel=3)
         self.skipped = skipped
         self._candidates = np.asarray(kept, dtype=np.int64)  # global id -> candidate
         self.counts = np.bincount(np.asarray(shard_of)[self._candidates], minlength=num_shards).astype(np.int64)
@@ -242,7 +238,8 @@ class StreamedImages:
         return {**self.__dict__, "_open": OrderedDict()}
 
     def _item(self, j: int) -> EncodedImage:
-        raise NotImplementedError
+        """The encoded image of candidate ``j``: each subclass reads it from its own files."""
+        raise NotImplementedError(f"{type(self).__name__} must say how to read a sample (_item).")
 
     def _header_item(self, j: int) -> EncodedImage:
         return self._item(j)
