@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from contrastkit.modalities.image.config import FitConfig
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.sampling.pseudo_labels import pseudo_labels
 from contrastkit.modalities.image.sampling.spread_batches import SpreadBatchSampler
@@ -51,7 +51,7 @@ def train_simclr(images: torch.Tensor, batch_sampler, epochs: int, seed: int, wi
     config = FitConfig(method="simclr", backbone="resnet18", width=width, batch_size=batch_sampler.batch_size,
                        epochs=epochs, seed=seed, warmup_epochs=min(1.0, epochs), extra=extra or {})
     torch.manual_seed(seed)
-    method = METHODS.build("simclr", config=config, data=data)
+    method = build_method("simclr", config=config, data=data)
     loader = DataLoader(BatchedSamples(images, None), batch_sampler=batch_sampler, collate_fn=lambda batch: batch)
     trainer(epochs, []).fit(SSLModule(method, config, data), train_dataloaders=loader)
     return method.backbone, (mean, std)

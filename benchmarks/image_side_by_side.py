@@ -1,4 +1,5 @@
-"""contrastkit beside LightlySSL 1.6 on "CIFAR-10 small": speed, memory, data wait, overhead, kNN.
+"""contrastkit beside LightlySSL 1.6 on "CIFAR-10 small": speed, memory, data wait, overhead, kNN,
+at equal settings and repeated (issues 9 and 30).
 
 Data (issue 9): images 0-799 of each class of ``cifar10-test`` pretrain (8,000, labels ignored),
 images 800-999 of each class are the kNN queries (2,000); weighted kNN, cosine, k = 200,
@@ -6,45 +7,65 @@ t = 0.1, bank = the 8,000 with their labels. Backbone for both libraries: contra
 ResNet-18 (3x3 stem, no max-pool) at width 0.125 (8-16-32-64 channels), initialised from the
 same seed, so the two runs differ only in what the libraries put around it. Batch 256, SGD
 (lr 0.06, momentum 0.9, weight decay 5e-4 on weights of dimension > 1), one warm-up epoch then
-cosine decay, per step, for both. SimCLR: NT-Xent, T = 0.5, projection 64-64-128 with BN.
-BYOL: projection 64-128-128, predictor 128-128-128, EMA rate 0.99 -> 1 on a per-step cosine.
-Augmentations: SimCLR's without blur (crop 0.08-1, flip, jitter 0.4/0.4/0.4/0.1 p 0.8, gray
-0.2), BYOL's asymmetric ones without blur (solarise p 0.2 on view 2).
+cosine decay, per step, for both. The method settings are contrastkit's defaults, passed to both
+libraries explicitly and printed with the table (``method_settings``):
 
+- SimCLR: NT-Xent, T = 0.5, projection 64-64-128 with BN.
+- BYOL: projection 64-128-128, predictor 128-128-128, EMA rate 0.99 -> 1 on a per-step cosine.
+  LightlySSL's example loss ``0.5 (-cos + -cos)`` is scaled by 4 to contrastkit's
+  ``(2 - 2 cos) + (2 - 2 cos)``, so the same optimiser takes the same steps.
+- MoCo v2: query encoder on view 1, EMA key encoder (rate 0.99, constant) on view 2, InfoNCE at
+  T = 0.2 over [key, queue], queue min(4096, N / 2) keys (4,000 here), projection 64-64-128 with
+  ReLU and no BN, not symmetric. LightlySSL: ``MoCoProjectionHead``, ``NTXentLoss`` with
+  ``memory_bank_size=(queue, 128)``, ``update_momentum`` before each step's forward (the same
+  sequence of key encoders as contrastkit's update after each optimiser step). One difference
+  stays: LightlySSL's bank starts full of random unit vectors, contrastkit's queue starts empty
+  and is full after queue / batch steps (16 of the 93 steps of 3 epochs).
+
+Views: SimCLR's without blur (crop 0.08-1, flip, jitter 0.4/0.4/0.4/0.1 p 0.8, gray 0.2) for
+SimCLR and MoCo, BYOL's asymmetric ones without blur (solarise p 0.2 on view 2) for BYOL.
 contrastkit runs as ``contrastkit fit`` does (Lightning, ``SSLModule``, the uint8 in-memory
-batches and batched kornia views). LightlySSL runs as its examples do (a LightningModule with
-its heads and losses, ``LightlyDataset`` over the JPEG files with ``SimCLRTransform`` /
-``BYOLTransform`` in ``--lightly-workers`` DataLoader workers). LightlySSL's BYOL example
-uses ``0.5 (-cos + -cos)``; contrastkit's loss is ``(2 - 2 cos) + (2 - 2 cos)``, four times its
-gradient, so the LightlySSL loss is scaled by 4 here: the same optimiser then takes the same steps.
+batches and batched kornia views). LightlySSL runs as its examples do (``image_side_by_side_lightly.py``:
+its heads, losses and momentum utilities in a LightningModule, ``LightlyDataset`` over the JPEG
+files with its transforms in ``--lightly-workers`` DataLoader workers).
 
-Memory format (``--memory-format``): ``library-default`` trains each library as it trains by
-default, contrastkit channels-last and LightlySSL NCHW, so its ratios measure the layout as well as
-the libraries; ``nchw`` trains contrastkit NCHW too, the equal-format setting.
+Memory format (``--formats``, one row each), an equal setting for both libraries:
 
-Each (library, method) trains in its own subprocess, in alternating order (SimCLR: contrastkit,
-lightly; BYOL: lightly, contrastkit). Reported per run:
+- ``both-nchw``: both NCHW (contrastkit ``channels_last=False``, ``--no-channels-last``).
+- ``both-channels-last``: contrastkit ``channels_last=True``; LightlySSL's module (backbone and
+  heads) ``.to(memory_format=torch.channels_last)`` and each batch of views converted likewise
+  inside its training step.
+- ``library-default``: each library as it trains by default, contrastkit channels-last and
+  LightlySSL NCHW: a *different setting*, whose ratio measures the layout as well as the libraries.
+Every run checks at its first training forward that the backbone's first convolution's weight and
+input are in the format asked (channels-last- or NCHW-contiguous), and fails if not.
+
+Repeats (``--repeats N``): repeat r runs every (format, method) with seed ``--seed + r`` in both
+libraries, contrastkit first when r is even and LightlySSL first when r is odd; each run in its own
+subprocess. A repeat's two runs form a pair, whose images/s ratio the table reports as median and
+min–max over repeats. Each run appends one JSON row to ``--out``; a rerun with the same settings
+skips the runs already there (more ``--repeats`` adds repeats), and ``--table-only`` prints the
+tables from the file (``image_side_by_side_table.py``). Reported per run:
 
     images/s        training images / wall time of the training epochs
     peak PSS, USS   main process / its children (DataLoader workers) / both, sampled every
-                    ``--memory-interval`` s from the parent (``PeakMemory``)
+                    ``--memory-interval`` s from the parent (not RSS: ``process_memory.py``)
     data wait       share of epoch time between the end of one step and the start of the next
-    overhead share  1 - floor / (epoch time / steps), floor = backbone forward + backward on
-                    2 x 256 images measured in the same process after training, in the memory
-                    format the run trained in
+    overhead share  1 - floor / (epoch time / steps); the floor is the backbone's own work on one
+                    step's batch, measured in the same process after training, in the memory
+                    format the run trained in: forward + backward of the views that train it
+                    (SimCLR, BYOL: 2 x 256; MoCo: 256) plus the no-grad forward of the views a
+                    momentum encoder embeds (BYOL: 2 x 256; MoCo: 256)
     kNN top-1       after the same epochs
-
-Why not RSS: a forked worker shares its parent's pages, and each process's RSS (``ru_maxrss``)
-counts them in full, so RSS added up over a parent and its workers counts shared pages more than
-once. Earlier figures did that; ``ru_maxrss`` stays in the JSON only, for comparison.
 
 Must run where both libraries import (the anchor environment, ``$CONTRASTKIT_ANCHOR_ENV``;
 ``make anchors`` builds it, benchmarks/README.md)::
 
     flock .heavy.lock -c 'OMP_NUM_THREADS=2 "$CONTRASTKIT_ANCHOR_ENV/bin/python" \\
-        benchmarks/image_side_by_side.py --epochs 3 --memory-format nchw'
+        benchmarks/image_side_by_side.py --epochs 3 --repeats 3 --methods simclr byol moco \\
+        --formats both-nchw both-channels-last'
 
-The issue's full protocol is ``--epochs 10`` (about 4 x 10 minutes on 2 cores).
+A smoke test (seconds per run): ``--epochs 1 --train-per-class 20 --batch-size 64 --repeats 2``.
 """
 
 from __future__ import annotations
@@ -66,8 +87,19 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from contrastkit.core.paths import data_root
+from image_side_by_side_lightly import head_parameters, lightly_module, lightly_transform
+from image_side_by_side_table import load_rows, print_tables, run_key, settings_id
+from process_memory import PeakMemory  # noqa: F401 (also imported from here by rank_image_methods.py)
+
 PRETRAIN_PER_CLASS = 800
 STEPS_PER_FLOOR = 3
+METHODS = ("simclr", "byol", "moco")
+FORMATS = ("both-nchw", "both-channels-last", "library-default")
+LIBRARIES = ("contrastkit", "lightly")
+# Batches of views per step: (trained by the backbone: forward + backward, embedded by a momentum
+# encoder of the same architecture: forward only). The floor is this work and nothing else.
+BACKBONE_WORK = {"simclr": (2, 0), "byol": (2, 2), "moco": (1, 1)}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -104,76 +136,6 @@ def prepare(data: str, workdir: Path, per_class: int) -> None:
             link.symlink_to(file.resolve())
 
 
-# -- memory -------------------------------------------------------------------------------------
-
-def pss_uss_kib(pid: int) -> tuple[int, int] | None:
-    """(PSS, USS) of one process in KiB, from ``/proc/<pid>/smaps_rollup``; None once it has exited.
-
-    PSS counts each resident page divided by the number of processes that map it, so PSS adds up
-    over processes with no page counted twice. USS (``Private_Clean + Private_Dirty``) counts the
-    pages no other process maps: what ending the process would free."""
-    fields: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as file:
-            for line in file:
-                key, _, value = line.partition(":")
-                if key in ("Pss", "Private_Clean", "Private_Dirty"):
-                    fields[key] = int(value.split()[0])  # "   1234 kB"
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    if len(fields) < 3:  # a zombie's rollup is empty
-        return None
-    return fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]
-
-
-def descendants(pid: int) -> list[int]:
-    """The live processes below ``pid``, by the parent id in each ``/proc/<pid>/stat``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as file:
-                    stat = file.read()
-            except OSError:  # it exited while we looked
-                continue
-            parent = int(stat.rpartition(")")[2].split()[1])  # after "pid (comm) state"; comm may hold ")"
-            children.setdefault(parent, []).append(int(entry.name))
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [child for parent in frontier for child in children.get(parent, [])]
-        found += frontier
-    return found
-
-
-class PeakMemory:
-    """Peak PSS and USS, in KiB, of a process tree sampled from outside it: of the root (``main``),
-    of its descendants added up at one instant (``children``), of both at one instant (``total``),
-    and of each descendant (``pid N``). Peaks of sums at one instant, not sums of per-process peaks:
-    DataLoader workers that are not persistent are new processes every epoch. A peak between two
-    samples is missed, so each figure is a lower bound (a close one at 0.5 s against minutes)."""
-
-    def __init__(self, root: int):
-        self.root, self.samples = root, 0
-        self.peaks: dict[str, tuple[int, int]] = {}
-
-    def sample(self) -> None:
-        now = {pid: m for pid in [self.root, *descendants(self.root)] if (m := pss_uss_kib(pid)) is not None}
-        if self.root not in now:
-            return
-        self.samples += 1
-        main = now.pop(self.root)
-        children = (sum(m[0] for m in now.values()), sum(m[1] for m in now.values()))
-        values = {"main": main, "children": children, "total": (main[0] + children[0], main[1] + children[1]),
-                  **{f"pid {pid}": m for pid, m in now.items()}}
-        for name, (pss, uss) in values.items():
-            old = self.peaks.get(name, (0, 0))
-            self.peaks[name] = (max(old[0], pss), max(old[1], uss))
-
-    def report(self) -> dict:
-        return {"memory_samples": self.samples,
-                "peak_pss_uss_mib": {name: [kib / 1024 for kib in peaks] for name, peaks in self.peaks.items()}}
-
-
 # -- timing -------------------------------------------------------------------------------------
 
 def timer_callback():
@@ -207,19 +169,55 @@ def timer_callback():
     return StepTimer()
 
 
-def floor_seconds(backbone: torch.nn.Module, batch_size: int, channels_last: bool) -> float:
-    """Median backbone forward + backward on 2 x batch_size random views."""
-    backbone.train()
-    x = torch.randn(2 * batch_size, 3, 32, 32)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+def floor_seconds(backbone: torch.nn.Module, batch_size: int, channels_last: bool, method: str = "simclr") -> float:
+    """Median time of the backbone's own work in one step of ``method`` (``BACKBONE_WORK``) on
+    random views: forward + backward of the trained views, then the no-grad forward of the views
+    a momentum encoder embeds (the same architecture, so the same module stands in for it)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    backbone.to(memory_format=memory_format).train()
+    trained, embedded = BACKBONE_WORK[method]
+    x = torch.randn(trained * batch_size, 3, 32, 32).contiguous(memory_format=memory_format)
+    y = torch.randn(embedded * batch_size, 3, 32, 32).contiguous(memory_format=memory_format) if embedded else None
     times = []
     for _ in range(STEPS_PER_FLOOR + 1):
         started = time.perf_counter()
         backbone.zero_grad(set_to_none=True)
         backbone(x).sum().backward()
+        if y is not None:
+            with torch.no_grad():
+                backbone(y)
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:])
+
+
+def watch_first_conv(backbone: torch.nn.Module) -> dict:
+    """Fills the returned dict, at the backbone's first forward, with the memory format of its
+    first convolution's weight and input; the hook then removes itself."""
+    conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: dict = {}
+
+    def record(module, inputs):
+        x = inputs[0]
+        seen.update(weight_channels_last=module.weight.is_contiguous(memory_format=torch.channels_last),
+                    input_channels_last=x.is_contiguous(memory_format=torch.channels_last),
+                    weight_nchw=module.weight.is_contiguous(), input_nchw=x.is_contiguous())
+        handle.remove()
+
+    handle = conv.register_forward_pre_hook(record)
+    return seen
+
+
+def check_format(seen: dict, channels_last: bool, library: str) -> None:
+    """Fail unless the first training forward ran in the format asked."""
+    if not seen:
+        raise RuntimeError(f"{library}: the backbone's first convolution never ran")
+    if channels_last:
+        ok = seen["weight_channels_last"] and seen["input_channels_last"]
+    else:
+        ok = seen["weight_nchw"] and seen["input_nchw"] and not seen["input_channels_last"]
+    if not ok:
+        raise RuntimeError(f"{library}: asked for {'channels-last' if channels_last else 'NCHW'}, the first "
+                           f"convolution saw {seen}")
 
 
 def knn_top1(backbone, split) -> float:
@@ -262,149 +260,119 @@ def trainer(epochs: int, callbacks):
                      num_sanity_val_steps=0, use_distributed_sampler=False)
 
 
+def trains_channels_last(library: str, memory_format: str) -> bool:
+    return memory_format == "both-channels-last" or (memory_format == "library-default" and library == "contrastkit")
+
+
+def method_settings(method: str, num_train: int, batch_size: int, epochs: int, width: float) -> dict:
+    """The values both libraries run ``method`` with: contrastkit's defaults for this data (its
+    method docstrings), given to contrastkit explicitly as well, so that both sides read them here."""
+    dim = make_backbone(0, width).output_dim
+    total_steps = (num_train // batch_size) * epochs
+    if method == "simclr":
+        return {"temperature": 0.5, "projection_hidden": dim, "projection_dim": 128, "projection_batch_norm": True}
+    if method == "byol":
+        return {"momentum": 0.99, "momentum_schedule": "cosine to 1 per step", "total_steps": total_steps,
+                "projection_hidden": 2 * dim, "projection_dim": 128, "predictor_hidden": 2 * dim}
+    return {"temperature": 0.2, "momentum": 0.99, "momentum_schedule": "constant",
+            "queue_size": min(4096, max(1, num_train // 2)), "projection_hidden": dim, "projection_dim": 128,
+            "projection_batch_norm": False, "symmetric": False}
+
+
 # -- contrastkit --------------------------------------------------------------------------------
 
-def run_contrastkit(method: str, split, args) -> tuple[dict, torch.nn.Module]:
+def run_contrastkit(method: str, split, args, settings: dict, channels_last: bool):
     from contrastkit.modalities.image.config import FitConfig
-    from contrastkit.modalities.image.methods import METHODS
+    from contrastkit.modalities.image.methods import build_method
     from contrastkit.modalities.image.methods.parts import DataInfo
     from contrastkit.modalities.image.training.data import InMemoryImages
     from contrastkit.modalities.image.training.module import SSLModule
 
+    extra = json.loads(args.contrastkit_extra)
+    if method == "byol":
+        extra["byol"] = {"momentum": settings["momentum"], "predictor_hidden_dim": settings["predictor_hidden"],
+                         **extra.get("byol", {})}
+    if method == "moco":
+        extra["moco"] = {"momentum": settings["momentum"], "queue_size": settings["queue_size"],
+                         "symmetric": settings["symmetric"], **extra.get("moco", {})}
     config = FitConfig(method=method, backbone="resnet18", width=args.width, batch_size=args.batch_size,
                        epochs=args.epochs, seed=args.seed, warmup_epochs=min(1.0, args.epochs),
-                       channels_last=False if args.memory_format == "nchw" else None,
-                       extra=json.loads(args.contrastkit_extra))
+                       temperature=settings.get("temperature"), projection_dim=settings["projection_dim"],
+                       projection_hidden_dim=settings["projection_hidden"], channels_last=channels_last, extra=extra)
     data = DataInfo(channels=3, image_size=32, mean=split["mean"], std=split["std"], num_samples=len(split["train"]))
     torch.manual_seed(args.seed)  # the backbone is built first: the same weights as make_backbone(seed)
-    model = METHODS.build(method, config=config, data=data)
+    model = build_method(method, config, data)
+    built = {"byol": lambda: {"momentum": model.base_momentum},
+             "moco": lambda: {"momentum": model.momentum, "queue_size": model.queue.size, "symmetric": model.symmetric},
+             }.get(method, dict)()
+    if any(settings[key] != value for key, value in built.items()):
+        raise RuntimeError(f"contrastkit built {method} with {built}, not the settings {settings}")
+    seen = watch_first_conv(model.backbone)
     module = SSLModule(model, config, data)
     module.batch_images = lambda batch: len(batch["image"])
     source = SimpleNamespace(images=split["train"], labels=split["train_labels"])
     timer = timer_callback()
     trainer(args.epochs, [timer]).fit(module, datamodule=InMemoryImages(source, args.batch_size, args.seed))
-    return vars_of(timer), model.backbone
+    return vars_of(timer), model.backbone, seen, head_parameters(model, model.backbone)
 
 
 # -- LightlySSL ---------------------------------------------------------------------------------
 
-def run_lightly(method: str, split, args, workdir: Path) -> tuple[dict, torch.nn.Module]:
-    import lightning as L
+def run_lightly(method: str, split, args, workdir: Path, settings: dict, channels_last: bool):
     from lightly.data import LightlyDataset
-    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
-    from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimCLRTransform
-    from lightly.utils.scheduler import cosine_schedule
 
-    normalize = {"mean": list(split["mean"]), "std": list(split["std"])}
     steps_per_epoch = len(split["train"]) // args.batch_size
     backbone = make_backbone(args.seed, args.width)
-    dim = backbone.output_dim
-
-    class LightlySimCLR(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.backbone = backbone
-            self.projection_head = SimCLRProjectionHead(dim, dim, 128)
-            self.criterion = NTXentLoss(temperature=0.5)
-
-        def training_step(self, batch, batch_idx):
-            (x0, x1) = batch[0]
-            z0 = self.projection_head(self.backbone(x0))
-            z1 = self.projection_head(self.backbone(x1))
-            loss = self.criterion(z0, z1)
-            self.log("train_loss_ssl", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return optimizer_and_schedule(self, steps_per_epoch, args.epochs)
-
-    class LightlyBYOL(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.backbone = backbone
-            self.projection_head = BYOLProjectionHead(dim, 2 * dim, 128)
-            self.prediction_head = BYOLPredictionHead(128, 2 * dim, 128)
-            self.backbone_momentum = copy.deepcopy(self.backbone)
-            self.projection_head_momentum = copy.deepcopy(self.projection_head)
-            deactivate_requires_grad(self.backbone_momentum)
-            deactivate_requires_grad(self.projection_head_momentum)
-            self.criterion = NegativeCosineSimilarity()
-
-        def forward(self, x):
-            return self.prediction_head(self.projection_head(self.backbone(x)))
-
-        def forward_momentum(self, x):
-            return self.projection_head_momentum(self.backbone_momentum(x)).detach()
-
-        def training_step(self, batch, batch_idx):
-            momentum = cosine_schedule(self.global_step, steps_per_epoch * args.epochs, 0.99, 1.0)
-            update_momentum(self.backbone, self.backbone_momentum, m=momentum)
-            update_momentum(self.projection_head, self.projection_head_momentum, m=momentum)
-            (x0, x1) = batch[0]
-            p0, p1 = self.forward(x0), self.forward(x1)
-            z0, z1 = self.forward_momentum(x0), self.forward_momentum(x1)
-            loss = 2.0 * (self.criterion(p0, z1) + self.criterion(p1, z0))  # = contrastkit's scale, see docstring
-            self.log("train_loss_ssl", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return optimizer_and_schedule(self, steps_per_epoch, args.epochs)
-
-    if method == "simclr":
-        transform = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0, normalize=normalize)
-        module = LightlySimCLR()
-    else:
-        transform = BYOLTransform(
-            view_1_transform=BYOLView1Transform(input_size=32, gaussian_blur=0.0, normalize=normalize),
-            view_2_transform=BYOLView2Transform(input_size=32, gaussian_blur=0.0, normalize=normalize),
-        )
-        module = LightlyBYOL()
+    module = lightly_module(method, backbone, settings,
+                            lambda model: optimizer_and_schedule(model, steps_per_epoch, args.epochs), channels_last)
+    seen = watch_first_conv(module.backbone)  # after the momentum copies: they must not copy the hook
     module.batch_images = lambda batch: len(batch[1])
-    dataset = LightlyDataset(str(workdir / "train-jpeg"), transform=transform)
+    normalize = {"mean": list(split["mean"]), "std": list(split["std"])}
+    dataset = LightlyDataset(str(workdir / "train-jpeg"), transform=lightly_transform(method, normalize))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.lightly_workers)  # as LightlySSL's examples
     timer = timer_callback()
     torch.manual_seed(args.seed)
     trainer(args.epochs, [timer]).fit(module, train_dataloaders=loader)
-    return vars_of(timer), backbone
+    return vars_of(timer), backbone, seen, head_parameters(module, backbone)
 
 
 def vars_of(timer) -> dict:
     return {k: getattr(timer, k) for k in ("epoch_seconds", "step_seconds", "wait_seconds", "steps", "images")}
 
 
-# -- orchestration ------------------------------------------------------------------------------
+# -- one run (a subprocess) ---------------------------------------------------------------------
 
 def worker(args) -> None:
     import gc
 
-    workdir = Path(args.workdir)
+    workdir, memory_format = Path(args.workdir), args.formats[0]
     split = torch.load(workdir / "split.pt", weights_only=False)
+    settings = json.loads(args.method_settings)
+    channels_last = trains_channels_last(args.library, memory_format)
     if args.library == "contrastkit":
-        timing, backbone = run_contrastkit(args.method, split, args)
+        timing, backbone, seen, heads = run_contrastkit(args.method, split, args, settings, channels_last)
     else:
-        timing, backbone = run_lightly(args.method, split, args, workdir)
+        timing, backbone, seen, heads = run_lightly(args.method, split, args, workdir, settings, channels_last)
+    check_format(seen, channels_last, args.library)
     gc.collect()
     kib = 1024
     result = {
-        "library": args.library, "method": args.method, "epochs": args.epochs,
-        "memory_format": args.memory_format, **timing,
+        "library": args.library, "method": args.method, "memory_format": memory_format, "seed": args.seed,
+        "channels_last": channels_last, "format_check": seen, "threads": torch.get_num_threads(),
+        "head_parameters": heads, **timing,
         "images_per_s": timing["images"] / timing["epoch_seconds"],
         "data_wait_share": timing["wait_seconds"] / timing["epoch_seconds"],
         # ru_maxrss, for comparison with figures measured before PSS / USS (they over-count shared pages).
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
         # Workers exit at the end of every epoch (no persistent workers), so they are reaped by now.
         "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
-        # The floor in the memory format the run trained in (contrastkit: channels-last by default).
-        "floor_s": floor_seconds(copy.deepcopy(backbone), args.batch_size,
-                                 channels_last=args.library == "contrastkit" and args.memory_format != "nchw"),
+        "floor_s": floor_seconds(copy.deepcopy(backbone), args.batch_size, channels_last, args.method),
     }
     result["step_s"] = timing["epoch_seconds"] / timing["steps"]
     result["overhead_share"] = 1 - result["floor_s"] / result["step_s"]
     result["knn_top1"] = knn_top1(backbone, split)
-    (workdir / f"{args.library}-{args.method}.json").write_text(json.dumps(result, indent=1))
+    Path(args.result).write_text(json.dumps(result, indent=1))
 
 
 def run_measured(command: list[str], interval: float) -> dict:
@@ -419,35 +387,70 @@ def run_measured(command: list[str], interval: float) -> dict:
     return memory.report()
 
 
-ORDER = [("simclr", "contrastkit"), ("simclr", "lightly"), ("byol", "lightly"), ("byol", "contrastkit")]
+# -- the protocol -------------------------------------------------------------------------------
+
+def plan(repeats: int, formats: list[str], methods: list[str]) -> list[tuple[int, str, str, int, str]]:
+    """(repeat, format, method, order, library) in running order: repeats outermost, so that a
+    drift of the machine's speed spreads over every configuration; contrastkit first in even
+    repeats, LightlySSL first in odd ones."""
+    runs = []
+    for repeat in range(repeats):
+        libraries = LIBRARIES if repeat % 2 == 0 else LIBRARIES[::-1]
+        for memory_format in formats:
+            for method in methods:
+                runs += [(repeat, memory_format, method, order, library) for order, library in enumerate(libraries)]
+    return runs
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_settings(args, lightly_version: str) -> dict:
+    """What must be equal for two runs' figures to be compared (the key of a settings group)."""
+    return {"data": Path(args.data).name, "train_per_class": args.train_per_class, "epochs": args.epochs,
+            "batch_size": args.batch_size, "width": args.width, "base_seed": args.seed,
+            "lightly_workers": args.lightly_workers, "contrastkit_extra": args.contrastkit_extra,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
+            "lightly": lightly_version}
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-test")
+    parser.add_argument("--data", default=str(data_root() / "cifar10-test"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=float, default=0.125)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    parser.add_argument("--seed", type=int, default=0, help="seed of repeat 0; repeat r uses seed + r")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--formats", "--memory-format", dest="formats", nargs="+", choices=[*FORMATS, "nchw"],
+                        default=["both-nchw", "both-channels-last"],
+                        help="both-nchw, both-channels-last (equal settings), library-default (contrastkit "
+                             "channels-last, LightlySSL NCHW: a different setting); nchw = both-nchw")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (format, method, library)")
+    parser.add_argument("--out", default="runs/image_side_by_side.jsonl",
+                        help="JSON lines, one row per run; runs already there (same settings) are skipped")
+    parser.add_argument("--table-only", action="store_true", help="print the tables from --out and stop")
     parser.add_argument("--lightly-workers", type=int, default=2)
     parser.add_argument("--train-per-class", type=int, default=PRETRAIN_PER_CLASS,
                         help="pretraining images per class (the protocol: 800; smaller for a smoke test)")
     parser.add_argument("--contrastkit-extra", default="{}", help="FitConfig.extra as JSON (e.g. views options)")
-    parser.add_argument("--memory-format", choices=["library-default", "nchw"], default="library-default",
-                        help="library-default: each library's own (contrastkit channels-last, LightlySSL NCHW); "
-                             "nchw: both NCHW")
     parser.add_argument("--memory-interval", type=float, default=0.5,
                         help="seconds between PSS / USS samples of each run's processes")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--library", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--method-settings", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.formats = list(dict.fromkeys("both-nchw" if f == "nchw" else f for f in args.formats))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
         return worker(args)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="side-by-side-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    if args.table_only:
+        return print_tables(load_rows(out))
     if not Path("/proc/self/smaps_rollup").exists():
         sys.exit("PSS / USS are read from /proc/<pid>/smaps_rollup (Linux 4.14 or later); this system has none.")
     try:
@@ -455,46 +458,42 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         sys.exit("LightlySSL does not import here: run with the anchor environment's Python, "
                  '"$CONTRASTKIT_ANCHOR_ENV/bin/python" (make anchors builds it; benchmarks/README.md).')
-    prepare(args.data, workdir, args.train_per_class)
+    settings = run_settings(args, lightly.__version__)
+    done = {run_key(row) for row in load_rows(out)}
+    todo = [run for run in plan(args.repeats, args.formats, args.methods)
+            if (settings_id(settings), run[2], run[1], run[0], run[4]) not in done]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="side-by-side-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, lightly {lightly.__version__}, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS')}, epochs {args.epochs}, memory format {args.memory_format}, "
-          f"workdir {workdir}", flush=True)
-    results = {}
-    given = list(argv if argv is not None else sys.argv[1:])
-    passed = [a for i, a in enumerate(given) if a != "--workdir" and (i == 0 or given[i - 1] != "--workdir")]
-    for method, library in ORDER:
-        if method not in args.methods:
-            continue
+          f"{os.environ.get('OMP_NUM_THREADS')}, epochs {args.epochs}, formats {' '.join(args.formats)}, "
+          f"{args.repeats} repeats: {len(todo)} runs to do, the others already in {out}; workdir {workdir}", flush=True)
+    if todo:
+        prepare(args.data, workdir, args.train_per_class)
+        num_train = 10 * args.train_per_class
+    for number, (repeat, memory_format, method, order, library) in enumerate(todo, 1):
+        seed = args.seed + repeat
+        chosen = method_settings(method, num_train, args.batch_size, args.epochs, args.width)
+        result = workdir / f"{library}-{method}-{memory_format}-{repeat}.json"
         command = [sys.executable, __file__, "--worker", "--library", library, "--method", method,
                    "--workdir", str(workdir), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                   "--width", str(args.width), "--seed", str(args.seed), "--lightly-workers",
-                   str(args.lightly_workers), "--contrastkit-extra", args.contrastkit_extra,
-                   "--memory-format", args.memory_format]
+                   "--width", str(args.width), "--seed", str(seed), "--lightly-workers", str(args.lightly_workers),
+                   "--contrastkit-extra", args.contrastkit_extra, "--formats", memory_format,
+                   "--method-settings", json.dumps(chosen), "--result", str(result)]
         started = time.perf_counter()
         memory = run_measured(command, args.memory_interval)
-        results[(method, library)] = {**json.loads((workdir / f"{library}-{method}.json").read_text()), **memory}
-        print(f"{library} {method}: {time.perf_counter() - started:.0f} s", results[(method, library)], flush=True)
-    print_table(results, args)
+        row = {"settings": settings, "repeat": repeat, "order": order, "method_settings": chosen,
+               **json.loads(result.read_text()), **memory, "wall_s": time.perf_counter() - started}
+        with out.open("a") as file:  # one line per finished run: a killed benchmark resumes after it
+            file.write(json.dumps(row) + "\n")
+        print(f"[{number}/{len(todo)}] repeat {repeat} {memory_format} {method} {library}: {row['wall_s']:.0f} s, "
+              f"{row['images_per_s']:.1f} images/s, overhead {row['overhead_share']:.1%}, kNN {row['knn_top1']:.2f}, "
+              f"first conv {row['format_check']}", flush=True)
+    print_tables(load_rows(out), only_settings=settings)
+    given = list(argv if argv is not None else sys.argv[1:])
+    passed = [a for i, a in enumerate(given) if a != "--workdir" and (i == 0 or given[i - 1] != "--workdir")]
     print("\nCommand: OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")) + " " + sys.executable
           + " benchmarks/image_side_by_side.py " + " ".join(shlex.quote(a) for a in passed))
-
-
-def print_table(results: dict, args) -> None:
-    print(f"\nMemory format: {args.memory_format}; PSS / USS sampled every {args.memory_interval} s.")
-    print(f"\n| method | library | images/s | peak PSS MiB (main / children / total) | peak USS MiB "
-          f"(main / children / total) | data wait | overhead share | step s | floor s | "
-          f"kNN top-1 after {args.epochs} ep. |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (method, library), r in results.items():
-        pss, uss = (" / ".join(f"{r['peak_pss_uss_mib'][part][i]:.0f}" for part in ("main", "children", "total"))
-                    for i in (0, 1))
-        print(f"| {method} | {library} | {r['images_per_s']:.1f} | {pss} | {uss} | {r['data_wait_share']:.1%} | "
-              f"{r['overhead_share']:.1%} | {r['step_s']:.2f} | {r['floor_s']:.2f} | {r['knn_top1']:.2f} |")
-    for method in args.methods:
-        ours, theirs = results.get((method, "contrastkit")), results.get((method, "lightly"))
-        if ours and theirs:
-            print(f"{method}: contrastkit / LightlySSL images/s = {ours['images_per_s'] / theirs['images_per_s']:.2f}x; "
-                  f"kNN difference {ours['knn_top1'] - theirs['knn_top1']:+.2f} points")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,18 @@ computed once beforehand; no augmentation, no head, no loss, no optimiser): what
 below. For each method and variant the script times, as medians over ``--steps`` steps after
 ``--warmup`` untimed ones:
 
-    floor    backbone(views).sum().backward()
+    floor    backbone(views).sum().backward(), plus for a momentum method (BYOL, MoCo, DINO, ...)
+             its target backbone's forward over the same views under no_grad, which every such
+             method pays (issue 30's definition)
     views    method.views.two_views(uint8 batch)              (augmentation alone)
     step     zero_grad; method.training_loss(batch); backward; optimizer.step(); EMA update
+    (MoCo, not symmetric, passes one view through each network: its floor is on B views, not 2B)
     overhead share = 1 - floor / step
+
+and the parts of a step a profile names: ``target fwd`` (the target backbone's forward alone, in
+the floor), ``ema`` (``after_optimizer_step``: the EMA update, one fused ``torch._foreach_lerp_``,
+and MoCo's enqueue), ``optimizer`` (``optimizer.step()``) and ``rest`` = step - floor - views - ema
+- optimizer: heads, predictor, loss and autograd bookkeeping outside the backbone.
 
 Variants (each switchable in contrastkit, measured here before anything is on by default):
 
@@ -41,7 +49,7 @@ import time
 import torch
 
 from contrastkit.modalities.image.config import FitConfig
-from contrastkit.modalities.image.methods import METHODS
+from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.sources import open_image_source
 from contrastkit.engine.optim import build_optimizer
@@ -64,7 +72,7 @@ def build(method: str, data: DataInfo, width: float, batch_size: int, channels_l
     torch.manual_seed(seed)
     config = FitConfig(method=method, backbone="resnet18", width=width, batch_size=batch_size,
                        channels_last=channels_last)
-    model = METHODS.build(method, config=config, data=data)
+    model = build_method(method, config=config, data=data)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.views.channels_last = True
@@ -90,7 +98,10 @@ def measure(method: str, variant: str, images: torch.Tensor, data: DataInfo, arg
 
     with torch.no_grad():
         view_a, view_b = model.views.two_views(batch["image"])
-    views = torch.cat([view_a, view_b]).detach()
+    # MoCo (not symmetric) passes one view through each network: its floor is the backbone on B
+    # images and the key encoder on B; the other methods pass both views through each.
+    one_view_each = method == "moco" and not getattr(model, "symmetric", True)
+    views = (view_a if one_view_each else torch.cat([view_a, view_b])).detach()
 
     precision = (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16"
                  else contextlib.nullcontext())
@@ -118,16 +129,46 @@ def measure(method: str, variant: str, images: torch.Tensor, data: DataInfo, arg
         if hook is not None:
             hook(step_count[0], 1000)
 
+    target = momentum_backbone(model)
+
+    def target_forward():
+        with torch.no_grad(), precision:
+            target(views)
+
+    hook = getattr(model, "after_optimizer_step", None)
+
+    def ema():
+        hook(step_count[0], 1000)
+
+    def optimizer_step():
+        optimizer.step()
+
     if variant.startswith("compile"):
         started = time.perf_counter()
         (floor if variant == "compile" else step)()
         compile_seconds = time.perf_counter() - started
-    floor_s = median_seconds(floor, args.steps, args.warmup)
+    online_s = median_seconds(floor, args.steps, args.warmup)
+    target_s = median_seconds(target_forward, args.steps, 1) if target is not None else 0.0
+    floor_s = online_s + target_s
     views_s = median_seconds(augment, args.steps, 1)
     step_s = median_seconds(step, args.steps, args.warmup)
-    return {"method": method, "variant": variant, "floor_s": floor_s, "views_s": views_s, "step_s": step_s,
+    ema_s = median_seconds(ema, args.steps, 1) if hook is not None else 0.0
+    optimizer_s = median_seconds(optimizer_step, args.steps, 1)
+    return {"method": method, "variant": variant, "floor_s": floor_s, "target_s": target_s, "views_s": views_s,
+            "step_s": step_s, "ema_s": ema_s, "optimizer_s": optimizer_s,
+            "rest_s": step_s - floor_s - views_s - ema_s - optimizer_s,
             "overhead": 1 - floor_s / step_s, "images_per_s": len(images) / step_s,
             "compile_s": compile_seconds}
+
+
+def momentum_backbone(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The method's momentum copy of its backbone (``target_backbone``, ``key_backbone``, ...): a
+    child other than ``backbone`` whose name ends in ``backbone`` and that the optimiser never sees."""
+    for name, module in model.named_children():
+        if (name != "backbone" and name.endswith("backbone") and any(True for _ in module.parameters())
+                and not any(p.requires_grad for p in module.parameters())):
+            return module
+    return None
 
 
 def embed_bank_seconds(images: torch.Tensor, data: DataInfo, args) -> dict:
@@ -174,10 +215,12 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             rows.append(row)
             print(row, flush=True)
-    print("\n| method | variant | floor s | views s | step s | images/s | overhead share | compile s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| method | variant | floor s (target fwd) | views s | ema s | optimizer s | rest s | step s | images/s "
+          "| overhead share | compile s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['method']} | {r['variant']} | {r['floor_s']:.3f} | {r['views_s']:.3f} | {r['step_s']:.3f} | "
+        print(f"| {r['method']} | {r['variant']} | {r['floor_s']:.3f} ({r['target_s']:.3f}) | {r['views_s']:.3f} | "
+              f"{r['ema_s']:.4f} | {r['optimizer_s']:.3f} | {r['rest_s']:.3f} | {r['step_s']:.3f} | "
               f"{r['images_per_s']:.0f} | {r['overhead']:.1%} | {r['compile_s']:.0f} |")
     if args.bank:
         timings = embed_bank_seconds(images[: args.bank], data, args)

@@ -93,6 +93,11 @@ def teacher_pair_scores(n: int, d: int, generator: torch.Generator) -> dict[str,
     return {"teacher_scores": torch.rand(n, generator=generator, dtype=torch.float64)}
 
 
+def positive_and_negative_scores(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    positive = torch.randn(n, generator=generator, dtype=torch.float64)  # (n,) relevance scores: B-PROP's ROP
+    return positive, positive + torch.randn(n, generator=generator, dtype=torch.float64) - 0.5
+
+
 def three_views(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     z_a = torch.randn(n, d, generator=generator, dtype=torch.float64)
     views = z_a.unsqueeze(1) + 0.5 * torch.randn(n, 2, d, generator=generator, dtype=torch.float64)
@@ -303,6 +308,44 @@ def msn_prototypes(n: int, d: int, generator: torch.Generator) -> dict[str, Any]
     return {"prototypes": torch.randn(5, d, generator=generator, dtype=torch.float64)}
 
 
+MLM_TOKENS = 6
+
+
+def token_logits(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # masked language modelling: logits (n, L, V = d) over a vocabulary of d ids.
+    return torch.randn(n, MLM_TOKENS, d, generator=generator, dtype=torch.float64), None
+
+
+def masked_token_targets(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    targets = torch.randint(d, (n, MLM_TOKENS), generator=generator)
+    targets[torch.rand(n, MLM_TOKENS, generator=generator) < 0.5] = -100  # not masked
+    targets[0, 0] = 1
+    return {"targets": targets}
+
+
+def packed_token_logits(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # masked language modelling on the masked tokens alone: one row per token, (n, V = d).
+    return torch.randn(n, d, generator=generator, dtype=torch.float64), None
+
+
+def packed_token_targets(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    targets = torch.randint(d, (n,), generator=generator)
+    targets[1::3] = -100
+    return {"targets": targets}
+
+
+def token_detection_logits(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    # replaced-token detection: one "replaced" logit per token, (n, L = d).
+    return torch.randn(n, d, generator=generator, dtype=torch.float64), None
+
+
+def replaced_tokens_and_padding(n: int, d: int, generator: torch.Generator) -> dict[str, Any]:
+    replaced = torch.rand(n, d, generator=generator) < 0.3
+    attention_mask = torch.ones(n, d, dtype=torch.long)
+    attention_mask[::2, -2:] = 0  # padded sequences
+    return {"replaced": replaced, "attention_mask": attention_mask}
+
+
 CASES: dict[str, ObjectiveCase] = {
     "supcon": ObjectiveCase(make_extra=labels_with_repeats),
     "dense_infonce": ObjectiveCase(make_embeddings=dense_maps, make_extra=dense_correspondence,
@@ -412,7 +455,12 @@ CASES: dict[str, ObjectiveCase] = {
         note="Sinkhorn targets and the mean-entropy term over the whole gathered batch; sample i adds its share",
     ),
     "pair_score_distillation": ObjectiveCase(make_extra=teacher_pair_scores),
+    "representative_words": ObjectiveCase(make_embeddings=positive_and_negative_scores),
     "masked_pixel_regression": ObjectiveCase(make_embeddings=masked_patch_predictions, make_extra=masked_patch_index),
+    # issue 25: BERT's MLM and ELECTRA's replaced-token detection (divided by the gathered batch's token counts)
+    "masked_language_modelling": ObjectiveCase(make_embeddings=token_logits, make_extra=masked_token_targets),
+    "replaced_token_detection": ObjectiveCase(kwargs={"weight": 50.0}, make_embeddings=token_detection_logits,
+                                              make_extra=replaced_tokens_and_padding),
 }
 
 # Extra configurations of names already in the catalogue, run by the same tests under the label
@@ -451,6 +499,9 @@ VARIANTS: dict[str, tuple[str, ObjectiveCase]] = {
     # issue 23: dense InfoNCE with every position of every image as negatives
     "dense_infonce[batch negatives]": ("dense_infonce", ObjectiveCase(
         kwargs={"negatives": "batch"}, make_embeddings=dense_maps, make_extra=dense_correspondence)),
+    # issue 25: the masked tokens passed packed, one row each (what rtd-contrastive passes)
+    "masked_language_modelling[packed]": ("masked_language_modelling", ObjectiveCase(
+        make_embeddings=packed_token_logits, make_extra=packed_token_targets)),
 }
 
 

@@ -111,7 +111,8 @@ def build_parser() -> Parser:
     evaluate.add_argument("--model", help="text model (sts, retrieval): 'minilm', a folder written by "
                                           "TextEncoder.save or any local Hugging Face / sentence-transformers "
                                           "folder; 'bm25' for the lexical baseline (retrieval)")
-    evaluate.add_argument("--data", help="an STS file (sts) or a BEIR folder (retrieval)")
+    evaluate.add_argument("--data", help="an STS file (sts) or a BEIR folder (retrieval); --fine-tune on a text run: "
+                                         "the labelled texts, a clustering task file or a table of (text, label)")
     evaluate.add_argument("--split", default="dev",
                           help="BEIR qrels split (retrieval): dev (default; qrels/dev.tsv, or a fixed third of "
                                "the train queries), train, or test (only once settings are chosen on dev)")

@@ -3,9 +3,13 @@ with a linear head on N labels, beside the frozen kNN and linear probes on the s
 
 The run folder says which modality it is (:func:`contrastkit.loading.run_kind`); each modality that
 classifies has its fine-tuning path (images: :mod:`contrastkit.modalities.image.fine_tune`; time
-series: :mod:`contrastkit.modalities.timeseries.fine_tune`), over one loop
+series: :mod:`contrastkit.modalities.timeseries.fine_tune`; text, on the labelled texts of ``--data``:
+:mod:`contrastkit.modalities.text.fine_tune`; graphs, node classification:
+:mod:`contrastkit.modalities.graph.fine_tune`), over one loop
 (:mod:`contrastkit.evaluation.fine_tune`). The rate and the number of epochs are chosen on a
 development carve of the training part; the test part is scored only with ``--split test``.
+The figures are printed and kept in the run folder's ``fine_tune.json`` (one entry per setting,
+the latest kept), which the run report shows beside the frozen probes.
 
 This module is light (no torch at import): the command line imports it.
 """
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from contrastkit.core.errors import ConfigError
 
-FINE_TUNE_MODALITIES = ("image", "timeseries")
+FINE_TUNE_MODALITIES = ("image", "timeseries", "text", "graph")
 
 
 def add_fine_tune_arguments(evaluate: argparse.ArgumentParser) -> None:
@@ -39,8 +43,12 @@ def add_fine_tune_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--weight-decay", type=float, default=0.0, help="--fine-tune: Adam's L2 weight decay")
     evaluate.add_argument("--dev-size", type=float, default=1000,
                           help="--fine-tune: the development carve of the training part, a count or a share < 1 "
-                               "(default 1000; time series use their run's fixed 30%% carve)")
+                               "(default 1000; of a text task's dev data; of a graph's non-test nodes; time series use their "
+                               "run's fixed 30%% carve)")
     evaluate.add_argument("--no-augment", action="store_true", help="--fine-tune: no training augmentation")
+    evaluate.add_argument("--from-scratch", action="store_true",
+                          help="--fine-tune (image runs): the run's architecture freshly initialised (seeded by "
+                               "--seed) instead of its weights, the baseline that pretraining is measured against")
     evaluate.add_argument("--output", help="--fine-tune: also write the figures to this JSON file")
 
 
@@ -66,17 +74,33 @@ def run_fine_tune(args: argparse.Namespace) -> int:
     options = dict(epochs=args.epochs, lrs=tuple(args.lr or (1e-3,)), encoder_lr_scale=args.encoder_lr_scale,
                    layer_decay=args.layer_decay, batch_size=args.batch_size, weight_decay=args.weight_decay,
                    seed=args.seed, split=args.split, augment=not args.no_augment)
+    if args.from_scratch and kind != "image":
+        raise ConfigError(f"evaluate --fine-tune --from-scratch is available for image runs; '{args.run}' is "
+                          f"{'a ' + kind + ' run' if kind else 'no run folder'}.")
     if kind == "image":
         from contrastkit.modalities.image.fine_tune import fine_tune_image_run
 
-        results = fine_tune_image_run(args.run, labels, dev_size=args.dev_size, **options)
+        results = fine_tune_image_run(args.run, labels, dev_size=args.dev_size, from_scratch=args.from_scratch,
+                                      **options)
     elif kind == "timeseries":
         from contrastkit.modalities.timeseries.fine_tune import fine_tune_timeseries_run
 
         results = fine_tune_timeseries_run(args.run, labels, **options)
+    elif kind in ("text", "text-model"):
+        from contrastkit.modalities.text.fine_tune import fine_tune_text_run
+
+        results = fine_tune_text_run(args.run, labels, data=args.data, dev_size=args.dev_size, **options)
+    elif kind == "graph":
+        from contrastkit.modalities.graph.fine_tune import fine_tune_graph_run
+
+        results = fine_tune_graph_run(args.run, labels, dev_size=args.dev_size, **options)
     else:
         raise ConfigError(f"evaluate --fine-tune: '{args.run}' is {'a ' + kind + ' run' if kind else 'no run folder'}; "
                           f"fine-tuning is available for {', '.join(FINE_TUNE_MODALITIES)} runs.")
+    if kind != "text-model":  # a run folder keeps its figures for the report; a model folder is left as it is
+        from contrastkit.report.fine_tuning import record_fine_tune
+
+        record_fine_tune(args.run, results)
     text = json.dumps(results, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")

@@ -40,6 +40,8 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.core.seeding import seeded
 from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.evaluation.arrays import as_label_vector
+from contrastkit.evaluation.knn import weighted_knn_accuracy
+from contrastkit.evaluation.linear import linear_probe_accuracy
 from contrastkit.evaluation.splits import stratified_split
 
 BLOCK_NAMES = ("blocks", "layer", "layers")
@@ -224,3 +226,30 @@ def choose_and_fine_tune(lrs: Sequence[float], **kwargs) -> tuple[FineTuneResult
         result.test_top1 = accuracy(result.model, kwargs["inputs"], y, torch.as_tensor(np.asarray(test_rows)),
                                     kwargs.get("eval_batch_size", 256))
     return result, lr, tried
+
+
+def probe_and_fine_tune(frozen: np.ndarray, labels: Any, labelled: Any, dev: Any, test: Any = None, *,
+                        lrs: Sequence[float], seed: int, batch_size: int, **kwargs) -> tuple[dict, FineTuneResult, float,
+                                                                                            list[dict]]:
+    """What every modality's ``evaluate --fine-tune`` reports, on the same rows: the frozen probes on
+    ``frozen`` (the encoder's embeddings of every row) with the ``labelled`` rows as training set --
+    weighted kNN (k = min(200, labelled), t = 0.1) and the linear probe -- then
+    :func:`choose_and_fine_tune` (``kwargs``: encoder, features, inputs, num_classes, epochs, ...;
+    the batch at most the number of labels). The probes and the fine-tuned model are scored on the
+    ``dev`` rows, or on the ``test`` rows when given (then once, after the choice on dev).
+
+    Returns (figures ``knn_top1`` / ``linear_top1`` / ``fine_tune_top1``, the chosen fit, its rate,
+    every rate's figures)."""
+    y = as_label_vector(labels, "labels")
+    labelled = np.asarray(labelled)
+    scored = np.asarray(dev if test is None else test)
+    figures = {
+        "knn_top1": weighted_knn_accuracy(frozen[labelled], y[labelled], frozen[scored], y[scored],
+                                          min(200, len(labelled)), 0.1),
+        "linear_top1": linear_probe_accuracy(frozen[labelled], y[labelled], frozen[scored], y[scored], seed),
+    }
+    result, lr, tried = choose_and_fine_tune(
+        lrs, labels=labels, train_rows=labelled, dev_rows=dev, test_rows=test, feature_dim=int(frozen.shape[1]),
+        batch_size=min(batch_size, len(labelled)), seed=seed, **kwargs)
+    figures["fine_tune_top1"] = result.best_dev_top1 if test is None else result.test_top1
+    return figures, result, lr, tried

@@ -38,14 +38,21 @@ def momentum_copy(online: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``theta_target <- momentum * theta_target + (1 - momentum) * theta_online``, in place,
-    parameter by parameter (the two modules must have the same architecture)."""
+    """``theta_target <- momentum * theta_target + (1 - momentum) * theta_online``, in place, over
+    every parameter (the two modules must have the same architecture).
+
+    One fused ``torch._foreach_lerp_`` over all parameters (``t + (1 - m)(o - t)``) instead of one
+    call per tensor (62 for a ResNet-18). On this project's CPU the EMA is small either way (a
+    ResNet-18 at width 1/8: 0.34 against 0.39 ms a step, CPU time, medians; a BYOL step there takes
+    about 500 ms); on a GPU the fused call saves a kernel launch per tensor. Tensors of different
+    dtypes or devices are grouped by torch itself."""
     target_parameters = list(target.parameters())
-    online_parameters = list(online.parameters())
-    if len(target_parameters) != len(online_parameters):
+    online_parameters = [p.detach() for p in online.parameters()]
+    if len(target_parameters) != len(online_parameters) or any(
+            t.shape != o.shape for t, o in zip(target_parameters, online_parameters)):
         raise ValueError("ema_update_: target and online networks have different architectures")
-    for target_parameter, online_parameter in zip(target_parameters, online_parameters, strict=True):
-        target_parameter.lerp_(online_parameter.detach(), 1.0 - momentum)  # t + (1-m)(o - t)
+    if target_parameters:
+        torch._foreach_lerp_(target_parameters, online_parameters, 1.0 - momentum)
 
 
 def cosine_momentum(step: int, total_steps: int, base: float) -> float:

@@ -71,6 +71,7 @@ def write_html_report(run_dir: str | Path, *, map_method: str = "pca", max_point
     title = _title(summary, run_dir)
     body = [f"<h1>{html.escape(title)}</h1>"]
     body += _result_sections(summary)
+    body += _fine_tune_sections(run_dir)
     body += _curve_sections(metrics)
     page_data: dict[str, Any] = {"points": [], "previews": [], "labels": []}
     body += _embedding_sections(run_dir, page_data, map_method, max_points, seed, queries, neighbours)
@@ -169,6 +170,17 @@ def _result_sections(summary: dict | None) -> list[str]:
         items = "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings)
         sections.append(f"<div class='warning'><strong>The embeddings look collapsed.</strong><ul>{items}</ul></div>")
     return sections
+
+
+def _fine_tune_sections(run_dir: Path) -> list[str]:
+    """The figures of ``contrastkit evaluate --fine-tune`` (``fine_tune.json``), when it ran on this run."""
+    from contrastkit.report.fine_tuning import DESCRIPTION, fine_tune_rows, read_fine_tune
+
+    results = read_fine_tune(run_dir)
+    if not results:
+        return []
+    return ["<h2>Fine-tuning</h2>", f"<p>{html.escape(DESCRIPTION.replace('`', '').replace('*', ''))}</p>",
+            _table(*fine_tune_rows(results))]
 
 
 def _fact_sections(summary: dict | None) -> list[str]:

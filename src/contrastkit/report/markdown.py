@@ -6,7 +6,8 @@ Reads, from ``run_dir`` (each optional):
                         collapse diagnostics (layout in :mod:`contrastkit.report.tables`);
 - ``metrics.csv``    -- Lightning CSVLogger log: ``train/loss`` per step, ``probe/*`` and
                         ``diag/*`` per epoch;
-- ``embeddings.npy`` -- (n, d) final embeddings, with ``labels.npy`` (n,) to colour them.
+- ``embeddings.npy`` -- (n, d) final embeddings, with ``labels.npy`` (n,) to colour them;
+- ``fine_tune.json`` -- the figures of ``contrastkit evaluate --fine-tune`` (:mod:`contrastkit.report.fine_tuning`).
 
 Writes ``run_dir/plots/*.png`` and ``run_dir/report.md`` (images referenced by relative path).
 Whatever is absent is skipped, with a line in the report saying what is missing.
@@ -70,6 +71,7 @@ def write_report(run_dir: str | Path, tsne: bool = False, seed: int = 0, html: b
 
     sections = [_title(summary, run_dir)]
     sections += _summary_sections(summary)
+    sections += _fine_tune_sections(run_dir)
     sections += _curve_sections(run_dir, plots_dir)
     sections += _embedding_sections(run_dir, plots_dir, tsne, seed)
 
@@ -135,6 +137,16 @@ def _summary_sections(summary: dict[str, Any] | None) -> list[str]:
             markdown_table(["measure", "value"], measures),
         ]
     return sections
+
+
+def _fine_tune_sections(run_dir: Path) -> list[str]:
+    """The figures of ``contrastkit evaluate --fine-tune`` (``fine_tune.json``), when it ran on this run."""
+    from contrastkit.report.fine_tuning import DESCRIPTION, fine_tune_rows, read_fine_tune
+
+    results = read_fine_tune(run_dir)
+    if not results:
+        return []
+    return ["## Fine-tuning", DESCRIPTION, markdown_table(*fine_tune_rows(results))]
 
 
 def _curve_sections(run_dir: Path, plots_dir: Path) -> list[str]:

@@ -173,7 +173,7 @@ def test_unknown_name_suggests_closest() -> None:
     with pytest.raises(ConfigError, match="resnet18") as error:
         build_encoder("resnet-18", in_channels=3, image_size=32)
     assert "timm:" in str(error.value)
-    assert set(ENCODERS.names()) == {"small-cnn", "resnet18", "resnet50", "vit-micro", "vit-tiny", "vit-small"}
+    assert set(ENCODERS.names()) == {"small-cnn", "resnet18", "resnet50", "vit-micro", "vit-tiny", "vit-small", "vit"}
 
 
 def test_unknown_option_is_config_error() -> None:

@@ -186,3 +186,30 @@ def test_two_steps_from_the_command_line(tmp_path, data, limit):
     # The encoder exports as vit-micro + normalisation (export_encoder checks embed bit for bit).
     exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "encoder")
     assert json.loads((exported / "config.json").read_text())["architecture"] == "vit-micro"
+
+
+def test_a_vit_that_mae_sized_itself_exports_and_reloads_as_the_explicit_vit(tmp_path):
+    from contrastkit.modalities.image.encoders import build_encoder
+    from contrastkit.modalities.image.export import load_exported
+
+    out = tmp_path / "mae-auto"
+    (tmp_path / "mae.yaml").write_text("extra:\n  mae: {dim: 32, depth: 2, heads: 2}\n")
+    assert main(["fit", "--config", str(tmp_path / "mae.yaml"), "--method", "mae", "--data", "digits", "--holdout",
+                 "0", "--batch-size", "32", "--optimizer", "adamw", "--max-steps", "1", "--max-epochs", "1",
+                 "--limit", "64", "--no-report", "--no-baselines", "--out", str(out)]) == 0
+    exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "encoder")
+    config = json.loads((exported / "config.json").read_text())
+    assert config["architecture"] == "vit" and config["width"] == 1.0
+    assert {k: config["backbone_options"][k] for k in ("dim", "depth", "heads")} == {"dim": 32, "depth": 2, "heads": 2}
+    method = load_checkpoint(out)  # the raw checkpoint: the trained backbone's weights, read without the exporter
+    state = {k[len("method.backbone."):]: v for k, v in method["state_dict"].items() if k.startswith("method.backbone.")}
+    by_hand = build_encoder("vit", in_channels=1, image_size=8, dim=32, depth=2, heads=2,
+                            **{k: config["backbone_options"][k] for k in ("patch_size", "pooling", "positions")})
+    by_hand.load_state_dict(state)
+    reloaded = load_exported(exported)
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(config["mean"]).view(1, -1, 1, 1), torch.tensor(config["std"]).view(1, -1, 1, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(images), by_hand.eval()((images / 255 - mean) / std))
+    with pytest.raises(ConfigError, match="explicitly sized ViT"):
+        build_encoder("vit", in_channels=1, image_size=8)

@@ -77,6 +77,25 @@ def test_ema_update_matches_hand_computation():
     assert not any(p.requires_grad for p in target.parameters())
 
 
+def test_fused_ema_update_equals_the_per_parameter_loop_on_a_channels_last_resnet():
+    from contrastkit.modalities.image.encoders import build_encoder
+
+    torch.manual_seed(0)
+    online = build_encoder("resnet18", in_channels=3, image_size=32, width=0.125).to(
+        memory_format=torch.channels_last)
+    target = momentum_copy(online)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+    expected = [t.detach().clone() * 0.99 + o.detach() * 0.01 for t, o in zip(target.parameters(), online.parameters())]
+    ema_update_(target, online, momentum=0.99)
+    for got, want, p in zip(target.parameters(), expected, online.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert got.is_contiguous(memory_format=torch.channels_last) == p.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="different architectures"):
+        ema_update_(torch.nn.Linear(2, 3), torch.nn.Linear(3, 2), 0.9)
+
+
 def test_byol_schedule_matches_closed_form():
     base, total = 0.99, 100
     assert cosine_momentum(0, total, base) == pytest.approx(0.99)

@@ -212,7 +212,8 @@ def test_simclr_trains_with_every_catalogue_objective_or_says_why_not(name, tmp_
                 "forecast_contrastive", "deep_clustering_kl", "masked_token_regression", "masked_pixel_regression",
                 "listwise_distillation", "pair_score_distillation", "cpc", "wav2vec_contrastive",
                 "codebook_diversity", "hubert_masked_prediction", "vicregl", "swav", "dino", "obow", "msn",
-                "dense_infonce"):
+                "dense_infonce", "masked_language_modelling", "replaced_token_detection",
+                "representative_words"):
         assert getattr(OBJECTIVES.factory(name), "not_for_view_pairs", "")
         with pytest.raises(ConfigError, match=name):
             _fit(tmp_path, name, **options)

@@ -34,6 +34,10 @@ FIT_OPTIONS = {
     "limit": (int, "use only the first N samples"),
     "backbone": (str, "auto, small-cnn, resnet18, resnet50, or timm:NAME when timm is installed"),
     "width": (float, "channel multiplier of the backbone"),
+    "patch-size": (int, "vit-* backbones: the side of a patch, a divisor of the image side (default: at most 8 "
+                        "patches a side up to 64 px, 14 beyond)"),
+    "pooling": (str, "vit-* backbones: the image embedding, mean (of the patch tokens) or cls (a [CLS] token)"),
+    "positions": (str, "vit-* backbones: position embeddings, sincos (fixed 2-D sine-cosine) or learned"),
     "projection-dim": (int, "output size of the projection head"),
     "temperature": (float, "temperature of the contrastive objective"),
     "max-epochs": (int, "training epochs (also spelled --epochs)"),

@@ -35,6 +35,11 @@ class FitConfig:
     # model
     backbone: str = "auto"  # auto: small-cnn for images <= 16 px, resnet18 otherwise
     width: float = 1.0  # channel multiplier of the backbone
+    # A vision transformer's architecture (vit-* backbones, and the ViT a masked method sizes itself);
+    # None: the ViT's default (patches giving at most 8 a side up to 64 px, mean pooling, sine-cosine positions).
+    patch_size: int | None = None
+    pooling: str | None = None  # mean | cls
+    positions: str | None = None  # sincos | learned
     projection_dim: int = 128
     projection_hidden_dim: int | None = None  # None: the backbone's output width
     temperature: float | None = None  # None: the method's paper value (SimCLR 0.5, MoCo v2 0.2)
@@ -168,6 +173,7 @@ def validate(config: FitConfig) -> FitConfig:
         raise ConfigError(f"sync_batchnorm must be true, false or null (the method's recipe), "
                           f"got {config.sync_batchnorm!r}.")
     check_grad_cache(config)
+    check_vit_options(config)
     if config.lr is not None and (not isinstance(config.lr, int | float) or config.lr <= 0):
         raise ConfigError(f"--lr must be a positive number, got {config.lr!r}.")
     if not 0.0 <= config.holdout < 1.0:
@@ -181,6 +187,20 @@ def validate(config: FitConfig) -> FitConfig:
             f"--warmup-epochs must be between 0 and --epochs ({config.epochs}), got {config.warmup_epochs!r}."
         )
     return config
+
+
+def check_vit_options(config: FitConfig) -> None:
+    """``--patch-size`` (a positive integer), ``--pooling`` and ``--positions`` (the ViT's choices); whether
+    the backbone is a ViT is checked where it is built (``methods.parts.build_backbone``)."""
+    from contrastkit.modalities.image.encoders.vit import POOLINGS, POSITIONS
+
+    size = config.patch_size
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ConfigError(f"--patch-size must be a positive integer (a divisor of the image side), got {size!r}.")
+    for name, choices in (("pooling", POOLINGS), ("positions", POSITIONS)):
+        value = getattr(config, name)
+        if value is not None and value not in choices:
+            raise ConfigError(f"--{name} '{value}' is not valid for a ViT; choose one of: {', '.join(choices)}.")
 
 
 def check_grad_cache(config: FitConfig) -> None:

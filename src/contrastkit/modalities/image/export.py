@@ -115,7 +115,8 @@ def load_exported(out_dir: str | Path, map_location: str | torch.device = "cpu")
         raise DataError(f"'{config_path}' has format_version {config['format_version']}, newer than this "
                         f"contrastkit reads ({FORMAT_VERSION}); upgrade contrastkit.")
     backbone = build_encoder(config["architecture"], in_channels=int(config["in_channels"]),
-                             image_size=int(config["image_size"]), width=float(config["width"]))
+                             image_size=int(config["image_size"]), width=float(config["width"]),
+                             **(config.get("backbone_options") or {}))
     try:
         backbone.load_state_dict(load_file(weights_path, device=str(map_location)))
     except (RuntimeError, OSError) as exc:
@@ -156,8 +157,15 @@ def export_encoder(checkpoint_path: str | Path, out_dir: str | Path, overwrite: 
                           f"encoder yet. Use 'contrastkit embed' with the checkpoint instead.")
     normalize = eval_view.normalize
     exported = ExportedEncoder(backbone, normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())
-    exported.save_pretrained(folder, backbone_name(config.backbone, data.image_size), data.image_size, config.width,
-                             method=config.method)
+    # A ViT's patch size, pooling and positions, so that load_exported rebuilds the same architecture.
+    options = backbone.architecture_options() if hasattr(backbone, "architecture_options") else {}
+    architecture, width = backbone_name(config.backbone, data.image_size), config.width
+    if config.backbone == "auto" and hasattr(backbone, "size_options"):
+        # A ViT that its method sized (mae, jepa, msn without --backbone): no registered name builds
+        # it, so the export names its explicit size and the encoder "vit" rebuilds it.
+        architecture, width, options = "vit", 1.0, {**backbone.size_options(), **options}
+    exported.save_pretrained(folder, architecture, data.image_size, width, method=config.method,
+                             **({"backbone_options": options} if options else {}))
 
     probe = torch.randint(0, 256, (2, data.channels, data.image_size, data.image_size), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))

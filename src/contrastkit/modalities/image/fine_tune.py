@@ -23,9 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.evaluation.fine_tune import balanced_labels, carve_development, choose_and_fine_tune
-from contrastkit.evaluation.knn import weighted_knn_accuracy
-from contrastkit.evaluation.linear import linear_probe_accuracy
+from contrastkit.evaluation.fine_tune import balanced_labels, carve_development, probe_and_fine_tune
 
 SPLITS = ("dev", "test")
 
@@ -60,9 +58,11 @@ def run_rows(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 def fine_tune_image_run(run_dir: str | Path, labels: int, *, epochs: int = 30, lrs: Sequence[float] = (1e-3,),
                         encoder_lr_scale: float = 1.0, layer_decay: float | None = None, batch_size: int = 64,
                         weight_decay: float = 0.0, dev_size: float = 1000, seed: int = 0, split: str = "dev",
-                        augment: bool = True, trust_checkpoint: bool = False) -> dict:
+                        augment: bool = True, from_scratch: bool = False, trust_checkpoint: bool = False) -> dict:
     """Fine-tune the encoder of the image run ``run_dir`` on ``labels`` labels; the figures as a dict
-    (see the module docstring)."""
+    (see the module docstring). ``from_scratch``: the same architecture freshly initialised (seeded by
+    ``seed``) instead of the run's weights, the baseline that pretraining is measured against; the
+    rows, labels, views and loop are the same."""
     from contrastkit.modalities.image.sources import open_image_source
     from contrastkit.modalities.image.training.restore import load_method
 
@@ -74,6 +74,8 @@ def fine_tune_image_run(run_dir: str | Path, labels: int, *, epochs: int = 30, l
     if backbone is None or eval_view is None:
         raise ConfigError(f"Method '{config.method}' has no single backbone behind its eval view, so its encoder "
                           f"cannot be fine-tuned as backbone + head.")
+    if from_scratch:
+        backbone.load_state_dict(fresh_backbone(config, data, seed).state_dict())
     if str(config.data).startswith("shards:"):
         raise ConfigError("Fine-tuning reads the run's images into memory; a streamed (shards:) run is not "
                           "supported yet.")
@@ -90,21 +92,15 @@ def fine_tune_image_run(run_dir: str | Path, labels: int, *, epochs: int = 30, l
     with torch.inference_mode():
         frozen = torch.cat([method.embed(images[i : i + 512]) for i in range(0, len(images), 512)]).numpy()
     scored = dev if test is None else test
-    figures = {
-        "knn_top1": weighted_knn_accuracy(frozen[labelled], y[labelled], frozen[scored], y[scored],
-                                          min(200, len(labelled)), 0.1),
-        "linear_top1": linear_probe_accuracy(frozen[labelled], y[labelled], frozen[scored], y[scored], seed),
-    }
 
     def features(encoder: nn.Module, batch: Tensor) -> Tensor:
         return encoder(eval_view(batch))
 
-    result, lr, tried = choose_and_fine_tune(
-        lrs, encoder=backbone, features=features, inputs=images, labels=y, train_rows=labelled, dev_rows=dev,
-        num_classes=int(y.max()) + 1, feature_dim=int(frozen.shape[1]), epochs=epochs,
-        encoder_lr_scale=encoder_lr_scale, layer_decay=layer_decay, batch_size=min(batch_size, len(labelled)),
-        weight_decay=weight_decay, augment=flip_crop if augment else None, seed=seed, test_rows=test)
-    figures["fine_tune_top1"] = result.best_dev_top1 if test is None else result.test_top1
+    figures, result, lr, tried = probe_and_fine_tune(
+        frozen, y, labelled, dev, test, lrs=lrs, seed=seed, batch_size=batch_size, encoder=backbone,
+        features=features, inputs=images, num_classes=int(y.max()) + 1, epochs=epochs,
+        encoder_lr_scale=encoder_lr_scale, layer_decay=layer_decay, weight_decay=weight_decay,
+        augment=flip_crop if augment else None)
     return {
         "run": str(run_dir), "method": config.method, "labels": int(len(labelled)), "dev_size": int(len(dev)),
         "scored": "test (held-out part, once, after the choice on dev)" if test is not None else "dev",
@@ -113,4 +109,17 @@ def fine_tune_image_run(run_dir: str | Path, labels: int, *, epochs: int = 30, l
         "chosen": {"lr": lr, "encoder_lr": lr * encoder_lr_scale, "epochs": result.best_epoch,
                    "layer_decay": layer_decay},
         "tried": tried, "augment": "flip-crop" if augment else "none", "seed": seed,
+        "init": "scratch" if from_scratch else "run",
     }
+
+
+def fresh_backbone(config, data, seed: int) -> nn.Module:
+    """The run's backbone architecture, newly initialised under ``seed`` (as a fit builds it)."""
+    from contrastkit.core.seeding import seeded
+    from contrastkit.modalities.image.methods.parts import build_backbone
+
+    if config.backbone == "auto":
+        raise ConfigError("Fine-tuning from scratch rebuilds the run's --backbone by name; this run sized its own "
+                          "(--backbone auto), so name the backbone when fitting.")
+    with seeded(seed):
+        return build_backbone(config.backbone, data, config.width, config)

@@ -78,8 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     def default(name: str) -> str:
         return f" (default: {DEFAULTS[name]})"
 
-    parser.add_argument("--method", help="simcse, contriever, ict, debcse, whitenedcse, ccp, hybrid-distill, mnrl, dse "
-                        "or defsent-plus "
+    parser.add_argument("--method", help="simcse, contriever, ict, debcse, whitenedcse, ccp, hybrid-distill, mnrl, dse, "
+                        "bprop or defsent-plus "
                         "(required, except with --resume)")
     parser.add_argument("--backbone", help=BACKBONE_HELP + default("backbone"))
     parser.add_argument("--data", help="unlabeled text: .txt or .txt.gz, one sentence per line; or a JSONL "

@@ -10,6 +10,9 @@ may be 0 (in-batch negatives only). Batches follow the text contract of
 and the epochs are those of the sentences (:class:`~contrastkit.modalities.text.data.SentenceBatchSampler`:
 a permutation of the rows drawn from ``(seed, epoch)``, full global batches, process ``r`` takes the
 ``r``-th slice), so the methods that read them (``needs_pairs``) train and resume like the others.
+
+Rows with a ``domain`` column add ``"domains": list[str]`` (B,) to each batch; a method that sets
+``batches_by_domain`` (mnrl-moe) trains on :class:`DomainBatchSampler`'s batches, each of one domain.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.engine.data import EpochShuffleSampler
 from contrastkit.modalities.text.tables import Columns, TrainingPairs, read_training_pairs
 
 
@@ -52,6 +56,11 @@ class PairData:
     def negatives_per_row(self) -> int:
         return self.pairs.negatives_per_row
 
+    @property
+    def domains(self) -> list[str] | None:
+        """Each row's domain (the file's ``domain`` column), or None."""
+        return self.pairs.domains
+
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2 (in-batch negatives), got {batch_size}.")
@@ -83,4 +92,44 @@ class PairSamples(Dataset):
             "positives": [pairs.positives[i] for i in rows],
             "negatives": [pairs.negatives[i] for i in rows],
             "indices": torch.as_tensor(rows, dtype=torch.long),
+            **({"domains": [pairs.domains[i] for i in rows]} if pairs.domains is not None else {}),
         }
+
+
+class DomainBatchSampler(EpochShuffleSampler):
+    """Global batches that each hold rows of one domain (in-batch negatives stay within a domain).
+
+    Every epoch, each domain's rows are permuted with a generator seeded by ``(seed, epoch)`` and cut
+    into full global batches of ``batch_size x processes`` (a domain's last incomplete one dropped);
+    the batches of all domains are then put in one random order drawn from the same generator, so
+    the domains are interleaved in proportion to their sizes. Process ``r`` takes the ``r``-th slice
+    of each global batch, as :class:`~contrastkit.engine.data.EpochShuffleSampler` does.
+    """
+
+    def __init__(self, domains: list[str], batch_size: int, seed: int, rank: int = 0, num_replicas: int = 1):
+        super().__init__(len(domains), batch_size, seed, rank, num_replicas)
+        self.rows_of = {name: [i for i, d in enumerate(domains) if d == name] for name in dict.fromkeys(domains)}
+        small = [name for name, rows in self.rows_of.items() if len(rows) < batch_size * num_replicas]
+        if small:
+            raise DataError(f"The domain(s) {', '.join(small)} have fewer rows than one global batch of "
+                            f"{batch_size * num_replicas}; every domain needs at least one full batch.")
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.num_replicas
+        return sum(len(rows) // global_batch for rows in self.rows_of.values())
+
+    def global_batches(self) -> list[list[int]]:
+        """The global batches of the current epoch, in training order."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        global_batch = self.batch_size * self.num_replicas
+        batches = []
+        for rows in self.rows_of.values():
+            order = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+            batches += [order[start:start + global_batch]
+                        for start in range(0, len(order) - global_batch + 1, global_batch)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self):
+        start = self.rank * self.batch_size
+        for batch in self.global_batches():
+            yield batch[start:start + self.batch_size]

@@ -36,9 +36,15 @@ for name, module, summary, excluded in (
      (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA, NO_COLUMNS)),
     ("mnrl", "mnrl", "multiple negatives ranking on (anchor, positive, negatives) rows (Henderson et al. 2017)",
      (NO_CONTEXT,)),
+    ("mnrl-moe", "moe", "mnrl through per-domain expert MLPs, routed by each row's domain (Hallee et al. 2024)",
+     (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA)),
     ("dse", "dse", "Distilled Sentence Embedding: pair cosines regress a cross-encoder's scores (Barkan et al. 2020)",
      (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA)),
+    ("bprop", "bprop", "B-PROP: representative words prediction from [CLS] attention, plus MLM (Ma et al. 2021)",
+     (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA, NO_COLUMNS)),
     ("defsent-plus", "defsent_plus", "DefSent+: definitions classified into isotropic entry embeddings (Liu 2024)",
      (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA)),
+    ("rtd-contrastive", "bag_of_tricks", "replaced-token detection, then + sentence contrast (Zhong et al. 2023)",
+     (NO_CONTEXT, NO_GRAD_CACHE, *NO_MATRYOSHKA, NO_COLUMNS)),
 ):
     METHODS.add("text", name, f"contrastkit.modalities.text.methods.{module}:build", summary, excluded)

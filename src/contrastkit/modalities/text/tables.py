@@ -32,6 +32,9 @@ role           aliases
 (``{"sentence1": "s1", ...}``; ``"negative"`` takes a list). On the command line,
 ``--columns s1,s2,gold`` or ``--columns sentence1=s1,sentence2=s2,score=gold`` (:func:`parse_columns`).
 
+Training rows may also have a column named ``domain`` (each row's domain, for the methods routed by
+domain: ``mnrl-moe``); it is read whenever the header has it.
+
 A role without a column is a :class:`~contrastkit.core.errors.DataError` that names the role, the
 names looked for and the columns the file has; so is an empty field, a score that is no number,
 or a row with a different number of negatives from the first row's.
@@ -61,6 +64,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "anchor": ("anchor", "query", "question", "sentence1", "text1", "sentence_a", "definition"),
     "positive": ("positive", "pos", "document", "passage", "answer", "sentence2", "text2", "sentence_b", "entry"),
 }
+DOMAIN_COLUMN = "domain"  # optional in training rows
 NEGATIVE_COLUMN = re.compile(r"^(?:hard)?neg(?:ative)?s?(\d*)$")  # after _key(): negative, negative3, neg_2, ...
 Columns = Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
@@ -267,11 +271,14 @@ class TrainingPairs:
     positives: list[str]
     negatives: list[tuple[str, ...]]
     name: str = "pairs"
+    domains: list[str] | None = None  # each row's domain (a ``domain`` column), for methods routed by domain
 
     def __post_init__(self) -> None:
         if not (len(self.anchors) == len(self.positives) == len(self.negatives)):
             raise DataError(f"'{self.name}': {len(self.anchors)} anchors, {len(self.positives)} positives and "
                             f"{len(self.negatives)} rows of negatives; every row needs all three.")
+        if self.domains is not None and len(self.domains) != len(self.anchors):
+            raise DataError(f"'{self.name}': {len(self.domains)} domains for {len(self.anchors)} rows.")
         if len({len(n) for n in self.negatives}) > 1:
             raise DataError(f"'{self.name}': the rows have different numbers of negatives "
                             f"({sorted({len(n) for n in self.negatives})}); give every row the same number.")
@@ -314,14 +321,19 @@ def read_training_pairs(path: str | os.PathLike, columns: Columns = None) -> Tra
         negatives.append(row)
     if not anchors:
         raise DataError(f"'{table.path}' holds no rows (only a header).")
-    return TrainingPairs(anchors, positives, negatives, name=str(table.path))
+    # An optional column named ``domain``: the row's domain, read by methods routed by domain (mnrl-moe).
+    domain_column = next((name for name in table.header if _key(name) == DOMAIN_COLUMN), None)
+    domains = [_field(table, i, domain_column).strip() for i in range(len(table.rows))] if domain_column else None
+    return TrainingPairs(anchors, positives, negatives, name=str(table.path), domains=domains)
 
 
 def training_rows(pairs: TrainingPairs) -> Iterator[dict[str, str]]:
     """The rows of ``pairs`` as ``{"anchor", "positive", "negative_1", ...}`` (what :func:`write_training_pairs` writes)."""
-    for anchor, positive, negatives in zip(pairs.anchors, pairs.positives, pairs.negatives):
+    domains = pairs.domains if pairs.domains is not None else [None] * len(pairs)
+    for anchor, positive, negatives, domain in zip(pairs.anchors, pairs.positives, pairs.negatives, domains):
         yield {"anchor": anchor, "positive": positive,
-               **{f"negative_{j}": text for j, text in enumerate(negatives, start=1)}}
+               **{f"negative_{j}": text for j, text in enumerate(negatives, start=1)},
+               **({DOMAIN_COLUMN: domain} if domain is not None else {})}
 
 
 def write_training_pairs(pairs: TrainingPairs, path: str | os.PathLike) -> Path:
@@ -332,7 +344,8 @@ def write_training_pairs(pairs: TrainingPairs, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     kind = table_format(path)
-    header = ["anchor", "positive", *(f"negative_{j}" for j in range(1, pairs.negatives_per_row + 1))]
+    header = ["anchor", "positive", *(f"negative_{j}" for j in range(1, pairs.negatives_per_row + 1)),
+              *([DOMAIN_COLUMN] if pairs.domains is not None else [])]
     if kind == "tsv":
         bad = next((t for row in training_rows(pairs) for t in row.values() if "\t" in t or "\n" in t), None)
         if bad is not None:

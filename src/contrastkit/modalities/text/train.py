@@ -76,7 +76,7 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.core.safe_loading import START_AGAIN, read_torch_file
 from contrastkit.core.seeding import seeded
 from contrastkit.modalities.text.data import SentenceBatchSampler, SentenceData
-from contrastkit.modalities.text.pair_data import PairData
+from contrastkit.modalities.text.pair_data import DomainBatchSampler, PairData
 from contrastkit.modalities.text.dropout import DropoutStream, sample_seeded_dropout
 
 EvalFn = Callable[..., dict]
@@ -109,6 +109,9 @@ def check_data_kind(method: nn.Module, data: SentenceData | PairData) -> None:
     if getattr(method, "needs_pairs", False) and not isinstance(data, PairData):
         raise ConfigError(f"The text method '{name}' trains on (anchor, positive[, negatives]) rows: give --data a "
                           ".csv, .tsv or .jsonl file with named columns (anchor, positive, negative_1, ...).")
+    if getattr(method, "batches_by_domain", False) and getattr(data, "domains", None) is None:
+        raise ConfigError(f"The text method '{name}' routes each row by its domain: give --data rows with a "
+                          "'domain' column (anchor, positive, domain).")
     if not getattr(method, "needs_pairs", False) and isinstance(data, PairData):
         raise ConfigError(f"The text method '{name}' trains on unlabeled sentences, not on (anchor, positive) rows; "
                           "train 'mnrl' on rows, or give this method a lines file.")
@@ -117,12 +120,18 @@ def check_data_kind(method: nn.Module, data: SentenceData | PairData) -> None:
 class SentenceBatches(L.LightningDataModule):
     """The sentences as the engine's resumable loader, built once the process's rank is known."""
 
-    def __init__(self, data: SentenceData | PairData, batch_size: int, seed: int, with_context: bool):
+    def __init__(self, data: SentenceData | PairData, batch_size: int, seed: int, with_context: bool,
+                 by_domain: bool = False):
         super().__init__()
         self.samples = data.samples(with_context)
         self.batch_size, self.seed = batch_size, seed
+        self.domains = data.domains if by_domain else None  # batches of one domain each (mnrl-moe)
 
     def train_dataloader(self):
+        if self.domains is not None:
+            sampler = DomainBatchSampler(self.domains, self.batch_size, self.seed, self.trainer.global_rank,
+                                         self.trainer.world_size)
+            return batch_loader(self.samples, sampler)
         sampler = SentenceBatchSampler(len(self.samples), self.batch_size, self.seed, self.trainer.global_rank,
                                        self.trainer.world_size)
         return batch_loader(self.samples, sampler)
@@ -278,7 +287,8 @@ def fit_text(method: nn.Module, data: SentenceData | PairData, *, batch_size: in
             # Frozen towers (hybrid-distill's, DebCSE's scorer, a frozen Transformer) are in eval mode on purpose.
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             module = TextModule(method, settings, description, dropout)
-            result = train(method, SentenceBatches(data, batch_size, seed, with_context), settings, run_dir,
+            batches = SentenceBatches(data, batch_size, seed, with_context, getattr(method, "batches_by_domain", False))
+            result = train(method, batches, settings, run_dir,
                            resume=resume, module=module)
     finally:
         method.encoder.max_length = inference_length

@@ -22,9 +22,7 @@ import yaml
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.evaluation.fine_tune import balanced_labels, choose_and_fine_tune
-from contrastkit.evaluation.knn import weighted_knn_accuracy
-from contrastkit.evaluation.linear import linear_probe_accuracy
+from contrastkit.evaluation.fine_tune import balanced_labels, probe_and_fine_tune
 
 
 def pooled_features(encoder: nn.Module, series: Tensor) -> Tensor:
@@ -72,17 +70,10 @@ def fine_tune_timeseries_run(run_dir: str | Path, labels: int, *, epochs: int = 
     with torch.inference_mode():
         encoder.eval()
         frozen = torch.cat([pooled_features(encoder, inputs[i : i + 256]) for i in range(0, len(inputs), 256)]).numpy()
-    figures = {
-        "knn_top1": weighted_knn_accuracy(frozen[labelled], y[labelled], frozen[scored_rows], y[scored_rows],
-                                          min(200, len(labelled)), 0.1),
-        "linear_top1": linear_probe_accuracy(frozen[labelled], y[labelled], frozen[scored_rows], y[scored_rows], seed),
-    }
-    result, lr, tried = choose_and_fine_tune(
-        lrs, encoder=encoder, features=pooled_features, inputs=inputs, labels=y, train_rows=labelled, dev_rows=dev,
-        num_classes=int(y.max()) + 1, feature_dim=int(frozen.shape[1]), epochs=epochs,
-        encoder_lr_scale=encoder_lr_scale, layer_decay=layer_decay, batch_size=min(batch_size, len(labelled)),
-        weight_decay=weight_decay, augment=None, seed=seed, test_rows=test)
-    figures["fine_tune_top1"] = result.best_dev_top1 if test is None else result.test_top1
+    figures, result, lr, tried = probe_and_fine_tune(
+        frozen, y, labelled, dev, test, lrs=lrs, seed=seed, batch_size=batch_size, encoder=encoder,
+        features=pooled_features, inputs=inputs, num_classes=int(y.max()) + 1, epochs=epochs,
+        encoder_lr_scale=encoder_lr_scale, layer_decay=layer_decay, weight_decay=weight_decay)
     return {
         "run": str(run_dir), "method": "ts2vec", "labels": int(len(labelled)), "dev_size": int(len(dev)),
         "scored": "test (once, after the choice on dev)" if test is not None else "dev", "n_scored": int(len(scored_rows)),

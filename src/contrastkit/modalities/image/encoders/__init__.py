@@ -22,7 +22,7 @@ from contrastkit.modalities.image.encoders.cnn import SmallCNN
 from contrastkit.modalities.image.encoders.resnet import ResNet, resnet18, resnet50
 from contrastkit.modalities.image.encoders.timm_adapter import PREFIX as TIMM_PREFIX
 from contrastkit.modalities.image.encoders.timm_adapter import timm_encoder
-from contrastkit.modalities.image.encoders.vit import VisionTransformer, vit_micro, vit_small, vit_tiny
+from contrastkit.modalities.image.encoders.vit import VisionTransformer, vit_micro, vit_sized, vit_small, vit_tiny
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.registry import Registry
 
@@ -33,6 +33,7 @@ ENCODERS.register("resnet50")(resnet50)
 ENCODERS.register("vit-micro")(vit_micro)
 ENCODERS.register("vit-tiny")(vit_tiny)
 ENCODERS.register("vit-small")(vit_small)
+ENCODERS.register("vit")(vit_sized)  # explicit dim / depth / heads: exports of --backbone auto ViTs
 
 
 def build_encoder(

@@ -95,6 +95,16 @@ class VisionTransformer(nn.Module):
         self.blocks = transformer_blocks(dim, depth, heads)
         self.norm = nn.LayerNorm(dim)
 
+    def size_options(self) -> dict:
+        """Its explicit size (``dim``, ``depth``, ``heads``): what :func:`vit_sized` needs, with
+        :meth:`architecture_options`, to build a ViT that no registered size names (``--backbone auto``)."""
+        return {"dim": self.output_dim, "depth": len(self.blocks.layers), "heads": self.heads}
+
+    def architecture_options(self) -> dict:
+        """What :func:`vit` needs besides the size and width to build this ViT again (an export's config)."""
+        positions = "learned" if isinstance(self.position_table, nn.Parameter) else "sincos"
+        return {"patch_size": self.patch_size, "pooling": self.pooling, "positions": positions}
+
     def patch_grid(self, images: Tensor) -> tuple[int, int]:
         """(rows, cols) of whole patches of ``images``; a remainder of fewer than ``patch_size`` pixels
         at the bottom and right is left out, as the strided patch convolution leaves it."""
@@ -167,3 +177,18 @@ def _size(name: str):
 
 
 vit_micro, vit_tiny, vit_small = (_size(name) for name in SIZES)
+
+
+def vit_sized(in_channels: int, image_size: int, width: float = 1.0, *, dim: int | None = None,
+              depth: int | None = None, heads: int | None = None, patch_size: int | None = None,
+              pooling: str = "mean", positions: str = "sincos") -> VisionTransformer:
+    """``vit``: a ViT of an explicit size (an export of a ViT that a masked method sized itself).
+    ``width`` must be 1: ``dim`` is the width."""
+    if dim is None or depth is None or heads is None:
+        raise ConfigError(f"Backbone 'vit' is the explicitly sized ViT of an export (dim, depth and heads in its "
+                          f"config.json); to train one, name a size ({', '.join(SIZES)}) or leave --backbone out "
+                          f"for mae, jepa and msn.")
+    if width != 1.0:
+        raise ConfigError(f"Backbone 'vit' takes its width as dim={dim}; width must be 1, got {width}.")
+    return VisionTransformer(in_channels, image_size, dim, depth, heads, patch_size=patch_size, pooling=pooling,
+                             positions=positions)

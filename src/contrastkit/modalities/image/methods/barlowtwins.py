@@ -88,7 +88,7 @@ def expander(in_dim: int, hidden_dim: int | None, out_dim: int, image_size: int)
 
 def joint_embedding_parts(config, data: DataInfo) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
     """Backbone, projector, views and evaluation view as Barlow Twins builds them (shared with VICReg)."""
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     projection = expander(backbone.output_dim, config.projection_hidden_dim, config.projection_dim, data.image_size)
     views = BYOLViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
                       **(config.extra.get("views") or {}))

@@ -91,7 +91,7 @@ class BYOL(nn.Module):
 
 def byol_parts(config, data: DataInfo, predictor_hidden_dim: int | None):
     """Backbone, projector, views and eval view as BYOL builds them (shared with DirectPred)."""
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     projection = byol_projection(backbone.output_dim, config.projection_hidden_dim, config.projection_dim)
     views = BYOLViews(image_size=data.image_size, channels=data.channels, mean=data.mean, std=data.std,
                       **(config.extra.get("views") or {}))

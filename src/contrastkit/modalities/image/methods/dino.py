@@ -191,7 +191,7 @@ def build(config, data: DataInfo) -> DINO:
                      **(config.extra.get("views") or {})}
     views = MultiCropViews(data.image_size, data.channels, data.mean, data.std, local_crops=options["local_crops"],
                            local_crop_size=options["local_crop_size"] or recipe["local_crop_size"], **views_options)
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     hidden = config.projection_hidden_dim or 4 * backbone.output_dim
     objective = DINOLoss(output_dim=output_dim, student_temperature=_positive(options, "student_temperature"),
                          teacher_temperature=_positive(options, "teacher_temperature"),

@@ -96,7 +96,7 @@ class GlobalLocalStage(nn.Module):
 
 def build(config, data: DataInfo) -> GlobalLocalStage:
     options = method_options(config, "gcl-local", DEFAULTS)
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     stage_encoder_check(backbone, "gcl-local")
     decoder = UNetDecoder(backbone.stage_channels, num_blocks=int(options["decoder_blocks"]))
     width = decoder.out_channels

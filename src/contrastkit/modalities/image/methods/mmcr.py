@@ -99,7 +99,7 @@ def build(config, data: DataInfo) -> MMCR:
     if not isinstance(num_views, int) or isinstance(num_views, bool) or num_views < 2:
         raise ConfigError(f"extra.mmcr.num_views must be an integer >= 2 (the paper: 40, LightlySSL's example: 8), "
                           f"got {num_views!r}.")
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     hidden = config.projection_hidden_dim or backbone.output_dim
     return MMCR(
         backbone=backbone,

@@ -161,7 +161,7 @@ def build(config, data: DataInfo) -> MoCo:
     queue_size = options["queue_size"] or min(DEFAULT_QUEUE_SIZE, max(1, data.num_samples // 2))
     if not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError(f"extra.moco.queue_size must be a positive integer, got {queue_size!r}.")
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     hidden = config.projection_hidden_dim or backbone.output_dim
     return MoCo(
         backbone=backbone,

@@ -137,7 +137,7 @@ def build(config, data: DataInfo) -> NNCLR:
     queue_size = options["queue_size"] or min(DEFAULT_QUEUE_SIZE, max(1, data.num_samples // 2))
     if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
         raise ConfigError(f"extra.nnclr.queue_size must be a positive integer, got {queue_size!r}.")
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     hidden = config.projection_hidden_dim or 4 * backbone.output_dim
     predictor_hidden = options["predictor_hidden_dim"] or 16 * config.projection_dim
     return NNCLR(

@@ -221,7 +221,7 @@ def build(config, data: DataInfo) -> OBoW:
         raise ConfigError(f"extra.obow.kappa must be a positive number (the paper: 5), got {kappa!r}.")
     if not isinstance(options["update_vocabulary"], bool):
         raise ConfigError(f"extra.obow.update_vocabulary must be true or false, got {options['update_vocabulary']!r}.")
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     with torch.no_grad():  # the channels of the stages' maps, from one tiny forward pass
         probe = torch.zeros(2, data.channels, data.image_size, data.image_size)
         channels = [m.shape[1] for m in stage_maps(backbone.eval(), probe, levels)]

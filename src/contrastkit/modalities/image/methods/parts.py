@@ -34,9 +34,25 @@ def backbone_name(name: str, image_size: int) -> str:
     return "small-cnn" if image_size <= 16 else "resnet18"
 
 
-def build_backbone(name: str, data: DataInfo, width: float) -> nn.Module:
-    return build_encoder(backbone_name(name, data.image_size), in_channels=data.channels,
-                         image_size=data.image_size, width=width)
+# The ViT's architecture options of FitConfig (--patch-size, --pooling, --positions); None: the ViT's default.
+VIT_OPTIONS = ("patch_size", "pooling", "positions")
+
+
+def vit_options(config) -> dict:
+    """The ViT options ``config`` sets (a FitConfig, or None: none)."""
+    return {name: getattr(config, name) for name in VIT_OPTIONS if getattr(config, name, None) is not None}
+
+
+def build_backbone(name: str, data: DataInfo, width: float, config=None) -> nn.Module:
+    """The backbone ``name`` (``auto`` resolved); ``config``'s ViT options (:func:`vit_options`) go to a
+    vision transformer, and are refused for any other backbone (an option that does not apply is an error)."""
+    name = backbone_name(name, data.image_size)
+    options = vit_options(config)
+    if options and name not in VIT_SIZES:
+        flags = ", ".join("--" + option.replace("_", "-") for option in options)
+        raise ConfigError(f"{flags} set a vision transformer's architecture, and --backbone {name} is not one; use "
+                          f"--backbone {' | '.join(VIT_SIZES)}, or drop {flags}.")
+    return build_encoder(name, in_channels=data.channels, image_size=data.image_size, width=width, **options)
 
 
 VIT_SIZING = ("dim", "depth", "heads")
@@ -48,13 +64,21 @@ def build_vit_backbone(config, data: DataInfo, options: dict, method: str) -> Vi
     ``--backbone auto`` builds one sized by the method's options ``dim`` (default ``96 * --width``,
     rounded to a multiple of 4 x heads), ``depth`` and ``heads``; ``--backbone vit-NAME`` a registered
     size scaled by ``--width``. Either takes ``options["patch_size"]`` (None: the ViT's default).
-    Other backbones are refused: masking drops tokens, which a CNN does not have.
+    Other backbones are refused: masking drops tokens, which a CNN does not have. ``--patch-size``,
+    ``--pooling`` and ``--positions`` (:func:`vit_options`) apply; ``--patch-size`` replaces the method's
+    own ``patch_size`` (both given and different: an error).
     """
-    patch_size = options.get("patch_size")
+    given = vit_options(config)
+    method_patch = (config.extra.get(method) or {}).get("patch_size")
+    if "patch_size" in given and method_patch is not None and method_patch != given["patch_size"]:
+        raise ConfigError(f"--patch-size {given['patch_size']} and extra.{method}.patch_size {method_patch} disagree; "
+                          f"give one of them.")
+    patch_size = given.pop("patch_size", options.get("patch_size"))
     if config.backbone == "auto":
         heads = options["heads"]
         dim = options["dim"] or scaled_dim(96, heads, config.width)
-        return VisionTransformer(data.channels, data.image_size, dim, options["depth"], heads, patch_size=patch_size)
+        return VisionTransformer(data.channels, data.image_size, dim, options["depth"], heads, patch_size=patch_size,
+                                 **given)
     if config.backbone not in VIT_SIZES:
         raise ConfigError(f"{method} masks image patches and needs a vision transformer, not --backbone "
                           f"{config.backbone}; use one of {', '.join(VIT_SIZES)}, or leave --backbone out and "
@@ -64,7 +88,7 @@ def build_vit_backbone(config, data: DataInfo, options: dict, method: str) -> Vi
         raise ConfigError(f"--backbone {config.backbone} sets the ViT's size; drop extra.{method}.{', '.join(sized)} "
                           f"(or leave --backbone out to size the ViT with them).")
     return build_encoder(config.backbone, in_channels=data.channels, image_size=data.image_size,
-                         width=config.width, patch_size=patch_size)
+                         width=config.width, patch_size=patch_size, **given)
 
 
 def build_objective(name: str, temperature: float, num_samples: int, options: dict | None = None) -> nn.Module:

@@ -73,7 +73,7 @@ def simclr_model(config, data: DataInfo, objective: str, default_temperature: fl
     """SimCLR's model for ``config``: its backbone, 2-layer projection, views and ``objective`` at
     ``--temperature`` or ``default_temperature`` (the recipes that are SimCLR with another paper's
     temperature, e.g. ``gcl-global``, build it through here)."""
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     hidden = config.projection_hidden_dim or backbone.output_dim
     return SimCLR(
         backbone=backbone,

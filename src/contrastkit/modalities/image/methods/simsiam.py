@@ -81,7 +81,7 @@ def build(config, data: DataInfo) -> SimSiam:
     options = method_options(config, "simsiam", DEFAULTS)
     if not isinstance(options["stop_gradient"], bool):
         raise ConfigError(f"extra.simsiam.stop_gradient must be true or false, got {options['stop_gradient']!r}.")
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     dim = config.projection_dim
     hidden = config.projection_hidden_dim or backbone.output_dim
     return SimSiam(

@@ -200,7 +200,7 @@ def build(config, data: DataInfo) -> SparK:
     ratio = options["mask_ratio"]
     if not isinstance(ratio, int | float) or not 0 < ratio < 1:
         raise ConfigError(f"extra.spark.mask_ratio must be a number in (0, 1) (the paper: 0.6), got {ratio!r}.")
-    backbone = build_backbone(name, data, config.width)
+    backbone = build_backbone(name, data, config.width, config)
     strides = stage_strides(backbone, data.channels)
     if data.image_size % strides[-1]:
         raise ConfigError(f"SparK masks patches of the ResNet's total stride, {strides[-1]} pixels here: the image "

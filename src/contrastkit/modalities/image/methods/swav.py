@@ -144,7 +144,7 @@ def build(config, data: DataInfo) -> SwAV:
     views = MultiCropViews(data.image_size, data.channels, data.mean, data.std,
                            local_crops=_whole(options, "local_crops", 0),
                            local_crop_size=options["local_crop_size"] or recipe["local_crop_size"], **views_options)
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     hidden = config.projection_hidden_dim or backbone.output_dim
     objective = SwAVLoss(num_global=NUM_GLOBAL, temperature=method_temperature(config, PAPER_TEMPERATURE),
                          epsilon=options["epsilon"], sinkhorn_iterations=options["sinkhorn_iterations"])

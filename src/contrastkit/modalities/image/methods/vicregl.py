@@ -94,7 +94,7 @@ class VICRegL(nn.Module):
 def build(config, data: DataInfo) -> VICRegL:
     options = method_options(config, "vicregl", DEFAULTS)
     local_dim = options.pop("local_dim") or config.projection_dim
-    backbone = build_backbone(config.backbone, data, config.width)
+    backbone = build_backbone(config.backbone, data, config.width, config)
     if not hasattr(backbone, "feature_map"):
         raise ConfigError(
             f"vicregl needs a backbone with a feature map before pooling (resnet18, resnet50, small-cnn); "
