@@ -57,6 +57,18 @@ def data_path(name: str) -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch at one intra-op thread for the test, and the caller's count given back after: the image
+    and tabular tests' models are tiny, so threads cost more than they save (20x on a loaded machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _data_env(monkeypatch):
     # The library resolves built-in data names through CONTRASTKIT_DATA; point it at the same

@@ -7,6 +7,10 @@ kill lands mid-way through the next stretch: a training step, an epoch's end or 
 SIGKILLs it, then runs ``resume_command`` to the end. The final checkpoint must equal that of the
 uninterrupted run in ``reference_dir``: every parameter and buffer (EMA targets, queues), every
 optimiser state tensor, the scheduler and the step count, compared with ``torch.equal``.
+
+In-process crashes, for runs that resume within one test: ``crash_on_call(method, n)`` makes the
+n-th call of ``method.training_loss`` raise, and ``crash_after_first_epoch_checkpoint(monkeypatch)``
+makes the engine raise right after writing its first end-of-epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +26,39 @@ import numpy as np
 import torch
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+CRASH = "simulated crash"
+
+
+def crash_on_call(method, call: int | None) -> None:
+    """Make ``method``'s ``call``-th (1-based) ``training_loss`` raise ``RuntimeError(CRASH)``; None: no crash."""
+    if call is None:
+        return
+    calls, original = [0], method.training_loss
+
+    def training_loss(batch):
+        calls[0] += 1
+        if calls[0] == call:
+            raise RuntimeError(CRASH)
+        return original(batch)
+
+    method.training_loss = training_loss
+
+
+def crash_after_first_epoch_checkpoint(monkeypatch):
+    """Patch the engine's end-of-epoch checkpointing to raise ``RuntimeError(CRASH)`` right after the
+    checkpoint is written; returns the original, for ``monkeypatch.setattr`` to restore before resuming."""
+    from contrastkit.engine import callbacks
+
+    save = callbacks.Checkpointing.on_train_epoch_end
+
+    def save_then_crash(self, trainer, module):
+        save(self, trainer, module)
+        raise RuntimeError(CRASH)
+
+    monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", save_then_crash)
+    return save
 
 
 def cli(*args: str) -> list[str]:

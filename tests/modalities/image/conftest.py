@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The image tests' models are tiny: intra-op threads cost more than they save (20x on a loaded
-    # machine), so every image test runs with one and gives the caller's count back.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    # Every image test runs at one torch thread (tests/conftest.py's one_torch_thread).
     yield
-    torch.set_num_threads(threads)

@@ -357,18 +357,13 @@ def test_a_streamed_run_resumes_to_the_uninterrupted_weights(stream_run, tmp_pat
     then --resume, gives the weights and losses of the run that was never stopped."""
     from contrastkit.engine import callbacks
     from contrastkit.modalities.image.training.run import fit
+    from tests.resume_harness import crash_after_first_epoch_checkpoint
 
     tars, _ = stream_run
     config = FitConfig(data=f"stream:{tars}", **{**QUICK, "epochs": 2, "probe_every": 0})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     fit(FitConfig(**{**config.__dict__, "out": str(whole)}))
-    save = callbacks.Checkpointing.on_train_epoch_end
-
-    def crash_after_first_checkpoint(self, trainer, module):
-        save(self, trainer, module)
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", crash_after_first_checkpoint)
+    save = crash_after_first_epoch_checkpoint(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(FitConfig(**{**config.__dict__, "out": str(broken)}))
     monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", save)

@@ -101,18 +101,13 @@ def test_a_streamed_run_resumes_to_the_uninterrupted_weights(twin_runs, digits_s
     finishes it. Shards order this time, so the resumed sampler must rebuild the epoch-1 order."""
     from contrastkit.engine import callbacks
     from contrastkit.modalities.image.training.run import fit
+    from tests.resume_harness import crash_after_first_epoch_checkpoint
 
     config = FitConfig(data=f"shards:{digits_shards}", **{**QUICK, "probe_every": 0})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     fit(FitConfig(**{**config.__dict__, "out": str(whole)}))
 
-    save = callbacks.Checkpointing.on_train_epoch_end
-
-    def crash_after_first_checkpoint(self, trainer, module):
-        save(self, trainer, module)
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", crash_after_first_checkpoint)
+    save = crash_after_first_epoch_checkpoint(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(FitConfig(**{**config.__dict__, "out": str(broken)}))
     monkeypatch.setattr(callbacks.Checkpointing, "on_train_epoch_end", save)

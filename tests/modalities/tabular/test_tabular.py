@@ -43,13 +43,7 @@ from tests.conftest import data_path
 from tests.resume_harness import ENV, assert_kill_and_resume_is_exact
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny models: thread start-up on a busy machine costs more than the maths.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 # ---------------------------------------------------------------------------------- SCARF corruption
 

@@ -201,17 +201,10 @@ def _fit_small(run_dir, resume=False, crash_at_call=None):
     from contrastkit.modalities.text.data import SentenceData
     from contrastkit.modalities.text.train import fit_text
 
+    from tests.resume_harness import crash_on_call
+
     method = small_method(phase_one_steps=3)
-    if crash_at_call is not None:
-        calls, original = [0], method.training_loss
-
-        def training_loss(batch):
-            calls[0] += 1
-            if calls[0] == crash_at_call:
-                raise RuntimeError("simulated crash")
-            return original(batch)
-
-        method.training_loss = training_loss
+    crash_on_call(method, crash_at_call)
     lines = [f"{s} Number {i}." for i in range(2) for s in SENTENCES]
     return fit_text(method, SentenceData(lines), batch_size=4, lr=1e-3, max_steps=6, warmup_steps=1, seed=3,
                     out_dir=run_dir, log_every=1, resume=resume, checkpoint_every_steps=2)

@@ -136,17 +136,10 @@ def test_the_query_key_infonce_of_two_processes_is_that_of_one_on_the_whole_batc
 def _fit_contriever(run_dir, resume=False, crash_at_call=None):
     """Contriever with a MoCo queue and a momentum key encoder: 16 steps of 6 per epoch, a checkpoint
     every 4 steps; ``crash_at_call`` raises inside that call of training_loss (1-based)."""
+    from tests.resume_harness import crash_on_call
+
     method = build_text_method("contriever", tiny_encoder(), queue_size=20, momentum=0.9, augmentation="mask")
-    if crash_at_call is not None:
-        calls, original = [0], method.training_loss
-
-        def training_loss(batch):
-            calls[0] += 1
-            if calls[0] == crash_at_call:
-                raise RuntimeError("simulated crash")
-            return original(batch)
-
-        method.training_loss = training_loss
+    crash_on_call(method, crash_at_call)
     return fit_text(method, SentenceData(LINES), batch_size=4, lr=1e-3, max_steps=16, warmup_steps=2, seed=2,
                     out_dir=run_dir, log_every=1, resume=resume, checkpoint_every_steps=4,
                     eval_fn=lambda encoder: {"norm": float(encoder.encode(TEXTS).norm())})
