@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/text_seed_methods.py --seeds 0 1            # development splits
     OMP_NUM_THREADS=1 python benchmarks/text_seed_methods.py --seeds 0 1 --split test  # once, settings fixed
+    OMP_NUM_THREADS=1 python benchmarks/text_seed_methods.py --only base simcse simcse+defsent-plus  # some rows
 
 Rows, each scored on STS-B (Spearman x100 of the cosine; the teacher: of its pair score) and on MRPC
 (AP x100 of the score; accuracy and F1 at their best thresholds on the scored pairs, as MTEB does):
@@ -15,7 +16,13 @@ Rows, each scored on STS-B (Spearman x100 of the cosine; the teacher: of its pai
   random WordNet entries (seed 0 sample), 200 steps of 16 rows, lr 2e-5, entries rebuilt every 50 steps;
   also the isotropy (partition-function ratio of Mu & Viswanath, and the mean pairwise cosine) before and
   after, of the STS-B sentences' embeddings and of the 2,000 entries' embeddings (means of their
-  definitions' embeddings, before the method's centring).
+  definitions' embeddings, before the method's centring);
+- ``simcse``: ``contrastkit fit --method simcse`` (unsupervised, dropout as the only augmentation) from the
+  base on WikiText-2 sentences (``wikitext2/sentences_valid_test.txt``: unlabelled, neither STS-B nor MRPC),
+  200 steps of 32 sentences, lr 3e-5 (the paper's unsupervised BERT-base rate), temperature 0.05;
+- ``simcse+defsent-plus``: DefSent+ with the ``defsent-plus`` row's settings, started from that seed's
+  ``simcse`` encoder instead of the base (DefSent+ "on top of SimCSE"); with the ``simcse`` row as its
+  "before", its isotropy columns are the before/after of DefSent+ on that starting point.
 
 Development splits: STS-B dev, and MRPC's dev carve (the third of the train pairs of
 benchmarks/text_tasks/mrpc.yaml, which neither the teacher nor the student ever trains on). ``--split
@@ -45,6 +52,24 @@ from contrastkit.core.paths import data_root  # noqa: E402
 TEACHER = {"steps": 240, "batch_size": 16, "lr": 2e-5}
 DSE = {"steps": 240, "batch_size": 16, "lr": 2e-5}
 DEFSENT = {"steps": 200, "batch_size": 16, "lr": 2e-5, "entries": 2000, "rebuild_every": 50}
+SIMCSE = {"steps": 200, "batch_size": 32, "lr": 3e-5, "temperature": 0.05}
+ROWS = ("base", "teacher", "dse", "defsent-plus", "simcse", "simcse+defsent-plus")
+
+
+def simcse_sentences() -> Path:
+    """Unlabelled sentences for SimCSE: WikiText-2's validation and test articles, one sentence a line."""
+    return data_root() / "wikitext2" / "sentences_valid_test.txt"
+
+
+def definition_rows(work: Path) -> Path:
+    """The (definition, entry) rows of the DefSent+ rows (2,000 random WordNet entries, seed 0 sample)."""
+    from contrastkit.modalities.text.dictionary import read_wordnet_entries, sample_entries, write_definition_rows
+
+    rows = work / f"wordnet-{DEFSENT['entries']}.tsv"
+    if not rows.is_file():
+        rows.parent.mkdir(parents=True, exist_ok=True)
+        write_definition_rows(sample_entries(read_wordnet_entries(), DEFSENT["entries"], seed=0), rows)
+    return rows
 
 
 def sts_pairs(split: str):
@@ -128,12 +153,13 @@ def score_teacher(folder, split: str) -> dict:
             **mrpc_metrics(mrpc_scores, mrpc.labels)}
 
 
-def fit(method: str, data: Path, out: Path, seed: int, steps: int, batch_size: int, lr: float, options: list[str]):
+def fit(method: str, data: Path, out: Path, seed: int, steps: int, batch_size: int, lr: float, options: list[str],
+        backbone: str | Path = "minilm"):
     from contrastkit.modalities.text import cli as text_cli
 
     parser = argparse.ArgumentParser()
     text_cli.add_arguments(parser)
-    args = parser.parse_args(["--method", method, "--backbone", "minilm", "--data", str(data), "--out", str(out),
+    args = parser.parse_args(["--method", method, "--backbone", str(backbone), "--data", str(data), "--out", str(out),
                               "--batch-size", str(batch_size), "--max-steps", str(steps), "--lr", str(lr),
                               "--max-length", "64", "--seed", str(seed), "--device", "cpu", "--log-every", "50",
                               *[token for option in options for token in ("--option", option)]])
@@ -153,7 +179,6 @@ def cached(path: Path, compute):
 
 def run_seed(seed: int, split: str, work: Path, only: set[str]) -> dict[str, dict]:
     from contrastkit.modalities.text.cross_encoder import CrossEncoder, train_cross_encoder
-    from contrastkit.modalities.text.dictionary import read_wordnet_entries, sample_entries, write_definition_rows
 
     results = {}
     teacher_dir = work / f"teacher-seed{seed}"
@@ -176,9 +201,7 @@ def run_seed(seed: int, split: str, work: Path, only: set[str]) -> dict[str, dic
                 [f"teacher={teacher_dir}", f"score_cache={work / f'teacher-seed{seed}-scores.jsonl'}"])
         results["dse"] = cached(work / f"dse-seed{seed}-{split}.json", lambda: score_encoder(run / "encoder", split))
     if "defsent-plus" in only:
-        rows = work / f"wordnet-{DEFSENT['entries']}.tsv"
-        if not rows.is_file():
-            write_definition_rows(sample_entries(read_wordnet_entries(), DEFSENT["entries"], seed=0), rows)
+        rows = definition_rows(work)
         run = work / f"defsent-plus-seed{seed}"
         if not (run / "encoder").is_dir():
             fit("defsent-plus", rows, run, seed, DEFSENT["steps"], DEFSENT["batch_size"], DEFSENT["lr"],
@@ -187,6 +210,21 @@ def run_seed(seed: int, split: str, work: Path, only: set[str]) -> dict[str, dic
                                             lambda: score_encoder(run / "encoder", split)),
                                    **cached(work / f"defsent-plus-seed{seed}-entries.json",
                                             lambda: entry_isotropy(run / "encoder", rows))}
+    simcse_run = work / f"simcse-seed{seed}"
+    if only & {"simcse", "simcse+defsent-plus"} and not (simcse_run / "encoder").is_dir():
+        fit("simcse", simcse_sentences(), simcse_run, seed, SIMCSE["steps"], SIMCSE["batch_size"], SIMCSE["lr"],
+            [f"temperature={SIMCSE['temperature']}"])
+    # DefSent+ on top of SimCSE: the defsent-plus row's settings, started from this seed's SimCSE encoder.
+    for name, run, started_from in (("simcse", simcse_run, None),
+                                    ("simcse+defsent-plus", work / f"simcse-defsent-plus-seed{seed}", simcse_run)):
+        if name not in only:
+            continue
+        rows = definition_rows(work)
+        if started_from is not None and not (run / "encoder").is_dir():
+            fit("defsent-plus", rows, run, seed, DEFSENT["steps"], DEFSENT["batch_size"], DEFSENT["lr"],
+                [f"rebuild_every={DEFSENT['rebuild_every']}"], backbone=started_from / "encoder")
+        results[name] = {**cached(work / f"{run.name}-{split}.json", lambda: score_encoder(run / "encoder", split)),
+                         **cached(work / f"{run.name}-entries.json", lambda: entry_isotropy(run / "encoder", rows))}
     return results
 
 
@@ -200,7 +238,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--split", choices=("dev", "test"), default="dev")
-    parser.add_argument("--only", nargs="+", default=["base", "teacher", "dse", "defsent-plus"])
+    parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS), metavar="ROW",
+                        help="the rows to compute and print: " + ", ".join(ROWS) + " (default: all)")
     parser.add_argument("--work", default="runs/text_seed_methods")
     args = parser.parse_args(argv)
     if args.split == "test":
@@ -209,7 +248,8 @@ def main(argv=None) -> int:
     only = set(args.only)
     table: dict[str, list[dict]] = {}
     if "base" in only:
-        rows = work / f"wordnet-{DEFSENT['entries']}.tsv"
+        rows = (definition_rows(work) if only & {"defsent-plus", "simcse", "simcse+defsent-plus"}
+                else work / f"wordnet-{DEFSENT['entries']}.tsv")
         base = cached(work / f"base-{args.split}.json", lambda: score_encoder("minilm", args.split))
         if rows.is_file():
             base = {**base, **cached(work / "base-entries.json", lambda: entry_isotropy("minilm", rows))}

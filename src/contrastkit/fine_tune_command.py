@@ -5,7 +5,9 @@ The run folder says which modality it is (:func:`contrastkit.loading.run_kind`);
 classifies has its fine-tuning path (images: :mod:`contrastkit.modalities.image.fine_tune`; time
 series: :mod:`contrastkit.modalities.timeseries.fine_tune`; text, on the labelled texts of ``--data``:
 :mod:`contrastkit.modalities.text.fine_tune`; graphs, node classification:
-:mod:`contrastkit.modalities.graph.fine_tune`), over one loop
+:mod:`contrastkit.modalities.graph.fine_tune`; audio, the run's clips and split:
+:mod:`contrastkit.modalities.audio.fine_tune`; tabular, the run's labelled table, reloaded with its
+feature scaling: :mod:`contrastkit.modalities.tabular.fine_tune`), over one loop
 (:mod:`contrastkit.evaluation.fine_tune`). The rate and the number of epochs are chosen on a
 development carve of the training part; the test part is scored only with ``--split test``.
 The figures are printed and kept in the run folder's ``fine_tune.json`` (one entry per setting,
@@ -22,16 +24,17 @@ from pathlib import Path
 
 from contrastkit.core.errors import ConfigError
 
-FINE_TUNE_MODALITIES = ("image", "timeseries", "text", "graph")
+FINE_TUNE_MODALITIES = ("image", "timeseries", "text", "graph", "audio", "tabular")
 
 
 def add_fine_tune_arguments(evaluate: argparse.ArgumentParser) -> None:
     """The options of ``evaluate --fine-tune`` (``--run``, ``--labels``, ``--split``, ``--seed`` and
     ``--batch-size`` are the command's shared options)."""
     evaluate.add_argument("--fine-tune", action="store_true",
-                          help="fine-tune the encoder of --run with a linear head on --labels N labels (balanced, "
-                               "from the training part), beside kNN and the linear probe on the same labels; choices "
-                               "on a development carve, the test part scored only with --split test")
+                          help="fine-tune the encoder of --run (an image, time-series, text, graph, audio or tabular "
+                               "run) with a linear head on --labels N labels (balanced, from the training part), beside "
+                               "kNN and the linear probe on the same labels; choices on a development carve, the test "
+                               "part scored only with --split test")
     evaluate.add_argument("--epochs", type=int, default=30, help="--fine-tune: epochs (the best on dev is kept)")
     evaluate.add_argument("--lr", type=float, action="append",
                           help="--fine-tune: the head's Adam rate, repeatable (the best on dev is chosen; default 1e-3)")
@@ -43,8 +46,9 @@ def add_fine_tune_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--weight-decay", type=float, default=0.0, help="--fine-tune: Adam's L2 weight decay")
     evaluate.add_argument("--dev-size", type=float, default=1000,
                           help="--fine-tune: the development carve of the training part, a count or a share < 1 "
-                               "(default 1000; of a text task's dev data; of a graph's non-test nodes; time series use their "
-                               "run's fixed 30%% carve)")
+                               "(default 1000; of a text task's dev data; of a graph's non-test nodes; time series "
+                               "and tabular runs use their run's fixed 30%% carve, audio runs their split's development "
+                               "part)")
     evaluate.add_argument("--no-augment", action="store_true", help="--fine-tune: no training augmentation")
     evaluate.add_argument("--from-scratch", action="store_true",
                           help="--fine-tune (image runs): the run's architecture freshly initialised (seeded by "
@@ -94,6 +98,14 @@ def run_fine_tune(args: argparse.Namespace) -> int:
         from contrastkit.modalities.graph.fine_tune import fine_tune_graph_run
 
         results = fine_tune_graph_run(args.run, labels, dev_size=args.dev_size, **options)
+    elif kind == "audio":
+        from contrastkit.modalities.audio.fine_tune import fine_tune_audio_run
+
+        results = fine_tune_audio_run(args.run, labels, **options)
+    elif kind == "tabular":
+        from contrastkit.modalities.tabular.fine_tune import fine_tune_tabular_run
+
+        results = fine_tune_tabular_run(args.run, labels, **options)
     else:
         raise ConfigError(f"evaluate --fine-tune: '{args.run}' is {'a ' + kind + ' run' if kind else 'no run folder'}; "
                           f"fine-tuning is available for {', '.join(FINE_TUNE_MODALITIES)} runs.")

@@ -14,11 +14,13 @@ folder (Hugging Face / sentence-transformers)
 pairs run (``tower_a/``)                   ``(TwoTower, first input, second input)``
 time-series run (``model.pt``)             :class:`~contrastkit.modalities.timeseries.ts2vec.TS2Vec`
 graph seed folder (``seed-S/``)            ``(method, graph)``
+tabular run (``command.yaml``, or the      the trained SCARF / CLAN estimator in eval mode (``.encode(rows)``;
+config.yaml of ``SCARF(...).fit(out=)``)   ``.encode_table(table)`` with the run's feature scaling)
 audio run (``modality: audio``)            the trained method in eval mode (``.embed(batch)``)
 ========================================  ==================================================
 
 Nothing it reads runs code: checkpoints are unpickled with ``torch.load(weights_only=True)``, exports
-and text models are safetensors + JSON (:mod:`contrastkit.core.safe_loading`). A checkpoint that
+and text models (and tabular runs) are safetensors + JSON (:mod:`contrastkit.core.safe_loading`). A checkpoint that
 carries code is refused with a DataError unless ``trust_checkpoint=True``, which runs that code.
 """
 
@@ -30,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.core.errors import DataError
+from contrastkit.modalities.tabular.run_folder import is_estimator_config
 
 
 def _config(folder: Path) -> dict:
@@ -53,7 +56,7 @@ def run_kind(folder: str | Path) -> str | None:
         return "text"
     if config.get("command") == "graph" or ("seed" in config and "features_norm" in config):
         return "graph"
-    if (folder / "command.yaml").is_file():
+    if (folder / "command.yaml").is_file() or is_estimator_config(config):
         return "tabular"
     if config.get("modality") == "audio":
         return "audio"
@@ -99,9 +102,9 @@ def load(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
 
         return load_trained(target, trust_checkpoint=trust_checkpoint)
     if kind == "tabular":
-        raise ConfigError(f"'{target}' is a tabular run: its weights are model.safetensors and its embeddings "
-                          f"embeddings.npy; a tabular estimator is used in the process that trained it "
-                          f"(SCARF(...).fit(x, out=...)).")
+        from contrastkit.modalities.tabular.run_folder import load_tabular_run
+
+        return load_tabular_run(target)
     if kind == "audio":
         from contrastkit.modalities.audio.training import load_audio_run
 

@@ -12,8 +12,6 @@ import torch
 from torch import nn
 
 from contrastkit.core.errors import ConfigError
-from contrastkit.core.seeding import seeded
-from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.evaluation.fine_tune import (
     balanced_labels,
     carve_development,
@@ -21,6 +19,7 @@ from contrastkit.evaluation.fine_tune import (
     fine_tune,
     layer_decay_groups,
 )
+from tests.fine_tune_reference import hand_trained_head
 
 
 def class_labels(n: int = 300, classes: int = 7, seed: int = 0) -> np.ndarray:
@@ -143,19 +142,8 @@ def test_a_frozen_encoder_gives_the_linear_head_trained_on_precomputed_features(
     encoder.eval()
     with torch.no_grad():
         frozen = encoder(x)
-    labels = torch.as_tensor(y)
-    weights, dev_top1 = [], []
-
-    def after_epoch(epoch: int) -> None:
-        weights.append(head.weight.detach().clone())
-        with torch.no_grad():
-            dev_top1.append(float((head(frozen[dev]).argmax(1) == labels[dev]).float().mean()))
-
-    with seeded(7):
-        head = nn.Linear(4, 2)
-        fit_auxiliary(head.parameters(), lambda rows: nn.functional.cross_entropy(head(frozen[train][rows]),
-                                                                                  labels[train][rows]),
-                      len(train), epochs=3, lr=0.05, batch_size=16, after_epoch=after_epoch)
+    dev_top1, weights = hand_trained_head(frozen, torch.as_tensor(y), train, dev, 2, epochs=3, lr=0.05,
+                                          batch_size=16, seed=7)
     assert result.dev_top1 == pytest.approx(dev_top1)
     torch.testing.assert_close(result.model.head.weight, weights[result.best_epoch - 1], rtol=1e-5, atol=1e-6)
     for kept, original in zip(result.model.encoder.state_dict().values(), encoder.state_dict().values()):

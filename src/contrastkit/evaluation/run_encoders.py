@@ -16,8 +16,8 @@ or ``minilm``                                                  ``_id`` (title + 
                                                                (``.txt[.gz]``): row numbers
 =====================================================  ======  ==========================================
 
-Pairs, graph, time-series and tabular runs embed samples that only their training code can read;
-their embeddings go into an index with :meth:`SearchIndex.add` (``contrastkit index --embeddings``).
+Pairs, graph, time-series and tabular runs embed samples that their own modality reads (a tabular
+run reloaded with ``contrastkit.load`` embeds a table through its saved scaling); their embeddings go into an index with :meth:`SearchIndex.add` (``contrastkit index --embeddings``).
 An image query is decoded as the folder reader decodes the collection (PIL: to the run's channels,
 bilinear resize to its size), so an indexed file given as a query has its indexed embedding.
 """

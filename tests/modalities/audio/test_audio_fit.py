@@ -147,7 +147,13 @@ def test_two_processes_train_as_one_process_on_the_concatenated_batch(method, sm
     one, two = load_checkpoint(tmp_path / "one")["state_dict"], load_checkpoint(tmp_path / "two")["state_dict"]
     assert one.keys() == two.keys()
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
+        # AdamW divides each gradient element by its own running size, so an element whose gradient is near
+        # rounding level (summed in another order over 2 processes) can step differently by up to ~lr/50
+        # (seen: 1.8e-5 on one element of wav2vec2's FFN on one CPU); a wrong gradient moves whole tensors by
+        # ~lr = 1e-3. So: every element within 1e-4, and each tensor within 1e-6 on average.
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-4, msg=key)
+        if one[key].is_floating_point():
+            assert float((two[key] - one[key]).abs().mean()) < 1e-6, key
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 16
 

@@ -8,12 +8,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from contrastkit.core.seeding import seeded
-from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.evaluation.linear import linear_probe_accuracy
+from tests.fine_tune_reference import hand_trained_head
 from tests.conftest import data_path
 
 pytest.importorskip("torch_geometric", reason="GNN encoders need torch-geometric")
@@ -70,17 +67,7 @@ def test_a_frozen_gnn_gives_the_head_trained_on_the_runs_node_embeddings(graph_r
     frozen = embed_nodes(method, graph)
     y = graph.y
     labelled, dev, _ = node_rows(y.numpy(), graph.test_mask.numpy(), N_LABELS, DEV_SIZE, 0)
-    train, dev_top1 = torch.as_tensor(labelled), []
-
-    def after_epoch(epoch: int) -> None:
-        with torch.no_grad():
-            dev_top1.append(float((head(frozen[dev]).argmax(1) == y[dev]).float().mean()))
-
-    with seeded(0):
-        head = nn.Linear(frozen.shape[1], 7)
-        fit_auxiliary(head.parameters(), lambda rows: nn.functional.cross_entropy(head(frozen[train[rows]]),
-                                                                                  y[train[rows]]),
-                      len(train), epochs=4, lr=0.05, batch_size=32, after_epoch=after_epoch)
+    dev_top1, _ = hand_trained_head(frozen, y, labelled, dev, 7, epochs=4, lr=0.05, batch_size=32)
     assert figures["run"] == str(graph_run / "seed-0") and figures["method"] == "graphmae"
     assert figures["fine_tune_dev_top1"] == pytest.approx(max(dev_top1))
     assert figures["chosen"]["epochs"] == int(np.argmax(dev_top1)) + 1

@@ -1,4 +1,4 @@
-"""Collapse diagnostics in the space each objective acts in (issue 21): OBoW, MSN, and short DINO runs.
+"""Collapse diagnostics in the space each objective acts in (issue 21): OBoW, MSN, SwAV, and short DINO runs.
 
 - OBoW: the teacher's bags of visual words (its targets) are judged by the information they carry
   about the image. A constant encoder (BatchNorm gains zeroed in the student and the teacher) is
@@ -9,6 +9,9 @@
 - MSN: its projections (``project_embedding``) and their assignment to the prototypes. A constant
   encoder output is flagged and its prototype assignments carry no information; a random
   initialisation is not flagged, its projections spread once BatchNorm has statistics of the data.
+- SwAV: its predictions over the prototypes (its codes are spread over the batch by Sinkhorn-Knopp
+  whatever the encoder does). A constant encoder output is flagged on them; a random initialisation
+  is not, and gives distinct images distinct predictions.
 - DINO and BYOL after 1 epoch of digits at batch 256 (5 steps) were flagged: in eval mode the
   BatchNorm running statistics had seen 5 batches with momentum 0.1, and every image kept the
   features' large mean. With batch statistics, or running statistics recomputed over the data, the
@@ -147,10 +150,9 @@ def build_msn():
     return build_method("msn", FitConfig(method="msn", width=0.25), DIGITS)
 
 
-def prototype_assignments(model, projected: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """softmax(<z, q_k> / tau) over the unit prototypes, the anchors' side of MSN's loss."""
-    return torch.softmax(F.normalize(projected, dim=1) @ F.normalize(model.prototypes.detach(), dim=1).T / temperature,
-                         dim=1)
+def prototype_assignments(prototypes: torch.Tensor, projected: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """softmax(<z, q_k> / tau) over the unit prototypes (the anchors' side of MSN's loss; SwAV's prediction)."""
+    return torch.softmax(F.normalize(projected, dim=1) @ F.normalize(prototypes.detach(), dim=1).T / temperature, dim=1)
 
 
 def test_msn_with_a_constant_encoder_output_is_flagged(images):
@@ -161,14 +163,14 @@ def test_msn_with_a_constant_encoder_output_is_flagged(images):
     assert torch.allclose(projected, projected[:1].expand_as(projected))  # constant, by construction
     report = objective_space_report(model, images, CPU, projected)
     assert report["collapsed"] and "running_statistics_reasons" not in report
-    assignments = assignment_report(prototype_assignments(model, projected), "prototype assignments")
+    assignments = assignment_report(prototype_assignments(model.prototypes, projected), "prototype assignments")
     assert assignments["collapsed"] and assignments["prototype assignments_information"] < 1e-9
     # The method's own targets (what the run summary judges) are the target side's sharpened
     # assignments: tau T = 0.1 * 0.25 on the target projections, here computed from the test's formula.
     with evaluating(model):
         targets = model.objective_distributions(images)["target_assignments"]
         target_projections = model.project_embedding(model.target_encoder(model.eval_view(images)))
-    torch.testing.assert_close(targets, prototype_assignments(model, target_projections, temperature=0.025))
+    torch.testing.assert_close(targets, prototype_assignments(model.prototypes, target_projections, temperature=0.025))
     assert assignment_report(targets)["collapsed"]
 
 
@@ -183,7 +185,40 @@ def test_msn_at_random_initialisation_is_not_flagged(images):
         projected = calibrated.project_embedding(calibrated.embed(images))
     assert mean_pairwise_cosine(projected) < 0.8
     assert not collapse_report(projected)["collapsed"]
-    assert not assignment_report(prototype_assignments(calibrated, projected))["collapsed"]
+    assert not assignment_report(prototype_assignments(calibrated.prototypes, projected))["collapsed"]
+
+
+# -- SwAV ---------------------------------------------------------------------------------------------------
+
+def build_swav():
+    torch.manual_seed(0)
+    return build_method("swav", FitConfig(method="swav", width=0.25, extra={"swav": {"prototypes": 64}}), DIGITS)
+
+
+def test_swav_with_a_constant_encoder_output_is_flagged_on_its_predictions(images):
+    model = build_swav()
+    model.backbone.register_forward_hook(lambda module, inputs, output: torch.full_like(output, 0.5))
+    _, projected = embed_and_project(model, images, CPU)
+    assert torch.allclose(projected, projected[:1].expand_as(projected))  # constant, by construction
+    # The predictions written out: softmax over the unit prototypes of cosine / 0.1 (SwAV's temperature).
+    with evaluating(model):
+        predictions = model.objective_distributions(images)["prototype_predictions"]
+    torch.testing.assert_close(predictions, prototype_assignments(model.prototypes.weight, projected))
+    assert assignment_report(predictions)["collapsed"]
+    report = objective_space_report(model, images, CPU, projected)
+    assert report["collapsed"]
+
+
+def test_swav_at_random_initialisation_is_not_flagged(images):
+    model = recalibrated(build_swav(), images)
+    report = report_of(model, images)
+    assert not report["collapsed"], report["reasons"]
+    with evaluating(model):
+        predictions = model.objective_distributions(images)["prototype_predictions"].double()
+    # Distinct images get distinct predictions: the mean total variation between them is far from 0.
+    n = len(predictions)
+    spread = float((0.5 * (predictions[:, None] - predictions[None]).abs().sum(-1)).sum() / (n * (n - 1)))
+    assert spread > 0.05
 
 
 # -- DINO after one epoch ---------------------------------------------------------------------------------------

@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from contrastkit.core.errors import DataError
-from contrastkit.core.seeding import seeded
-from contrastkit.engine.auxiliary import fit_auxiliary
 from contrastkit.evaluation.fine_tune import balanced_labels, carve_development, layer_decay_groups
 from contrastkit.evaluation.linear import linear_probe_accuracy
+from tests.fine_tune_reference import hand_trained_head
 from tests.conftest import data_path, requires_minilm
 
 pytestmark = requires_minilm  # the tiny BERT borrows MiniLM's tokenizer (bundled, no download)
@@ -84,19 +82,8 @@ def test_a_frozen_encoder_gives_the_head_trained_on_encode_features(task):
     # features once; the same loop then trains a head alone on them.
     texts, y, labelled, dev = rows_of(task)
     frozen = encoder.encode(texts, batch_size=64)
-    labels = torch.as_tensor(y)
-    dev_top1 = []
-
-    def after_epoch(epoch: int) -> None:
-        with torch.no_grad():
-            dev_top1.append(float((head(frozen[dev]).argmax(1) == labels[dev]).float().mean()))
-
-    train = torch.as_tensor(labelled)
-    with seeded(0):
-        head = nn.Linear(frozen.shape[1], len(np.unique(y)))
-        fit_auxiliary(head.parameters(), lambda rows: nn.functional.cross_entropy(head(frozen[train[rows]]),
-                                                                                  labels[train[rows]]),
-                      len(train), epochs=3, lr=0.05, batch_size=8, after_epoch=after_epoch)
+    dev_top1, _ = hand_trained_head(frozen, torch.as_tensor(y), labelled, dev, len(np.unique(y)), epochs=3, lr=0.05,
+                                    batch_size=8)
     assert figures["labels"] == N_LABELS and figures["n_scored"] == len(dev) and figures["scored"] == "dev"
     assert figures["fine_tune_dev_top1"] == pytest.approx(max(dev_top1), abs=1.5 / len(dev))
     assert figures["chosen"]["epochs"] == int(np.argmax(dev_top1)) + 1

@@ -20,6 +20,7 @@ import torch
 from contrastkit.cli import main as cli_main
 from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.text import general_guard
+from contrastkit.modalities.text.benchmark_tasks import evaluate_tasks
 from contrastkit.modalities.text.encoders import load_text_encoder, small_random_encoder
 from contrastkit.modalities.text.evaluation import encode_texts, evaluate_retrieval, evaluate_text_task
 from contrastkit.modalities.text.general_guard import (
@@ -315,10 +316,16 @@ def test_sts_with_a_query_tower_warns_with_its_recorded_cost(tmp_path):
         "split": "test", "loss": {"stsb": 3.76, "mrpc": 0.5, "mean": 2.13, "max": 3.76, "worst": "stsb"}}}))
     message = general_use_message(load_text_encoder(tmp_path / "run" / "encoder"), tmp_path / "run" / "encoder", "STS")
     assert "2.13 points on average" in message and "stsb +3.76" in message
+    task = tmp_path / "tasks" / "my-sts.yaml"
+    task.parent.mkdir()
+    task.write_text(f"name: my-sts\ntype: sts\ndata:\n  dev: {sts}\n")
+    with pytest.warns(QueryTowerWarning, match="my-corpus.*the tasks of my-sts.*2.13 points"):
+        evaluate_tasks(str(tmp_path / "run" / "encoder"), task.parent, verbose=False)
     plain(encoder).save(tmp_path / "base")
     with warnings.catch_warnings():
         warnings.simplefilter("error", QueryTowerWarning)
         evaluate_text_task("sts", str(tmp_path / "base"), sts)  # no residual: no warning
+        evaluate_tasks(str(tmp_path / "base"), task.parent, verbose=False)
 
 
 @requires_transformers

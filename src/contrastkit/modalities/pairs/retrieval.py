@@ -10,6 +10,11 @@ no keys every row is its own item.
 
     MRR      = mean_q 1 / rank of the first relevant item (0 beyond the cut-off ``mrr_depth``)
     Recall@k = mean_q |top k  intersect  relevant_q| / |relevant_q|
+
+:func:`label_retrieval` judges relevance by class instead (a spoken digit and any image of that
+digit): every row of one side is a query against all rows of the other, a corpus row is relevant
+when it has the query's label, and ``R@1`` is the share of queries whose first result is relevant
+(with one relevant item per query, as in a pair set, this is Recall@1).
 """
 
 from __future__ import annotations
@@ -86,3 +91,34 @@ def pair_retrieval(first: Any, second: Any, first_keys: Sequence[Hashable] | Non
         "second_to_first": one_direction(second, first, second_item, first_item, second_rows, first_rows,
                                          mrr_depth, cutoffs),
     }
+
+
+def label_retrieval(first: Any, second: Any, first_labels: Sequence[Hashable],
+                    second_labels: Sequence[Hashable]) -> dict[str, dict[str, float]]:
+    """Cosine retrieval in both directions with relevance = the same label (module docstring):
+    ``{"first_to_second": {"r@1", "mrr", "queries", "corpus"}, "second_to_first": {...}}``, MRR over
+    the whole corpus. The two sides need not have the same number of rows; every label of a query
+    must occur in the corpus (else that query could not find anything and is an input error)."""
+    first = as_float32_matrix(first, "first embeddings")
+    second = as_float32_matrix(second, "second embeddings")
+    first_labels, second_labels = list(first_labels), list(second_labels)
+    if len(first_labels) != first.shape[0] or len(second_labels) != second.shape[0]:
+        raise DataError(f"label_retrieval: {first.shape[0]} and {second.shape[0]} embeddings but {len(first_labels)} "
+                        f"and {len(second_labels)} labels; give one label per embedded row.")
+
+    def direction(queries: np.ndarray, query_labels: list, corpus: np.ndarray, corpus_labels: list) -> dict:
+        rows_of: dict[Hashable, set[int]] = {}
+        for row, label in enumerate(corpus_labels):
+            rows_of.setdefault(label, set()).add(row)
+        missing = set(query_labels) - set(rows_of)
+        if missing:
+            raise DataError(f"label_retrieval: the labels {', '.join(sorted(map(repr, missing)))} of some queries "
+                            "never occur on the other side, so those queries have nothing to find; give both sides "
+                            "labels of one type (e.g. all int) and score only classes present on both.")
+        relevant = {q: rows_of[label] for q, label in enumerate(query_labels)}
+        _, ranking = search(queries, corpus, k=len(corpus))
+        return {"r@1": mrr_at_k(ranking, relevant, k=1), "mrr": mrr_at_k(ranking, relevant, k=len(corpus)),
+                "queries": len(queries), "corpus": len(corpus)}
+
+    return {"first_to_second": direction(first, first_labels, second, second_labels),
+            "second_to_first": direction(second, second_labels, first, first_labels)}

@@ -68,20 +68,46 @@ class TextInput:
 
 @dataclass
 class TensorInput:
-    """Tensors (or arrays) of one shape -> a stacked float batch; ``transform(batch, generator)``
-    (optional) makes the augmented view."""
+    """Tensors (or arrays) of one shape -> a stacked batch of ``dtype`` (None: the samples' own, e.g.
+    uint8 images for an image method's ``embed``, which reads uint8 as 0..255 and floats as 0..1);
+    ``transform(batch, generator)`` (optional) makes the augmented view."""
 
     transform: Callable[[Tensor, torch.Generator | None], Tensor] | None = None
+    dtype: torch.dtype | None = torch.float32
 
     def collate(self, samples: Sequence[Any]) -> Tensor:
         try:
-            return torch.stack([torch.as_tensor(s) for s in samples]).float()
+            batch = torch.stack([torch.as_tensor(s) for s in samples])
+            return batch if self.dtype is None else batch.to(self.dtype)
         except (RuntimeError, TypeError) as error:
             raise DataError(f"A tensor tower could not stack its samples into one batch: {error}. "
                             "Every sample must be an array of the same shape.") from error
 
     def augment(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
         return batch if self.transform is None else self.transform(batch, generator)
+
+
+class EmbeddingTower(nn.Module):
+    """A self-supervised method of any modality as a tower encoder: ``forward(batch)`` is
+    ``method.embed(batch)`` with gradients (an image method's backbone over its evaluation view, an
+    audio method's pooled frames, ...), so a pretrained encoder (``contrastkit.load(RUN)``) or a freshly
+    built one (the random-initialisation baseline) trains inside a two-tower model as it embeds
+    after pretraining. The method's other parts (projection heads, targets) get no gradient and so
+    do not move. ``output_dim``: given, else the method's (or its ``encoder``'s / ``backbone``'s)."""
+
+    def __init__(self, method: nn.Module, output_dim: int | None = None):
+        super().__init__()
+        self.method = method
+        if output_dim is None:
+            owners = (method, getattr(method, "encoder", None), getattr(method, "backbone", None))
+            output_dim = next((o.output_dim for o in owners if isinstance(getattr(o, "output_dim", None), int)), None)
+        if output_dim is None:
+            raise ConfigError(f"{type(method).__name__} says nothing of its embedding size (no output_dim on it, its "
+                              "encoder or its backbone); pass output_dim.")
+        self.output_dim = int(output_dim)
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.method.embed(batch)
 
 
 def output_dim_of(encoder: nn.Module, given: int | None, side: str) -> int:

@@ -22,7 +22,9 @@ and nothing is scored.
 The run folder (``--out``) is the engine's (:meth:`~contrastkit.modalities.tabular.estimators.
 TabularContrastive.fit`): config.yaml, checkpoints/last.ckpt, metrics.csv, model.safetensors,
 summary.json (with ``evaluation``), report.md (with plots/), plus command.yaml (these options; ``--resume`` reads them back),
-embeddings.npy of every row (and labels.npy).
+feature_encoder.json (the feature scaling fitted on the training rows), embeddings.npy of every row (and labels.npy).
+``contrastkit.load(RUN)`` gives the trained estimator back with that scaling
+(:mod:`contrastkit.modalities.tabular.run_folder`): ``load(RUN).encode_table(table)``.
 
 ``--devices N --strategy ddp`` trains in N processes, each on ``--batch-size`` rows of every global
 batch of N x ``--batch-size``; the loss is computed on the global batch (negatives and positives
@@ -188,6 +190,7 @@ def command(args: argparse.Namespace) -> int:
     import numpy as np
 
     from contrastkit.engine.run_folder import is_first_process, resolve_run_dir, write_summary
+    from contrastkit.modalities.tabular.run_folder import write_feature_encoder
     from contrastkit.modalities.tabular.sources import TabularEncoder, table_rows
 
     options = resolve_options(args)
@@ -211,6 +214,7 @@ def command(args: argparse.Namespace) -> int:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / COMMAND_FILE).write_text(yaml.safe_dump({k: getattr(options, k) for k in DEFAULTS},
                                                                  sort_keys=False))
+        write_feature_encoder(run_dir, scaler)  # the scaling the encoder reads through: a reload needs it
     losses = model.fit(x[fit_rows], n_epochs=options.max_epochs, out=run_dir, resume=options.resume,
                        checkpoint_every_steps=options.checkpoint_every_steps, max_steps=options.max_steps,
                        devices=options.devices, strategy=options.strategy)

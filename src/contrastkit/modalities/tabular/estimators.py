@@ -68,6 +68,7 @@ from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
 from contrastkit.core.seeding import seeded
+from contrastkit.modalities.tabular.sources import Table, TabularEncoder
 from contrastkit.modalities.tabular.views import SCARFCorruption
 
 
@@ -202,6 +203,8 @@ class TabularContrastive(abc.ABC):
             self.projector: nn.Module | None = self._build_projector(hidden_dims)
         self.reference: torch.Tensor | None = None  # training rows: marginals and benign set
         self.classifier: LogisticRegression | None = None
+        # The table -> rows encoding of a run reloaded from its folder (contrastkit.load); None otherwise.
+        self.feature_encoder: TabularEncoder | None = None
         self.n_epochs = 0
 
     def _build_projector(self, hidden_dims: int) -> nn.Module | None:
@@ -301,13 +304,25 @@ class TabularContrastive(abc.ABC):
         out = [self.encoder(data[i : i + batch_size].to(self.device)).cpu() for i in range(0, data.shape[0], batch_size)]
         return torch.cat(out).numpy()
 
+    def encode_table(self, table: Table, batch_size: int = 4096) -> np.ndarray:
+        """:meth:`encode` of a table of raw columns, encoded to rows by :attr:`feature_encoder` (the
+        scaling the run fitted on its training rows, which a run folder keeps)."""
+        if self.feature_encoder is None:
+            raise ConfigError(f"{type(self).__name__}.encode_table needs the run's feature encoder: load a run that "
+                              f"'contrastkit fit' wrote (contrastkit.load(RUN)), or encode the table with your "
+                              f"TabularEncoder and call encode(rows).")
+        return self.encode(self.feature_encoder.transform(table), batch_size)
+
     @torch.no_grad()
     def score(self, x: Any, k: int = 1, reference: Any | None = None) -> np.ndarray:
         """Anomaly score (N,): mean cosine distance ``1 - cos`` of each row's embedding to its
         ``k`` nearest embeddings of ``reference`` (default: the rows given to :meth:`fit`)."""
         if reference is None:
             if self.reference is None:
-                raise ConfigError(f"{type(self).__name__}.score needs fit() first, or a reference set.")
+                raise ConfigError(f"{type(self).__name__}.score compares rows with the rows it was fitted on, which "
+                                  "an estimator reloaded from its run folder does not keep: pass reference= (the "
+                                  "benign training rows, encoded as the run encoded them, e.g. "
+                                  "estimator.feature_encoder.transform(table)), or fit() first.")
             reference = self.reference
         train_embeddings = torch.from_numpy(self.encode(reference))
         return benign_distance_score(train_embeddings, torch.from_numpy(self.encode(x)), k=k).numpy()

@@ -189,6 +189,34 @@ class TabularEncoder:
     def fit_transform(self, table: Table) -> np.ndarray:
         return self.fit(table).transform(table)
 
+    def state(self) -> dict:
+        """What :meth:`fit` learned and the constructor's arguments, as plain JSON values (a run
+        folder's ``feature_encoder.json``); :meth:`from_state` rebuilds the same encoder. Floats
+        are written in their shortest exact form, so the rebuilt encoder transforms bit for bit alike."""
+        if not self.is_fitted:
+            raise ConfigError("TabularEncoder.state: fit the encoder first; an unfitted encoder has nothing to save.")
+        return {"categorical": self.categorical, "numeric": self.numeric, "clip": self.clip,
+                "categories": {name: values.tolist() for name, values in self.categories.items()},
+                "median": self.median.tolist(), "iqr": self.iqr.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TabularEncoder:
+        """The fitted encoder whose :meth:`state` is ``state``."""
+        try:
+            encoder = cls(state["categorical"], state["numeric"], state["clip"])
+            encoder.categories = {name: np.asarray(state["categories"][name], dtype=str)
+                                  for name in encoder.categorical}
+            encoder.median = np.asarray(state["median"], dtype=np.float64)
+            encoder.iqr = np.asarray(state["iqr"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"A saved TabularEncoder lacks or garbles '{error}'; it was not written by "
+                            f"TabularEncoder.state. Fit the run again, or remove feature_encoder.json to load the run "
+                            f"without encode_table.") from None
+        if encoder.median.shape != (len(encoder.numeric),) or encoder.iqr.shape != encoder.median.shape:
+            raise DataError(f"A saved TabularEncoder has {encoder.median.size} medians and {encoder.iqr.size} IQRs "
+                            f"for {len(encoder.numeric)} numeric columns.")
+        return encoder
+
     @property
     def output_dim(self) -> int:
         return self.column_slices[-1].stop

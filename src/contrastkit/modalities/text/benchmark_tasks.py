@@ -256,6 +256,7 @@ def evaluate_tasks(model, tasks: str | os.PathLike, split: str = DEV_SPLIT, name
     before the model is loaded.
     """
     from contrastkit.modalities.text.evaluation import check_precision
+    from contrastkit.modalities.text.query_tower import warn_general_use
 
     check_precision(precision)
     specs = read_task_folder(tasks, names)
@@ -276,6 +277,8 @@ def evaluate_tasks(model, tasks: str | os.PathLike, split: str = DEV_SPLIT, name
             from contrastkit.modalities.text.encoders import load_text_encoder
 
             encoder = load_text_encoder(model)
+            # The tasks are general text; a query tower scored here measures what its adaptation costs.
+            warn_general_use(encoder, model, "the tasks of " + ", ".join(spec.name for spec in runnable))
         for number, spec in enumerate(runnable, start=1):
             row = evaluate_task(encoder, spec, split, batch_size, cache_dir, precision)
             table.rows.append(row)

@@ -128,6 +128,14 @@ class SwAV(nn.Module):
     def project_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(embedding), dim=-1)
 
+    def objective_distributions(self, images: torch.Tensor) -> dict[str, Tensor]:
+        """What the swapped prediction scores, for the eval view of ``images``: each image's prediction
+        ``softmax(C^T z / tau)`` over the K prototypes, (B, K). The codes it is scored against come from
+        Sinkhorn-Knopp, which spreads any batch over the prototypes by construction, so the collapse that
+        matters is in the predictions: the same distribution for every image carries no information."""
+        z = self.project_embedding(self.embed(images))
+        return {"prototype_predictions": torch.softmax(self.prototypes(z) / self.objective.objective.temperature, dim=-1)}
+
 
 def _whole(options: dict, name: str, low: int) -> int:
     value = options[name]
