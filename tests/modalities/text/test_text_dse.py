@@ -197,3 +197,62 @@ def test_dse_needs_a_teacher():
 
     with pytest.raises(ConfigError, match="teacher"):
         build(None)
+
+
+class CountingTeacher:
+    """A stand-in teacher: a pair's score is a fixed function of its texts; counts the pairs it scores."""
+
+    def __init__(self):
+        self.scored = 0
+
+    def score(self, first, second, batch_size=1):
+        self.scored += len(first)
+        return torch.tensor([(len(a) * 31 + len(b)) % 97 / 97 for a, b in zip(first, second)], dtype=torch.float32)
+
+
+def test_a_cut_short_last_line_is_scored_again_and_cut_away_by_the_next_append(tmp_path):
+    from contrastkit.modalities.text.cross_encoder import PairScoreCache
+
+    path = tmp_path / "scores.jsonl"
+    PairScoreCache(CountingTeacher(), path)(["a", "bb"], ["x", "yy"])
+    text = path.read_text()
+    path.write_text(text[:-7])  # a second writer killed in the middle of its last line
+    teacher = CountingTeacher()
+    cache = PairScoreCache(teacher, path)
+    assert set(cache.scores) == {("a", "x")}
+    scores = cache(["a", "bb", "ccc"], ["x", "yy", "zzz"])
+    assert teacher.scored == 2  # the cut pair and the new one
+    expected = CountingTeacher().score(["a", "bb", "ccc"], ["x", "yy", "zzz"])
+    assert torch.equal(scores, expected)
+    assert len(path.read_text().splitlines()) == 3 and path.read_text().endswith("\n")
+    assert torch.equal(PairScoreCache(CountingTeacher(), path)(["a", "bb", "ccc"], ["x", "yy", "zzz"]), expected)
+    # a cut-short file with no complete line at all
+    path.write_text('{"a": "a", "b')
+    assert PairScoreCache(CountingTeacher(), path).scores == {}
+    PairScoreCache(CountingTeacher(), path)(["a"], ["x"])
+    assert len(path.read_text().splitlines()) == 1
+
+
+def _append_many(path: str, tag: str) -> None:
+    from contrastkit.modalities.text.cross_encoder import PairScoreCache
+
+    for batch in range(20):
+        rows = [f"{tag}-{batch}-{i}-" + "w" * 600 for i in range(30)]  # about 20 kB per append
+        cache = PairScoreCache(CountingTeacher(), path)
+        cache(rows, rows)
+
+
+def test_two_processes_appending_to_one_cache_never_interleave_lines(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "scores.jsonl")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(path, tag)) for tag in ("p", "q")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    lines = open(path, encoding="utf-8").read().splitlines()
+    assert len(lines) == 2 * 20 * 30
+    assert all(json.loads(line)["a"].startswith(("p-", "q-")) for line in lines)

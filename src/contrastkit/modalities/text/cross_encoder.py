@@ -142,14 +142,21 @@ class PairScoreCache:
     Each line is ``{"a": ..., "b": ..., "score": float.hex()}`` (the float32 value written exactly), so a
     later run, or a resumed one, reads back the bit-identical scores. Missing pairs are scored one per
     pass (:meth:`CrossEncoder.score` with ``batch_size=1``): a pair's score never depends on the
-    others scored with it."""
+    others scored with it.
+
+    Several processes may share one file (the processes of a data-parallel run, two runs with the same
+    teacher): each call appends its new lines with one ``write`` under an exclusive lock, so lines never
+    interleave. A last line without its newline is a write that a killed process cut short: it is left
+    out on reading (its pairs are scored again) and cut away by the next append."""
 
     def __init__(self, teacher: CrossEncoder, path: str | os.PathLike | None) -> None:
         self.teacher = teacher
         self.path = Path(path) if path is not None else None
         self.scores: dict[tuple[str, str], float] = {}
         if self.path is not None and self.path.is_file():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            text = self.path.read_text(encoding="utf-8")
+            complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]  # drop a cut-short write
+            for number, line in enumerate(complete.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -169,10 +176,43 @@ class PairScoreCache:
                 self.scores[(a, b)] = value
                 lines.append(json.dumps({"a": a, "b": b, "score": float(value).hex()}, ensure_ascii=False))
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as handle:
-                    handle.write("\n".join(lines) + "\n")
+                append_lines(self.path, lines)
         return torch.tensor([self.scores[(a, b)] for a, b in zip(first, second)], dtype=torch.float32)
+
+
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append ``lines`` to ``path`` in one ``os.write`` under an exclusive ``flock`` (where the system has
+    one), after cutting away a last line that a killed writer left without its newline (:class:`PairScoreCache`)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one write call, unlocked
+        fcntl = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        size = os.fstat(descriptor).st_size
+        if size and os.pread(descriptor, 1, size - 1) != b"\n":
+            os.ftruncate(descriptor, end_of_last_line(descriptor, size))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def end_of_last_line(descriptor: int, size: int, chunk: int = 1 << 16) -> int:
+    """The offset just after the file's last newline (0 when it has none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        found = os.pread(descriptor, end - start, start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
 
 
 def default_score_cache(teacher: CrossEncoder, cache_dir: str | os.PathLike | None = None) -> Path:
