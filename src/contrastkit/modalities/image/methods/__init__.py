@@ -10,8 +10,8 @@ A method is an ``nn.Module`` with
   computed in one pass;
 - optionally ``after_optimizer_step(step, total_steps)`` for momentum (EMA) updates;
 - optionally ``objective_distributions(images) -> {name: (B, K) tensor}``: distributions over K
-  outputs that the objective compares (OBoW's and DINO's targets), whose collapse (the same
-  distribution for every image) the diagnostics also flag.
+  outputs that the objective compares (OBoW's, DINO's and MSN's targets, SwAV's predictions), whose
+  collapse (the same distribution for every image) the diagnostics also flag.
 
 Each method module has ``build(config, data) -> method``: the builder turns the run's
 configuration into the method's explicit constructor arguments, so the method itself never sees the
