@@ -19,7 +19,7 @@ from contrastkit.evaluation.fine_tune import (
     fine_tune,
     layer_decay_groups,
 )
-from tests.fine_tune_reference import hand_trained_head
+from tests.fine_tune_reference import digits_simclr_run, hand_trained_head
 
 
 def class_labels(n: int = 300, classes: int = 7, seed: int = 0) -> np.ndarray:
@@ -165,12 +165,7 @@ def test_a_learning_encoder_changes_a_copy_and_keeps_the_best_dev_epoch():
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    import contrastkit
-
-    out = tmp_path_factory.mktemp("fine-tune") / "run"
-    contrastkit.fit(method="simclr", modality="image", data="digits", limit=500, holdout=0.2, backbone="small-cnn",
-                    width=0.25, batch_size=64, max_steps=3, no_report=True, no_baselines=True, out=str(out))
-    return out
+    return digits_simclr_run(tmp_path_factory.mktemp("fine-tune") / "run", limit=500, max_steps=3)
 
 
 def test_evaluate_fine_tune_on_an_image_run_scores_dev_by_default(image_run, tmp_path, capsys):

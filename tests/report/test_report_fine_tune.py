@@ -9,6 +9,7 @@ import json
 import pytest
 
 from contrastkit.report.fine_tuning import FINE_TUNE_FILE, read_fine_tune, record_fine_tune
+from tests.fine_tune_reference import digits_simclr_run, fine_tuning_report_rows, reported_figures
 
 
 def figures(labels: int, scored: str = "dev", top1: float = 0.5, lr: float = 0.001) -> dict:
@@ -30,12 +31,7 @@ def test_a_setting_run_again_replaces_its_entry_and_others_are_kept(tmp_path):
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    import contrastkit
-
-    out = tmp_path_factory.mktemp("report-fine-tune") / "run"
-    contrastkit.fit(method="simclr", modality="image", data="digits", limit=400, holdout=0.2, backbone="small-cnn",
-                    width=0.25, batch_size=64, max_steps=2, no_baselines=True, out=str(out))
-    return out
+    return digits_simclr_run(tmp_path_factory.mktemp("report-fine-tune") / "run", limit=400, max_steps=2, report=True)
 
 
 def test_the_report_shows_the_fine_tuning_rows_of_the_run(image_run, tmp_path):
@@ -51,15 +47,11 @@ def test_the_report_shows_the_fine_tuning_rows_of_the_run(image_run, tmp_path):
         outputs.append(json.loads(output.read_text()))
     assert (image_run / FINE_TUNE_FILE).is_file()
     assert main(["report", str(image_run), "--map", "pca"]) == 0
-    markdown = report.read_text()
-    section = markdown.split("## Fine-tuning", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    rows = fine_tuning_report_rows(image_run)
     assert len(rows) == 2
     page = (image_run / "report.html").read_text()
     assert "<h2>Fine-tuning</h2>" in page
-    for row, result in zip(rows, outputs):
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        expected = [f"{100 * result[key]:.1f}" for key in ("knn_top1", "linear_top1", "fine_tune_top1",
-                                                            "fine_tune_dev_top1")]
+    for cells, result in zip(rows, outputs):
+        expected = reported_figures(result)
         assert cells[0] == str(result["labels"]) and cells[1] == "dev" and cells[2:6] == expected
         assert all(f"<td>{value}</td>" in page for value in expected)

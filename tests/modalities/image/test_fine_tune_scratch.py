@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fine_tune_reference import digits_simclr_run
+
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    import contrastkit
-
-    out = tmp_path_factory.mktemp("scratch") / "run"
-    contrastkit.fit(method="simclr", modality="image", data="digits", limit=400, holdout=0.2, backbone="small-cnn",
-                    width=0.25, batch_size=64, max_steps=4, no_report=True, no_baselines=True, out=str(out))
-    return out
+    return digits_simclr_run(tmp_path_factory.mktemp("scratch") / "run", limit=400, max_steps=4)
 
 
 def test_from_scratch_probes_an_encoder_built_afresh_and_not_the_runs(image_run):

@@ -14,9 +14,9 @@ import torch
 from contrastkit.core.errors import ConfigError
 from contrastkit.evaluation.fine_tune import balanced_labels
 from contrastkit.evaluation.linear import linear_probe_accuracy
-from tests.fine_tune_reference import hand_trained_head
+from tests.fine_tune_reference import fine_tuning_report_rows, hand_trained_head, reported_figures
 from tests.conftest import data_path
-from tests.modalities.tabular.test_run_folder import SMALL, write_rows
+from tests.modalities.tabular.small_tables import SMALL, write_rows
 
 N_LABELS = 12  # 4 per class of the table's three
 OPTIONS = dict(epochs=4, lrs=(0.05,), batch_size=8, seed=0)
@@ -99,11 +99,8 @@ def test_evaluate_fine_tune_on_a_tabular_run_is_kept_and_reported(table_run, tmp
     assert figures["labels"] == N_LABELS and figures["scored"] == "dev" and figures["n_scored"] == figures["dev_size"]
     assert json.loads((table_run / "fine_tune.json").read_text())["results"][-1] == figures
     assert main(["report", str(table_run), "--map", "pca"]) == 0
-    section = (table_run / "report.md").read_text().split("## Fine-tuning", 1)[1].split("\n## ", 1)[0]
-    row = next(line for line in section.splitlines() if line.startswith(f"| {N_LABELS} "))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[1] == "dev" and cells[2:6] == [f"{100 * figures[key]:.1f}" for key in (
-        "knn_top1", "linear_top1", "fine_tune_top1", "fine_tune_dev_top1")]
+    cells = next(row for row in fine_tuning_report_rows(table_run) if row[0] == str(N_LABELS))
+    assert cells[1] == "dev" and cells[2:6] == reported_figures(figures)
 
 
 @pytest.fixture(scope="module")
