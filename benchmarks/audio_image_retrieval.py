@@ -60,41 +60,51 @@ from contrastkit.modalities.pairs.two_tower import TwoTowerOptions, build_two_to
 DIRECTIONS = {"first_to_second": "audio -> image", "second_to_first": "image -> audio"}
 
 
-def audio_towers(clips, train: np.ndarray, seed: int, epochs: int, folder: Path):
-    """(pretrained, random) audio SimCLR methods of the seed (0 epochs: no training); the run is
-    reused when present."""
-    options = {**DEFAULTS, "method": "simclr", "data": "fsdd", "seed": seed, "max_epochs": epochs,
-               "crop_seconds": CROP_SECONDS["simclr"], "eval_split": "test"}
-    random_method = build_method(options, clips.sample_rate)
-    pretrained = build_method(options, clips.sample_rate)
+def audio_options(seed: int, epochs: int) -> dict:
+    return {**DEFAULTS, "method": "simclr", "data": "fsdd", "seed": seed, "max_epochs": epochs,
+            "crop_seconds": CROP_SECONDS["simclr"], "eval_split": "test"}
+
+
+def random_audio(sample_rate: int, seed: int) -> torch.nn.Module:
+    """The audio SimCLR method freshly built under ``seed`` (its weights are a function of the seed)."""
+    return build_method(audio_options(seed, 0), sample_rate).eval()
+
+
+def pretrained_audio(clips, train: np.ndarray, seed: int, epochs: int, folder: Path) -> torch.nn.Module:
+    """The audio SimCLR method of ``seed`` trained ``epochs`` epochs on the clips at ``train``; the
+    weights are kept in the run folder and reused when present."""
+    options = audio_options(seed, epochs)
+    method = build_method(options, clips.sample_rate)
     run = folder / f"audio-simclr-seed{seed}-e{epochs}"
     weights = run / "pretrained.pt"
-    if epochs == 0:
-        pass
-    elif weights.is_file():
-        pretrained.load_state_dict(torch.load(weights, weights_only=True))
+    if weights.is_file():
+        method.load_state_dict(torch.load(weights, weights_only=True))
     else:
-        train_audio(pretrained, clips, train, settings_of(options, len(train)), run)
-        torch.save(pretrained.state_dict(), weights)
-    return pretrained.eval(), random_method.eval()
+        train_audio(method, clips, train, settings_of(options, len(train)), run)
+        torch.save(method.state_dict(), weights)
+    return method.eval()
 
 
-def image_towers(seed: int, epochs: int, folder: Path, random_seed: int | None = None):
-    """(pretrained, random, training rows, held-out rows) of the MNIST SimCLR run of ``seed``; the
-    random method is built under ``random_seed`` (default: ``seed``)."""
+def pretrained_images(seed: int, epochs: int, folder: Path):
+    """(method, its FitConfig, its DataInfo, training rows, held-out rows) of the MNIST SimCLR run of
+    ``seed``; the run is made once and reused."""
     run = folder / f"mnist-simclr-seed{seed}-e{epochs}"
     if not (run / "split.json").is_file():
         subprocess.run([str(Path(sys.executable).with_name("contrastkit")), "fit", "--modality", "image",
                         "--method", "simclr", "--data", "mnist-test", "--max-epochs", str(epochs), "--seed", str(seed),
                         "--backbone", "small-cnn",
                         "--out", str(run), "--no-report", "--no-baselines"], check=True)
-    pretrained, config, data = load_method(run / "checkpoints" / "last.ckpt")
-    with seeded(seed if random_seed is None else random_seed):
-        random_method = build_image_method(config.method, config, data)
+    method, config, data = load_method(run / "checkpoints" / "last.ckpt")
     rows = np.load(run / "rows.npy")
     split = json.loads((run / "split.json").read_text())
     (t0, t1), (h0, h1) = split["train"], split["holdout"]
-    return pretrained.eval(), random_method.eval(), rows[t0:t1], rows[h0:h1]
+    return method.eval(), config, data, rows[t0:t1], rows[h0:h1]
+
+
+def random_images(config, data, seed: int) -> torch.nn.Module:
+    """The image run's architecture freshly built under ``seed``."""
+    with seeded(seed):
+        return build_image_method(config.method, config, data).eval()
 
 
 def draw_pairs(clips, clip_rows: np.ndarray, images, image_rows: np.ndarray, image_labels: np.ndarray,
@@ -141,13 +151,13 @@ def main() -> None:
         for seed in args.seeds:
             pretrain_seed = seed if args.pretrain_seed < 0 else args.pretrain_seed
             started = time.perf_counter()
-            audio = {"pretrained": audio_towers(clips, clip_train, pretrain_seed, args.audio_epochs, args.out)[0],
-                     "random": audio_towers(clips, clip_train, seed, 0, args.out)[1]}
+            audio = {"pretrained": pretrained_audio(clips, clip_train, pretrain_seed, args.audio_epochs, args.out),
+                     "random": random_audio(clips.sample_rate, seed)}
             audio_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            pretrained_image, _, image_train, image_test = image_towers(pretrain_seed, args.image_epochs, args.out)
-            image = {"pretrained": pretrained_image, "random": image_towers(pretrain_seed, args.image_epochs, args.out,
-                                                                             random_seed=seed)[1]}
+            pretrained_image, config, data, image_train, image_test = pretrained_images(
+                pretrain_seed, args.image_epochs, args.out)
+            image = {"pretrained": pretrained_image, "random": random_images(config, data, seed)}
             image_seconds = time.perf_counter() - started
             print(f"seed {seed}: pretraining audio {audio_seconds:.0f} s, images {image_seconds:.0f} s", flush=True)
             for per_digit in args.pairs_per_digit:

@@ -49,6 +49,11 @@ def test_clip_input_collates_as_the_audio_sources_batch_clips():
     waves, lengths = clips.batch([0, 1, 2])
     assert torch.equal(batch["wave"], torch.from_numpy(waves))
     assert torch.equal(batch["length"], torch.from_numpy(lengths))
+    # and as written out: each clip, then zeros to the longest (3000 samples)
+    assert batch["length"].tolist() == [3000, 1200, 2500] and batch["wave"].shape == (3, 3000)
+    for row in range(3):
+        clip = torch.from_numpy(clips.clip(row))
+        assert torch.equal(batch["wave"][row, :len(clip)], clip) and not batch["wave"][row, len(clip):].any()
     with pytest.raises(DataError, match="mono"):
         ClipInput().collate([np.zeros((2, 100), dtype=np.float32)])
 

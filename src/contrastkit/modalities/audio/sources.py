@@ -68,12 +68,16 @@ class AudioClips:
 
     def batch(self, positions) -> tuple[np.ndarray, np.ndarray]:
         """``(waves (B, longest), lengths (B,))``: the clips at ``positions``, zero-padded at the end."""
-        positions = np.asarray(positions, dtype=np.int64)
-        lengths = self.lengths[positions]
-        waves = np.zeros((len(positions), int(lengths.max()) if len(positions) else 0), dtype=np.float32)
-        for row, i in enumerate(positions):
-            waves[row, :lengths[row]] = self.clip(int(i))
-        return waves, lengths
+        return pad_clips([self.clip(int(i)) for i in np.asarray(positions, dtype=np.int64)])
+
+
+def pad_clips(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(waves (B, longest) float32, lengths (B,) int64)``: mono clips zero-padded at the end."""
+    lengths = np.array([len(clip) for clip in clips], dtype=np.int64)
+    waves = np.zeros((len(clips), int(lengths.max()) if len(clips) else 0), dtype=np.float32)
+    for row, clip in enumerate(clips):
+        waves[row, :len(clip)] = clip
+    return waves, lengths
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from contrastkit.core.errors import DataError
+from contrastkit.modalities.audio.sources import pad_clips
 
 
 @dataclass
@@ -32,10 +33,7 @@ class ClipInput:
         if bad is not None:
             raise DataError(f"An audio tower takes mono waveforms (non-empty 1-D arrays); item {bad} of the batch has "
                             f"shape {clips[bad].shape}. Mix down to mono when reading (open_audio_folder does).")
-        lengths = np.array([len(c) for c in clips], dtype=np.int64)
-        waves = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
-        for row, clip in enumerate(clips):
-            waves[row, :len(clip)] = clip
+        waves, lengths = pad_clips(clips)
         return {"wave": torch.from_numpy(waves), "length": torch.from_numpy(lengths)}
 
     def augment(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
