@@ -37,8 +37,8 @@ steps only, is stored as ``step_images_per_s``); peak RSS of the run's own proce
 subprocess) and peak PSS of its process tree, workers included (``PeakMemory``, sampled); seconds.
 
 Store: each finished (library, method, seed) run is one JSON line of ``--store`` with its settings,
-results, versions and git commit; runs stored with the same settings are skipped, so the table grows
-over several sessions. ``--table`` prints it from the store: median (min-max) over seeds, ranked by
+results, versions and git commit (default: ``benchmarks/results/rank_image_methods.jsonl``, committed); runs
+stored with the same settings are skipped, so the table grows over several sessions. ``--table`` prints it from the store: median (min-max) over seeds, ranked by
 median kNN top-1; a row whose seeds' kNN range overlaps that of the row above ties with it.
 
 Epoch count and rate: 25 epochs at lr 0.12 (LightlySSL's CIFAR-10 rate at batch 256), fixed by the
@@ -95,6 +95,8 @@ DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the met
 TRANSFORMER_METHODS = ("jepa", "msn")  # their own patch transformer and AdamW, as bench_methods.py
 BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels")
 DEFAULT_DIR = Path("runs") / "rank_image_methods"
+# Committed, unlike the run folders: each machine is fresh, and the full table takes several sessions.
+STORE = Path("benchmarks") / "results" / "rank_image_methods.jsonl"
 
 
 # -- settings and store ---------------------------------------------------------------------------
@@ -639,7 +641,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-format", choices=["nchw", "channels-last"], default="nchw",
                         help="of both libraries' runs (nchw: LightlySSL's default; contrastkit's own is channels-last)")
     parser.add_argument("--lightly-workers", type=int, default=2, help="DataLoader workers of LightlySSL runs")
-    parser.add_argument("--store", default=str(DEFAULT_DIR / "results.jsonl"))
+    parser.add_argument("--store", default=str(STORE),
+                        help="JSON lines of finished runs (default: the committed store, so the table grows over sessions)")
     parser.add_argument("--out-dir", default=str(DEFAULT_DIR), help="run folders, splits, worker results")
     parser.add_argument("--table", action="store_true", help="print the table from the store; train nothing")
     parser.add_argument("--pilot", type=int, default=0, metavar="EPOCHS", help="run the epoch-count pilot")
