@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.seeding import seeded
+from contrastkit.engine.run_folder import read_split
 from contrastkit.modalities.audio.cli import CROP_SECONDS, DEFAULTS, build_method, settings_of
 from contrastkit.modalities.audio.sources import fsdd_split, open_audio_folder
 from contrastkit.modalities.audio.tower import ClipInput
@@ -96,9 +97,8 @@ def pretrained_images(seed: int, epochs: int, folder: Path):
                         "--out", str(run), "--no-report", "--no-baselines"], check=True)
     method, config, data = load_method(run / "checkpoints" / "last.ckpt")
     rows = np.load(run / "rows.npy")
-    split = json.loads((run / "split.json").read_text())
-    (t0, t1), (h0, h1) = split["train"], split["holdout"]
-    return method.eval(), config, data, rows[t0:t1], rows[h0:h1]
+    train, holdout = read_split(run)
+    return method.eval(), config, data, rows[train], rows[holdout]
 
 
 def random_images(config, data, seed: int) -> torch.nn.Module:

@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     run = read_run_embeddings(args.run, labels=True, split=True)
     embeddings, labels = run.embeddings, run.labels
-    pool, test = slice(run.train.start, run.train.stop), slice(run.holdout.start, run.holdout.stop)
+    pool, test = run.train, run.holdout
     pool_x, pool_y, test_x, test_y = embeddings[pool], labels[pool], embeddings[test], labels[test]
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print(f"run: {args.run.name}; pool: {len(pool_x)} training rows; held-out: {len(test_x)} rows; "

@@ -50,6 +50,24 @@ def test_select_from_a_run_keeps_to_its_training_part(tmp_path, capsys):
     assert chosen == list(range(30))  # the whole training part, and none of the held-out rows
 
 
+def test_select_from_a_run_in_data_order_names_rows_of_its_embeddings(tmp_path, capsys):
+    """Audio and tabular runs keep their data's order: split.json lists the training rows, and the
+    chosen rows are rows of embeddings.npy inside them (the choice made among those rows by hand)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    embeddings = np.random.default_rng(4).normal(size=(30, 4)).astype(np.float32)
+    train = [1, 2, 4, 7, 8, 11, 13, 14, 16, 19, 20, 22, 25, 27, 29]
+    holdout = sorted(set(range(30)) - set(train))
+    np.save(run / "embeddings.npy", embeddings)
+    (run / "split.json").write_text(json.dumps({"train": {"rows": train}, "holdout": {"rows": holdout}}))
+    code, _, err = run_cli(capsys, "select", "--run", run, "--budget", 5, "--strategy", "k-center",
+                           "--seed", 2, "--out", tmp_path / "chosen.txt")
+    assert code == 0, err
+    chosen = [int(line) for line in (tmp_path / "chosen.txt").read_text().splitlines()]
+    among_training = select(embeddings[train], 5, "k-center", seed=2)
+    assert chosen == [train[i] for i in among_training] and not set(chosen) & set(holdout)
+
+
 def test_select_from_an_image_run_also_names_the_datas_rows(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

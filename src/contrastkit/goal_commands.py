@@ -125,12 +125,14 @@ def run_select(args: argparse.Namespace) -> int:
         run = read_run_embeddings(args.run)
         embeddings = run.embeddings
         if run.train is not None:  # choose among the training part: the held-out part stays unseen
-            embeddings = embeddings[run.train.start:run.train.stop]
-            print(f"Choosing among the training part of {args.run}: rows {run.train.start}..{run.train.stop - 1} "
-                  f"of embeddings.npy")
+            embeddings = embeddings[run.train]
+            print(f"Choosing among the training part of {args.run}: {len(run.train)} of the {len(run.embeddings)} "
+                  f"rows of embeddings.npy")
     else:
         embeddings = load_array(args.embeddings, "--embeddings")
     chosen = select(embeddings, args.budget, args.strategy, seed=args.seed, normalize=not args.no_normalize)
+    if run is not None and run.train is not None:
+        chosen = run.train[chosen]  # row numbers of embeddings.npy, as labels.npy and --labelled count them
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"{int(i)}\n" for i in chosen))

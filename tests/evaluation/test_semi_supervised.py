@@ -16,6 +16,8 @@ import scipy.sparse.linalg as spla
 
 from contrastkit.cli import main
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.engine.run_folder import write_split
+from contrastkit.evaluation.splits import few_labels_per_class
 from contrastkit.evaluation.linear import fit_linear_probe, make_probe_pipeline
 from contrastkit.evaluation.semi_supervised import (
     certainty,
@@ -228,6 +230,27 @@ def test_the_command_equals_the_library_on_a_run_folder_and_its_selected_labels(
     assert code == 0, err
     expected = semi_supervised_evaluation(x, y, [3, 7, 12, 30], np.setdiff1d(np.arange(45), [3, 7, 12, 30]),
                                           np.arange(45, 60), k=5, alpha=0.9, threshold=0.8)
+    assert json.loads(out) == json.loads(json.dumps(expected))
+
+
+def test_the_command_reads_a_split_of_listed_rows(tmp_path, capsys):
+    """A run in its data's order (audio, tabular) lists its parts' rows; the command scores the listed
+    held-out rows and labels only listed training rows, as the library does given those rows."""
+    x, y = blobs(n_per_class=20, classes=3, seed=14)
+    holdout = np.arange(0, 60, 4)  # every fourth row held out, the others trained
+    train = np.setdiff1d(np.arange(60), holdout)
+    run = tmp_path / "run"
+    run.mkdir()
+    np.save(run / "embeddings.npy", x)
+    np.save(run / "labels.npy", y)
+    write_split(run, train, holdout, held_out="every fourth row")
+    assert json.loads((run / "split.json").read_text())["holdout"] == {"rows": holdout.tolist()}
+    code, out, err = run_cli(capsys, "evaluate", "--task", "semi-supervised", "--run", run, "--labels-per-class", 2,
+                             "--k", 5, "--seed", 1)
+    assert code == 0, err
+    labelled = few_labels_per_class(y, train, 2, 1)
+    expected = semi_supervised_evaluation(x, y, labelled, np.setdiff1d(train, labelled), holdout, k=5, alpha=0.99,
+                                          threshold=0.95, rounds=5, seed=1)
     assert json.loads(out) == json.loads(json.dumps(expected))
 
 

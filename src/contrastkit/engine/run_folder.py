@@ -8,6 +8,8 @@
     summary.json            the figures of the run
     report.md + plots/      the report
     <the trained encoder in an exportable form: encoder/ (text), embeddings.npy (images), ...>
+    split.json              where a run embeds its training and held-out samples together (image, audio and
+                            tabular runs): which rows of embeddings.npy are which (:func:`write_split`)
 
 Nothing is written until the data has loaded and the method has been built, and an existing run is
 never overwritten: only ``--resume`` reopens it. One process at a time trains in a folder: the first
@@ -126,6 +128,45 @@ def open_run_dir(run_dir: Path, config_yaml: str) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+
+
+SPLIT_FILE = "split.json"
+
+
+def write_split(run_dir: Path, train, holdout, **facts) -> None:
+    """``split.json``: which rows of the run's ``embeddings.npy`` are its training part and which its
+    held-out part, so that ``select --run``, ``evaluate --task semi-supervised --run`` and the report
+    keep the held-out rows unseen. A part is written as ``[start, stop]`` where its rows are one
+    ascending run of numbers (image runs embed the training part first), else as ``{"rows": [...]}``
+    (audio and tabular runs keep their data's order). ``facts`` (e.g. ``held_out``: which part of the
+    data was held out) are written beside them."""
+    import numpy as np
+
+    def part(rows) -> list | dict:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            return [int(rows[0]), int(rows[0] + len(rows))]
+        return {"rows": rows.tolist()}
+
+    (Path(run_dir) / SPLIT_FILE).write_text(json.dumps({"train": part(train), "holdout": part(holdout), **facts}))
+
+
+def read_split(run_dir: Path):
+    """``(training rows, held-out rows)`` of ``embeddings.npy`` as int64 arrays, from the run's
+    ``split.json`` (either form of :func:`write_split`); ``None`` where the run has none."""
+    import numpy as np
+
+    file = Path(run_dir) / SPLIT_FILE
+    if not file.is_file():
+        return None
+    split = json.loads(file.read_text())
+
+    def rows(part) -> np.ndarray:
+        if isinstance(part, dict):
+            return np.asarray(part["rows"], dtype=np.int64)
+        return np.arange(*part, dtype=np.int64)
+
+    return rows(split["train"]), rows(split["holdout"])
 
 
 def _jsonable(value):

@@ -1,30 +1,31 @@
 """A run folder's embeddings as the evaluations after training read them.
 
 ``contrastkit fit`` writes ``embeddings.npy`` (every embedded sample, the training part first),
-``labels.npy`` (where the data has labels), ``split.json`` (which rows of ``embeddings.npy`` are the
-training part and which are held out) and, for image runs, ``rows.npy`` (the sample of ``--data``
-each row embeds). :func:`read_run_embeddings` reads them once, with errors that name the file
+``labels.npy`` (where the data has labels), ``split.json`` (image, audio and tabular runs: which rows
+of ``embeddings.npy`` are the training part and which are held out;
+:func:`contrastkit.engine.run_folder.write_split`) and, for image runs, ``rows.npy`` (the sample of
+``--data`` each row embeds). :func:`read_run_embeddings` reads them once, with errors that name the file
 missing, for ``contrastkit select``, ``contrastkit evaluate --task semi-supervised --run`` and the
 benchmarks built on them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from contrastkit.core.errors import DataError
+from contrastkit.engine.run_folder import read_split
 
 
 @dataclass
 class RunEmbeddings:
     embeddings: np.ndarray  # (N, d)
     labels: np.ndarray | None  # (N,), where the run's data has labels
-    train: range | None  # rows of the training part; None where the run has no split.json
-    holdout: range | None  # rows of the held-out part
+    train: np.ndarray | None  # rows of the training part; None where the run has no split.json
+    holdout: np.ndarray | None  # rows of the held-out part
     data_rows: np.ndarray | None  # (N,): the sample of --data each row embeds (image runs)
 
 
@@ -52,10 +53,7 @@ def read_run_embeddings(folder: str | Path, *, labels: bool = False, split: bool
     if split and not split_file.is_file():
         raise DataError(f"{option}: '{folder}' has no split.json naming its held-out part; pass its .npy files "
                         f"instead, for a stratified split of them.")
-    train = holdout = None
-    if split_file.is_file():
-        parts = json.loads(split_file.read_text())
-        train, holdout = range(*parts["train"]), range(*parts["holdout"])
+    train, holdout = read_split(folder) or (None, None)
     return RunEmbeddings(embeddings=embeddings,
                          labels=read_array(label_file, option) if label_file.is_file() else None,
                          train=train, holdout=holdout,

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.engine.run_folder import read_split
 from contrastkit.evaluation.arrays import l2_normalize_rows
 from contrastkit.report.previews import sample_previews
 from contrastkit.report.run_files import (
@@ -288,11 +289,9 @@ def _gallery_rows(run_dir: Path, embeddings: np.ndarray, shown: np.ndarray, rng:
     """A few query rows (drawn from the held-out part where split.json names one), each one's
     nearest rows by cosine similarity among all the others, and those similarities."""
     pool = shown
-    split_file = run_dir / "split.json"
-    if split_file.is_file():
-        holdout = range(*json.loads(split_file.read_text())["holdout"])
-        if len(holdout):
-            pool = np.asarray(holdout)
+    split = read_split(run_dir)
+    if split is not None and len(split[1]):
+        pool = split[1]
     queries = min(queries, len(pool))
     neighbours = min(neighbours, len(embeddings) - 1)
     if queries == 0 or neighbours == 0:

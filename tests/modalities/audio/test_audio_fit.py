@@ -40,7 +40,7 @@ def test_each_method_writes_the_run_folder(method, small_fsdd, tmp_path, capsys)
     assert main(["fit", "--method", method, "--data", str(small_fsdd), "--max-steps", "2", *SMALL,
                  "--out", str(out)]) == 0, capsys.readouterr().err
     assert resolve_method(method, None, str(small_fsdd), None, False)[0].name == "audio"
-    for name in ("config.yaml", "checkpoints/last.ckpt", "metrics.csv", "summary.json", "report.md", "parts.json"):
+    for name in ("config.yaml", "checkpoints/last.ckpt", "metrics.csv", "summary.json", "report.md", "split.json"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["training_clips"] == 120 and summary["modality"] == "audio"
@@ -49,8 +49,13 @@ def test_each_method_writes_the_run_folder(method, small_fsdd, tmp_path, capsys)
     embeddings = np.load(out / "embeddings.npy")
     assert embeddings.shape[0] == 240 and np.isfinite(embeddings).all()
     assert np.load(out / "labels.npy").shape == (240,)
-    parts = json.loads((out / "parts.json").read_text())
-    assert not set(parts["train"]) & set(parts["evaluated"])
+    # split.json names the rows by the clips' repetitions (embeddings in file order): 10 and 11 train,
+    # 5 (the development part) is scored, 0 (the test part) is neither.
+    repetition = np.array([int(path.stem.split("_")[2]) for path in sorted((small_fsdd / "recordings").glob("*.wav"))])
+    split = json.loads((out / "split.json").read_text())
+    assert split["train"] == {"rows": np.flatnonzero(repetition >= 10).tolist()}
+    assert split["holdout"] == {"rows": np.flatnonzero(repetition == 5).tolist()}
+    assert split["held_out"] == "fsdd repetition split, dev part"
 
 
 def test_resume_continues_the_audio_run_named_in_its_folder(small_fsdd, tmp_path, capsys):

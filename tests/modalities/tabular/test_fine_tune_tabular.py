@@ -52,6 +52,7 @@ def test_short_classes_give_every_row_and_the_others_share_the_rest_evenly():
 
 
 def test_the_rows_are_the_runs_carve_and_the_labels_are_off_it(table_run):
+    from contrastkit.engine.run_folder import read_split
     from contrastkit.modalities.tabular.cli import dev_carve
     from contrastkit.modalities.tabular.fine_tune import encoded_rows, labels_as_balanced_as_classes_allow
 
@@ -59,6 +60,9 @@ def test_the_rows_are_the_runs_carve_and_the_labels_are_off_it(table_run):
     kept, carve = dev_carve(np.load(table_run / "labels.npy"))  # the carve the run was scored on
     np.testing.assert_array_equal(candidates, kept)
     np.testing.assert_array_equal(dev, carve)
+    recorded_train, recorded_dev = read_split(table_run)  # the run names the same parts in split.json
+    np.testing.assert_array_equal(recorded_train, kept)
+    np.testing.assert_array_equal(recorded_dev, carve)
     assert test is None and len(x) == len(names) == 90
     y = np.searchsorted(np.unique(names), names)
     labelled = labels_as_balanced_as_classes_allow(y, candidates, N_LABELS, seed=1)

@@ -31,7 +31,9 @@ repetition the speaker.
 The run folder is the engine's: config.yaml (these options; ``--resume`` reads them back),
 checkpoints/last.ckpt (every epoch and every ``--checkpoint-every-steps`` steps), metrics.csv,
 summary.json, report.md + plots/, embeddings.npy of every clip in file order (+ labels.npy) and
-parts.json (the clips that trained and those that were scored). ``--devices N --strategy ddp``
+split.json (which rows trained and which were scored, and what the scored part is; every run folder
+names its parts so: :func:`~contrastkit.engine.run_folder.write_split`), which ``contrastkit select
+--run`` and ``evaluate --task semi-supervised --run`` read. ``--devices N --strategy ddp``
 trains N processes that equal one process with N x ``--batch-size`` clips
 (:mod:`contrastkit.modalities.audio.training`).
 """
@@ -221,7 +223,7 @@ def command(args: argparse.Namespace) -> int:
     import numpy as np
     import yaml
 
-    from contrastkit.engine.run_folder import is_first_process, open_run_dir, resolve_run_dir, write_summary
+    from contrastkit.engine.run_folder import is_first_process, open_run_dir, resolve_run_dir, write_split, write_summary
     from contrastkit.modalities.audio.sources import open_audio_folder
     from contrastkit.modalities.audio.training import embed_clips, train_audio
 
@@ -241,8 +243,7 @@ def command(args: argparse.Namespace) -> int:
     np.save(run_dir / "embeddings.npy", embeddings)
     if clips.labels is not None:
         np.save(run_dir / "labels.npy", clips.labels)
-    (run_dir / "parts.json").write_text(json.dumps({"scored": what, "train": train.tolist(),
-                                                    "evaluated": [] if scored is None else scored.tolist()}))
+    write_split(run_dir, train, [] if scored is None else scored, held_out=what)
     loss = result.trainer.callback_metrics.get("train/loss")
     summary = {"method": options["method"], "data": options["data"], "modality": "audio",
                "sample_rate": clips.sample_rate, "training_clips": int(len(train)), "scored": what,

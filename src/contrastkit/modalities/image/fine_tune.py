@@ -14,7 +14,6 @@ each side, by reflection) and a horizontal flip, drawn per image; evaluation use
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError, DataError
+from contrastkit.engine.run_folder import read_split
 from contrastkit.evaluation.fine_tune import balanced_labels, carve_development, probe_and_fine_tune
 
 SPLITS = ("dev", "test")
@@ -50,9 +50,8 @@ def run_rows(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
         if not (run_dir / name).is_file():
             raise DataError(f"'{run_dir / name}' does not exist: fine-tuning needs an image run on labelled data "
                             f"(its split.json, labels.npy and rows.npy).")
-    split = json.loads((run_dir / "split.json").read_text())
-    (t0, t1), (h0, h1) = split["train"], split["holdout"]
-    return (np.load(run_dir / "rows.npy"), np.load(run_dir / "labels.npy"), np.arange(t0, t1), np.arange(h0, h1))
+    train, holdout = read_split(run_dir)
+    return np.load(run_dir / "rows.npy"), np.load(run_dir / "labels.npy"), train, holdout
 
 
 def fine_tune_image_run(run_dir: str | Path, labels: int, *, epochs: int = 30, lrs: Sequence[float] = (1e-3,),

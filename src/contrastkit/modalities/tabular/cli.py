@@ -22,7 +22,9 @@ and nothing is scored.
 The run folder (``--out``) is the engine's (:meth:`~contrastkit.modalities.tabular.estimators.
 TabularContrastive.fit`): config.yaml, checkpoints/last.ckpt, metrics.csv, model.safetensors,
 summary.json (with ``evaluation``), report.md (with plots/), plus command.yaml (these options; ``--resume`` reads them back),
-feature_encoder.json (the feature scaling fitted on the training rows), embeddings.npy of every row (and labels.npy).
+feature_encoder.json (the feature scaling fitted on the training rows), embeddings.npy of every row (and, with
+labels, labels.npy and split.json: which rows trained and which form the development carve, for ``contrastkit
+select --run`` and ``evaluate --task semi-supervised --run``).
 ``contrastkit.load(RUN)`` gives the trained estimator back with that scaling
 (:mod:`contrastkit.modalities.tabular.run_folder`): ``load(RUN).encode_table(table)``.
 
@@ -189,7 +191,7 @@ def evaluate(options, model, x_train, y_train, x_dev, y_dev) -> dict:
 def command(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from contrastkit.engine.run_folder import is_first_process, resolve_run_dir, write_summary
+    from contrastkit.engine.run_folder import is_first_process, resolve_run_dir, write_split, write_summary
     from contrastkit.modalities.tabular.run_folder import write_feature_encoder
     from contrastkit.modalities.tabular.sources import TabularEncoder, table_rows
 
@@ -223,6 +225,7 @@ def command(args: argparse.Namespace) -> int:
     np.save(Path(run_dir) / "embeddings.npy", model.encode(x))
     if labels is not None:
         np.save(Path(run_dir) / "labels.npy", labels.astype(str))
+        write_split(Path(run_dir), train_rows, dev_rows, held_out=f"a stratified {DEV_FRACTION:.0%} development carve")
     summary_path = Path(run_dir) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["evaluation"] = (evaluate(options, model, x[train_rows], labels[train_rows], x[dev_rows], labels[dev_rows])

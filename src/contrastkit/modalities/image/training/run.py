@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from contrastkit.modalities.image.config import FitConfig, scaled_lr, to_yaml, validate
-from contrastkit.engine.run_folder import RUN_DIR_ENV, is_first_process, open_run_dir, resolve_run_dir
+from contrastkit.engine.run_folder import RUN_DIR_ENV, is_first_process, open_run_dir, resolve_run_dir, write_split
 from contrastkit.engine.init_weights import initial_weights_record, load_initial_weights
 from contrastkit.engine.trainer import train
 from contrastkit.core.init_source import requested_init
@@ -195,8 +195,7 @@ def evaluate_run(method, untrained: torch.nn.Module | None, run_data: RunData, r
     # a sample of the set: global ids in the shard folder), so that rows chosen from the embeddings
     # (contrastkit select) name the data's samples.
     np.save(run_dir / "rows.npy", order)
-    split = {"train": [0, n_train], "holdout": [n_train, len(order)], "rows": "rows.npy"}
-    (run_dir / "split.json").write_text(json.dumps(split))
+    write_split(run_dir, np.arange(n_train), np.arange(n_train, len(order)), rows="rows.npy")
     results: dict = {"collapse": _jsonable(objective_space_report(method, images, device, projected)),
                      "rankme": float(effective_rank(torch.from_numpy(learned)))}
     if run_data.labels is None or n_train == len(order):
