@@ -57,6 +57,12 @@ def test_an_estimator_fitted_from_python_reloads_to_the_same_encoder(name, tmp_p
     reloaded = contrastkit.load(tmp_path / "run")
     assert type(reloaded) is type(estimator) and reloaded.feature_encoder is None
     np.testing.assert_array_equal(reloaded.encode(rows), estimator.encode(rows))
+    # The run keeps the rows it was fitted on: the reloaded estimator scores new rows without them,
+    # as the one that trained does when handed those rows explicitly.
+    new_rows = np.random.default_rng(2).normal(size=(6, 5)).astype(np.float32)
+    expected = estimator.score(new_rows, k=3, reference=rows)
+    np.testing.assert_allclose(reloaded.score(new_rows, k=3), expected, rtol=1e-5, atol=1e-7)  # float32 rounding
+    assert not np.allclose(estimator.score(new_rows, k=3, reference=rows[:8]), expected, rtol=1e-3)
     with pytest.raises(ConfigError, match="feature encoder"):
         reloaded.encode_table({"a": np.array(["1"])})
 

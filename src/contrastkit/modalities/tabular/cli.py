@@ -21,6 +21,7 @@ and nothing is scored.
 
 The run folder (``--out``) is the engine's (:meth:`~contrastkit.modalities.tabular.estimators.
 TabularContrastive.fit`): config.yaml, checkpoints/last.ckpt, metrics.csv, model.safetensors,
+reference_rows.safetensors (the rows it trained on: a reloaded estimator's ``score`` compares with them),
 summary.json (with ``evaluation``), report.md (with plots/), plus command.yaml (these options; ``--resume`` reads them back),
 feature_encoder.json (the feature scaling fitted on the training rows), embeddings.npy of every row (and, with
 labels, labels.npy and split.json: which rows trained and which form the development carve, for ``contrastkit

@@ -68,6 +68,7 @@ from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.heads import ProjectionHead
 from contrastkit.objectives.augmented_negatives import benign_distance_score
 from contrastkit.core.seeding import seeded
+from contrastkit.modalities.tabular.run_folder import write_reference_rows
 from contrastkit.modalities.tabular.sources import Table, TabularEncoder
 from contrastkit.modalities.tabular.views import SCARFCorruption
 
@@ -228,8 +229,9 @@ class TabularContrastive(abc.ABC):
         (for scoring) the reference set.
 
         ``out``: keep the run folder there (config.yaml, checkpoints/last.ckpt written every epoch
-        and every ``checkpoint_every_steps`` optimiser steps, metrics.csv, summary.json and the
-        trained weights in model.safetensors); an existing run is never overwritten.
+        and every ``checkpoint_every_steps`` optimiser steps, metrics.csv, summary.json, the
+        trained weights in model.safetensors and the rows ``x`` in reference_rows.safetensors, which
+        a reloaded estimator's :meth:`score` compares with); an existing run is never overwritten.
         ``resume=True`` continues the run in ``out`` from its last checkpoint (pass the same rows
         and options) to the state an uninterrupted run reaches, and returns the losses of all its
         epochs. ``max_steps`` stops the run after that many optimiser steps; the epoch it cuts
@@ -290,6 +292,7 @@ class TabularContrastive(abc.ABC):
                     "epoch_losses": losses.means, "world_size": world_size,
                     "global_batch_size": batch_size * world_size,
                 }, self._state_dict())
+                write_reference_rows(folder, data)  # score()'s default reference, for a reloaded estimator
         self.n_epochs += len(losses.means)
         self._train_mode(False)
         return losses.means
@@ -320,8 +323,9 @@ class TabularContrastive(abc.ABC):
         if reference is None:
             if self.reference is None:
                 raise ConfigError(f"{type(self).__name__}.score compares rows with the rows it was fitted on, which "
-                                  "an estimator reloaded from its run folder does not keep: pass reference= (the "
-                                  "benign training rows, encoded as the run encoded them, e.g. "
+                                  "this estimator does not hold (not fitted, or reloaded from a run folder written "
+                                  "before runs kept reference_rows.safetensors): pass reference= (the benign "
+                                  "training rows, encoded as the run encoded them, e.g. "
                                   "estimator.feature_encoder.transform(table)), or fit() first.")
             reference = self.reference
         train_embeddings = torch.from_numpy(self.encode(reference))

@@ -12,10 +12,15 @@ and :mod:`contrastkit.modalities.tabular.cli`):
   encoder read. Without it a reload would rescale the table differently and embed it wrongly, so
   it is saved with the run and given back as the estimator's ``feature_encoder``
   (``estimator.encode_table(table)``);
+- ``reference_rows.safetensors``: the rows the estimator was fitted on (for CLAN, the benign
+  training rows), which :meth:`~contrastkit.modalities.tabular.estimators.TabularContrastive.score`
+  compares new rows with: the reloaded estimator scores as the one that trained did, without the
+  training table (a run written before this file existed needs ``score(x, reference=...)``);
 - ``command.yaml`` (runs of ``contrastkit fit``): the command's options (its data, label column).
 
-A run trained from Python (``SCARF(...).fit(x, out=DIR)``) has the first two: the reloaded
-estimator encodes rows (``encode(x)``) as the one that trained did.
+A run trained from Python (``SCARF(...).fit(x, out=DIR)``) has all but the feature encoder and
+the command: the reloaded estimator encodes (``encode(x)``) and scores (``score(x)``) rows as the
+one that trained did.
 
 Nothing here runs code from the folder: weights are safetensors, the rest YAML and JSON. Light at
 import (no torch): the command line reads the file names.
@@ -32,6 +37,7 @@ from contrastkit.core.errors import DataError
 
 FEATURE_ENCODER_FILE = "feature_encoder.json"
 WEIGHTS_FILE = "model.safetensors"
+REFERENCE_FILE = "reference_rows.safetensors"
 ESTIMATORS = ("SCARF", "CLAN")
 
 
@@ -44,6 +50,15 @@ def write_feature_encoder(run_dir: str | Path, feature_encoder) -> Path:
     """``run_dir/feature_encoder.json``: the fitted TabularEncoder's state."""
     path = Path(run_dir) / FEATURE_ENCODER_FILE
     path.write_text(json.dumps(feature_encoder.state()) + "\n")
+    return path
+
+
+def write_reference_rows(run_dir: str | Path, rows) -> Path:
+    """``run_dir/reference_rows.safetensors``: the (N, D) rows an estimator was fitted on."""
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / REFERENCE_FILE
+    save_file({"rows": rows.detach().cpu().contiguous()}, str(path))
     return path
 
 
@@ -107,5 +122,12 @@ def load_tabular_run(run_dir: str | Path, device: str = "cpu"):
     if estimator.feature_encoder is not None and estimator.feature_encoder.output_dim != estimator.input_dims:
         raise DataError(f"'{folder / FEATURE_ENCODER_FILE}' encodes {estimator.feature_encoder.output_dim} features; "
                         f"the encoder of '{folder}' reads {estimator.input_dims}.")
+    reference = folder / REFERENCE_FILE
+    if reference.is_file():
+        rows = load_file(str(reference)).get("rows")
+        if rows is None or rows.ndim != 2 or rows.shape[1] != estimator.input_dims:
+            raise DataError(f"'{reference}' does not hold the (N, {estimator.input_dims}) rows the encoder of "
+                            f"'{folder}' reads; delete it and pass score(x, reference=...) instead.")
+        estimator.reference = rows
     estimator._train_mode(False)
     return estimator
