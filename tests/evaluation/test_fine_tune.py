@@ -105,14 +105,33 @@ def test_layer_decay_on_the_vision_transformer_follows_its_block_order():
         assert rate[id(p)] == pytest.approx(expected), name
 
 
-def test_layer_decay_finds_hugging_face_layers_and_falls_back_to_one_rate():
+def test_layer_decay_finds_hugging_face_layers_and_refuses_an_encoder_without_blocks():
     encoder = HuggingFaceLike()
     assert encoder_blocks(encoder) == list(encoder.transformer.encoder.layer)
     groups = layer_decay_groups(encoder, 1.0, 0.5)
     assert [g["lr"] for g in groups] == [0.125, 0.25, 0.5]  # 2 blocks: depth 3, nothing after them
     flat = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
-    (group,) = layer_decay_groups(flat, 0.1, 0.5)
+    (group,) = layer_decay_groups(flat, 0.1, None)  # no decay asked for: one rate
     assert group["lr"] == 0.1 and len(group["params"]) == 4
+    with pytest.raises(ConfigError, match="leave --layer-decay out"):  # asked for, and nothing to decay over
+        layer_decay_groups(flat, 0.1, 0.5)
+
+
+def test_layer_decay_on_the_resnet_counts_its_residual_blocks():
+    """ResNet-18: the stem, then 8 residual blocks (2 per stage), nothing after the pooling; the
+    rate of each parameter written out from its name."""
+    from contrastkit.modalities.image.encoders.resnet import resnet18
+
+    encoder = resnet18(3, 32, width=0.125)
+    rate = {id(p): g["lr"] for g in layer_decay_groups(encoder, 1.0, 0.5) for p in g["params"]}
+    depth = 9  # 8 blocks + 1
+    for name, p in encoder.named_parameters():
+        if name.startswith("stem."):
+            expected = 0.5 ** depth
+        else:  # stages.S.B.*: block number 2 S + B + 1 counted from the stem
+            stage, block = (int(part) for part in name.split(".")[1:3])
+            expected = 0.5 ** (depth - (2 * stage + block + 1))
+        assert rate[id(p)] == pytest.approx(expected), name
 
 
 def small_encoder() -> nn.Module:

@@ -15,8 +15,9 @@ where layer 0 holds the encoder's parameters registered before its first block (
 embeddings, positions, CLS token), layer i (1..L-1) is block i - 1, and layer L the parameters
 after the last block (a final norm), at the full rate like the head. The blocks are the encoder's
 ``blocks`` attribute, or else its first ``ModuleList`` whose name ends in ``blocks``, ``layer`` or
-``layers`` (a Hugging Face transformer's ``encoder.layer``); an encoder without blocks learns at
-one rate. An encoder whose rate is 0 is frozen: it runs in eval mode (BatchNorm keeps its
+``layers`` (a Hugging Face transformer's ``encoder.layer``; a ResNet's ``blocks`` are its residual
+blocks); ``layer_decay`` on an encoder without blocks is an error (a decay that could not be applied
+would be reported as chosen), and without ``layer_decay`` the encoder learns at one rate. An encoder whose rate is 0 is frozen: it runs in eval mode (BatchNorm keeps its
 statistics), and the fit is then a linear probe trained by the same loop.
 
 Choices are made on development rows: after each epoch the head is scored on them and the best
@@ -99,11 +100,14 @@ def encoder_blocks(encoder: nn.Module) -> list[nn.Module] | None:
 def layer_decay_groups(encoder: nn.Module, lr: float, layer_decay: float | None) -> list[dict]:
     """Optimiser parameter groups of ``encoder``: ``{"params", "lr", "layer"}`` with
     ``lr * layer_decay ** (L - layer)`` (see the module docstring); one group at ``lr`` without
-    ``layer_decay`` or without blocks."""
+    ``layer_decay``; a ConfigError when ``layer_decay`` is given and the encoder has no blocks."""
     parameters = [(name, p) for name, p in encoder.named_parameters() if p.requires_grad]
-    blocks = encoder_blocks(encoder) if layer_decay is not None else None
-    if blocks is None:
+    if layer_decay is None:
         return [{"params": [p for _, p in parameters], "lr": lr, "layer": 0}] if parameters else []
+    blocks = encoder_blocks(encoder)
+    if blocks is None:  # a decay asked for and silently not applied would be reported as chosen
+        raise ConfigError(f"--layer-decay needs an encoder made of blocks (a ResNet's residual blocks, a ViT's or a "
+                          f"transformer's layers); this {type(encoder).__name__} has none: leave --layer-decay out.")
     if not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"--layer-decay must be in (0, 1], got {layer_decay}.")
     depth = len(blocks) + 1

@@ -187,6 +187,12 @@ class ResNet(nn.Module):
                     nn.init.zeros_(module.last_norm().weight)
 
     @property
+    def blocks(self) -> nn.ModuleList:
+        """The residual blocks of every stage, in order: the layers of layer-wise rate decay when
+        fine-tuning (:mod:`contrastkit.evaluation.fine_tune`; the stem comes before them)."""
+        return nn.ModuleList(block for stage in self.stages for block in stage)
+
+    @property
     def stage_channels(self) -> list[int]:
         """Channels of each stage's output, in order (what :meth:`stage_features` returns)."""
         return [stage[-1].last_norm().num_features for stage in self.stages]
