@@ -144,12 +144,14 @@ def read_store(path: Path) -> list[dict]:
 
 
 def git_state() -> dict:
-    """HEAD, and whether src/ or benchmarks/ differ from it (tracked files only)."""
+    """HEAD, and whether src/ or benchmarks/ (its stored results apart) differ from it (tracked files only)."""
     def git(*command: str) -> str:
         return subprocess.run(["git", *command], capture_output=True, text=True).stdout.strip()
 
+    # The committed stores (this table's among them) change with every run: they are results, not code.
     return {"commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks"))}
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                              ":(exclude)benchmarks/results"))}
 
 
 # -- workers: one subprocess per run ---------------------------------------------------------------

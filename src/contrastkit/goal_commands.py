@@ -87,6 +87,8 @@ def run_ood_evaluation(args: argparse.Namespace) -> int:
 
 
 def run_semi_supervised_evaluation(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from contrastkit.evaluation.run_embeddings import read_run_embeddings
     from contrastkit.evaluation.semi_supervised import few_label_split, semi_supervised_evaluation
 
@@ -99,6 +101,8 @@ def run_semi_supervised_evaluation(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("evaluate --task semi-supervised needs either --run (a run folder with embeddings.npy, "
                           "labels.npy and split.json) or --embeddings with --labels.")
+    if labels.dtype.kind in "USO":  # class names (a tabular run's labels.npy): the evaluation needs indices
+        labels = np.unique(labels, return_inverse=True)[1]
     try:
         labelled = None if args.labelled is None else [int(row) for row in Path(args.labelled).read_text().split()]
     except (OSError, ValueError):

@@ -102,6 +102,8 @@ def test_knn_user_errors():
         weighted_knn_predict(bank, np.full(20, -1), bank)
     with pytest.raises(DataError, match="20 rows"):
         weighted_knn_predict(bank, labels[:10], bank)
+    with pytest.raises(DataError, match="class names"):  # not a TypeError from numpy
+        weighted_knn_predict(bank, np.where(labels == 0, "cat", "dog"), bank)
     with pytest.raises(ConfigError, match="k"):
         weighted_knn_predict(bank, labels, bank, k=0)
     with pytest.raises(ConfigError, match="temperature"):

@@ -144,29 +144,44 @@ def write_split(run_dir: Path, train, holdout, **facts) -> None:
 
     def part(rows) -> list | dict:
         rows = np.asarray(rows, dtype=np.int64).ravel()
-        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-            return [int(rows[0]), int(rows[0] + len(rows))]
+        start = int(rows[0]) if len(rows) else 0
+        if np.array_equal(rows, np.arange(start, start + len(rows))):
+            return [start, start + len(rows)]
         return {"rows": rows.tolist()}
 
     (Path(run_dir) / SPLIT_FILE).write_text(json.dumps({"train": part(train), "holdout": part(holdout), **facts}))
 
 
-def read_split(run_dir: Path):
+def read_split(run_dir: Path, rows: int | None = None):
     """``(training rows, held-out rows)`` of ``embeddings.npy`` as int64 arrays, from the run's
-    ``split.json`` (either form of :func:`write_split`); ``None`` where the run has none."""
+    ``split.json`` (either form of :func:`write_split`; an audio run written before it kept its
+    parts in ``parts.json``, ``train`` and ``evaluated``); ``None`` where the run has neither. With
+    ``rows`` (the length of ``embeddings.npy``), a part naming a row outside it is a DataError."""
     import numpy as np
 
+    from contrastkit.core.errors import DataError
+
     file = Path(run_dir) / SPLIT_FILE
-    if not file.is_file():
-        return None
-    split = json.loads(file.read_text())
-
-    def rows(part) -> np.ndarray:
-        if isinstance(part, dict):
-            return np.asarray(part["rows"], dtype=np.int64)
-        return np.arange(*part, dtype=np.int64)
-
-    return rows(split["train"]), rows(split["holdout"])
+    legacy = Path(run_dir) / "parts.json"
+    try:
+        if file.is_file():
+            split = json.loads(file.read_text())
+            parts = split["train"], split["holdout"]
+        elif legacy.is_file():
+            file, split = legacy, json.loads(legacy.read_text())
+            parts = {"rows": split["train"]}, {"rows": split["evaluated"]}
+        else:
+            return None
+        train, holdout = (np.asarray(part["rows"], dtype=np.int64) if isinstance(part, dict)
+                          else np.arange(*part, dtype=np.int64) for part in parts)
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"'{file}' does not name a run's training and held-out rows ({error!r}); it is written "
+                        f"by 'contrastkit fit' with the run's embeddings.npy.") from None
+    for name, part in (("training", train), ("held-out", holdout)):
+        if rows is not None and len(part) and not (part.min() >= 0 and part.max() < rows):
+            raise DataError(f"'{file}' names {name} rows outside the {rows} rows of the run's embeddings.npy; "
+                            f"the file belongs to another run.")
+    return train, holdout
 
 
 def _jsonable(value):

@@ -58,6 +58,16 @@ def as_label_vector(y: Any, name: str, length: int | None = None) -> np.ndarray:
             f"{name} has {array.shape[0]} entries but the embeddings have {length} rows; "
             f"give one label per embedding row."
         )
+    if array.dtype.kind == "O":  # e.g. a list mixing ints and numpy ints: numbers if they all are
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if array.dtype.kind not in "biuf":  # strings or objects: class names, not indices
+        raise DataError(
+            f"{name} must hold integer class indices, but it has dtype {array.dtype} (class names?). "
+            f"Encode the classes as 0..C-1 first, e.g. np.unique(labels, return_inverse=True)[1]."
+        )
     is_integer = np.issubdtype(array.dtype, np.integer)
     if array.size and not is_integer and not np.all(np.mod(array, 1) == 0):
         raise DataError(

@@ -46,14 +46,15 @@ def read_run_embeddings(folder: str | Path, *, labels: bool = False, split: bool
     file unless the run has labels / a held-out split."""
     folder = Path(folder)
     embeddings = read_array(folder / "embeddings.npy", option)
-    label_file, split_file, rows_file = folder / "labels.npy", folder / "split.json", folder / "rows.npy"
+    label_file, rows_file = folder / "labels.npy", folder / "rows.npy"
     if labels and not label_file.is_file():
         raise DataError(f"{option}: '{folder}' has no labels.npy (its data had no labels); pass the embeddings "
                         f"and a labels .npy of your own instead.")
-    if split and not split_file.is_file():
+    parts = read_split(folder, rows=len(embeddings))
+    if split and parts is None:
         raise DataError(f"{option}: '{folder}' has no split.json naming its held-out part; pass its .npy files "
                         f"instead, for a stratified split of them.")
-    train, holdout = read_split(folder) or (None, None)
+    train, holdout = parts or (None, None)
     return RunEmbeddings(embeddings=embeddings,
                          labels=read_array(label_file, option) if label_file.is_file() else None,
                          train=train, holdout=holdout,

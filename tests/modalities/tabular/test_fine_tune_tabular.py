@@ -71,6 +71,31 @@ def test_the_rows_are_the_runs_carve_and_the_labels_are_off_it(table_run):
         encoded_rows(table_run, "test")
 
 
+def test_semi_supervised_evaluation_of_the_run_uses_its_carve_and_class_names(table_run, capsys):
+    """The run's labels are class names; the command scores the carve split.json names, as the library
+    does on the same rows with the names coded 0..C-1."""
+    import json
+
+    from contrastkit.cli import main
+    from contrastkit.evaluation.semi_supervised import semi_supervised_evaluation
+    from contrastkit.evaluation.splits import few_labels_per_class
+    from contrastkit.modalities.tabular.cli import dev_carve
+
+    names = np.load(table_run / "labels.npy")
+    assert names.dtype.kind == "U"
+    code = main(["evaluate", "--task", "semi-supervised", "--run", str(table_run), "--labels-per-class", "2",
+                 "--k", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    y = np.array([sorted(set(names)).index(name) for name in names])
+    pool, test = dev_carve(names)
+    labelled = few_labels_per_class(y, pool, 2, 0)
+    expected = semi_supervised_evaluation(np.load(table_run / "embeddings.npy"), y, labelled,
+                                          np.setdiff1d(pool, labelled), test, k=5, alpha=0.99, threshold=0.95,
+                                          rounds=5, seed=0)
+    assert json.loads(out) == json.loads(json.dumps(expected))
+
+
 def test_a_frozen_encoder_gives_the_head_trained_on_the_runs_embeddings(table_run, one_torch_thread):
     from contrastkit.modalities.tabular.fine_tune import fine_tune_tabular_run
 

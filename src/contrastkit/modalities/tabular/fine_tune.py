@@ -90,6 +90,7 @@ def encoded_rows(run_dir: str | Path, split: str = "dev"):
     the run's development carve and, only with ``split="test"``, NSL-KDD's test rows appended after
     them."""
     from contrastkit.core.paths import data_root
+    from contrastkit.engine.run_folder import read_split
     from contrastkit.modalities.tabular.cli import dev_carve, read_rows
     from contrastkit.modalities.tabular.run_folder import FEATURE_ENCODER_FILE, load_tabular_run
 
@@ -106,7 +107,9 @@ def encoded_rows(run_dir: str | Path, split: str = "dev"):
     if names is None:
         raise DataError(f"The run '{run_dir}' was trained without labels (no --label-column): nothing to fine-tune "
                         f"on. Fit it with --label-column COLUMN.")
-    candidates, dev = dev_carve(names)  # the run's own carve: its encoder and scaling saw only the rest
+    # The run's own carve (its encoder and scaling saw only the rest), as its split.json names it; a run
+    # written before runs kept one is carved again, as its fit carved it.
+    candidates, dev = read_split(run_dir, rows=len(names)) or dev_carve(names)
     x, classes = [estimator.feature_encoder.transform(table)], [targets(options, names)]
     test = None
     if split == "test":
