@@ -25,7 +25,7 @@ from contrastkit.modalities.audio.methods.parts import StepDraws, embed_spectrog
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.nn.heads import byol_prediction, byol_projection
-from contrastkit.nn.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
+from contrastkit.nn.momentum import check_momentum, momentum_copy, step_momentum_targets
 
 
 class AudioBYOL(StepDraws, nn.Module):
@@ -56,9 +56,8 @@ class AudioBYOL(StepDraws, nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        momentum = cosine_momentum(step - 1, total_steps, self.base_momentum)  # m_k after step k (0-based)
-        ema_update_(self.target_encoder, self.encoder, momentum)
-        ema_update_(self.target_projection, self.projection, momentum)
+        step_momentum_targets([(self.target_encoder, self.encoder), (self.target_projection, self.projection)],
+                              step, total_steps, self.base_momentum)
 
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
         return embed_spectrogram(self.frontend, self.encoder, batch)
