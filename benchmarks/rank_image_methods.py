@@ -55,6 +55,7 @@ Usage, from the repository root (the table of docs/benchmarks.md: hours on a 2-c
 
     export CONTRASTKIT_DATA=<data folder> CONTRASTKIT_ANCHOR_ENV=<anchor environment>
     python benchmarks/rank_image_methods.py                      # every method, both libraries, seeds 0 1
+    python benchmarks/rank_image_methods.py --jobs 2 --threads 1  # the same, two runs at a time (2 cores)
     python benchmarks/rank_image_methods.py --table              # the table from the store; trains nothing
     python benchmarks/rank_image_methods.py --epochs 1 --methods simclr byol --seeds 0   # a smoke test
     python benchmarks/rank_image_methods.py --pilot 25 --lr 0.12  # the epoch-count pilot
@@ -72,7 +73,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -505,26 +508,38 @@ def run_all(args) -> None:
     lightly_python, reason = anchor_python() if "lightly" in args.libraries else (None, "")
     if "lightly" in args.libraries and lightly_python is None:
         print(f"LightlySSL rows skipped: {reason}.", flush=True)
-    for seed in args.seeds:
-        jobs = [(BASELINE, "baselines", BASELINE_ROWS)]
-        for method in args.methods:
-            jobs += [("contrastkit", method, (method,))] if "contrastkit" in args.libraries else []
-            jobs += [("lightly", method, (method,))] if lightly_python and method in LIGHTLY_METHODS else []
-        for library, job, names in jobs:
-            if all(row_key(library, name, seed, run_settings(library, name, args)) in stored for name in names):
-                print(f"stored already: {library} {job} seed {seed}", flush=True)
-                continue
-            if library == "lightly":
-                prepare_split(args)
-            print(f"running: {library} {job} seed {seed}", flush=True)
-            for name, row in (run_job(lightly_python if library == "lightly" else sys.executable, library, job,
-                                      seed, args) or {}).items():
-                record = {"library": library, "method": name, "seed": seed,
-                          "settings": run_settings(library, name, args), **row,
-                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-                with store.open("a") as file:
-                    file.write(json.dumps(record) + "\n")
-                print(f"stored: {library} {name} seed {seed}: {json.dumps(row['results'])}", flush=True)
+    # Method by method, both libraries and every seed, so that rows complete in order over sessions.
+    jobs = [(BASELINE, "baselines", BASELINE_ROWS, seed) for seed in args.seeds]
+    for method in args.methods:
+        for seed in args.seeds:
+            jobs += [("contrastkit", method, (method,), seed)] if "contrastkit" in args.libraries else []
+            jobs += [("lightly", method, (method,), seed)] if lightly_python and method in LIGHTLY_METHODS else []
+    pending = []
+    for library, job, names, seed in jobs:
+        if all(row_key(library, name, seed, run_settings(library, name, args)) in stored for name in names):
+            print(f"stored already: {library} {job} seed {seed}", flush=True)
+        else:
+            pending.append((library, job, seed))
+    if any(library == "lightly" for library, _, _ in pending):
+        prepare_split(args)  # once, before any run reads it
+    appending = threading.Lock()
+
+    def execute(library: str, job: str, seed: int) -> None:
+        print(f"running: {library} {job} seed {seed}", flush=True)
+        rows = run_job(lightly_python if library == "lightly" else sys.executable, library, job, seed, args) or {}
+        for name, row in rows.items():
+            record = {"library": library, "method": name, "seed": seed,
+                      "settings": run_settings(library, name, args), **row, "concurrent_runs": args.jobs,
+                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            with appending, store.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+            print(f"stored: {library} {name} seed {seed}: {json.dumps(row['results'])}", flush=True)
+
+    # --jobs N keeps N runs going (each its own subprocess at --threads threads); each run's images/s is
+    # then measured beside the others', which the table says.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for finished in [pool.submit(execute, *job) for job in pending]:
+            finished.result()
     print(table(read_store(store), args))
 
 
@@ -577,6 +592,11 @@ def table(records: list[dict], args) -> str:
         lines.append(f"| {rank} | {method} | {'–' if library == BASELINE else library} | {spread(knn)} | "
                      f"{spread([r[FEW_LABELS] for r in results])} | {' | '.join(cells)} | "
                      f"{len(results)}/{len(args.seeds)} | {collapsed or '–'} |")
+    shared = sorted({r.get("concurrent_runs", 1) for *_, records in rows for r in records} - {1})
+    if shared:
+        lines += ["", f"images/s and training s: some runs had {' or '.join(map(str, shared))} runs at a time on the "
+                      f"machine (--jobs), each at {args.threads} thread(s): the speed columns compare rows only roughly; "
+                      f"the speed comparison at equal settings is image_side_by_side.py's."]
     lines += ["", "Rank: by median kNN top-1; a row whose seeds' kNN range overlaps that of the row above has its "
               "rank (a tie). images/s: training images / wall time of the training epochs. Peak RSS: the run's "
               "process; peak PSS: its process tree, DataLoader workers included (sampled). Collapse: fit's check "
@@ -640,6 +660,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--data", default="cifar10-test")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run (and its OMP_NUM_THREADS)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (e.g. --jobs 2 --threads 1 on 2 cores: more runs per hour, each run's "
+                             "images/s then measured beside another's; the table says so)")
     parser.add_argument("--memory-format", choices=["nchw", "channels-last"], default="nchw",
                         help="of both libraries' runs (nchw: LightlySSL's default; contrastkit's own is channels-last)")
     parser.add_argument("--lightly-workers", type=int, default=2, help="DataLoader workers of LightlySSL runs")
@@ -669,6 +692,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"(and NAME+localN for {', '.join(LOCAL_CROP_METHODS)})")
     if args.pilot:
         return pilot(args)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.epochs is None or args.epochs < 1:
         parser.error("--epochs must be at least 1 (the protocol's count is 25: the module docstring)")
     if args.table:

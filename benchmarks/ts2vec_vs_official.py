@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for both")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of the runs (read first, appended)")
+    parser.add_argument("--impls", nargs="+", choices=["ours", "official"], default=["ours", "official"],
+                        help="which implementations to run (default both; to share a set's seeds between processes)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     runs = read_runs(args.out)
@@ -154,7 +156,7 @@ def main() -> None:
             floor = one_nn_floor(data)
             for seed in args.seeds:
                 for impl, run in (("ours", run_ours), ("official", lambda d, s: run_official(official, d, s))):
-                    if (name, seed, impl) in done:
+                    if (name, seed, impl) in done or impl not in args.impls:
                         continue
                     result = {"set": name, "seed": seed, "impl": impl, **run(data, seed), "one_nn": floor,
                               "variable_length": data["variable_length"], "threads": torch.get_num_threads()}
