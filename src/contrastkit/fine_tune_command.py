@@ -41,7 +41,7 @@ def add_fine_tune_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--encoder-lr-scale", type=float, default=1.0,
                           help="--fine-tune: the encoder's rate as a multiple of --lr (0: frozen, a linear probe)")
     evaluate.add_argument("--layer-decay", type=float,
-                          help="--fine-tune: layer-wise rate decay for encoders with blocks (ResNet, ViT, "
+                          help="--fine-tune: layer-wise rate decay for encoders with blocks (ResNet, GNN, ViT, "
                                "transformers): block i of L learns at lr * decay^(L + 1 - i); an error for others")
     evaluate.add_argument("--weight-decay", type=float, default=0.0, help="--fine-tune: Adam's L2 weight decay")
     evaluate.add_argument("--dev-size", type=float, default=1000,

@@ -134,6 +134,20 @@ def test_layer_decay_on_the_resnet_counts_its_residual_blocks():
         assert rate[id(p)] == pytest.approx(expected), name
 
 
+def test_layer_decay_on_a_gnn_counts_its_layers_with_their_activations():
+    """A 3-layer GCN with PReLU: layer i's convolution and activation at decay^(4 - i), nothing before
+    or after the layers."""
+    pytest.importorskip("torch_geometric")
+    from contrastkit.modalities.graph.encoders import GNNEncoder
+
+    encoder = GNNEncoder("gcn", 5, 8, 4, num_layers=3)
+    rate = {id(p): g["lr"] for g in layer_decay_groups(encoder, 1.0, 0.5) for p in g["params"]}
+    for name, p in encoder.named_parameters():
+        layer = int(name.split(".")[1]) + 1  # convs.I.* and activations.I.*
+        assert rate[id(p)] == pytest.approx(0.5 ** (4 - layer)), name
+    assert len(rate) == len(list(encoder.parameters()))
+
+
 def small_encoder() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),

@@ -106,8 +106,9 @@ def layer_decay_groups(encoder: nn.Module, lr: float, layer_decay: float | None)
         return [{"params": [p for _, p in parameters], "lr": lr, "layer": 0}] if parameters else []
     blocks = encoder_blocks(encoder)
     if blocks is None:  # a decay asked for and silently not applied would be reported as chosen
-        raise ConfigError(f"--layer-decay needs an encoder made of blocks (a ResNet's residual blocks, a ViT's or a "
-                          f"transformer's layers); this {type(encoder).__name__} has none: leave --layer-decay out.")
+        raise ConfigError(f"--layer-decay needs an encoder made of blocks (a ResNet's residual blocks, a GNN's "
+                          f"layers, a ViT's or a transformer's layers); this {type(encoder).__name__} has none: leave "
+                          f"--layer-decay out.")
     if not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"--layer-decay must be in (0, 1], got {layer_decay}.")
     depth = len(blocks) + 1

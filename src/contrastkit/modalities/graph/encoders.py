@@ -97,6 +97,12 @@ class GNNEncoder(nn.Module):
             self.convs.append(_pyg_conv(kind, d_in, width // h, h, attn_drop))
             self.activations.append(_activation(activation) if (not last or last_activation) else nn.Identity())
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """Each layer's convolution and activation, in order: the layers of layer-wise rate decay
+        when fine-tuning (:mod:`contrastkit.evaluation.fine_tune`)."""
+        return nn.ModuleList(nn.Sequential(conv, act) for conv, act in zip(self.convs, self.activations))
+
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         h = x
         for conv, act in zip(self.convs, self.activations):
