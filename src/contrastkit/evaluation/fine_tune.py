@@ -17,8 +17,9 @@ after the last block (a final norm), at the full rate like the head. The blocks 
 ``blocks`` attribute, or else its first ``ModuleList`` whose name ends in ``blocks``, ``layer`` or
 ``layers`` (a Hugging Face transformer's ``encoder.layer``; a ResNet's ``blocks`` are its residual
 blocks); ``layer_decay`` on an encoder without blocks is an error (a decay that could not be applied
-would be reported as chosen), and without ``layer_decay`` the encoder learns at one rate. An encoder whose rate is 0 is frozen: it runs in eval mode (BatchNorm keeps its
-statistics), and the fit is then a linear probe trained by the same loop.
+would be reported as chosen), and without ``layer_decay`` the encoder learns at one rate. An encoder
+whose rate is 0 is frozen: it runs in eval mode (BatchNorm keeps its statistics), and the fit is then
+a linear probe trained by the same loop.
 
 Choices are made on development rows: after each epoch the head is scored on them and the best
 epoch's weights are kept (earliest on ties). Test rows, when given, are scored once, with those

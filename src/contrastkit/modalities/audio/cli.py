@@ -223,7 +223,13 @@ def command(args: argparse.Namespace) -> int:
     import numpy as np
     import yaml
 
-    from contrastkit.engine.run_folder import is_first_process, open_run_dir, resolve_run_dir, write_split, write_summary
+    from contrastkit.engine.run_folder import (
+        is_first_process,
+        open_run_dir,
+        resolve_run_dir,
+        write_split,
+        write_summary,
+    )
     from contrastkit.modalities.audio.sources import open_audio_folder
     from contrastkit.modalities.audio.training import embed_clips, train_audio
 

@@ -27,8 +27,9 @@ linear (multinomial logistic) head on the frozen encoder, trained on a handful o
 Training runs on the engine (:func:`contrastkit.engine.train`): the encoder, head and corruption
 form a :class:`TabularTraining` module whose ``training_loss`` is the method's loss. ``fit(x,
 out=DIR)`` keeps the run folder (config.yaml, checkpoints/last.ckpt, metrics.csv, summary.json,
-model.safetensors, reference_rows.safetensors) and ``fit(x, out=DIR, resume=True)`` continues a killed run to the weights an
-uninterrupted one reaches; without ``out`` the run trains in a temporary folder.
+model.safetensors, reference_rows.safetensors) and ``fit(x, out=DIR, resume=True)`` continues a
+killed run to the weights an uninterrupted one reaches; without ``out`` the run trains in a
+temporary folder.
 
 Processes: ``fit(x, devices=N, strategy="ddp")`` (``contrastkit fit --devices N --strategy ddp``)
 trains data-parallel. Each process takes its ``batch_size`` rows of every global batch of
