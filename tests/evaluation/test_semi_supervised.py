@@ -209,6 +209,44 @@ def test_few_label_split_keeps_the_parts_apart():
         label_propagation(np.eye(3, dtype=np.float32), [0], [0], alpha=1.0)
 
 
+def test_rows_without_a_label_are_unlabelled_data_never_labelled_or_scored():
+    """-1 marks a row without a label. The classifiers never read an unlabelled row's label, so the
+    scores with -1 there equal the scores with the true labels there; the pseudo-label check covers
+    only rows whose label is known; such rows are never drawn to be labelled nor scored."""
+    x, y = blobs(n_per_class=20, classes=3, seed=21)
+    order = np.random.default_rng(1).permutation(len(x))
+    x, y = x[order], y[order]
+    pool, test = np.arange(45), np.arange(45, 60)
+    missing = np.array([2, 5, 9, 17, 30, 44, 50, 58])  # six in the pool, two in the test part
+    partial = y.copy()
+    partial[missing] = -1
+    labelled, unlabelled, kept = few_label_split(partial, pool=pool, test=test, labels_per_class=3, seed=4)
+    assert not np.isin(labelled, missing).any() and not np.isin(kept, missing).any()
+    assert np.array_equal(kept, np.setdiff1d(test, missing))
+    assert np.isin(missing[missing < 45], unlabelled).all()  # still used, as unlabelled data
+    # The draw is the draw among the pool rows that have a label.
+    assert np.array_equal(labelled, few_labels_per_class(y, np.setdiff1d(pool, missing), 3, 4))
+    with_missing = semi_supervised_evaluation(x, partial, labelled, unlabelled, kept, k=5, alpha=0.9)
+    with_truth = semi_supervised_evaluation(x, y, labelled, unlabelled, kept, k=5, alpha=0.9)
+    for key in ("linear_top1", "label_propagation_top1", "label_propagation_linear_top1", "self_training_top1"):
+        assert with_missing[key] == with_truth[key]
+    assert with_missing["n_unlabelled_without_label"] == 6 and with_truth["n_unlabelled_without_label"] == 0
+    known = unlabelled[~np.isin(unlabelled, missing)]
+    trained = self_train(x[labelled], y[labelled], x[unlabelled], 0.95, 5, seed=0)
+    assert with_missing["pseudo_label_accuracy"]["self_training"] == pytest.approx(
+        np.mean(trained.predict(x[known]) == y[known]))
+    # The stratified split draws its test rows among the labelled rows only.
+    labelled, unlabelled, test = few_label_split(partial, labels_per_class=2, test_fraction=0.25, seed=0)
+    assert not np.isin(test, missing).any() and not np.isin(labelled, missing).any()
+    assert np.isin(missing, unlabelled).all()
+    with pytest.raises(DataError, match="has no label"):
+        few_label_split(partial, labelled=[2, 3], pool=pool, test=test)
+    with pytest.raises(DataError, match="test row 50 has no label"):
+        semi_supervised_evaluation(x, partial, labelled, unlabelled, [50, 51])
+    with pytest.raises(DataError, match="label -2"):
+        few_label_split(np.where(partial == -1, -2, partial), pool=pool, test=test)
+
+
 def run_cli(capsys, *args):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -252,6 +290,29 @@ def test_the_command_reads_a_split_of_listed_rows(tmp_path, capsys):
     expected = semi_supervised_evaluation(x, y, labelled, np.setdiff1d(train, labelled), holdout, k=5, alpha=0.99,
                                           threshold=0.95, rounds=5, seed=1)
     assert json.loads(out) == json.loads(json.dumps(expected))
+
+
+def test_the_command_takes_a_run_whose_labels_miss_some_rows(tmp_path, capsys):
+    """An audio run whose clip names give no label for some clips writes -1 for them: the command
+    scores the held-out rows that have a label and uses the others as unlabelled data."""
+    x, y = blobs(n_per_class=20, classes=3, seed=15)
+    partial = y.copy()
+    partial[[1, 6, 40, 47, 55]] = -1
+    run = tmp_path / "run"
+    run.mkdir()
+    np.save(run / "embeddings.npy", x)
+    np.save(run / "labels.npy", partial)
+    holdout = np.arange(0, 60, 4)
+    train = np.setdiff1d(np.arange(60), holdout)
+    write_split(run, train, holdout, held_out="every fourth row")
+    code, out, err = run_cli(capsys, "evaluate", "--task", "semi-supervised", "--run", run, "--labels-per-class", 2,
+                             "--k", 5)
+    assert code == 0, err
+    labelled = few_labels_per_class(y, np.setdiff1d(train, [1, 6, 47, 55]), 2, 0)
+    expected = semi_supervised_evaluation(x, partial, labelled, np.setdiff1d(train, labelled),
+                                          np.setdiff1d(holdout, [40]), k=5)
+    assert json.loads(out) == json.loads(json.dumps(expected))
+    assert json.loads(out)["n_test"] == 14 and json.loads(out)["n_unlabelled_without_label"] == 4
 
 
 def test_the_command_refuses_held_out_labels_and_missing_inputs(tmp_path, capsys):

@@ -46,8 +46,12 @@ def as_float32_matrix(x: Any, name: str, min_rows: int = 1) -> np.ndarray:
     return array
 
 
-def as_label_vector(y: Any, name: str, length: int | None = None) -> np.ndarray:
-    """``y`` as an int64 vector of non-negative class indices, of ``length`` when given."""
+UNLABELLED = -1  # the label of a row whose class is unknown, where a function accepts such rows
+
+
+def as_label_vector(y: Any, name: str, length: int | None = None, allow_unlabelled: bool = False) -> np.ndarray:
+    """``y`` as an int64 vector of non-negative class indices, of ``length`` when given; with
+    ``allow_unlabelled`` it may also hold :data:`UNLABELLED` (-1) for rows without a label."""
     array = to_numpy(y)
     if array.ndim != 1:
         raise DataError(
@@ -75,7 +79,10 @@ def as_label_vector(y: Any, name: str, length: int | None = None) -> np.ndarray:
             f"non-integer values. Encode the classes as 0..C-1 first."
         )
     array = array.astype(np.int64)
-    if array.size and array.min() < 0:
+    if allow_unlabelled and array.size and array.min() < UNLABELLED:
+        raise DataError(f"{name} contains the label {array.min()}; give classes as 0..C-1 and -1 for a row "
+                        f"without a label.")
+    if not allow_unlabelled and array.size and array.min() < 0:
         raise DataError(
             f"{name} contains negative labels (min {array.min()}); -1 usually marks an unlabeled "
             f"sample. Evaluate only the labeled rows, with labels 0..C-1."

@@ -56,7 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from contrastkit.core.errors import ConfigError, DataError
-from contrastkit.evaluation.arrays import as_float32_matrix, as_label_vector, l2_normalize_rows
+from contrastkit.evaluation.arrays import UNLABELLED, as_float32_matrix, as_label_vector, l2_normalize_rows
 from contrastkit.evaluation.faiss_search import top_k_inner_product
 from contrastkit.evaluation.linear import DEFAULT_C, LinearProbe, fit_linear_probe, make_probe_pipeline
 from contrastkit.evaluation.splits import few_labels_per_class, stratified_split
@@ -340,12 +340,18 @@ def semi_supervised_evaluation(embeddings: Any, labels: Any, labelled: Any, unla
     ``label_propagation_linear_top1`` a probe (inverse regularisation ``C``) fitted on the
     propagated pseudo-labels with Iscen et al.'s weights; ``self_training_top1`` :func:`self_train`.
     The labels of the unlabelled rows are read only to report how right the pseudo-labels are
-    (``pseudo_label_accuracy``); the test rows' labels only for the scores.
+    (``pseudo_label_accuracy``, over those whose label is known); the test rows' labels only for the
+    scores. An unlabelled row may have the label -1 (no label at all: it still shapes the graph and
+    self-training); a labelled or test row may not.
     """
     x = as_float32_matrix(embeddings, "embeddings")
-    y = as_label_vector(labels, "labels", length=x.shape[0])
+    y = as_label_vector(labels, "labels", length=x.shape[0], allow_unlabelled=True)
     labelled, unlabelled, test = (_check_rows(rows, name, x.shape[0]) for rows, name in
                                   ((labelled, "labelled"), (unlabelled, "unlabelled"), (test, "test")))
+    for rows, name in ((labelled, "labelled"), (test, "test")):
+        if len(rows) and y[rows].min() == UNLABELLED:
+            raise DataError(f"{name} row {rows[y[rows] == UNLABELLED][0]} has no label (-1); only unlabelled rows "
+                            f"may lack one.")
     for (a, name_a), (b, name_b) in (((labelled, "labelled"), (unlabelled, "unlabelled")),
                                      ((labelled, "labelled"), (test, "test")),
                                      ((unlabelled, "unlabelled"), (test, "test"))):
@@ -360,17 +366,18 @@ def semi_supervised_evaluation(embeddings: Any, labels: Any, labelled: Any, unla
     trained = self_train(x[labelled], y[labelled], x[unlabelled], threshold, rounds, seed=seed)
     probe = fit_linear_probe(x[labelled], y[labelled], seed)
     truth = y[test]
-    unlabelled_part = slice(len(labelled), None)
+    known = y[unlabelled] != UNLABELLED  # pseudo-labels can be checked only where the label is known
+    propagated_unlabelled = propagated.pseudo_labels[len(labelled):]
     return {
         "linear_top1": float(np.mean(probe.predict(x[test]) == truth)),
         "label_propagation_top1": float(np.mean(propagated.predict(x[test]) == truth)),
         "label_propagation_linear_top1": float(np.mean(head.predict(x[test]) == truth)),
         "self_training_top1": float(np.mean(trained.predict(x[test]) == truth)),
         "pseudo_label_accuracy": {
-            "label_propagation": float(np.mean(propagated.pseudo_labels[unlabelled_part] == y[unlabelled]))
-            if len(unlabelled) else None,
-            "self_training": float(np.mean(trained.predict(x[unlabelled]) == y[unlabelled]))
-            if len(unlabelled) else None,
+            "label_propagation": float(np.mean(propagated_unlabelled[known] == y[unlabelled][known]))
+            if known.any() else None,
+            "self_training": float(np.mean(trained.predict(x[unlabelled][known]) == y[unlabelled][known]))
+            if known.any() else None,
         },
         "self_training_pseudo_labelled_per_round": list(trained.pseudo_labelled),
         "linear_C": probe.C,
@@ -378,6 +385,7 @@ def semi_supervised_evaluation(embeddings: Any, labels: Any, labelled: Any, unla
                      "rounds": rounds, "seed": seed},
         "n_labelled": int(len(labelled)),
         "n_unlabelled": int(len(unlabelled)),
+        "n_unlabelled_without_label": int((~known).sum()),
         "n_test": int(len(test)),
     }
 
@@ -392,21 +400,28 @@ def few_label_split(labels: Any, labelled: Any = None, pool: Any = None, test: A
     stratified ``test_fraction`` (``splits.stratified_split``, ``seed``) of the rows not in
     ``labelled``, and the pool is the rest. ``labelled`` rows must lie in the pool; without them,
     ``labels_per_class`` rows of each class are drawn from the pool (``splits.few_labels_per_class``).
+
+    Rows labelled -1 have no label: they are never labelled or scored (a given test row without a
+    label is left out), and those of the pool join the unlabelled rows.
     """
-    y = as_label_vector(labels, "labels")
+    y = as_label_vector(labels, "labels", allow_unlabelled=True)
     n = len(y)
     if labelled is not None:
         labelled = _check_rows(labelled, "labelled", n)
         if not len(labelled) or len(np.unique(labelled)) != len(labelled):
             raise DataError("the labelled rows must be a non-empty list of distinct row numbers.")
+        if y[labelled].min() == UNLABELLED:
+            raise DataError(f"labelled row {labelled[y[labelled] == UNLABELLED][0]} has no label (-1) to give.")
     if (pool is None) != (test is None):
         raise ConfigError("give both pool and test rows, or neither (a stratified split).")
     if pool is None:
-        rest = np.setdiff1d(np.arange(n), labelled) if labelled is not None else np.arange(n)
+        rest = np.flatnonzero(y != UNLABELLED)  # the test rows are drawn among the rows with a label
+        rest = np.setdiff1d(rest, labelled) if labelled is not None else rest
         _, held_out = stratified_split(y[rest], test_fraction, seed)
         test = rest[held_out]
         pool = np.setdiff1d(np.arange(n), test)
     pool, test = _check_rows(pool, "pool", n), _check_rows(test, "test", n)
+    test = test[y[test] != UNLABELLED]
     if labelled is None:
         labelled = few_labels_per_class(y, pool, labels_per_class, seed)
     elif not np.isin(labelled, pool).all():

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import ConfigError
-from contrastkit.evaluation.arrays import as_label_vector
+from contrastkit.evaluation.arrays import UNLABELLED, as_label_vector
 
 
 def stratified_split(
@@ -47,10 +47,11 @@ def few_labels_per_class(
 
     ``labels`` covers all rows; only the rows listed in ``candidates`` (e.g. the training part) can
     be drawn, so a held-out part is never touched. A class with fewer than ``n_per_class``
-    candidate rows contributes all of them.
+    candidate rows contributes all of them. Rows labelled -1 (no label) are never drawn.
     """
-    y = as_label_vector(labels, "labels")
+    y = as_label_vector(labels, "labels", allow_unlabelled=True)
     pool = np.asarray(candidates, dtype=np.int64)
+    pool = pool[y[pool] != UNLABELLED]
     if not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
         raise ConfigError(f"the number of labels per class must be >= 1, got {n_per_class!r}.")
     rng = np.random.default_rng(seed)
