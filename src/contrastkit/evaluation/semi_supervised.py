@@ -348,10 +348,8 @@ def semi_supervised_evaluation(embeddings: Any, labels: Any, labelled: Any, unla
     y = as_label_vector(labels, "labels", length=x.shape[0], allow_unlabelled=True)
     labelled, unlabelled, test = (_check_rows(rows, name, x.shape[0]) for rows, name in
                                   ((labelled, "labelled"), (unlabelled, "unlabelled"), (test, "test")))
-    for rows, name in ((labelled, "labelled"), (test, "test")):
-        if len(rows) and y[rows].min() == UNLABELLED:
-            raise DataError(f"{name} row {rows[y[rows] == UNLABELLED][0]} has no label (-1); only unlabelled rows "
-                            f"may lack one.")
+    _refuse_rows_without_label(y, labelled, "labelled")
+    _refuse_rows_without_label(y, test, "test")
     for (a, name_a), (b, name_b) in (((labelled, "labelled"), (unlabelled, "unlabelled")),
                                      ((labelled, "labelled"), (test, "test")),
                                      ((unlabelled, "unlabelled"), (test, "test"))):
@@ -367,16 +365,16 @@ def semi_supervised_evaluation(embeddings: Any, labels: Any, labelled: Any, unla
     probe = fit_linear_probe(x[labelled], y[labelled], seed)
     truth = y[test]
     known = y[unlabelled] != UNLABELLED  # pseudo-labels can be checked only where the label is known
-    propagated_unlabelled = propagated.pseudo_labels[len(labelled):]
+    propagated_unlabelled, known_truth = propagated.pseudo_labels[len(labelled):], y[unlabelled][known]
     return {
         "linear_top1": float(np.mean(probe.predict(x[test]) == truth)),
         "label_propagation_top1": float(np.mean(propagated.predict(x[test]) == truth)),
         "label_propagation_linear_top1": float(np.mean(head.predict(x[test]) == truth)),
         "self_training_top1": float(np.mean(trained.predict(x[test]) == truth)),
         "pseudo_label_accuracy": {
-            "label_propagation": float(np.mean(propagated_unlabelled[known] == y[unlabelled][known]))
+            "label_propagation": float(np.mean(propagated_unlabelled[known] == known_truth))
             if known.any() else None,
-            "self_training": float(np.mean(trained.predict(x[unlabelled][known]) == y[unlabelled][known]))
+            "self_training": float(np.mean(trained.predict(x[unlabelled[known]]) == known_truth))
             if known.any() else None,
         },
         "self_training_pseudo_labelled_per_round": list(trained.pseudo_labelled),
@@ -410,8 +408,7 @@ def few_label_split(labels: Any, labelled: Any = None, pool: Any = None, test: A
         labelled = _check_rows(labelled, "labelled", n)
         if not len(labelled) or len(np.unique(labelled)) != len(labelled):
             raise DataError("the labelled rows must be a non-empty list of distinct row numbers.")
-        if y[labelled].min() == UNLABELLED:
-            raise DataError(f"labelled row {labelled[y[labelled] == UNLABELLED][0]} has no label (-1) to give.")
+        _refuse_rows_without_label(y, labelled, "labelled")
     if (pool is None) != (test is None):
         raise ConfigError("give both pool and test rows, or neither (a stratified split).")
     if pool is None:
@@ -444,6 +441,13 @@ def _check_labelled(index: Any, labels: Any, n: int, num_classes: int | None
     elif num_classes < needed:
         raise ConfigError(f"num_classes={num_classes} but the labels contain class {needed - 1}.")
     return index, labels, int(num_classes)
+
+
+def _refuse_rows_without_label(y: np.ndarray, rows: np.ndarray, name: str) -> None:
+    """A DataError naming the first of ``rows`` whose label is -1 (labelled and scored rows need one)."""
+    if len(rows) and y[rows].min() == UNLABELLED:
+        raise DataError(f"{name} row {rows[y[rows] == UNLABELLED][0]} has no label (-1); only unlabelled rows "
+                        f"may lack one.")
 
 
 def _check_rows(rows: Any, name: str, n: int) -> np.ndarray:
