@@ -73,6 +73,10 @@ class Recorder:
         (call,) = self.calls[name]
         return call[0], call[1]
 
+    def joined_outputs(self, name: str) -> torch.Tensor:
+        """The outputs of all of a module's calls, in call order, as one batch."""
+        return torch.cat([call[2] for call in self.calls[name]])
+
     def record_tokens(self, name: str, vit: torch.nn.Module) -> None:
         """Also record ``vit.tokens`` calls under ``name`` (JEPA calls its ViTs' tokens, not forward)."""
         self.calls[name] = []
@@ -192,13 +196,21 @@ def simsiam_formula_torch(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                                            ("directpred", {"directpred": {"target": "online"}})])
 def test_simsiam_loss_is_the_symmetrised_negative_cosine_with_stop_gradient(method, extra):
     model = build(method, **extra)
-    rec = Recorder(projection=model.projection, predictor=model.predictor)
+    rec = Recorder(backbone=model.backbone, projection=model.projection, predictor=model.predictor)
     torch.manual_seed(1)
-    loss, _ = model.training_loss(fixed_batch())
+    batch = fixed_batch()
+    loss, _ = model.training_loss(batch)
     rec.remove()
-    z, p = rec.output("projection"), rec.output("predictor")
+    # SimSiam passes each view on its own (BatchNorm statistics per view, as the paper's code);
+    # DirectPred's online variant keeps one pass over both views.
+    passes = 1 if method == "directpred" else 2
+    n = len(batch["image"])
+    for name in ("backbone", "projection", "predictor"):
+        assert [len(call[0][0]) for call in rec.calls[name]] == [2 * n // passes] * passes, name
+    z, p = rec.joined_outputs("projection"), rec.joined_outputs("predictor")
     assert z.requires_grad  # the hooked z is the one in the graph, before the stop-gradient
-    torch.testing.assert_close(rec.inputs("predictor")[0][0], z, atol=0, rtol=0)  # p = h(z)
+    predictor_inputs = torch.cat([call[0][0] for call in rec.calls["predictor"]])
+    torch.testing.assert_close(predictor_inputs, z, atol=0, rtol=0)  # p = h(z)
 
     expected = simsiam_formula_np(p.detach().double().numpy(), z.detach().double().numpy())
     assert loss.item() == pytest.approx(expected, abs=1e-5)
@@ -219,7 +231,7 @@ def test_simsiam_without_stop_gradient_differentiates_through_the_target():
     torch.manual_seed(1)
     loss, _ = model.training_loss(fixed_batch())
     rec.remove()
-    z, p = rec.output("projection"), rec.output("predictor")
+    z, p = rec.joined_outputs("projection"), rec.joined_outputs("predictor")
     params = online_parameters(model, ("backbone", "projection", "predictor"))
     through = torch.autograd.grad(simsiam_formula_torch(p, z), [q for _, q in params], retain_graph=True)
     loss.backward()

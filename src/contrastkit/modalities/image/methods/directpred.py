@@ -48,5 +48,7 @@ def build(config, data: DataInfo) -> nn.Module:
         return BYOL(backbone, projection, predictor, views, eval_view,
                     base_momentum=check_momentum(options["momentum"], "extra.directpred.momentum"))
     if options["target"] == "online":
-        return SimSiam(backbone, projection, predictor, views, eval_view, stop_gradient=True)
+        # One pass over both views, as measured so far (DirectPredictor updates its estimate once per call).
+        return SimSiam(backbone, projection, predictor, views, eval_view, stop_gradient=True,
+                       separate_view_passes=False)
     raise ConfigError(f"extra.directpred.target must be 'ema' (BYOL) or 'online' (SimSiam), got {options['target']!r}.")
