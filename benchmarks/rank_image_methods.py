@@ -30,6 +30,10 @@ momentum network; LightlySSL's example has one and does not normalise); DINO's M
 layers (LightlySSL's ``DINOProjectionHead`` three), its last layer LightlySSL's; SwaV's prototypes are
 LightlySSL's (a Linear with a bias). LightlySSL has no DirectPred or OBoW; its MSN (a ViT) is not built here;
 its I-JEPA (a ViT) and VICRegL (local crops with grids) are not built here: contrastkit rows only.
+contrastkit's methods pass views as the method's docstring says: one pass per view for SimSiam,
+Barlow Twins, VICReg and TiCo; one pass over both views for SimCLR, MoCo, BYOL and NNCLR, over all k
+views for MMCR (the paper's code); one per crop size for SwAV, DINO and OBoW. So BatchNorm's batch
+differs from LightlySSL's for the second group and the third.
 
 Per run: kNN top-1; linear top-1 with 10 labels per class; images/s = training images / wall time
 of the training epochs, data loading included (summary.json's ``samples_per_second``, inside the

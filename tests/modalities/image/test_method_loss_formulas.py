@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 
+from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.parts import DataInfo
@@ -143,24 +144,37 @@ def byol_formula_torch(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method, extra", [("byol", {}), ("byol", {"byol": {"predictor": "linear"}}),
+                                           ("byol", {"byol": {"separate_view_passes": True}}),
                                            ("directpred", {})])
 def test_byol_loss_is_the_symmetrised_2_minus_2_cos_against_the_target_network(method, extra):
     model = build(method, **extra)
     move_away(model.target_backbone, model.target_projection)
-    rec = Recorder(backbone=model.backbone, predictor=model.predictor,
+    rec = Recorder(backbone=model.backbone, projection=model.projection, predictor=model.predictor,
                    target_backbone=model.target_backbone, target_projection=model.target_projection)
     torch.manual_seed(1)
-    loss, _ = model.training_loss(fixed_batch())
+    batch = fixed_batch()
+    loss, _ = model.training_loss(batch)
     rec.remove()
+    # BYOL and DirectPred pass both views through each network as one batch; ``separate_view_passes:
+    # true`` passes each view on its own (BatchNorm statistics per view, as the paper's code).
+    joint = extra.get("byol", {}).get("separate_view_passes") is not True
+    passes, n = (1 if joint else 2), len(batch["image"])
+    for name in rec.calls:
+        assert [len(call[0][0]) for call in rec.calls[name]] == [2 * n // passes] * passes, name
 
-    views = rec.inputs("backbone")[0][0]
-    p, target = rec.output("predictor"), rec.output("target_projection")
-    # The target is the target network's projection of the same views the online network saw.
-    torch.testing.assert_close(rec.inputs("target_backbone")[0][0], views, atol=0, rtol=0)
+    view_batches = [call[0][0] for call in rec.calls["backbone"]]
+    p, target = rec.joined_outputs("predictor"), rec.joined_outputs("target_projection")
+    # The target is the target network's projection of the same views the online network saw, in
+    # the same batches.
+    for online_call, target_call in zip(rec.calls["backbone"], rec.calls["target_backbone"], strict=True):
+        torch.testing.assert_close(target_call[0][0], online_call[0][0], atol=0, rtol=0)
     with torch.no_grad():
-        recomputed = model.target_projection(model.target_backbone(views))
+        recomputed = torch.cat([model.target_projection(model.target_backbone(v)) for v in view_batches])
+        online = torch.cat([model.projection(model.backbone(v)) for v in view_batches])
     torch.testing.assert_close(target, recomputed, atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(target, model.projection(model.backbone(views)).detach(), atol=1e-3)
+    assert not torch.allclose(target, online, atol=1e-3)
+    predictor_inputs = torch.cat([call[0][0] for call in rec.calls["predictor"]])
+    torch.testing.assert_close(predictor_inputs, rec.joined_outputs("projection"), atol=0, rtol=0)  # p = q(z)
 
     expected = byol_formula_np(p.detach().double().numpy(), target.detach().double().numpy())
     assert loss.item() == pytest.approx(expected, abs=1e-5)
@@ -193,6 +207,7 @@ def simsiam_formula_torch(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method, extra", [("simsiam", {}), ("simsiam", {"simsiam": {"predictor": "linear"}}),
+                                           ("simsiam", {"simsiam": {"separate_view_passes": False}}),
                                            ("directpred", {"directpred": {"target": "online"}})])
 def test_simsiam_loss_is_the_symmetrised_negative_cosine_with_stop_gradient(method, extra):
     model = build(method, **extra)
@@ -202,8 +217,9 @@ def test_simsiam_loss_is_the_symmetrised_negative_cosine_with_stop_gradient(meth
     loss, _ = model.training_loss(batch)
     rec.remove()
     # SimSiam passes each view on its own (BatchNorm statistics per view, as the paper's code);
-    # DirectPred's online variant keeps one pass over both views.
-    passes = 1 if method == "directpred" else 2
+    # DirectPred's online variant and SimSiam's ``separate_view_passes: false`` one pass over both views.
+    joint = method == "directpred" or extra.get("simsiam", {}).get("separate_view_passes") is False
+    passes = 1 if joint else 2
     n = len(batch["image"])
     for name in ("backbone", "projection", "predictor"):
         assert [len(call[0][0]) for call in rec.calls[name]] == [2 * n // passes] * passes, name
@@ -223,6 +239,12 @@ def test_simsiam_loss_is_the_symmetrised_negative_cosine_with_stop_gradient(meth
     assert max((a - b).abs().max().item() for a, b in zip(stopped, through, strict=True)) > 1e-4
     loss.backward()
     assert_gradients_equal(params, stopped)
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol"])
+def test_a_view_pass_option_that_is_not_a_boolean_is_refused(method):
+    with pytest.raises(ConfigError, match=f"extra.{method}.separate_view_passes must be true or false"):
+        build(method, **{method: {"separate_view_passes": "no"}})
 
 
 def test_simsiam_without_stop_gradient_differentiates_through_the_target():

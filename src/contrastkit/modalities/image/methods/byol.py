@@ -22,6 +22,17 @@ Options (YAML ``extra: {byol: {...}}``):
         predictor: the paper's Table 5 shows this collapses).
     predictor_hidden_dim: hidden width of the ``mlp`` predictor (default twice the backbone's
         output, the projector's hidden width, as 4096 for ResNet-50 in the paper).
+    separate_view_passes: false (default) passes both views through each network as one batch, so
+        BatchNorm normalises over both views together; true passes each view on its own, as the
+        paper's code does (``byol_experiment.py`` applies the network once per view).
+
+The joint pass stays the default because the paper's per-view pass did not help here: on the ranking
+protocol (CIFAR-10, 25 epochs) it gave kNN 31.6 / 25.2 against 32.0 / 25.45 and linear (10 labels
+per class) 23.45 / 20.7 against 25.75 / 22.65 on seeds 0 / 1; on digits 73.8 / 68.0 / 74.1 against
+73.8 / 69.9 / 74.7, on an MNIST subset 37.0 / 36.7 / 37.5 against 43.7 / 36.7 / 35.8 (seeds 0-2;
+benchmarks/view_passes.py, docs/benchmarks.md). SimSiam, where it helped by 1.6-2.1 points on
+CIFAR-10 and tied on the other two sets, passes each view on its own. DirectPred keeps the joint pass either way:
+its predictor updates its correlation estimate once per call.
 
 The projector is ``backbone -> 2 * backbone (or --projection-hidden-dim) -> --projection-dim``
 (the paper: 2048 -> 4096 -> 256).
@@ -32,6 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import byol_projection
 from contrastkit.nn.momentum import check_momentum, momentum_copy, step_momentum_targets
 from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
@@ -42,7 +54,7 @@ from contrastkit.nn.predictors import (
 )
 from contrastkit.modalities.image.views.image import BYOLViews, EvalView
 
-DEFAULTS = {"momentum": 0.99, "predictor": "mlp", "predictor_hidden_dim": None}
+DEFAULTS = {"momentum": 0.99, "predictor": "mlp", "predictor_hidden_dim": None, "separate_view_passes": False}
 
 
 class BYOL(nn.Module):
@@ -53,7 +65,7 @@ class BYOL(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, projection: nn.Module, predictor: nn.Module, views: nn.Module,
-                 eval_view: nn.Module, base_momentum: float):
+                 eval_view: nn.Module, base_momentum: float, separate_view_passes: bool = False):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
@@ -63,13 +75,19 @@ class BYOL(nn.Module):
         self.views = views
         self.eval_view = eval_view
         self.base_momentum = base_momentum
+        self.separate_view_passes = separate_view_passes
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         view_a, view_b = self.views.two_views(batch["image"])
-        both = torch.cat([view_a, view_b])  # one pass per network: BN statistics over both views
-        p_a, p_b = self.predictor(self.projection(self.backbone(both))).chunk(2)
-        with torch.no_grad():
-            target_a, target_b = self.target_projection(self.target_backbone(both)).chunk(2)
+        if self.separate_view_passes:  # BatchNorm statistics per view (module docstring)
+            p_a, p_b = (self.predictor(self.projection(self.backbone(view))) for view in (view_a, view_b))
+            with torch.no_grad():
+                target_a, target_b = (self.target_projection(self.target_backbone(view)) for view in (view_a, view_b))
+        else:
+            both = torch.cat([view_a, view_b])
+            p_a, p_b = self.predictor(self.projection(self.backbone(both))).chunk(2)
+            with torch.no_grad():
+                target_a, target_b = self.target_projection(self.target_backbone(both)).chunk(2)
         loss = normalized_mse(p_a, target_b) + normalized_mse(p_b, target_a)
         return loss, {}
 
@@ -101,6 +119,9 @@ def byol_parts(config, data: DataInfo, predictor_hidden_dim: int | None):
 
 def build(config, data: DataInfo) -> BYOL:
     options = method_options(config, "byol", DEFAULTS)
+    if not isinstance(options["separate_view_passes"], bool):
+        raise ConfigError(f"extra.byol.separate_view_passes must be true or false, "
+                          f"got {options['separate_view_passes']!r}.")
     backbone, projection, views, eval_view, hidden = byol_parts(config, data, options["predictor_hidden_dim"])
     return BYOL(
         backbone=backbone,
@@ -109,4 +130,5 @@ def build(config, data: DataInfo) -> BYOL:
         views=views,
         eval_view=eval_view,
         base_momentum=check_momentum(options["momentum"], "extra.byol.momentum"),
+        separate_view_passes=options["separate_view_passes"],
     )

@@ -45,8 +45,10 @@ def build(config, data: DataInfo) -> nn.Module:
     predictor = DirectPredictor(config.projection_dim, rho=options["rho"], eps=options["eps"],
                                 frequency=options["frequency"], directcopy=bool(options["directcopy"]))
     if options["target"] == "ema":
+        # One pass over both views (DirectPredictor updates its estimate once per call).
         return BYOL(backbone, projection, predictor, views, eval_view,
-                    base_momentum=check_momentum(options["momentum"], "extra.directpred.momentum"))
+                    base_momentum=check_momentum(options["momentum"], "extra.directpred.momentum"),
+                    separate_view_passes=False)
     if options["target"] == "online":
         # One pass over both views, as measured so far (DirectPredictor updates its estimate once per call).
         return SimSiam(backbone, projection, predictor, views, eval_view, stop_gradient=True,

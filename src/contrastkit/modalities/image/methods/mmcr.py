@@ -33,6 +33,10 @@ blur). Here:
 - the optimiser is the run's (``--optimizer adamw --lr 1e-3`` is close to the paper's Adam); the
   momentum encoder of the paper's ImageNet variant is not implemented.
 
+All k x B views go through the backbone in one pass, so BatchNorm normalises them together: the
+paper's code does so (``mmcr/cifar_stl/train.py`` folds the views into the batch before one model
+call); LightlySSL's example calls the model once per view.
+
 With the views' BSS option on, the k views of a batch are standardised together (one style for
 the whole k x B batch), not each view separately as in :class:`SimCLRViews.two_views`.
 

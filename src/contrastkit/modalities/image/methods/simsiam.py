@@ -19,11 +19,13 @@ Options (YAML ``extra: {simsiam: {...}}``):
     predictor: ``mlp`` (default), ``linear`` (trained ``p = W f``, eigen-alignment logged) or
         ``false`` (no predictor: collapses, the paper's Table 1).
     predictor_hidden_dim: hidden width of the ``mlp`` predictor (default d / 4).
+    separate_view_passes: default true (below); false passes both views as one batch.
 
 Each view goes through the network in its own pass, as in the paper's code, so BatchNorm normalises
 each view's batch on its own. One pass over both views (``separate_view_passes=False``, what
 DirectPred's online-target variant keeps) was 1.6-2.1 kNN points worse on both seeds of the ranking
-protocol (CIFAR-10, 25 epochs: 29.05 / 29.05 against 31.15 / 30.65; docs/benchmarks.md).
+protocol (CIFAR-10, 25 epochs: 29.05 / 29.05 against 31.15 / 30.65; docs/benchmarks.md) and tied on
+digits and an MNIST subset (3 seeds each, benchmarks/view_passes.py).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from contrastkit.nn.predictors import (
 )
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews
 
-DEFAULTS = {"stop_gradient": True, "predictor": "mlp", "predictor_hidden_dim": None}
+DEFAULTS = {"stop_gradient": True, "predictor": "mlp", "predictor_hidden_dim": None, "separate_view_passes": True}
 
 
 class SimSiam(nn.Module):
@@ -89,8 +91,9 @@ def simsiam_projection(in_dim: int, hidden_dim: int, out_dim: int, image_size: i
 
 def build(config, data: DataInfo) -> SimSiam:
     options = method_options(config, "simsiam", DEFAULTS)
-    if not isinstance(options["stop_gradient"], bool):
-        raise ConfigError(f"extra.simsiam.stop_gradient must be true or false, got {options['stop_gradient']!r}.")
+    for flag in ("stop_gradient", "separate_view_passes"):
+        if not isinstance(options[flag], bool):
+            raise ConfigError(f"extra.simsiam.{flag} must be true or false, got {options[flag]!r}.")
     backbone = build_backbone(config.backbone, data, config.width, config)
     dim = config.projection_dim
     hidden = config.projection_hidden_dim or backbone.output_dim
@@ -102,4 +105,5 @@ def build(config, data: DataInfo) -> SimSiam:
                           **config.extra.get("views", {})),
         eval_view=EvalView(mean=data.mean, std=data.std),
         stop_gradient=options["stop_gradient"],
+        separate_view_passes=options["separate_view_passes"],
     )
