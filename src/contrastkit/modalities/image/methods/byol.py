@@ -31,8 +31,8 @@ protocol (CIFAR-10, 25 epochs) it gave kNN 31.6 / 25.2 against 32.0 / 25.45 and 
 per class) 23.45 / 20.7 against 25.75 / 22.65 on seeds 0 / 1; on digits 73.8 / 68.0 / 74.1 against
 73.8 / 69.9 / 74.7, on an MNIST subset 37.0 / 36.7 / 37.5 against 43.7 / 36.7 / 35.8 (seeds 0-2;
 benchmarks/view_passes.py, docs/benchmarks.md). SimSiam, where it helped by 1.6-2.1 points on
-CIFAR-10 and tied on the other two sets, passes each view on its own. DirectPred keeps the joint pass either way:
-its predictor updates its correlation estimate once per call.
+CIFAR-10 and tied on the other two sets, passes each view on its own. DirectPred keeps the joint
+pass either way: its predictor updates its correlation estimate once per call.
 
 The projector is ``backbone -> 2 * backbone (or --projection-hidden-dim) -> --projection-dim``
 (the paper: 2048 -> 4096 -> 256).
@@ -43,10 +43,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import byol_projection
 from contrastkit.nn.momentum import check_momentum, momentum_copy, step_momentum_targets
-from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
+from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options, require_flags
 from contrastkit.nn.predictors import (
     build_predictor,
     linear_predictor_matrices,
@@ -119,9 +118,7 @@ def byol_parts(config, data: DataInfo, predictor_hidden_dim: int | None):
 
 def build(config, data: DataInfo) -> BYOL:
     options = method_options(config, "byol", DEFAULTS)
-    if not isinstance(options["separate_view_passes"], bool):
-        raise ConfigError(f"extra.byol.separate_view_passes must be true or false, "
-                          f"got {options['separate_view_passes']!r}.")
+    require_flags(options, "byol", "separate_view_passes")
     backbone, projection, views, eval_view, hidden = byol_parts(config, data, options["predictor_hidden_dim"])
     return BYOL(
         backbone=backbone,

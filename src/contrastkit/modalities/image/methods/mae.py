@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.image.encoders.vit import VisionTransformer, scaled_dim
-from contrastkit.modalities.image.methods.parts import DataInfo, build_vit_backbone, method_options
+from contrastkit.modalities.image.methods.parts import DataInfo, build_vit_backbone, method_options, require_flags
 from contrastkit.modalities.image.views.image import EvalView, SimCLRViews, defaults_for
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.nn.patch_transformer import MaskedTokenPredictor
@@ -108,8 +108,7 @@ def build(config, data: DataInfo) -> MAE:
     depth = options["decoder_depth"]
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ConfigError(f"extra.mae.decoder_depth must be a positive whole number (here 2), got {depth!r}.")
-    if not isinstance(options["norm_pix_loss"], bool):
-        raise ConfigError(f"extra.mae.norm_pix_loss must be true or false, got {options['norm_pix_loss']!r}.")
+    require_flags(options, "mae", "norm_pix_loss")
     backbone = build_vit_backbone(config, data, options, "mae")
     values = backbone.patch_size**2 * data.channels
     if options["norm_pix_loss"] and values < 2:

@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from contrastkit.core.errors import ConfigError
 from contrastkit.modalities.image.encoders.cnn import SmallCNN
 from contrastkit.modalities.image.encoders.resnet import ResNet
-from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
+from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options, require_flags
 from contrastkit.modalities.image.views.image import BYOL_JITTER, EvalView
 from contrastkit.modalities.image.views.multicrop import MultiCropViews, default_local_crop_size
 from contrastkit.nn.distributed import GatheredObjective
@@ -219,8 +219,7 @@ def build(config, data: DataInfo) -> OBoW:
     kappa = options["kappa"]
     if not isinstance(kappa, int | float) or isinstance(kappa, bool) or not kappa > 0:
         raise ConfigError(f"extra.obow.kappa must be a positive number (the paper: 5), got {kappa!r}.")
-    if not isinstance(options["update_vocabulary"], bool):
-        raise ConfigError(f"extra.obow.update_vocabulary must be true or false, got {options['update_vocabulary']!r}.")
+    require_flags(options, "obow", "update_vocabulary")
     backbone = build_backbone(config.backbone, data, config.width, config)
     with torch.no_grad():  # the channels of the stages' maps, from one tiny forward pass
         probe = torch.zeros(2, data.channels, data.image_size, data.image_size)

@@ -140,6 +140,13 @@ def method_options(config, method: str, defaults: dict) -> dict:
     return with_known_options(defaults, given, f"extra.{method}")
 
 
+def require_flags(options: dict, method: str, *names: str) -> None:
+    """Raise ConfigError unless each named option of ``extra.{method}`` is true or false."""
+    for name in names:
+        if not isinstance(options[name], bool):
+            raise ConfigError(f"extra.{method}.{name} must be true or false, got {options[name]!r}.")
+
+
 # Methods whose recipes compute BatchNorm statistics over the global batch (all devices) when they
 # train data-parallel, and where that is stated. Per-device statistics would let a method find a
 # positive pair through batch-level cues (SimCLR, Sec. B.1) and would make a run's result depend on

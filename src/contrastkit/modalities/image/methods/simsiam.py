@@ -33,9 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastkit.core.errors import ConfigError
 from contrastkit.nn.heads import ProjectionHead
-from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options
+from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone, method_options, require_flags
 from contrastkit.nn.predictors import (
     build_predictor,
     linear_predictor_matrices,
@@ -91,9 +90,7 @@ def simsiam_projection(in_dim: int, hidden_dim: int, out_dim: int, image_size: i
 
 def build(config, data: DataInfo) -> SimSiam:
     options = method_options(config, "simsiam", DEFAULTS)
-    for flag in ("stop_gradient", "separate_view_passes"):
-        if not isinstance(options[flag], bool):
-            raise ConfigError(f"extra.simsiam.{flag} must be true or false, got {options[flag]!r}.")
+    require_flags(options, "simsiam", "stop_gradient", "separate_view_passes")
     backbone = build_backbone(config.backbone, data, config.width, config)
     dim = config.projection_dim
     hidden = config.projection_hidden_dim or backbone.output_dim
