@@ -104,6 +104,25 @@ def test_collapse_report_flags_dimensional_collapse():
     assert len(report["reasons"]) == 1 and "effective rank" in report["reasons"][0]
 
 
+def test_the_rank_floor_is_taken_of_the_rank_an_embedding_can_have():
+    # DINO's case: 2048 outputs that are a linear map of a 128-wide layer, 10 equal directions used
+    # of the 128: RankMe 10 (closed form: equal singular values), under 2 % of min(n, d) = 20, over
+    # 2 % of min(n, d, 128) = 2.56.
+    z = matrix_with_singular_values([3.0] * 10, n=1000, d=2048, seed=8)
+    assert dg.effective_rank(z) == pytest.approx(10.0, abs=0.05)  # up to float32 and RankMe's eps
+    unbounded = dg.collapse_report(z)
+    assert unbounded["collapsed"] and "2% of min(n, d) = 1000" in unbounded["reasons"][0]
+    bounded = dg.collapse_report(z, max_rank=128)
+    assert not bounded["collapsed"], bounded["reasons"]
+    assert bounded["max_rank"] == 128 and "max_rank" not in unbounded
+    # The bound lowers the floor, never below 1.5: rank-1 outputs are still flagged.
+    one_direction = matrix_with_singular_values([3.0], n=1000, d=2048, seed=9)
+    flagged = dg.collapse_report(one_direction, max_rank=128)
+    assert flagged["collapsed"] and "min(n, d, max_rank) = 128" in flagged["reasons"][-1]
+    for bad in (0, 2.5, True):
+        with pytest.raises(dg.ConfigError, match="max_rank"):
+            dg.collapse_report(z, max_rank=bad)
+
 @pytest.mark.parametrize("n, d", [(1000, 64), (600, 256), (500, 2)])
 def test_collapse_report_passes_isotropic_gaussian(n, d):
     z = np.random.default_rng(7).normal(size=(n, d))

@@ -8,6 +8,9 @@ A method is an ``nn.Module`` with
 - ``project_embedding(embedding) -> Tensor``: from ``embed``'s output to the space where the
   objective acts (the projection head), where collapse diagnostics are measured; the two are
   computed in one pass;
+- optionally ``projection_max_rank``: the most rank ``project_embedding``'s outputs can have by
+  construction, where it is below their width (DINO's logits, a linear map of a narrower
+  bottleneck), so that the effective-rank floor is 2 % of what is attainable;
 - optionally ``after_optimizer_step(step, total_steps)`` for momentum (EMA) updates;
 - optionally ``objective_distributions(images) -> {name: (B, K) tensor}``: distributions over K
   outputs that the objective compares (OBoW's, DINO's and MSN's targets, SwAV's predictions), whose

@@ -129,7 +129,7 @@ def running_statistics_are_young(method: torch.nn.Module) -> bool:
 
 
 def _snapshot_report(method, images, device, projected, batch_size) -> dict:
-    report = collapse_report(projected)
+    report = collapse_report(projected, max_rank=getattr(method, "projection_max_rank", None))
     if not hasattr(method, "objective_distributions"):
         return report
     parts: dict[str, list[torch.Tensor]] = {}
