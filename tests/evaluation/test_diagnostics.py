@@ -123,6 +123,7 @@ def test_the_rank_floor_is_taken_of_the_rank_an_embedding_can_have():
         with pytest.raises(dg.ConfigError, match="max_rank"):
             dg.collapse_report(z, max_rank=bad)
 
+
 @pytest.mark.parametrize("n, d", [(1000, 64), (600, 256), (500, 2)])
 def test_collapse_report_passes_isotropic_gaussian(n, d):
     z = np.random.default_rng(7).normal(size=(n, d))

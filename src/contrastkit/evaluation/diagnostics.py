@@ -178,7 +178,7 @@ def collapse_report(
     healthy). Thresholds are the module's constants, documented in the module docstring.
     ``max_samples`` bounds the rows used for uniformity (the O(n^2) term); the other measures use
     every row. ``max_rank``: the most rank ``z`` can have by construction, when below its width d
-    (the effective-rank floor is then 2 % of min(n, max_rank)).
+    (the effective-rank floor is then 2 % of min(n, d, max_rank)).
     """
     tensor = as_float_tensor(z, "z", min_rows=2)
     n, d = tensor.shape

@@ -25,7 +25,7 @@ from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.methods.dino import DINO, teacher_temperature
 from contrastkit.modalities.image.methods.parts import DataInfo
 from contrastkit.modalities.image.methods.swav import SwAV
-from contrastkit.modalities.image.training.callbacks import _snapshot_report
+from contrastkit.modalities.image.training.callbacks import objective_space_report
 from contrastkit.nn.distributed import GatheredObjective
 from contrastkit.objectives.dino import DINOLoss
 from contrastkit.objectives.swav import SwAVLoss
@@ -218,7 +218,6 @@ def test_dino_cosine_momentum_and_last_layer_rows_are_normalised():
     torch.testing.assert_close(head.last_layer(torch.nn.functional.normalize(x, dim=1)), direct)
 
 
-
 def test_dino_logits_rank_bound_is_their_rank_and_reaches_the_collapse_floor():
     # The logits are a linear map of the 16-wide unit bottleneck (--projection-dim 16 here): their rank,
     # computed from the matrix, is the bound the method declares, far below the 2048 outputs.
@@ -231,7 +230,7 @@ def test_dino_logits_rank_bound_is_their_rank_and_reaches_the_collapse_floor():
     # The fit-time snapshot passes the bound to the report, which takes its floor of min(n, d, bound).
     tiny = batch(40)["image"]
     projected = model.project_embedding(model.embed(tiny))
-    report = _snapshot_report(model, tiny, torch.device("cpu"), projected, 20)
+    report = objective_space_report(model, tiny, torch.device("cpu"), projected, batch_size=20)
     assert report["max_rank"] == 16
 
 

@@ -42,13 +42,13 @@ Collapse diagnostics look at the head's output (``project_embedding``) and at th
 the teacher's centred and sharpened softmax (``objective_distributions``; flagged when it carries no
 information about the image: measured 5e-8 nats without centring, 1.28 for DINO after 30 epochs on
 512 digits). The effective-rank floor of the logits is 2 % of the bottleneck's width
-(``projection_max_rank``), the most rank they can have, not of K: with K's, a CIFAR-10 run of the
-ranking protocol (25 epochs), within a point of LightlySSL's DINO in kNN (33.2 against 34.15 on seed
-0) and with targets of 1.26 nats, was flagged at RankMe 18.8 against a floor of 41. A 1-epoch run on
-digits (5 steps at batch 256) looks collapsed in eval mode only because BatchNorm's running
-statistics have not caught up (mean pairwise cosine of the head's outputs 0.99; 0.73 with the
-statistics recomputed over the data): while the running statistics are that young the verdict needs
-collapse with batch statistics too
+(``projection_max_rank``), the most rank they can have, not of K: with the floor taken of K, a
+CIFAR-10 run of the ranking protocol (25 epochs), within a point of LightlySSL's DINO in kNN (33.2
+against 34.15 on seed 0) and with targets of 1.26 nats, was flagged at RankMe 18.8 against a floor
+of 41. A 1-epoch run on digits (5 steps at batch 256) looks collapsed in eval mode only because
+BatchNorm's running statistics have not caught up (mean pairwise cosine of the head's outputs 0.99;
+0.73 with the statistics recomputed over the data): while the running statistics are that young the
+verdict needs collapse with batch statistics too
 (:func:`~contrastkit.modalities.image.training.callbacks.objective_space_report`).
 """
 
