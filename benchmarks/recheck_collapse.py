@@ -2,10 +2,10 @@
 
 Training does not depend on the collapse diagnostics, so a saved run's final weights give the verdict
 the current code would have written at the end of that run: this loads ``RUN/checkpoints/last.ckpt``,
-embeds and projects the run's data as ``fit``'s final snapshot does
-(:func:`~contrastkit.modalities.image.training.callbacks.objective_space_report`, every image of the
-set, eval mode) and prints the stored and the re-checked measures. A stored effective rank that the
-re-check does not reproduce means the weights or the data are not the run's.
+embeds and projects the rows of the run's data that ``fit`` evaluated (``rows.npy``) as its final
+snapshot does (:func:`~contrastkit.modalities.image.training.callbacks.objective_space_report`, eval
+mode) and prints the stored and the re-checked measures. A stored effective rank that the re-check does
+not reproduce means the weights or the data are not the run's.
 
 Used for the ranking protocol's DINO rows (docs/benchmarks.md), stored while the effective-rank floor of
 DINO's logits was 2 % of its 2048 outputs rather than of the 128-wide bottleneck they are a linear map of::
@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from contrastkit.modalities.image.sources.images import open_image_source
@@ -31,7 +32,8 @@ def recheck(run: Path) -> dict:
     """The stored and the re-checked collapse reports of the run folder ``run``."""
     stored = json.loads((run / "summary.json").read_text())
     method, config, _ = load_method(run / "checkpoints" / "last.ckpt")
-    images = torch.as_tensor(open_image_source(config.data).images)
+    # The rows fit evaluated, in its order (rows.npy): uniformity subsamples rows with a seed, so the order counts.
+    images = torch.as_tensor(open_image_source(config.data).images)[torch.from_numpy(np.load(run / "rows.npy"))]
     _, projected = embed_and_project(method, images, torch.device("cpu"))
     return {"stored": stored["collapse"], "now": objective_space_report(method, images, torch.device("cpu"), projected)}
 
