@@ -12,10 +12,12 @@ the epoch count); no test split is scored, so no figure here is a test accuracy.
 
 Training: CIFAR ResNet-18 at width 0.125, batch 256, the method's defaults otherwise (``contrastkit
 fit``'s SGD at the protocol's lr 0.12, one warm-up epoch then cosine), through ``training.run.fit`` (the code path of
-``contrastkit fit``) without the online probe. JEPA and MSN have their patch transformer and AdamW, as
-JEPA in ``bench_methods.py``. Rows: every image method of the registry, and the multi-crop methods
-with options: ``swav+local6`` and ``dino+local6`` are SwAV and DINO with six local crops (``extra:
-{swav: {local_crops: 6}}``; any ``NAME+localN`` of swav, dino, obow can be asked for with ``--methods``).
+``contrastkit fit``) without the online probe. JEPA, MSN and MAE have their patch transformer and AdamW, as
+JEPA in ``bench_methods.py``. gcl-local is trained as the paper does, from a gcl-global run of the same seed
+and settings (``--init``; ``FIRST_STAGE``), its speed columns those of the local stage. Rows: every image
+method of the registry, and the multi-crop methods with options: ``swav+local6`` and ``dino+local6`` are
+SwAV and DINO with six local crops (``extra: {swav: {local_crops: 6}}``; any ``NAME+localN`` of swav, dino,
+obow can be asked for with ``--methods``).
 
 LightlySSL rows run in ``$CONTRASTKIT_ANCHOR_ENV/bin/python`` (LightlySSL 1.6 with its own torch
 build: the table's header names the builds) on the same split, initial backbone weights, optimiser
@@ -99,7 +101,10 @@ LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg",
 # Rows that are a method with options: NAME+localN is NAME with extra {NAME: {local_crops: N}} (multi-crop).
 LOCAL_CROP_METHODS = ("swav", "dino", "obow")
 DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the methods' own rows (issue 21)
-TRANSFORMER_METHODS = ("jepa", "msn")  # their own patch transformer and AdamW, as bench_methods.py
+TRANSFORMER_METHODS = ("jepa", "msn", "mae")  # their own patch transformer and AdamW, as bench_methods.py
+# A two-stage method's row: its first stage trained first (same seed and settings), the row's run started from
+# that run's encoder (``--init``), as the paper trains it; its speed and time columns are the second stage's.
+FIRST_STAGE = {"gcl-local": "gcl-global"}
 BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels")
 DEFAULT_DIR = Path("runs") / "rank_image_methods"
 # Committed, unlike the run folders: each machine is fresh, and the full table takes several sessions.
@@ -138,6 +143,8 @@ def run_settings(library: str, method: str, args) -> dict:
         return settings
     settings |= {"epochs": args.epochs, "batch_size": args.batch_size, "memory_format": args.memory_format,
                  "threads": args.threads}
+    if method in FIRST_STAGE:
+        settings["first_stage"] = FIRST_STAGE[method]
     return settings | ({"fit": fit_options(method, args)} if library == "contrastkit"
                        else {"lightly_workers": args.lightly_workers})
 
@@ -213,12 +220,19 @@ def baseline_rows(seed: int, args) -> dict:
 
 
 def train_contrastkit(method: str, seed: int, args) -> dict:
+    from contrastkit.core.init_source import starting_from
     from contrastkit.modalities.image.config import FitConfig
     from contrastkit.modalities.image.training.run import fit
 
     out = Path(args.out_dir) / "runs" / f"contrastkit-{method}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    summary = fit(FitConfig(**fit_options(method, args), seed=seed, out=str(out)))
+    first_stage = None
+    if method in FIRST_STAGE:
+        first_stage = out.with_name(f"{out.name}-{FIRST_STAGE[method]}")
+        shutil.rmtree(first_stage, ignore_errors=True)
+        fit(FitConfig(**fit_options(FIRST_STAGE[method], args), seed=seed, out=str(first_stage)))
+    with starting_from(None if first_stage is None else str(first_stage)):
+        summary = fit(FitConfig(**fit_options(method, args), seed=seed, out=str(out)))
     images = summary["samples_per_second"] * summary["train_seconds"]
     return {key: summary[key] for key in ("knn_top1", "linear_top1", FEW_LABELS)} | {
         "images_per_s": images / summary["seconds"], "step_images_per_s": summary["samples_per_second"],

@@ -22,6 +22,8 @@ What runs, at 128 pixels, one ResNet-18 (``--width``) for every start:
 ``--reuse RESULTS.json`` takes the choice and every validation entry whose starting weights are the
 same (the same pretraining seed; scratch always) from an earlier run of the same settings instead of
 fine-tuning them again: fine-tuning is seeded, so they are the figures a rerun would give.
+``--starts`` runs some starts only (pretraining what they need: gcl-local its global run too), e.g.
+``--starts gcl-local`` after a change that touched only the local stage.
 
 Prints the choice table (development Dice) and the result table (validation Dice, mean ± std over
 seeds), and writes both to ``--out``/results.json. ``--split dev`` stops after the choice (no
@@ -46,13 +48,16 @@ IMAGE_SIZE = 128
 STARTS = ("scratch", "simclr", "gcl-global", "gcl-local")
 
 
-def pretrain(out: Path, width: float, epochs: int, seed: int = 0) -> dict[str, Path]:
+def pretrain(out: Path, width: float, epochs: int, seed: int = 0, starts: tuple[str, ...] = STARTS) -> dict[str, Path]:
     images = str(data_root() / KVASIR / "train" / "images")
     common = dict(data=images, image_size=IMAGE_SIZE, backbone="resnet18", width=width, epochs=epochs,
                   batch_size=32, optimizer="adamw", lr=1e-3, warmup_epochs=min(1, epochs), seed=seed,
                   no_report=True, no_baselines=True)
     suffix = "" if seed == 0 else f"-seed{seed}"
-    runs = {name: out / f"{name}{suffix}" for name in ("simclr", "gcl-global", "gcl-local")}
+    # gcl-local starts from the global run of its seed: that one is trained too
+    needed = [name for name in ("simclr", "gcl-global", "gcl-local")
+              if name in starts or (name == "gcl-global" and "gcl-local" in starts)]
+    runs = {name: out / f"{name}{suffix}" for name in needed}
     for name, run in runs.items():
         if (run / "summary.json").is_file():
             continue
@@ -77,11 +82,14 @@ def main() -> None:
     parser.add_argument("--pretrain-seed", type=int, default=None,
                         help="pretrain once with this seed for every fine-tuning seed (default: each seed its own)")
     parser.add_argument("--reuse", default=None, help="an earlier results.json of the same settings (see above)")
+    parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS),
+                        help="the starts to fine-tune and score (default: all); the others are not run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pretrain_seeds = {s: s if args.pretrain_seed is None else args.pretrain_seed for s in args.seeds}
-    runs = {p: pretrain(out, args.width, args.pretrain_epochs, p) for p in sorted({0, *pretrain_seeds.values()})}
+    starts = tuple(start for start in STARTS if start in args.starts)
+    runs = {p: pretrain(out, args.width, args.pretrain_epochs, p, starts) for p in sorted({0, *pretrain_seeds.values()})}
     train, val = read_kvasir("train", IMAGE_SIZE), read_kvasir("val", IMAGE_SIZE)
     earlier = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
 
@@ -98,7 +106,7 @@ def main() -> None:
         return entry if same_start else None
 
     choice: dict[str, dict[float, float]] = {}
-    for start in STARTS:
+    for start in starts:
         if earlier.get("choice", {}).get(start):
             choice[start] = {float(lr): d for lr, d in earlier["choice"][start].items()}
         else:
@@ -108,13 +116,13 @@ def main() -> None:
     print("\nChoice on the development carve (Dice x100, 38 masks of the other 320, seed 0)\n")
     print("| start | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " | chosen |")
     print("|---|" + "---|" * (len(args.lrs) + 1))
-    for start in STARTS:
+    for start in starts:
         print(f"| {start} | " + " | ".join(f"{100 * choice[start][lr]:.1f}" for lr in args.lrs)
               + f" | {chosen[start]:g} |")
     results = {"settings": vars(args), "choice": {s: {str(k): v for k, v in c.items()} for s, c in choice.items()},
                "chosen_lr": chosen, "validation": {}}
     if args.split == "val":
-        for start in STARTS:
+        for start in starts:
             for masks in args.budgets:
                 for seed in args.seeds:
                     result = reusable(start, masks, seed) or {
@@ -125,7 +133,7 @@ def main() -> None:
         print(f"\nValidation Dice x100 (120 images, mean ± std over seeds {args.seeds}; IoU in results.json)\n")
         print("| start | " + " | ".join(f"{m} masks" for m in args.budgets) + " |")
         print("|---|" + "---|" * len(args.budgets))
-        for start in STARTS:
+        for start in starts:
             cells = []
             for masks in args.budgets:
                 dice = [100 * results["validation"][f"{start}/{masks}/{s}"]["dice"] for s in args.seeds]

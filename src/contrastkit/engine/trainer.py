@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,12 +133,19 @@ def _train(method, data, settings, run_dir, resume, description, callbacks, modu
         if is_first_process():
             trim_after_step(run_dir / "metrics.csv", checkpoint["global_step"])
         del checkpoint
+    # Lightning keeps the modes it finds: a Hugging Face model loads in eval mode (no dropout), and a
+    # method keeps its frozen parts in eval through its own train() (gcl-local's encoder, whose BatchNorm
+    # statistics must not move; hybrid-distill's teacher). Applied here, it holds from the first step on,
+    # and a module still in eval mode is so on purpose: Lightning's warning about those is not shown.
+    method.train()
     started = time.perf_counter()
     try:
-        if isinstance(data, L.LightningDataModule):
-            trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
-        else:
-            trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            if isinstance(data, L.LightningDataModule):
+                trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
+            else:
+                trainer.fit(module, train_dataloaders=data, ckpt_path=resume_from, weights_only=not trust_checkpoint)
     finally:
         finish_trackers(trainer.loggers)
     seconds = time.perf_counter() - started

@@ -141,7 +141,6 @@ def train_two_tower(model: TwoTower, pairs: Pairs, input_a: TowerInput, input_b:
     if options.total_steps(len(pairs)) == 0:
         return None
     method = TwoTowerMethod(model, input_a, input_b, harmonizer, head_lr_scale=options.head_lr / options.lr)
-    method.train()  # Lightning keeps the modes it finds; Hugging Face models load in eval mode (no dropout)
     data = PairBatches(pairs, options.batch_size, options.seed)
     settings = options.settings(len(pairs))
     if out is not None:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -278,14 +277,10 @@ def fit_text(method: nn.Module, data: SentenceData | PairData, *, batch_size: in
     description = {"modality": "text", "settings": summary, "evaluation_before": evaluation.get("before")}
 
     inference_length = method.encoder.max_length
-    # Lightning leaves modules in the mode it finds them, and a Hugging Face model loads in eval mode
-    # (no dropout); the method's own train() keeps its frozen parts in eval (hybrid-distill's towers).
-    method.train()
     try:
         method.encoder.max_length = max_length or inference_length
-        with seeded(seed, device), _dropout(method, seed, grad_cache) as dropout, warnings.catch_warnings():
-            # Frozen towers (hybrid-distill's, DebCSE's scorer, a frozen Transformer) are in eval mode on purpose.
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # The engine sets the training mode (dropout on, the method's frozen towers in eval) before the first step.
+        with seeded(seed, device), _dropout(method, seed, grad_cache) as dropout:
             module = TextModule(method, settings, description, dropout)
             batches = SentenceBatches(data, batch_size, seed, with_context, getattr(method, "batches_by_domain", False))
             result = train(method, batches, settings, run_dir,

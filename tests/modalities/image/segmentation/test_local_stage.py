@@ -95,3 +95,25 @@ def test_decoder_and_model_refuse_what_does_not_fit():
     with pytest.raises(ConfigError, match="grid"):
         method = _local_stage(grid=5)
         method.training_loss({"image": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)})
+
+
+def test_a_local_stage_run_leaves_the_encoder_it_was_given_as_it_was(tmp_path):
+    """Through ``contrastkit fit`` (the engine): the local stage's backbone at the end, BatchNorm's running
+    statistics included, is the global run's it started from (``--init``), entry for entry. Lightning
+    keeps the modes it finds, so without the engine applying the stage's own train() the frozen
+    encoder's BatchNorm layers would normalise with batch statistics and move their running ones."""
+    from contrastkit.cli import main
+
+    common = ["--data", "digits", "--image-size", "64", "--limit", "48", "--batch-size", "16", "--epochs", "1",
+              "--warmup-epochs", "0", "--width", "0.125", "--backbone", "resnet18", "--no-report", "--no-baselines"]
+    assert main(["fit", "--method", "gcl-global", *common, "--max-steps", "1", "--out", str(tmp_path / "global")]) == 0
+    assert main(["fit", "--method", "gcl-local", *common, "--max-steps", "2", "--init", str(tmp_path / "global"),
+                 "--out", str(tmp_path / "local")]) == 0
+
+    def backbone(run):
+        state = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        return {k: v for k, v in state["state_dict"].items() if k.startswith("method.backbone.")}
+
+    given, after = backbone("global"), backbone("local")
+    assert given.keys() == after.keys() and any(k.endswith("running_mean") for k in given)
+    assert all(torch.equal(given[k], after[k]) for k in given)
