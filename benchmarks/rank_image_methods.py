@@ -12,8 +12,9 @@ the epoch count); no test split is scored, so no figure here is a test accuracy.
 
 Training: CIFAR ResNet-18 at width 0.125, batch 256, the method's defaults otherwise (``contrastkit
 fit``'s SGD at the protocol's lr 0.12, one warm-up epoch then cosine), through ``training.run.fit`` (the code path of
-``contrastkit fit``) without the online probe. JEPA, MSN and MAE have their patch transformer and AdamW, as
-JEPA in ``bench_methods.py``. gcl-local is trained as the paper does, from a gcl-global run of the same seed
+``contrastkit fit``) without the online probe. JEPA, MSN and MAE have their own ViT and AdamW (at fit's default
+rate), as JEPA in ``bench_methods.py``, the ViT as wide as makes its parameter count that of the CNN rows'
+backbone (``matched_vit_dim``: dim 60 at width 0.125). gcl-local is trained as the paper does, from a gcl-global run of the same seed
 and settings (``--init``; ``FIRST_STAGE``), its speed columns those of the local stage. Rows: every image
 method of the registry, and the multi-crop methods with options: ``swav+local6`` and ``dino+local6`` are
 SwAV and DINO with six local crops (``extra: {swav: {local_crops: 6}}``; any ``NAME+localN`` of swav, dino,
@@ -125,11 +126,29 @@ def row_method(row: str) -> tuple[str, dict]:
     return method, {method: {"local_crops": int(option[5:])}}
 
 
+def matched_vit_dim(args) -> int:
+    """The width of the masked-token methods' own ViT (depth 4, 3 heads, 4-pixel patches, as their defaults; a
+    multiple of 12) whose parameter count is closest to that of the CNN rows' backbone (``--backbone`` at ``--width``)
+    on CIFAR's 3 x 32 x 32 images, so that their rows rank an encoder of the same size. At width 0.125: dim 60,
+    178,980 parameters against the ResNet-18's 175,752 (the ViT that ``--width 0.125`` alone sizes has dim 12 and
+    8,148). A rule fixed before any run at this size."""
+    from contrastkit.modalities.image.encoders.vit import VisionTransformer
+    from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    cnn = count(build_backbone(args.backbone, DataInfo(3, 32, (0.5,) * 3, (0.5,) * 3, 1), args.width))
+    return min(range(12, 385, 12), key=lambda dim: abs(count(VisionTransformer(3, 32, dim, 4, 3, patch_size=4)) - cnn))
+
+
 def fit_options(row: str, args) -> dict:
     """The FitConfig of a contrastkit run, less its seed and output folder."""
     method, extra = row_method(row)
     model = ({"optimizer": "adamw"} if method in TRANSFORMER_METHODS
              else {"backbone": args.backbone, "lr": args.lr})
+    if method in TRANSFORMER_METHODS:
+        extra = {method: {"dim": matched_vit_dim(args)}}
     return dict(method=method, data=args.data, epochs=args.epochs, batch_size=args.batch_size, width=args.width,
                 holdout=HOLDOUT, split_seed=SPLIT_SEED, channels_last=args.memory_format == "channels-last",
                 probe_every=0, report=False,

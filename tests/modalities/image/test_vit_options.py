@@ -85,6 +85,11 @@ def test_a_masked_methods_own_vit_takes_the_options(tmp_path):
     fit(tmp_path / "mae", method="mae", pooling="cls", patch_size=4, positions="learned", width=0.25)
     method = load_method(tmp_path / "mae" / "checkpoints" / "last.ckpt")[0]
     assert method.backbone.architecture_options() == {"patch_size": 4, "pooling": "cls", "positions": "learned"}
+    # The summary names the ViT that --backbone auto built for MAE, its size read off the weights' shapes.
+    shapes = {k: v.shape for k, v in method.backbone.state_dict().items()}
+    depth = len({k.split(".")[2] for k in shapes if k.startswith("blocks.layers.")})
+    summary = json.loads((tmp_path / "mae" / "summary.json").read_text())
+    assert summary["backbone"] == f"vit (dim {shapes['patch_embed.weight'][0]}, depth {depth}, heads 3, patch 4)"
     extra = tmp_path / "extra.yaml"
     extra.write_text(yaml.safe_dump({"extra": {"mae": {"patch_size": 2}}}))
     with pytest.raises(ConfigError, match="disagree"):

@@ -34,6 +34,19 @@ def backbone_name(name: str, image_size: int) -> str:
     return "small-cnn" if image_size <= 16 else "resnet18"
 
 
+def built_backbone_name(method: nn.Module, name: str, image_size: int) -> str:
+    """What a run's summary calls the backbone ``method`` was built with: a ViT with its size (the masked-token
+    methods build one for ``--backbone auto``, which for the other methods is a CNN), else :func:`backbone_name`."""
+    from contrastkit.engine.init_weights import encoder_of
+
+    backbone = encoder_of(method)[1]  # MAE's backbone, JEPA's and MSN's (online) encoder
+    if name == "auto" and isinstance(backbone, VisionTransformer):
+        size = backbone.size_options()
+        return (f"vit (dim {size['dim']}, depth {size['depth']}, heads {size['heads']}, "
+                f"patch {backbone.patch_size})")
+    return backbone_name(name, image_size)
+
+
 # The ViT's architecture options of FitConfig (--patch-size, --pooling, --positions); None: the ViT's default.
 VIT_OPTIONS = ("patch_size", "pooling", "positions")
 

@@ -49,7 +49,7 @@ from contrastkit.evaluation.diagnostics import effective_rank
 from contrastkit.evaluation.protocol import evaluate_embeddings
 from contrastkit.nn.global_batchnorm import convert_to_global_batchnorm
 from contrastkit.modalities.image.methods import build_method, image_builder
-from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES, DataInfo, backbone_name
+from contrastkit.modalities.image.methods.parts import GLOBAL_BATCHNORM_RECIPES, DataInfo, built_backbone_name
 from contrastkit.objectives import OBJECTIVES
 from contrastkit.modalities.image.training.callbacks import (
     OnlineProbe,
@@ -106,7 +106,7 @@ def fit(config: FitConfig, *, trust_checkpoint: bool = False) -> dict:
         "objective": config.objective,
         "data": config.data,
         "out": str(run_dir),
-        "backbone": backbone_name(config.backbone, data.image_size),
+        "backbone": built_backbone_name(method, config.backbone, data.image_size),
         "epochs": config.epochs,
         "seconds": round(throughput.epoch_seconds, 2),  # training epochs' wall time, across resumes
         "samples_per_second": round(throughput.samples_per_second, 2),  # inside training steps
