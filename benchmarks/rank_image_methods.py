@@ -12,13 +12,13 @@ the epoch count); no test split is scored, so no figure here is a test accuracy.
 
 Training: CIFAR ResNet-18 at width 0.125, batch 256, the method's defaults otherwise (``contrastkit
 fit``'s SGD at the protocol's lr 0.12, one warm-up epoch then cosine), through ``training.run.fit`` (the code path of
-``contrastkit fit``) without the online probe. JEPA, MSN and MAE have their own ViT and AdamW (at fit's default
-rate), as JEPA in ``bench_methods.py``, the ViT as wide as makes its parameter count that of the CNN rows'
-backbone (``matched_vit_dim``: dim 60 at width 0.125). gcl-local is trained as the paper does, from a gcl-global run of the same seed
-and settings (``--init``; ``FIRST_STAGE``), its speed columns those of the local stage. Rows: every image
-method of the registry, and the multi-crop methods with options: ``swav+local6`` and ``dino+local6`` are
-SwAV and DINO with six local crops (``extra: {swav: {local_crops: 6}}``; any ``NAME+localN`` of swav, dino,
-obow can be asked for with ``--methods``).
+``contrastkit fit``) without the online probe. JEPA, MSN and MAE have their own ViT and AdamW (at fit's
+default rate), as JEPA in ``bench_methods.py``, the ViT as wide as makes its parameter count that of the
+CNN rows' backbone (``matched_vit_dim``: dim 60 at width 0.125). gcl-local is trained as the paper does,
+from a gcl-global run of the same seed and settings (``--init``; ``FIRST_STAGE``), its speed columns those
+of the local stage. Rows: every image method of the registry, and the multi-crop methods with options:
+``swav+local6`` and ``dino+local6`` are SwAV and DINO with six local crops (``extra: {swav: {local_crops:
+6}}``; any ``NAME+localN`` of swav, dino, obow can be asked for with ``--methods``).
 
 LightlySSL rows run in ``$CONTRASTKIT_ANCHOR_ENV/bin/python`` (LightlySSL 1.6 with its own torch
 build: the table's header names the builds) on the same split, initial backbone weights, optimiser
@@ -102,11 +102,12 @@ LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg",
 # Rows that are a method with options: NAME+localN is NAME with extra {NAME: {local_crops: N}} (multi-crop).
 LOCAL_CROP_METHODS = ("swav", "dino", "obow")
 DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the methods' own rows (issue 21)
-TRANSFORMER_METHODS = ("jepa", "msn", "mae")  # their own patch transformer and AdamW, as bench_methods.py
+TRANSFORMER_METHODS = ("jepa", "msn", "mae")  # their own ViT (matched_vit_dim) and AdamW, as bench_methods.py
 # A two-stage method's row: its first stage trained first (same seed and settings), the row's run started from
 # that run's encoder (``--init``), as the paper trains it; its speed and time columns are the second stage's.
 FIRST_STAGE = {"gcl-local": "gcl-global"}
-BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels")
+# The untrained ViT: the masked-token methods' encoder (matched_vit_dim) at its initial weights, their rows' baseline.
+BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels", "untrained ViT")
 DEFAULT_DIR = Path("runs") / "rank_image_methods"
 # Committed, unlike the run folders: each machine is fresh, and the full table takes several sessions.
 STORE = Path("benchmarks") / "results" / "rank_image_methods.jsonl"
@@ -159,7 +160,7 @@ def run_settings(library: str, method: str, args) -> dict:
     """What a stored run must match to be this run (its seed apart)."""
     settings = {"data": args.data, "holdout": HOLDOUT, "split_seed": SPLIT_SEED, "backbone": args.backbone, "width": args.width}
     if library == BASELINE:
-        return settings
+        return settings | ({"vit_dim": matched_vit_dim(args)} if method == "untrained ViT" else {})
     settings |= {"epochs": args.epochs, "batch_size": args.batch_size, "memory_format": args.memory_format,
                  "threads": args.threads}
     if method in FIRST_STAGE:
@@ -219,7 +220,8 @@ def scores(embeddings: np.ndarray, labels: np.ndarray, n_train: int) -> dict:
 
 
 def baseline_rows(seed: int, args) -> dict:
-    """fit's baselines: the untrained encoder (the SimCLR model at its initial weights) and raw pixels."""
+    """fit's baselines: the untrained encoder (the SimCLR model at its initial weights) and raw pixels; and the
+    untrained ViT of the masked-token rows (JEPA's model at its initial weights, its target encoder embedding)."""
     import lightning as L
 
     from contrastkit.modalities.image.config import FitConfig
@@ -234,8 +236,13 @@ def baseline_rows(seed: int, args) -> dict:
     method = build_method("simclr", config, run_data.info)
     images, labels = run_data.read(run_data.eval_rows), run_data.labels[run_data.eval_rows]
     untrained = embed_images(method, images, torch.device("cpu")).numpy()
+    vit_config = FitConfig(**fit_options("jepa", args), seed=seed)
+    L.seed_everything(seed, workers=True, verbose=False)
+    vit_method = build_method("jepa", vit_config, open_run_data(vit_config).info)
+    untrained_vit = embed_images(vit_method, images, torch.device("cpu")).numpy()
     return {"untrained encoder": scores(untrained, labels, run_data.eval_train),
-            "raw pixels": scores(raw_pixels(images, run_data.info), labels, run_data.eval_train)}
+            "raw pixels": scores(raw_pixels(images, run_data.info), labels, run_data.eval_train),
+            "untrained ViT": scores(untrained_vit, labels, run_data.eval_train)}
 
 
 def train_contrastkit(method: str, seed: int, args) -> dict:
