@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -133,13 +134,18 @@ def matched_vit_dim(args) -> int:
     on CIFAR's 3 x 32 x 32 images, so that their rows rank an encoder of the same size. At width 0.125: dim 60,
     178,980 parameters against the ResNet-18's 175,752 (the ViT that ``--width 0.125`` alone sizes has dim 12 and
     8,148). A rule fixed before any run at this size."""
+    return _matched_vit_dim(args.backbone, args.width)
+
+
+@functools.cache  # every stored run's settings name it: built once per (backbone, width), not per row
+def _matched_vit_dim(backbone: str, width: float) -> int:
     from contrastkit.modalities.image.encoders.vit import VisionTransformer
     from contrastkit.modalities.image.methods.parts import DataInfo, build_backbone
 
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 
-    cnn = count(build_backbone(args.backbone, DataInfo(3, 32, (0.5,) * 3, (0.5,) * 3, 1), args.width))
+    cnn = count(build_backbone(backbone, DataInfo(3, 32, (0.5,) * 3, (0.5,) * 3, 1), width))
     return min(range(12, 385, 12), key=lambda dim: abs(count(VisionTransformer(3, 32, dim, 4, 3, patch_size=4)) - cnn))
 
 
@@ -236,9 +242,9 @@ def baseline_rows(seed: int, args) -> dict:
     method = build_method("simclr", config, run_data.info)
     images, labels = run_data.read(run_data.eval_rows), run_data.labels[run_data.eval_rows]
     untrained = embed_images(method, images, torch.device("cpu")).numpy()
-    vit_config = FitConfig(**fit_options("jepa", args), seed=seed)
+    # The same data and split as SimCLR's config, so its DataInfo; opening the data draws no random number.
     L.seed_everything(seed, workers=True, verbose=False)
-    vit_method = build_method("jepa", vit_config, open_run_data(vit_config).info)
+    vit_method = build_method("jepa", FitConfig(**fit_options("jepa", args), seed=seed), run_data.info)
     untrained_vit = embed_images(vit_method, images, torch.device("cpu")).numpy()
     return {"untrained encoder": scores(untrained, labels, run_data.eval_train),
             "raw pixels": scores(raw_pixels(images, run_data.info), labels, run_data.eval_train),
