@@ -242,11 +242,12 @@ def make_backbone(seed: int, width: float):
     return resnet18(3, 32, width=width)
 
 
-def optimizer_and_schedule(model, steps_per_epoch: int, epochs: int, lr: float = 0.06):
-    """contrastkit fit's SGD (lr for a batch of 256, the batches here), one warm-up epoch, cosine."""
+def optimizer_and_schedule(model, steps_per_epoch: int, epochs: int, lr: float = 0.06, optimizer: str = "sgd"):
+    """contrastkit fit's optimiser (SGD by default, lr for a batch of 256, the batches here; weight decay 5e-4
+    on weights of dimension > 1), one warm-up epoch, cosine."""
     from contrastkit.engine.optim import build_optimizer, warmup_cosine
 
-    optimizer = build_optimizer("sgd", model, lr, 5e-4, 0.9)
+    optimizer = build_optimizer(optimizer, model, lr, 5e-4, 0.9)
     total, warmup = steps_per_epoch * epochs, steps_per_epoch * min(1, epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -31,8 +31,10 @@ vectors; BYOL's loss is scaled by 4 (image_side_by_side.py); MMCR is ``MMCRLoss(
 normalised online projections as both arguments (the paper's CIFAR recipe, contrastkit's: no
 momentum network; LightlySSL's example has one and does not normalise); DINO's MLP has contrastkit's two
 layers (LightlySSL's ``DINOProjectionHead`` three), its last layer LightlySSL's; SwaV's prototypes are
-LightlySSL's (a Linear with a bias). LightlySSL has no DirectPred or OBoW; its MSN (a ViT) is not built here;
-its I-JEPA (a ViT) and VICRegL (local crops with grids) are not built here: contrastkit rows only.
+LightlySSL's (a Linear with a bias); MSN trains LightlySSL's own ViT (``lightly_vit``: torchvision's, with a
+[CLS] token and learned positions) at the size of contrastkit's, with fit's AdamW, and its prototypes are trained
+(``lightly_msn_parts``: LightlySSL's example leaves them at their initial values). LightlySSL has no DirectPred
+or OBoW; its I-JEPA and MAE (ViTs) and VICRegL (local crops with grids) are not built here: contrastkit rows only.
 contrastkit's methods pass views as the method's docstring says: one pass per view for SimSiam,
 Barlow Twins, VICReg and TiCo; one pass over both views for SimCLR, MoCo, BYOL and NNCLR, over all k
 views for MMCR (the paper's code); one per crop size for SwAV, DINO and OBoW. So BatchNorm's batch
@@ -89,6 +91,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contrastkit.modalities.image.config import DEFAULT_LR
 from image_side_by_side import PeakMemory, make_backbone, optimizer_and_schedule, timer_callback, trainer, vars_of
 
 EPOCHS = 25  # fixed by the second pilot (lr 0.12): raw pixels + 5 from epoch 11 on (module docstring)
@@ -99,7 +102,7 @@ HOLDOUT = 0.2  # contrastkit fit's default
 SPLIT_SEED = 0
 FEW_LABELS = "linear_top1_10_per_class"
 LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "tico", "mmcr", "nnclr", "swav",
-                   "swav+local6", "dino", "dino+local6")
+                   "swav+local6", "dino", "dino+local6", "msn")
 # Rows that are a method with options: NAME+localN is NAME with extra {NAME: {local_crops: N}} (multi-crop).
 LOCAL_CROP_METHODS = ("swav", "dino", "obow")
 DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the methods' own rows (issue 21)
@@ -107,6 +110,8 @@ TRANSFORMER_METHODS = ("jepa", "msn", "mae")  # their own ViT (matched_vit_dim) 
 # A two-stage method's row: its first stage trained first (same seed and settings), the row's run started from
 # that run's encoder (``--init``), as the paper trains it; its speed and time columns are the second stage's.
 FIRST_STAGE = {"gcl-local": "gcl-global"}
+# LightlySSL rows embedded by their EMA target encoder, as contrastkit's method embeds (MSN: the paper's).
+EVALUATES_TARGET = ("msn",)
 # The untrained ViT: the masked-token methods' encoder (matched_vit_dim) at its initial weights, their rows' baseline.
 BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels", "untrained ViT")
 DEFAULT_DIR = Path("runs") / "rank_image_methods"
@@ -171,8 +176,11 @@ def run_settings(library: str, method: str, args) -> dict:
                  "threads": args.threads}
     if method in FIRST_STAGE:
         settings["first_stage"] = FIRST_STAGE[method]
-    return settings | ({"fit": fit_options(method, args)} if library == "contrastkit"
-                       else {"lightly_workers": args.lightly_workers})
+    if library == "contrastkit":
+        return settings | {"fit": fit_options(method, args)}
+    return settings | {"lightly_workers": args.lightly_workers} | (
+        {"vit_dim": matched_vit_dim(args), "optimizer": "adamw", "lr": DEFAULT_LR["adamw"]}
+        if method in TRANSFORMER_METHODS else {})
 
 
 def row_key(library: str, method: str, seed: int, settings: dict) -> str:
@@ -311,7 +319,10 @@ def train_lightly(method: str, seed: int, args) -> dict:
     split = torch.load(folder / "split.pt", weights_only=False)
     n_train, fmt = split["n_train"], torch.channels_last if args.memory_format == "channels-last" else None
     steps_per_epoch = n_train // args.batch_size
-    backbone = make_backbone(seed, args.width)
+    # The masked-token rows: LightlySSL's ViT at the contrastkit rows' size, and their optimiser (fit's AdamW).
+    transformer = method in TRANSFORMER_METHODS
+    backbone = lightly_vit(seed, matched_vit_dim(args)) if transformer else make_backbone(seed, args.width)
+    optimizer, lr = ("adamw", DEFAULT_LR["adamw"]) if transformer else ("sgd", args.lr)
     parts, loss, transform = lightly_parts(method, backbone, steps_per_epoch * args.epochs, n_train,
                                            {"mean": split["mean"], "std": split["std"]})
 
@@ -331,7 +342,7 @@ def train_lightly(method: str, seed: int, args) -> dict:
             return value
 
         def configure_optimizers(self):
-            return optimizer_and_schedule(self, steps_per_epoch, args.epochs, args.lr)
+            return optimizer_and_schedule(self, steps_per_epoch, args.epochs, lr, optimizer)
 
     module = LightlyRun().to(memory_format=fmt) if fmt else LightlyRun()
     module.batch_images = lambda batch: len(batch[1])
@@ -342,12 +353,30 @@ def train_lightly(method: str, seed: int, args) -> dict:
     torch.manual_seed(seed)
     trainer(args.epochs, [timer]).fit(module, train_dataloaders=loader)
     timing, view, images = vars_of(timer), EvalView(split["mean"], split["std"]), split["images"]
-    backbone.eval()
+    encoder = module.target_backbone if method in EVALUATES_TARGET else backbone  # as contrastkit's method embeds
+    encoder.eval()
     with torch.inference_mode():
-        embeddings = torch.cat([backbone(view(images[i : i + 512])) for i in range(0, len(images), 512)]).numpy()
+        embeddings = torch.cat([encoder(view(images[i : i + 512])) for i in range(0, len(images), 512)]).numpy()
     return scores(embeddings, split["labels"], n_train) | {
         "images_per_s": timing["images"] / timing["epoch_seconds"],
         "step_images_per_s": timing["images"] / timing["step_seconds"], "train_seconds": timing["epoch_seconds"]}
+
+
+def lightly_vit(seed: int, dim: int):
+    """LightlySSL's masked ViT (``MaskedVisionTransformerTorchvision`` over torchvision's ``VisionTransformer``, as
+    its MSN example builds it) at the contrastkit rows' size: 32-pixel images, 4-pixel patches, depth 4, 3 heads,
+    width ``dim``, MLP 4 x ``dim``. Its own architecture otherwise: a [CLS] token (the embedding) and learned
+    positions, where contrastkit's ViT takes the mean of its tokens and fixed sine-cosine positions."""
+    import torchvision
+    from lightly.models.modules import MaskedVisionTransformerTorchvision
+
+    torch.manual_seed(seed)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=4, num_heads=3, hidden_dim=dim,
+                                               mlp_dim=4 * dim)
+    vit.heads = torch.nn.Identity()  # its ImageNet classifier (61,000 weights at dim 60): unused, as in the example
+    backbone = MaskedVisionTransformerTorchvision(vit=vit)
+    backbone.output_dim = dim
+    return backbone
 
 
 def lightly_parts(row: str, backbone, total_steps: int, n_train: int, normalize: dict):
@@ -446,7 +475,50 @@ def lightly_parts(row: str, backbone, total_steps: int, n_train: int, normalize:
                                     cj_sat=0.8, cj_hue=0.2, gaussian_blur=0.0, normalize=normalize))
     if method in ("swav", "dino"):
         return lightly_multicrop_parts(method, local_crops, backbone, out, normalize, frozen)
+    if method == "msn":
+        return lightly_msn_parts(backbone, out, total_steps, normalize, frozen, follow)
     raise ValueError(f"no LightlySSL run for {row!r}; there is one for: {', '.join(LIGHTLY_METHODS)}")
+
+
+def lightly_msn_parts(backbone, out: int, total_steps: int, normalize: dict, frozen, follow):
+    """LightlySSL's MSN as its example trains it, at contrastkit's sizes and settings (``methods/msn.py``):
+    ``MSNProjectionHead`` (dim -> 4 dim -> 4 dim -> 128), 1,024 prototypes, ``MSNLoss()`` (tau 0.1, sharpening
+    0.25, ME-MAX weight 1, 3 Sinkhorn iterations: contrastkit's defaults), the anchor view with 15 % of its patch
+    tokens dropped (``random_token_mask`` over the sequence with its [CLS] token, which is kept: 54 of 64 patches,
+    as contrastkit keeps), the target view whole through an EMA copy whose rate rises linearly from 0.99 to 1
+    (contrastkit's; the example: 0.996 constant). ``MSNTransform`` at 32 pixels with two random views, no focal
+    views, crops of area (0.3, 1), contrastkit's colour jitter and no blur. Two departures from the example, both
+    to train what the paper trains: its prototypes are given to the loss as ``prototypes.data``, so that no
+    gradient reaches them and they stay at their initial values, where here they are trained (as the paper's and
+    contrastkit's); and its mask is drawn over the number of patches, one fewer than the sequence with the [CLS]
+    token, so that the last patch is never kept, where here it is drawn over the whole sequence."""
+    from lightly import loss as losses
+    from lightly.models import utils
+    from lightly.models.modules import heads
+    from lightly.transforms import MSNTransform
+    from torch import nn
+
+    from contrastkit.modalities.image.methods import msn
+
+    dim = backbone.output_dim
+    head = heads.MSNProjectionHead(dim, 4 * dim, out)
+    prototypes = nn.Linear(out, msn.DEFAULTS["prototypes"], bias=False).weight  # as the example: (K, out)
+    parts = {"head": head, "target_backbone": frozen(backbone), "target_head": frozen(head), "prototypes": prototypes}
+    criterion = losses.MSNLoss()
+
+    def msn_loss(m, views, step):
+        follow(m, msn.DEFAULTS["momentum"] + (1.0 - msn.DEFAULTS["momentum"]) * min(1.0, step / total_steps))
+        target_view, anchor_view = views
+        with torch.no_grad():
+            targets = m.target_head(m.target_backbone(images=target_view))
+        keep, _ = utils.random_token_mask(size=(len(anchor_view), m.backbone.sequence_length),
+                                          mask_ratio=msn.DEFAULTS["mask_ratio"], device=anchor_view.device)
+        anchors = m.head(m.backbone(images=anchor_view, idx_keep=keep))
+        return criterion(anchors, targets, m.prototypes)
+
+    transform = MSNTransform(random_size=32, random_views=2, focal_views=0, random_crop_scale=(msn.CROP_SCALE_LOW, 1.0),
+                             cj_strength=0.5, gaussian_blur=0.0, normalize=normalize)
+    return parts, msn_loss, transform
 
 
 def lightly_multicrop_parts(method: str, local_crops: int, backbone, out: int, normalize: dict, frozen):
