@@ -33,8 +33,10 @@ momentum network; LightlySSL's example has one and does not normalise); DINO's M
 layers (LightlySSL's ``DINOProjectionHead`` three), its last layer LightlySSL's; SwaV's prototypes are
 LightlySSL's (a Linear with a bias); MSN trains LightlySSL's own ViT (``lightly_vit``: torchvision's, with a
 [CLS] token and learned positions) at the size of contrastkit's, with fit's AdamW, and its prototypes are trained
-(``lightly_msn_parts``: LightlySSL's example leaves them at their initial values). LightlySSL has no DirectPred
-or OBoW; its I-JEPA and MAE (ViTs) and VICRegL (local crops with grids) are not built here: contrastkit rows only.
+(``lightly_msn_parts``: LightlySSL's example leaves them at their initial values). VICRegL's views are built from
+LightlySSL's grid crop and view transforms, its ``VICRegLTransform`` having one colour recipe for both views
+(``lightly_vicregl_parts``). LightlySSL has no DirectPred or OBoW; its I-JEPA and MAE (ViTs) are not built here:
+contrastkit rows only.
 contrastkit's methods pass views as the method's docstring says: one pass per view for SimSiam,
 Barlow Twins, VICReg and TiCo; one pass over both views for SimCLR, MoCo, BYOL and NNCLR, over all k
 views for MMCR (the paper's code); one per crop size for SwAV, DINO and OBoW. So BatchNorm's batch
@@ -102,7 +104,7 @@ HOLDOUT = 0.2  # contrastkit fit's default
 SPLIT_SEED = 0
 FEW_LABELS = "linear_top1_10_per_class"
 LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "tico", "mmcr", "nnclr", "swav",
-                   "swav+local6", "dino", "dino+local6", "msn")
+                   "swav+local6", "dino", "dino+local6", "msn", "vicregl")
 # Rows that are a method with options: NAME+localN is NAME with extra {NAME: {local_crops: N}} (multi-crop).
 LOCAL_CROP_METHODS = ("swav", "dino", "obow")
 DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the methods' own rows (issue 21)
@@ -477,7 +479,51 @@ def lightly_parts(row: str, backbone, total_steps: int, n_train: int, normalize:
         return lightly_multicrop_parts(method, local_crops, backbone, out, normalize, frozen)
     if method == "msn":
         return lightly_msn_parts(backbone, out, total_steps, normalize, frozen, follow)
+    if method == "vicregl":
+        return lightly_vicregl_parts(backbone, out, normalize, two_layers(4 * dim))
     raise ValueError(f"no LightlySSL run for {row!r}; there is one for: {', '.join(LIGHTLY_METHODS)}")
+
+
+def lightly_vicregl_parts(backbone, out: int, normalize: dict, head):
+    """LightlySSL's VICRegL as its example trains it (one backbone pass per view; the global branch on the pooled
+    last feature map, the local one on each cell of it; ``VICRegLLoss()`` over both views' (global, local)
+    features and grids), at contrastkit's sizes and settings (``methods/vicregl.py``): the global head is
+    contrastkit's expander (``head``: dim -> 4 dim -> 128, VICReg's row here; LightlySSL's example takes its
+    three-layer Barlow Twins head), the local one ``VicRegLLocalProjectionHead`` (dim -> dim -> 128, contrastkit's
+    widths), the loss at its defaults (contrastkit's weights 25 / 25 / 1, alpha 0.75, matches (20, 4); its
+    matching is LightlySSL's own, which keeps 20 / 4 pairs in feature space too and sorts them by distance:
+    the catalogue table above). Views: two global 32-pixel crops of area (0.08, 1) with their 4 x 4 grids (the
+    map's size), no local crops (contrastkit builds none), BYOL's asymmetric colour ops at 32 pixels as
+    contrastkit's ``LocatedViews`` (jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2, no blur, solarisation
+    0 / 0.2), built from LightlySSL's ``RandomResizedCropAndFlip`` and ``VICRegLViewTransform``:
+    ``VICRegLTransform`` gives every global view the same blur and solarisation."""
+    from lightly import loss as losses
+    from lightly.models.modules import heads
+    from lightly.transforms.image_grid_transform import ImageGridTransform
+    from lightly.transforms.random_crop_and_flip_with_grid import RandomResizedCropAndFlip
+    from lightly.transforms.vicregl_transform import VICRegLViewTransform
+
+    from contrastkit.modalities.image.views.image import defaults_for
+
+    dim = backbone.output_dim
+    parts = {"head": head, "local_head": heads.VicRegLLocalProjectionHead(dim, dim, out)}
+    criterion = losses.VICRegLLoss()
+
+    def vicregl_loss(m, views, step):
+        view_a, view_b, grid_a, grid_b = views
+        features = []
+        for view in (view_a, view_b):  # one pass per view, as both libraries' VICRegL
+            maps = m.backbone.feature_map(view)  # (B, dim, 4, 4)
+            features.append((m.head(maps.mean(dim=(2, 3))), m.local_head(maps.permute(0, 2, 3, 1))))
+        return criterion(global_view_features=features, global_view_grids=[grid_a, grid_b])
+
+    low, high = defaults_for(32)["crop_scale"]
+    crop = RandomResizedCropAndFlip(crop_size=32, crop_min_scale=low, crop_max_scale=high, hf_prob=0.5, vf_prob=0.0,
+                                    grid_size=4)
+    transform = ImageGridTransform([(crop, VICRegLViewTransform(
+        gaussian_blur_prob=0.0, solarize_prob=solarize, cj_prob=0.8, cj_strength=0.5, cj_bright=0.8, cj_contrast=0.8,
+        cj_sat=0.4, cj_hue=0.2, random_gray_scale=0.2, normalize=normalize)) for solarize in (0.0, 0.2)])
+    return parts, vicregl_loss, transform
 
 
 def lightly_msn_parts(backbone, out: int, total_steps: int, normalize: dict, frozen, follow):
