@@ -35,7 +35,7 @@ LightlySSL's (a Linear with a bias); MSN trains LightlySSL's own ViT (``lightly_
 [CLS] token and learned positions) at the size of contrastkit's, with fit's AdamW, and its prototypes are trained
 (``lightly_msn_parts``: LightlySSL's example leaves them at their initial values). VICRegL's views are built from
 LightlySSL's grid crop and view transforms, its ``VICRegLTransform`` having one colour recipe for both views
-(``lightly_vicregl_parts``). LightlySSL has no DirectPred or OBoW; its I-JEPA and MAE (ViTs) are not built here:
+(``lightly_vicregl_parts``). LightlySSL has no DirectPred or OBoW; its I-JEPA, MAE and SparK are not built here:
 contrastkit rows only.
 contrastkit's methods pass views as the method's docstring says: one pass per view for SimSiam,
 Barlow Twins, VICReg and TiCo; one pass over both views for SimCLR, MoCo, BYOL and NNCLR, over all k
@@ -492,7 +492,7 @@ def lightly_vicregl_parts(backbone, out: int, normalize: dict, head):
     three-layer Barlow Twins head), the local one ``VicRegLLocalProjectionHead`` (dim -> dim -> 128, contrastkit's
     widths), the loss at its defaults (contrastkit's weights 25 / 25 / 1, alpha 0.75, matches (20, 4); its
     matching is LightlySSL's own, which keeps 20 / 4 pairs in feature space too and sorts them by distance:
-    the catalogue table above). Views: two global 32-pixel crops of area (0.08, 1) with their 4 x 4 grids (the
+    docs/benchmarks.md's table of the catalogue against LightlySSL's losses). Views: two global 32-pixel crops of area (0.08, 1) with their 4 x 4 grids (the
     map's size), no local crops (contrastkit builds none), BYOL's asymmetric colour ops at 32 pixels as
     contrastkit's ``LocatedViews`` (jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2, no blur, solarisation
     0 / 0.2), built from LightlySSL's ``RandomResizedCropAndFlip`` and ``VICRegLViewTransform``:
