@@ -180,9 +180,15 @@ def run_settings(library: str, method: str, args) -> dict:
         settings["first_stage"] = FIRST_STAGE[method]
     if library == "contrastkit":
         return settings | {"fit": fit_options(method, args)}
+    optimizer, lr = lightly_optimizer(method, args)
     return settings | {"lightly_workers": args.lightly_workers} | (
-        {"vit_dim": matched_vit_dim(args), "optimizer": "adamw", "lr": DEFAULT_LR["adamw"]}
-        if method in TRANSFORMER_METHODS else {})
+        {"vit_dim": matched_vit_dim(args), "optimizer": optimizer, "lr": lr} if method in TRANSFORMER_METHODS else {})
+
+
+def lightly_optimizer(method: str, args) -> tuple[str, float]:
+    """(optimiser, base rate) of a LightlySSL row: the masked-token rows' fit AdamW at its default rate, as their
+    contrastkit rows; the protocol's SGD otherwise."""
+    return ("adamw", DEFAULT_LR["adamw"]) if method in TRANSFORMER_METHODS else ("sgd", args.lr)
 
 
 def row_key(library: str, method: str, seed: int, settings: dict) -> str:
@@ -322,9 +328,9 @@ def train_lightly(method: str, seed: int, args) -> dict:
     n_train, fmt = split["n_train"], torch.channels_last if args.memory_format == "channels-last" else None
     steps_per_epoch = n_train // args.batch_size
     # The masked-token rows: LightlySSL's ViT at the contrastkit rows' size, and their optimiser (fit's AdamW).
-    transformer = method in TRANSFORMER_METHODS
-    backbone = lightly_vit(seed, matched_vit_dim(args)) if transformer else make_backbone(seed, args.width)
-    optimizer, lr = ("adamw", DEFAULT_LR["adamw"]) if transformer else ("sgd", args.lr)
+    backbone = (lightly_vit(seed, matched_vit_dim(args)) if method in TRANSFORMER_METHODS
+                else make_backbone(seed, args.width))
+    optimizer, lr = lightly_optimizer(method, args)
     parts, loss, transform = lightly_parts(method, backbone, steps_per_epoch * args.epochs, n_train,
                                            {"mean": split["mean"], "std": split["std"]})
 
@@ -492,8 +498,8 @@ def lightly_vicregl_parts(backbone, out: int, normalize: dict, head):
     three-layer Barlow Twins head), the local one ``VicRegLLocalProjectionHead`` (dim -> dim -> 128, contrastkit's
     widths), the loss at its defaults (contrastkit's weights 25 / 25 / 1, alpha 0.75, matches (20, 4); its
     matching is LightlySSL's own, which keeps 20 / 4 pairs in feature space too and sorts them by distance:
-    docs/benchmarks.md's table of the catalogue against LightlySSL's losses). Views: two global 32-pixel crops of area (0.08, 1) with their 4 x 4 grids (the
-    map's size), no local crops (contrastkit builds none), BYOL's asymmetric colour ops at 32 pixels as
+    docs/benchmarks.md's table of the catalogue against LightlySSL's losses). Views: two global 32-pixel crops
+    of area (0.08, 1) with their 4 x 4 grids (the map's size), no local crops (contrastkit builds none), BYOL's asymmetric colour ops at 32 pixels as
     contrastkit's ``LocatedViews`` (jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2, no blur, solarisation
     0 / 0.2), built from LightlySSL's ``RandomResizedCropAndFlip`` and ``VICRegLViewTransform``:
     ``VICRegLTransform`` gives every global view the same blur and solarisation."""
@@ -545,6 +551,7 @@ def lightly_msn_parts(backbone, out: int, total_steps: int, normalize: dict, fro
     from torch import nn
 
     from contrastkit.modalities.image.methods import msn
+    from contrastkit.nn.momentum import linear_momentum
 
     dim = backbone.output_dim
     head = heads.MSNProjectionHead(dim, 4 * dim, out)
@@ -553,7 +560,7 @@ def lightly_msn_parts(backbone, out: int, total_steps: int, normalize: dict, fro
     criterion = losses.MSNLoss()
 
     def msn_loss(m, views, step):
-        follow(m, msn.DEFAULTS["momentum"] + (1.0 - msn.DEFAULTS["momentum"]) * min(1.0, step / total_steps))
+        follow(m, linear_momentum(step, total_steps, msn.DEFAULTS["momentum"]))
         target_view, anchor_view = views
         with torch.no_grad():
             targets = m.target_head(m.target_backbone(images=target_view))
