@@ -35,8 +35,11 @@ LightlySSL's (a Linear with a bias); MSN trains LightlySSL's own ViT (``lightly_
 [CLS] token and learned positions) at the size of contrastkit's, with fit's AdamW, and its prototypes are trained
 (``lightly_msn_parts``: LightlySSL's example leaves them at their initial values). VICRegL's views are built from
 LightlySSL's grid crop and view transforms, its ``VICRegLTransform`` having one colour recipe for both views
-(``lightly_vicregl_parts``). LightlySSL has no DirectPred or OBoW; its I-JEPA, MAE and SparK are not built here:
-contrastkit rows only.
+(``lightly_vicregl_parts``). MAE and I-JEPA train LightlySSL's ViTs at that size too (``lightly_vit``), MAE with
+its torchvision ``MAEDecoder`` and each target patch normalised (``norm_pix_loss``, contrastkit's default; LightlySSL's
+example regresses raw pixels: ``lightly_mae_parts``), I-JEPA with its ``IJEPAPredictor`` and mask collator, whose
+indices its ``IJEPABackbone`` reads one token off (kept: ``lightly_ijepa_parts``). LightlySSL has no DirectPred, OBoW
+or SparK: contrastkit rows only.
 contrastkit's methods pass views as the method's docstring says: one pass per view for SimSiam,
 Barlow Twins, VICReg and TiCo; one pass over both views for SimCLR, MoCo, BYOL and NNCLR, over all k
 views for MMCR (the paper's code); one per crop size for SwAV, DINO and OBoW. So BatchNorm's batch
@@ -104,7 +107,7 @@ HOLDOUT = 0.2  # contrastkit fit's default
 SPLIT_SEED = 0
 FEW_LABELS = "linear_top1_10_per_class"
 LIGHTLY_METHODS = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "tico", "mmcr", "nnclr", "swav",
-                   "swav+local6", "dino", "dino+local6", "msn", "vicregl")
+                   "swav+local6", "dino", "dino+local6", "msn", "vicregl", "mae", "jepa")
 # Rows that are a method with options: NAME+localN is NAME with extra {NAME: {local_crops: N}} (multi-crop).
 LOCAL_CROP_METHODS = ("swav", "dino", "obow")
 DEFAULT_VARIANTS = ("swav+local6", "dino+local6")  # in the table beside the methods' own rows (issue 21)
@@ -112,8 +115,8 @@ TRANSFORMER_METHODS = ("jepa", "msn", "mae")  # their own ViT (matched_vit_dim) 
 # A two-stage method's row: its first stage trained first (same seed and settings), the row's run started from
 # that run's encoder (``--init``), as the paper trains it; its speed and time columns are the second stage's.
 FIRST_STAGE = {"gcl-local": "gcl-global"}
-# LightlySSL rows embedded by their EMA target encoder, as contrastkit's method embeds (MSN: the paper's).
-EVALUATES_TARGET = ("msn",)
+# LightlySSL rows embedded by their EMA target encoder, as contrastkit's method embeds (MSN, I-JEPA: the papers').
+EVALUATES_TARGET = ("msn", "jepa")
 # The untrained ViT: the masked-token methods' encoder (matched_vit_dim) at its initial weights, their rows' baseline.
 BASELINE, BASELINE_ROWS = "baseline", ("untrained encoder", "raw pixels", "untrained ViT")
 DEFAULT_DIR = Path("runs") / "rank_image_methods"
@@ -328,11 +331,12 @@ def train_lightly(method: str, seed: int, args) -> dict:
     n_train, fmt = split["n_train"], torch.channels_last if args.memory_format == "channels-last" else None
     steps_per_epoch = n_train // args.batch_size
     # The masked-token rows: LightlySSL's ViT at the contrastkit rows' size, and their optimiser (fit's AdamW).
-    backbone = (lightly_vit(seed, matched_vit_dim(args)) if method in TRANSFORMER_METHODS
+    backbone = (lightly_vit(seed, matched_vit_dim(args), method) if method in TRANSFORMER_METHODS
                 else make_backbone(seed, args.width))
     optimizer, lr = lightly_optimizer(method, args)
     parts, loss, transform = lightly_parts(method, backbone, steps_per_epoch * args.epochs, n_train,
                                            {"mean": split["mean"], "std": split["std"]})
+    collate = parts.pop("collate_fn", None)  # I-JEPA's masks are drawn in the DataLoader, as its example draws them
 
     class LightlyRun(L.LightningModule):
         """A LightlySSL method as its examples write one: backbone, heads, the loss in training_step."""
@@ -344,7 +348,7 @@ def train_lightly(method: str, seed: int, args) -> dict:
                 setattr(self, name, part)
 
         def training_step(self, batch, batch_idx):
-            views = [v.contiguous(memory_format=fmt) if fmt else v for v in batch[0]]
+            views = [v.contiguous(memory_format=fmt) if fmt and torch.is_tensor(v) else v for v in batch[0]]
             value = loss(self, views, self.global_step)
             self.log("train_loss_ssl", value)
             return value
@@ -356,33 +360,38 @@ def train_lightly(method: str, seed: int, args) -> dict:
     module.batch_images = lambda batch: len(batch[1])
     loader = torch.utils.data.DataLoader(LightlyDataset(str(folder / "train-jpeg"), transform=transform),
                                          batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.lightly_workers)  # as LightlySSL's examples
+                                         num_workers=args.lightly_workers, collate_fn=collate)  # as its examples
     timer = timer_callback()
     torch.manual_seed(seed)
     trainer(args.epochs, [timer]).fit(module, train_dataloaders=loader)
     timing, view, images = vars_of(timer), EvalView(split["mean"], split["std"]), split["images"]
     encoder = module.target_backbone if method in EVALUATES_TARGET else backbone  # as contrastkit's method embeds
     encoder.eval()
+    # IJEPABackbone returns every token: the mean of its patch tokens, as the paper and contrastkit's JEPA embed.
+    embed = (lambda x: encoder(x)[:, 1:].mean(dim=1)) if method == "jepa" else encoder
     with torch.inference_mode():
-        embeddings = torch.cat([encoder(view(images[i : i + 512])) for i in range(0, len(images), 512)]).numpy()
+        embeddings = torch.cat([embed(view(images[i : i + 512])) for i in range(0, len(images), 512)]).numpy()
     return scores(embeddings, split["labels"], n_train) | {
         "images_per_s": timing["images"] / timing["epoch_seconds"],
         "step_images_per_s": timing["images"] / timing["step_seconds"], "train_seconds": timing["epoch_seconds"]}
 
 
-def lightly_vit(seed: int, dim: int):
-    """LightlySSL's masked ViT (``MaskedVisionTransformerTorchvision`` over torchvision's ``VisionTransformer``, as
-    its MSN example builds it) at the contrastkit rows' size: 32-pixel images, 4-pixel patches, depth 4, 3 heads,
-    width ``dim``, MLP 4 x ``dim``. Its own architecture otherwise: a [CLS] token (the embedding) and learned
-    positions, where contrastkit's ViT takes the mean of its tokens and fixed sine-cosine positions."""
+def lightly_vit(seed: int, dim: int, method: str):
+    """LightlySSL's ViT for the row's method, over torchvision's ``VisionTransformer`` as its examples build it, at
+    the contrastkit rows' size: 32-pixel images, 4-pixel patches, depth 4, 3 heads, width ``dim``, MLP 4 x ``dim``.
+    MSN and MAE: ``MaskedVisionTransformerTorchvision`` (its MSN example's; its MAE example now takes timm's ViT,
+    which does not import here, and before that took this torchvision one); I-JEPA: ``IJEPABackbone``. Its own
+    architecture otherwise: a [CLS] token (MSN's and MAE's embedding) and learned positions, where contrastkit's ViT
+    takes the mean of its tokens and fixed sine-cosine positions."""
     import torchvision
     from lightly.models.modules import MaskedVisionTransformerTorchvision
+    from lightly.models.modules.ijepa import IJEPABackbone
 
     torch.manual_seed(seed)
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=4, num_heads=3, hidden_dim=dim,
                                                mlp_dim=4 * dim)
-    vit.heads = torch.nn.Identity()  # its ImageNet classifier (61,000 weights at dim 60): unused, as in the example
-    backbone = MaskedVisionTransformerTorchvision(vit=vit)
+    vit.heads = torch.nn.Identity()  # its ImageNet classifier (61,000 weights at dim 60): unused, as in the examples
+    backbone = IJEPABackbone.from_vit(vit) if method == "jepa" else MaskedVisionTransformerTorchvision(vit=vit)
     backbone.output_dim = dim
     return backbone
 
@@ -487,6 +496,10 @@ def lightly_parts(row: str, backbone, total_steps: int, n_train: int, normalize:
         return lightly_msn_parts(backbone, out, total_steps, normalize, frozen, follow)
     if method == "vicregl":
         return lightly_vicregl_parts(backbone, out, normalize, two_layers(4 * dim))
+    if method == "mae":
+        return lightly_mae_parts(backbone, normalize)
+    if method == "jepa":
+        return lightly_ijepa_parts(backbone, total_steps, normalize, frozen)
     raise ValueError(f"no LightlySSL run for {row!r}; there is one for: {', '.join(LIGHTLY_METHODS)}")
 
 
@@ -572,6 +585,117 @@ def lightly_msn_parts(backbone, out: int, total_steps: int, normalize: dict, fro
     transform = MSNTransform(random_size=32, random_views=2, focal_views=0, random_crop_scale=(msn.CROP_SCALE_LOW, 1.0),
                              cj_strength=0.5, gaussian_blur=0.0, normalize=normalize)
     return parts, msn_loss, transform
+
+
+def lightly_mae_parts(backbone, normalize: dict):
+    """LightlySSL's MAE as its torchvision example trains it (``MAEDecoder``; the encoder ``lightly_vit``'s): 75 % of
+    the tokens masked by ``random_token_mask`` over the sequence with its [CLS] token, which is kept (16 of 64
+    patches visible, as contrastkit keeps), the encoded visible tokens embedded to the decoder's width and set among
+    copies of a learned mask token, the decoder over the whole sequence (fixed sine-cosine positions), its
+    predictions at the masked tokens regressed on their patches (``nn.MSELoss``), at contrastkit's sizes and settings
+    (``methods/mae.py``): decoder 2 blocks of width 24 (half the encoder's, rounded to a multiple of 4 x 3 heads),
+    3 heads, MLP 4 x its width (the example: 1 block of 512, 16 heads). One departure from the example, to train
+    contrastkit's and the paper's default: each target patch is normalised by its own mean and standard deviation
+    (MAE's ``norm_pix_loss``: contrastkit's ``normalize_patches``), where the example regresses the raw normalised
+    pixels. ``MAETransform`` at 32 pixels: a crop of area (0.2, 1) and a flip, contrastkit's."""
+    import torch.nn.functional as F
+    from lightly.models import utils
+    from lightly.models.modules.masked_autoencoder import MAEDecoder
+    from lightly.transforms import MAETransform
+    from torch import nn
+
+    from contrastkit.modalities.image.encoders.vit import scaled_dim
+    from contrastkit.modalities.image.methods import mae
+    from contrastkit.objectives.masked_pixels import normalize_patches
+
+    dim, heads, patch = backbone.output_dim, mae.DEFAULTS["heads"], backbone.vit.patch_size
+    length = backbone.sequence_length  # the patches and [CLS]
+    width = scaled_dim(dim, heads, 0.5)  # contrastkit's decoder_dim default
+    parts = {"decoder": MAEDecoder(seq_length=length, num_layers=mae.DEFAULTS["decoder_depth"], num_heads=heads,
+                                   embed_input_dim=dim, hidden_dim=width, mlp_dim=4 * width, out_dim=patch**2 * 3),
+             "mask_token": nn.Parameter(torch.zeros(1, 1, width))}
+
+    def mae_loss(m, views, step):
+        images = views[0]  # MAETransform gives one view
+        keep, masked = utils.random_token_mask(size=(len(images), length), mask_ratio=mae.DEFAULTS["mask_ratio"],
+                                               device=images.device)
+        tokens = utils.repeat_token(m.mask_token, (len(images), length))
+        tokens = utils.set_at_index(tokens, keep, m.decoder.embed(m.backbone.encode(images=images, idx_keep=keep)))
+        predictions = m.decoder.predict(utils.get_at_index(m.decoder.decode(tokens), masked))
+        targets = utils.get_at_index(utils.patchify(images, patch), masked - 1)  # - 1: token 0 is [CLS]
+        return F.mse_loss(predictions, normalize_patches(targets))
+
+    return parts, mae_loss, MAETransform(input_size=32, min_scale=mae.CROP_SCALE[0], normalize=normalize)
+
+
+class IJEPABatches:
+    """LightlySSL's I-JEPA mask collator in a DataLoader, its batch given as the runner's: ([images, context masks,
+    target masks], labels, file names). A class, not a closure, so that any worker start method can take it."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, samples):
+        (images, labels, names), context, targets = self.collator(samples)
+        return [images, context, targets], labels, names
+
+
+def lightly_ijepa_parts(backbone, total_steps: int, normalize: dict, frozen):
+    """LightlySSL's I-JEPA as its example trains it (``IJEPABackbone``, ``IJEPAPredictor``, ``IJEPAMaskCollator`` in
+    the DataLoader, ``IJEPATransform``; the target encoder's tokens layer-normalised, gathered at each target block
+    and regressed on the predictor's), at contrastkit's sizes and settings (``methods/jepa.py``): the predictor 2
+    blocks of width 24 (half the encoder's, rounded to a multiple of 4 x 3 heads), 3 heads, MLP 4 x its width
+    (built as ``IJEPAPredictor.from_vit_encoder`` builds it, from an encoder of those sizes: that method fixes the
+    widths at ViT-B's 768); 4 target blocks of scale (0.15, 0.2) and aspect (0.75, 1.5), a context block of scale
+    (0.85, 1) without them, at least 4 context patches; the loss the mean squared error (contrastkit's ``l2``; the
+    example: smooth L1); the target an EMA of the context encoder at a rate rising linearly from 0.99 to 1 (the
+    example: from 0.996); a crop of area (0.3, 1) and no flip (``IJEPATransform`` less its flip: contrastkit's and
+    the paper's). Kept as LightlySSL implements it: ``IJEPABackbone.encode`` prepends the [CLS] token before the
+    collator's patch indices (0 to 63) select tokens, so index 0 selects [CLS] and index k patch k - 1, for the context
+    and the targets alike, while the predictor places each at patch k's position (docs/benchmarks.md)."""
+    import functools as ft
+
+    import torch.nn.functional as F
+    import torchvision.transforms as T
+    from lightly.data import IJEPAMaskCollator
+    from lightly.models import utils
+    from lightly.models.modules.ijepa import IJEPAPredictor
+    from lightly.transforms.ijepa_transform import IJEPATransform
+    from torch import nn
+    from torchvision.models.vision_transformer import Encoder
+
+    from contrastkit.modalities.image.encoders.vit import scaled_dim
+    from contrastkit.modalities.image.methods import jepa
+    from contrastkit.nn.momentum import linear_momentum
+
+    options = jepa.DEFAULTS
+    dim, heads, patches = backbone.output_dim, options["heads"], (32 // backbone.patch_size) ** 2
+    width = scaled_dim(dim, heads, 0.5)  # contrastkit's predictor_dim default
+    predictor = IJEPAPredictor(seq_length=patches, num_layers=1, num_heads=1, hidden_dim=width,
+                               predictor_embed_dim=width, num_patches=patches, mlp_dim=dim,  # its in / out width
+                               dropout=0.0, attention_dropout=0.0)
+    blocks = Encoder(seq_length=patches, num_layers=options["predictor_depth"], num_heads=heads, hidden_dim=width,
+                     mlp_dim=4 * width, dropout=0.0, attention_dropout=0.0,
+                     norm_layer=ft.partial(nn.LayerNorm, eps=1e-6))  # torchvision's ViT's
+    predictor.layers, predictor.ln = blocks.layers, blocks.ln  # as from_vit_encoder
+    collator = IJEPAMaskCollator(input_size=32, patch_size=backbone.patch_size, enc_mask_scale=options["context_scale"],
+                                 pred_mask_scale=options["target_scale"], aspect_ratio=options["target_aspect"],
+                                 nenc=1, npred=options["num_targets"], min_keep=patches // 16)
+    parts = {"predictor": predictor, "target_backbone": frozen(backbone), "collate_fn": IJEPABatches(collator)}
+
+    def ijepa_loss(m, views, step):
+        images, context, targets = views
+        utils.update_momentum(m.backbone, m.target_backbone, m=linear_momentum(step, total_steps, options["momentum"]))
+        with torch.no_grad():
+            h = m.target_backbone(images)
+            h = F.layer_norm(h, (h.size(-1),))
+            h = utils.repeat_interleave_batch(utils.apply_masks(h, targets), len(images), repeat=len(context))
+        return F.mse_loss(m.predictor(m.backbone(images, context), context, targets), h)
+
+    transform = IJEPATransform(input_size=32, min_scale=0.3, normalize=normalize)  # 0.3: contrastkit's JEPA crop
+    transform.transform.transforms = [t for t in transform.transform.transforms
+                                      if not isinstance(t, T.RandomHorizontalFlip)]
+    return parts, ijepa_loss, transform
 
 
 def lightly_multicrop_parts(method: str, local_crops: int, backbone, out: int, normalize: dict, frozen):
