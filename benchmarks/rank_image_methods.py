@@ -261,9 +261,12 @@ def baseline_rows(seed: int, args) -> dict:
     method = build_method("simclr", config, run_data.info)
     images, labels = run_data.read(run_data.eval_rows), run_data.labels[run_data.eval_rows]
     untrained = embed_images(method, images, torch.device("cpu")).numpy()
-    # The same data and split as SimCLR's config, so its DataInfo; opening the data draws no random number.
+    # Its config before the seed: matched_vit_dim builds candidate ViTs, drawing random numbers the first time in a
+    # process, which between the seed and the model would change its weights with the cache's state. The same data
+    # and split as SimCLR's config, so its DataInfo; opening the data draws no random number.
+    vit_config = FitConfig(**fit_options("jepa", args), seed=seed)
     L.seed_everything(seed, workers=True, verbose=False)
-    vit_method = build_method("jepa", FitConfig(**fit_options("jepa", args), seed=seed), run_data.info)
+    vit_method = build_method("jepa", vit_config, run_data.info)
     untrained_vit = embed_images(vit_method, images, torch.device("cpu")).numpy()
     return {"untrained encoder": scores(untrained, labels, run_data.eval_train),
             "raw pixels": scores(raw_pixels(images, run_data.info), labels, run_data.eval_train),
