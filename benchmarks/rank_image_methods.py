@@ -327,8 +327,6 @@ def train_lightly(method: str, seed: int, args) -> dict:
     import lightning as L
     from lightly.data import LightlyDataset
 
-    from contrastkit.modalities.image.views.image import EvalView
-
     folder = split_folder(args)
     split = torch.load(folder / "split.pt", weights_only=False)
     n_train, fmt = split["n_train"], torch.channels_last if args.memory_format == "channels-last" else None
@@ -367,16 +365,23 @@ def train_lightly(method: str, seed: int, args) -> dict:
     timer = timer_callback()
     torch.manual_seed(seed)
     trainer(args.epochs, [timer]).fit(module, train_dataloaders=loader)
-    timing, view, images = vars_of(timer), EvalView(split["mean"], split["std"]), split["images"]
+    timing = vars_of(timer)
     encoder = module.target_backbone if method in EVALUATES_TARGET else backbone  # as contrastkit's method embeds
-    encoder.eval()
-    # IJEPABackbone returns every token: the mean of its patch tokens, as the paper and contrastkit's JEPA embed.
-    embed = (lambda x: encoder(x)[:, 1:].mean(dim=1)) if method == "jepa" else encoder
-    with torch.inference_mode():
-        embeddings = torch.cat([embed(view(images[i : i + 512])) for i in range(0, len(images), 512)]).numpy()
-    return scores(embeddings, split["labels"], n_train) | {
+    return scores(lightly_embeddings(encoder, method, split), split["labels"], n_train) | {
         "images_per_s": timing["images"] / timing["epoch_seconds"],
         "step_images_per_s": timing["images"] / timing["step_seconds"], "train_seconds": timing["epoch_seconds"]}
+
+
+def lightly_embeddings(encoder, method: str, split: dict) -> np.ndarray:
+    """A LightlySSL row's embeddings of the split's images (eval view): the encoder's output, or for I-JEPA, whose
+    ``IJEPABackbone`` returns every token, the mean of its patch tokens (as the paper and contrastkit's JEPA)."""
+    from contrastkit.modalities.image.views.image import EvalView
+
+    view, images = EvalView(split["mean"], split["std"]), split["images"]
+    encoder.eval()
+    with torch.inference_mode():
+        embeddings = [encoder(view(images[i : i + 512])) for i in range(0, len(images), 512)]
+    return torch.cat([e[:, 1:].mean(dim=1) if method == "jepa" else e for e in embeddings]).numpy()
 
 
 def lightly_vit(seed: int, dim: int, method: str):
@@ -588,6 +593,21 @@ def lightly_msn_parts(backbone, out: int, total_steps: int, normalize: dict, fro
     transform = MSNTransform(random_size=32, random_views=2, focal_views=0, random_crop_scale=(msn.CROP_SCALE_LOW, 1.0),
                              cj_strength=0.5, gaussian_blur=0.0, normalize=normalize)
     return parts, msn_loss, transform
+
+
+def lightly_untrained_vits(args) -> None:
+    """Print LightlySSL's ViTs of the MSN / MAE rows and of the I-JEPA row at their initial weights (each training
+    seed's), scored as their trained rows embed them: the LightlySSL rows' own untrained baseline, where the table's
+    untrained ViT is contrastkit's. Printed, not stored."""
+    torch.set_num_threads(args.threads)
+    prepare_split(args)
+    split = torch.load(split_folder(args) / "split.pt", weights_only=False)
+    print("| LightlySSL ViT at its initial weights | seed | kNN top-1 % | linear, 10 labels/class % |\n|---|---:|---:|---:|")
+    for seed in args.seeds:
+        for method, name in (("msn", "masked ViT (MSN, MAE), [CLS]"), ("jepa", "IJEPABackbone, mean of patch tokens")):
+            encoder = lightly_vit(seed, matched_vit_dim(args), method)
+            result = scores(lightly_embeddings(encoder, method, split), split["labels"], split["n_train"])
+            print(f"| {name} | {seed} | {100 * result['knn_top1']:.2f} | {100 * result[FEW_LABELS]:.2f} |", flush=True)
 
 
 def lightly_mae_parts(backbone, normalize: dict):
@@ -975,6 +995,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default=str(DEFAULT_DIR), help="run folders, splits, worker results")
     parser.add_argument("--table", action="store_true", help="print the table from the store; train nothing")
     parser.add_argument("--pilot", type=int, default=0, metavar="EPOCHS", help="run the epoch-count pilot")
+    parser.add_argument("--untrained-lightly-vits", action="store_true",
+                        help="print LightlySSL's ViTs at their initial weights, scored as their rows (anchor env)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a run's settings as JSON, in its subprocess
     args = parser.parse_args(argv)
     if args.worker:
@@ -1002,6 +1024,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--epochs must be at least 1 (the protocol's count is 25: the module docstring)")
     if args.table:
         return print(table(read_store(Path(args.store)), args))
+    if args.untrained_lightly_vits:
+        return lightly_untrained_vits(args)
     run_all(args)
 
 
