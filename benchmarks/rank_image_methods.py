@@ -32,7 +32,7 @@ normalised online projections as both arguments (the paper's CIFAR recipe, contr
 momentum network; LightlySSL's example has one and does not normalise); DINO's MLP has contrastkit's two
 layers (LightlySSL's ``DINOProjectionHead`` three), its last layer LightlySSL's; SwaV's prototypes are
 LightlySSL's (a Linear with a bias); MSN trains LightlySSL's own ViT (``lightly_vit``: torchvision's, with a
-[CLS] token and learned positions) at the size of contrastkit's, with fit's AdamW, and its prototypes are trained
+[CLS] token) at the size of contrastkit's, with fit's AdamW, and its prototypes are trained
 (``lightly_msn_parts``: LightlySSL's example leaves them at their initial values). VICRegL's views are built from
 LightlySSL's grid crop and view transforms, its ``VICRegLTransform`` having one colour recipe for both views
 (``lightly_vicregl_parts``). MAE and I-JEPA train LightlySSL's ViTs at that size too (``lightly_vit``), MAE with
@@ -388,9 +388,10 @@ def lightly_vit(seed: int, dim: int, method: str):
     """LightlySSL's ViT for the row's method, over torchvision's ``VisionTransformer`` as its examples build it, at
     the contrastkit rows' size: 32-pixel images, 4-pixel patches, depth 4, 3 heads, width ``dim``, MLP 4 x ``dim``.
     MSN and MAE: ``MaskedVisionTransformerTorchvision`` (its MSN example's; its MAE example now takes timm's ViT,
-    which does not import here, and before that took this torchvision one); I-JEPA: ``IJEPABackbone``. Its own
-    architecture otherwise: a [CLS] token (MSN's and MAE's embedding) and learned positions, where contrastkit's ViT
-    takes the mean of its tokens and fixed sine-cosine positions."""
+    which does not import here, and before that took this torchvision one), with fixed sine-cosine positions (its
+    default), as contrastkit's ViT; I-JEPA: ``IJEPABackbone``, torchvision's learned positions. Its own architecture
+    otherwise: torchvision's blocks and a [CLS] token (MSN's and MAE's embedding), where contrastkit's ViT takes
+    the mean of its tokens."""
     import torchvision
     from lightly.models.modules import MaskedVisionTransformerTorchvision
     from lightly.models.modules.ijepa import IJEPABackbone
@@ -602,7 +603,8 @@ def lightly_untrained_vits(args) -> None:
     torch.set_num_threads(args.threads)
     prepare_split(args)
     split = torch.load(split_folder(args) / "split.pt", weights_only=False)
-    print("| LightlySSL ViT at its initial weights | seed | kNN top-1 % | linear, 10 labels/class % |\n|---|---:|---:|---:|")
+    print("| LightlySSL ViT at its initial weights | seed | kNN top-1 % | linear, 10 labels/class % |")
+    print("|---|---:|---:|---:|")
     for seed in args.seeds:
         for method, name in (("msn", "masked ViT (MSN, MAE), [CLS]"), ("jepa", "IJEPABackbone, mean of patch tokens")):
             encoder = lightly_vit(seed, matched_vit_dim(args), method)
