@@ -20,7 +20,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from contrastkit.modalities.image.config import FitConfig
 from contrastkit.modalities.image.methods import build_method
 from contrastkit.modalities.image.training.run_data import open_run_data
+from image_side_by_side_table import spread
 
 BATCH = 256
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nMMCR step parts, {BATCH} images x {k} views, 1 thread, torch {torch.__version__}; "
           f"{args.repeats} repeats, parts alternating: median (min-max) s\n\n| part | s |\n|---|---:|")
     for name, values in timings.items():
-        print(f"| {name} | {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) |")
+        print(f"| {name} | {spread(values, '{:.2f}')} |")
 
 
 if __name__ == "__main__":

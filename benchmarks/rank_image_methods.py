@@ -678,8 +678,6 @@ def lightly_ijepa_parts(backbone, total_steps: int, normalize: dict, frozen):
     the paper's). Kept as LightlySSL implements it: ``IJEPABackbone.encode`` prepends the [CLS] token before the
     collator's patch indices (0 to 63) select tokens, so index 0 selects [CLS] and index k patch k - 1, for the context
     and the targets alike, while the predictor places each at patch k's position (docs/benchmarks.md)."""
-    import functools as ft
-
     import torch.nn.functional as F
     import torchvision.transforms as T
     from lightly.data import IJEPAMaskCollator
@@ -701,7 +699,7 @@ def lightly_ijepa_parts(backbone, total_steps: int, normalize: dict, frozen):
                                dropout=0.0, attention_dropout=0.0)
     blocks = Encoder(seq_length=patches, num_layers=options["predictor_depth"], num_heads=heads, hidden_dim=width,
                      mlp_dim=4 * width, dropout=0.0, attention_dropout=0.0,
-                     norm_layer=ft.partial(nn.LayerNorm, eps=1e-6))  # torchvision's ViT's
+                     norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))  # torchvision's ViT's
     predictor.layers, predictor.ln = blocks.layers, blocks.ln  # as from_vit_encoder
     collator = IJEPAMaskCollator(input_size=32, patch_size=backbone.patch_size, enc_mask_scale=options["context_scale"],
                                  pred_mask_scale=options["target_scale"], aspect_ratio=options["target_aspect"],
