@@ -160,6 +160,47 @@ def test_hybrid_distill_loss_adds_the_l2_pull(tmp_path):
                           residual_l2=0.1, student="encoder")
 
 
+@requires_transformers
+@requires_minilm
+def test_hybrid_distill_loss_adds_the_reference_pull(tmp_path):
+    """``reference_l2`` nu adds nu * mean ||r(g)||^2 over B reference sentences drawn by torch's generator:
+    recomputed from the residual's formula, sentence by sentence, for the same draw."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", SENTENCES)
+    general = ["the cat sat on the mat", "it was a sunny day", "we went to the shop", "a man plays a guitar"]
+    reference = tmp_path / "general.txt"
+    reference.write_text("\n".join(general) + "\n")
+    texts = SENTENCES[:5]
+    plain_method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False)
+    pulled = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                               reference_l2=0.3, reference=str(reference))
+    for method in (plain_method, pulled):
+        with torch.no_grad():
+            method.encoder.term_residual.weight.copy_(
+                torch.randn(method.encoder.term_residual.weight.shape, generator=torch.Generator().manual_seed(2)))
+        method.eval()
+    loss, _ = plain_method.training_loss({"texts": texts})
+    torch.manual_seed(11)
+    pulled_loss, logs = pulled.training_loss({"texts": texts})
+    torch.manual_seed(11)
+    drawn = torch.randint(len(general), (len(texts),)).tolist()  # the same draw as the loss's
+    special = set(pulled.encoder.tokenizer.all_special_ids)
+    weight = pulled.encoder.term_residual.weight.detach()
+    norms = []
+    for index in drawn:
+        ids = pulled.encoder.tokenizer(general[index])["input_ids"]
+        distinct = sorted(set(ids) - special)
+        norms.append(float((sum(weight[t] for t in distinct) / math.sqrt(len(distinct))).pow(2).sum()))
+    assert len(set(drawn)) > 1
+    assert logs["reference_l2"] == pytest.approx(np.mean(norms), rel=1e-5)
+    assert float(pulled_loss) - float(loss) == pytest.approx(0.3 * np.mean(norms), rel=1e-4)
+    with pytest.raises(ConfigError, match="term-residual"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          reference_l2=0.1, reference=str(reference), student="encoder")
+    with pytest.raises(ConfigError, match="reference_l2"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          reference=str(reference))
+
+
 def test_over_represented_tokens_by_hand():
     target = [[1, 2, 3], [1, 3], [1, 3, 4], [3]]  # df: 1 -> 3, 2 -> 1, 3 -> 4, 4 -> 1 of 4 texts
     reference = [[1, 5], [1], [5], [2, 5]]        # df: 1 -> 2, 2 -> 1, 5 -> 3 of 4 texts
@@ -240,6 +281,38 @@ def test_guard_task_specs_are_the_project_task_files():
         assert (spec.type, spec.metric, spec.columns) == (declared.type, declared.metric, declared.columns)
         for split in ("dev", "test"):
             assert spec.entry(split) == declared.entry(split), (name, split)
+
+
+@requires_transformers
+@requires_minilm
+def test_guard_supersenses_average_25_kmeans_runs():
+    """The guard's supersense score: the mean V-measure of k-means runs with seeds 0..24, recomputed with
+    scikit-learn from the raw synsets file's dev sample (the task runner's own task averages 5)."""
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.metrics import v_measure_score
+
+    from contrastkit.modalities.text.general_guard import GUARD_KMEANS_SEEDS, WORDNET_SAMPLE_MODULUS
+    from contrastkit.modalities.text.sources import hash_bucket, open_text_file
+    from contrastkit.modalities.text.task_metrics import KMEANS_BATCH_SIZE
+
+    synsets = data_path("wordnet/synsets.tsv.gz")
+    texts, labels = [], []
+    with open_text_file(synsets) as handle:
+        column = {name: i for i, name in enumerate(handle.readline().rstrip("\n").split("\t"))}
+        for line in handle:
+            row = line.rstrip("\n").split("\t")
+            if row[column["pos"]] == "n" and hash_bucket(row[column["synset_id"]], WORDNET_SAMPLE_MODULUS) == 0:
+                texts.append(row[column["definition"]])
+                labels.append(row[column["lexfile"]])
+    encoder = plain(residual_encoder())
+    embeddings = encode_texts(encoder, texts)
+    runs = [v_measure_score(labels, MiniBatchKMeans(n_clusters=len(set(labels)), batch_size=KMEANS_BATCH_SIZE,
+                                                    n_init=1, random_state=seed).fit_predict(embeddings))
+            for seed in range(25)]
+    assert GUARD_KMEANS_SEEDS == tuple(range(25))
+    score = measure_guard(encoder, "dev", sets=["wordnet-supersenses"])["sets"]["wordnet-supersenses"]["score"]
+    assert score == pytest.approx(100 * np.mean(runs), abs=1e-3)
+    assert abs(score - 100 * np.mean(runs[:5])) > 1e-3  # not the task runner's five
 
 
 def test_wordnet_definitions_relevance_is_the_synsets_members():

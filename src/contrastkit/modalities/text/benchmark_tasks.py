@@ -197,7 +197,8 @@ def _clustering(encoder, spec, split, batch_size, precision, cache_dir) -> tuple
     unique = list(dict.fromkeys(texts))
     row = {t: i for i, t in enumerate(unique)}
     embeddings = encode_texts(encoder, unique, batch_size, precision)[[row[t] for t in texts]]
-    result = kmeans_v_measure(embeddings, labels)  # k-means on the embeddings as given, as MTEB
+    seeds = {"seeds": spec.kmeans_seeds} if spec.kmeans_seeds else {}
+    result = kmeans_v_measure(embeddings, labels, **seeds)  # k-means on the embeddings as given, as MTEB
     clusters = result.pop("clusters")
     return _scaled(result), f"{len(texts):,} texts, {clusters} labels"
 

@@ -111,6 +111,7 @@ class TaskSpec:
     columns: object = None
     corpus: Path | None = None
     description: str = ""
+    kmeans_seeds: tuple[int, ...] | None = None  # clustering: k-means runs averaged (None: task_metrics' 5)
 
     def entry(self, split: str) -> DataEntry | None:
         """The data of ``split``, or None when the task has none."""

@@ -31,6 +31,14 @@ method moves that advantage into the dense model itself, using only the corpus:
   (:func:`~contrastkit.modalities.text.term_residual.residual_l2`), an L2 pull of each query's residual
   to zero: the residual then moves a text only as far as ranking its corpus repays.
 
+  With ``reference_l2`` nu > 0 (term-residual student) the loss adds ``nu * mean_g ||r(g)||^2`` over a
+  batch of B sentences g drawn (uniformly, with replacement) from a **general reference** corpus
+  (``reference``, WikiText-2's sentences by default): the residual stays free on the domain's sentences
+  and is held near zero on general ones. Since r depends only on a text's tokens (no Transformer pass),
+  the term costs one lookup of B token lists. It is a learnt, soft form of ``restrict_tokens``: a row is
+  pulled towards zero in proportion to how often its token occurs in general text, and rows that cancel
+  each other in general sentences are left alone.
+
   With ``query_crop`` r > 0 each pseudo-query is first cut to a random contiguous span of its words,
   a share ~ U[r, 1] of them (at least 5 words, or all of a shorter sentence), and the teacher scores
   the cut text: a corpus sentence is longer and more specific than a typical query (a SciFact claim
@@ -89,17 +97,20 @@ Options (``build(encoder, **options)``):
         sentences).
     student: ``term-residual`` (default) or ``encoder`` (above).
     residual_l2: mu, the L2 pull of the residual to zero (0; term-residual only).
+    reference_l2: nu, the L2 pull of the residual to zero on general reference sentences (0;
+        term-residual only; the sentences are ``reference``).
     residual_scale: alpha of the trained residual (1; term-residual only; applies in training too).
     residual_max_norm: the cap c on the residual's norm (none; term-residual only).
     restrict_tokens: the ratio of :func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`
         (0: every token has a row); the target is the corpus's documents, the reference ``reference``.
-    reference: general-domain sentences, one per line, for ``restrict_tokens`` (default: WikiText-2's
-        sentences under the data root, ``wikitext2/sentences_valid_test.txt``).
+    reference: general-domain sentences, one per line, for ``restrict_tokens`` and ``reference_l2``
+        (default: WikiText-2's sentences under the data root, ``wikitext2/sentences_valid_test.txt``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -121,8 +132,8 @@ from contrastkit.modalities.text.term_residual import residual_l2
 DEFAULTS = {"corpus": None, "dense_weight": 0.6, "temperature": 0.05, "teacher_temperature": 0.05,
             "corpus_precision": "fp32", "cache_dir": None, "anchor_weight": 0.0,
             "query_crop": 0.0, "student": "term-residual", "residual_l2": 0.0, "residual_scale": 1.0,
-            "residual_max_norm": None, "restrict_tokens": 0.0, "reference": None}
-RESIDUAL_OPTIONS = ("residual_l2", "residual_scale", "residual_max_norm", "restrict_tokens")
+            "residual_max_norm": None, "restrict_tokens": 0.0, "reference_l2": 0.0, "reference": None}
+RESIDUAL_OPTIONS = ("residual_l2", "residual_scale", "residual_max_norm", "restrict_tokens", "reference_l2")
 STUDENTS = ("term-residual", "encoder")
 
 MIN_QUERY_WORDS = 5
@@ -163,7 +174,8 @@ class HybridDistillation(nn.Module):
                  temperature: float = 0.05, teacher_temperature: float = 0.05,
                  corpus_precision: str = "fp32", cache_dir=None, anchor_weight: float = 0.0,
                  query_crop: float = 0.0, student: str = "term-residual", residual_l2_weight: float = 0.0,
-                 corpus_description: dict | None = None):
+                 corpus_description: dict | None = None, reference_l2_weight: float = 0.0,
+                 reference_texts: Sequence[str] | None = None):
         super().__init__()
         check_temperature(temperature)
         check_temperature(teacher_temperature)
@@ -176,6 +188,13 @@ class HybridDistillation(nn.Module):
             raise ConfigError(f"Option 'residual_l2' must be >= 0, got {residual_l2_weight}.")
         if residual_l2_weight and student != "term-residual":
             raise ConfigError("Option 'residual_l2' pulls the term residual to zero; it needs student=term-residual.")
+        if not reference_l2_weight >= 0:
+            raise ConfigError(f"Option 'reference_l2' must be >= 0, got {reference_l2_weight}.")
+        if reference_l2_weight and student != "term-residual":
+            raise ConfigError("Option 'reference_l2' pulls the term residual to zero on general sentences; it needs "
+                              "student=term-residual.")
+        if reference_l2_weight and not reference_texts:
+            raise DataError("Option 'reference_l2' needs general reference sentences to hold the residual at zero on.")
         if not 0.0 <= query_crop <= 1.0:
             raise ConfigError(f"Option 'query_crop' must be a share of words in [0, 1] (0: no cropping), got {query_crop}.")
         if student not in STUDENTS:
@@ -201,6 +220,13 @@ class HybridDistillation(nn.Module):
             encoder.term_residual.corpus = {"role": "query tower", "documents": len(corpus.doc_ids),
                                             **(corpus_description or {})}
         self.residual_l2_weight = residual_l2_weight
+        self.reference_l2_weight = reference_l2_weight
+        # The reference sentences tokenised once (padded to the longest, at the encoder's length): a step
+        # draws B rows of them, and r(g) needs nothing else.
+        reference = encoder.tokenize(list(reference_texts)) if reference_l2_weight else None
+        self.register_buffer("reference_ids", None if reference is None else reference["input_ids"], persistent=False)
+        self.register_buffer("reference_mask", None if reference is None else reference["attention_mask"],
+                             persistent=False)
         # The base model's pooled embedding of each whole training sentence, computed once: the
         # teacher's side never changes (and neither does the student's, when the Transformer is frozen).
         self.pooled_cache: dict[tuple[int, str], Tensor] = {}  # keyed by (max_length, text)
@@ -275,6 +301,12 @@ class HybridDistillation(nn.Module):
             pull = residual_l2(self.encoder.term_residual(tokens["input_ids"], tokens["attention_mask"]))
             loss = loss + self.residual_l2_weight * pull
             logs["residual_l2"] = float(pull.detach())
+        if self.reference_l2_weight:
+            # Torch's generator draws the sentences; the training loop reseeds it every step.
+            rows = torch.randint(self.reference_ids.shape[0], (len(texts),))
+            general = residual_l2(self.encoder.term_residual(self.reference_ids[rows], self.reference_mask[rows]))
+            loss = loss + self.reference_l2_weight * general
+            logs["reference_l2"] = float(general.detach())
         with torch.no_grad():
             agree = (student.argmax(dim=1) == teacher.argmax(dim=1)).float().mean()
         return loss, {"distillation": float(distillation.detach()), "drift_from_base": float(drift.detach()),
@@ -290,8 +322,9 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
     restricting = [name for name in RESIDUAL_OPTIONS[1:] if settings[name] != DEFAULTS[name]]
     if student != "term-residual" and restricting:
         raise ConfigError(f"Option '{restricting[0]}' restricts the term residual; it needs student=term-residual.")
-    if settings["reference"] is not None and not float(settings["restrict_tokens"]):
-        raise ConfigError("Option 'reference' is the general corpus of restrict_tokens; set restrict_tokens=RATIO too.")
+    if settings["reference"] is not None and not (float(settings["restrict_tokens"]) or float(settings["reference_l2"])):
+        raise ConfigError("Option 'reference' is the general corpus of restrict_tokens and reference_l2; set "
+                          "restrict_tokens=RATIO or reference_l2=NU too.")
     corpus = read_corpus(settings["corpus"])
     method = HybridDistillation(
         encoder, corpus, dense_weight=float(settings["dense_weight"]),
@@ -300,6 +333,8 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
         anchor_weight=float(settings["anchor_weight"]), query_crop=float(settings["query_crop"]),
         student=student, residual_l2_weight=float(settings["residual_l2"]),
         corpus_description={"path": str(settings["corpus"])},
+        reference_l2_weight=float(settings["reference_l2"]),
+        reference_texts=reference_sentences(settings["reference"]) if float(settings["reference_l2"]) else None,
     )
     if student == "term-residual":
         cap = settings["residual_max_norm"]
@@ -311,20 +346,27 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
     return method
 
 
+def reference_sentences(reference: str | None = None) -> list[str]:
+    """The general reference sentences of ``restrict_tokens`` and ``reference_l2``: the file ``reference``
+    (one per line), by default WikiText-2's sentences under the data root."""
+    from contrastkit.core.paths import data_root
+    from contrastkit.modalities.text.data import SentenceData
+
+    path = reference or str(data_root() / "wikitext2" / "sentences_valid_test.txt")
+    return list(SentenceData.from_file(path).texts)
+
+
 def domain_tokens(encoder: TextEncoder, target_texts, min_ratio: float, reference: str | None = None,
                   apply: bool = False) -> list[int]:
     """:func:`~contrastkit.modalities.text.term_residual.over_represented_tokens` of ``target_texts``
     against the ``reference`` sentences (default: WikiText-2's, under the data root), in the encoder's
     tokenizer; ``apply``: restrict the encoder's term residual to them. Returns the kept ids."""
-    from contrastkit.core.paths import data_root
-    from contrastkit.modalities.text.data import SentenceData
     from contrastkit.modalities.text.term_residual import over_represented_tokens
 
-    path = reference or str(data_root() / "wikitext2" / "sentences_valid_test.txt")
     tokenizer = encoder.tokenizer
     ids = over_represented_tokens(
         tokenizer(list(target_texts), add_special_tokens=False)["input_ids"],
-        tokenizer(list(SentenceData.from_file(path).texts), add_special_tokens=False)["input_ids"],
+        tokenizer(reference_sentences(reference), add_special_tokens=False)["input_ids"],
         min_ratio=min_ratio, ignored=tokenizer.all_special_ids)
     if apply:
         encoder.term_residual.restrict(allowed=ids)
@@ -332,4 +374,4 @@ def domain_tokens(encoder: TextEncoder, target_texts, min_ratio: float, referenc
 
 
 __all__ = ["HybridDistillation", "build", "crop_words", "hybrid_teacher_logits", "listwise_distillation",
-           "domain_tokens"]
+           "domain_tokens", "reference_sentences"]
