@@ -2,7 +2,8 @@
 SciFact development nDCG@10 against the general guard's loss, for settings that restrict the residual.
 
 For each seed, one residual is trained with the README's recipe (388 steps of 256 corpus sentences,
-lr 3e-3, 10 warm-up steps, 64 tokens, bf16; optionally with an L2 pull, ``--l2``, or restricted to the
+lr 3e-3, 10 warm-up steps, 64 tokens, bf16; optionally with an L2 pull on its own sentences, ``--l2``,
+an L2 pull on general reference sentences (WikiText-2's), ``--reference-l2``, or restricted to the
 domain's tokens during training, ``--train-ratio``), then restricted afterwards without retraining
 (:meth:`TermResidual.restrict`):
 
@@ -18,11 +19,13 @@ only: among the settings that lose at most 1 point on every guard set for every 
 development gain. ``--test`` then scores the chosen setting, once, on SciFact's test claims and on the
 guard's test splits (STS-B test among them), and the unrestricted residual beside it for reference.
 
-    python benchmarks/adaptation_guard.py --seeds 0 1 [--l2 0.5] [--train-ratio 8] [--test]
+    python benchmarks/adaptation_guard.py --seeds 0 1 [--l2 0.5] [--train-ratio 8] [--reference-l2 1 4] [--test]
 
 The corpus sentences' pooled states are computed once (bf16, 64 tokens) into ``--out``, and shared by
 every training run (they are what the method's own cache holds); each row is appended to
-``--out/results.jsonl`` and not recomputed by a later call. Prints Markdown tables.
+``--out/results.jsonl`` and not recomputed by a later call, so seeds can run in separate processes
+(``--seeds 0`` beside ``--seeds 1``) and a last call with every seed prints the tables. Prints
+Markdown tables.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ ALPHAS = (1.0, 0.75, 0.5, 0.35, 0.25)
 CAPS = (0.3, 0.2, 0.1)
 RATIOS = (2.0, 8.0, 16.0, 32.0)
 MAX_GUARD_LOSS = 1.0  # points, on every set (the issue's bar)
+Training = tuple[float, float, float]  # residual_l2, restrict_tokens, reference_l2 (0: off)
+
+
+def training_name(training: Training) -> float | str:
+    """A training's name in the results and tables: ``MU`` (residual_l2 alone, a float as earlier rows
+    record it), else ``"MU, ratio R"`` / ``"MU, reference NU"``."""
+    l2, ratio, reference_l2 = training
+    if not ratio and not reference_l2:
+        return l2
+    return f"{l2:g}" + (f", ratio {ratio:g}" if ratio else "") + (f", reference {reference_l2:g}" if reference_l2 else "")
 
 
 def pooled_sentences(encoder: TextEncoder, texts: list[str], path: Path) -> dict:
@@ -67,26 +80,32 @@ def pooled_sentences(encoder: TextEncoder, texts: list[str], path: Path) -> dict
     return {(RECIPE["max_length"], t): row for t, row in zip(saved["texts"], saved["pooled"], strict=True)}
 
 
-def train(seed: int, l2: float, ratio: float, out: Path, sentences: SentenceData, pooled: dict) -> TextEncoder:
+def train(seed: int, training: Training, out: Path, sentences: SentenceData, pooled: dict) -> TextEncoder:
     """The run folder's trained encoder, trained now if the folder has none."""
-    folder = out / (f"hd-l2-{l2:g}-seed{seed}" if not ratio else f"hd-l2-{l2:g}-ratio-{ratio:g}-seed{seed}")
+    l2, ratio, reference_l2 = training
+    folder = out / (f"hd-l2-{l2:g}" + (f"-ratio-{ratio:g}" if ratio else "")
+                    + (f"-reference-l2-{reference_l2:g}" if reference_l2 else "") + f"-seed{seed}")
     if not (folder / "encoder").is_dir():
         encoder = TextEncoder.from_folder("minilm")
         method = build_text_method("hybrid-distill", encoder, corpus=str(data_root() / "scifact"),
-                                   corpus_precision="fp32", residual_l2=l2, restrict_tokens=ratio)
+                                   corpus_precision="fp32", residual_l2=l2, restrict_tokens=ratio,
+                                   reference_l2=reference_l2)
         method.pooled_cache = dict(pooled)  # the base's states of every sentence: no Transformer pass
         fit_text(method, sentences, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], max_steps=RECIPE["max_steps"],
                  max_minutes=None, warmup_steps=RECIPE["warmup_steps"], weight_decay=RECIPE["weight_decay"],
                  seed=seed, out_dir=folder, log_every=50, max_length=RECIPE["max_length"],
                  precision=RECIPE["precision"],
-                 extra_summary={"benchmark": "adaptation_guard", "residual_l2": l2, "restrict_tokens": ratio})
+                 extra_summary={"benchmark": "adaptation_guard", "residual_l2": l2, "restrict_tokens": ratio,
+                                "reference_l2": reference_l2})
     return TextEncoder.from_folder(folder / "encoder")
 
 
 def settings(ratios_tokens: dict[float, list[int]], full: bool = True) -> list[tuple[str, dict]]:
     """The restrictions applied after training (``full``: all; else the few swept on retrained residuals)."""
     if not full:
-        return [(f"alpha {a:g}", {"scale": a}) for a in ALPHAS[:3]] + [("cap 0.3", {"max_norm": 0.3})]
+        return [(f"alpha {a:g}", {"scale": a}) for a in ALPHAS[:3]] + [
+            ("cap 0.3", {"max_norm": 0.3}), ("ratio 8", {"allowed": ratios_tokens[8.0]}),
+            ("ratio 8 + alpha 0.75", {"allowed": ratios_tokens[8.0], "scale": 0.75})]
     rows = [(f"alpha {a:g}", {"scale": a}) for a in ALPHAS]
     rows += [(f"cap {c:g}", {"max_norm": c}) for c in CAPS]
     rows += [(f"ratio {r:g}", {"allowed": ratios_tokens[r]}) for r in RATIOS]
@@ -95,6 +114,13 @@ def settings(ratios_tokens: dict[float, list[int]], full: bool = True) -> list[t
              ("ratio 8 + cap 0.3", {"allowed": ratios_tokens[8.0], "max_norm": 0.3}),
              ("ratio 16 + cap 0.3", {"allowed": ratios_tokens[16.0], "max_norm": 0.3})]
     return rows
+
+
+def training_settings(ratios_tokens: dict[float, list[int]], training: Training) -> list[tuple[str, dict]]:
+    """The restrictions swept on one training: all on the plain recipe, the few on the others (no token
+    restriction on a residual restricted to the domain's tokens in training: it has one)."""
+    rows = settings(ratios_tokens, full=training == (0.0, 0.0, 0.0))
+    return [(name, rule) for name, rule in rows if not (training[1] and "allowed" in rule)]
 
 
 def score(model, base: TextEncoder, retrieval_set, guard_split: str, cache: FrozenBaseCache) -> dict:
@@ -109,9 +135,14 @@ def main() -> None:
     parser.add_argument("--l2", type=float, nargs="*", default=[], help="residual_l2 values to train too")
     parser.add_argument("--train-ratio", type=float, nargs="*", default=[],
                         help="restrict_tokens values to train with too")
+    parser.add_argument("--reference-l2", type=float, nargs="*", default=[],
+                        help="reference_l2 values (the pull on general sentences) to train with too")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default="runs/adaptation-guard")
     parser.add_argument("--test", action="store_true", help="score the chosen setting once on the test splits")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
@@ -149,32 +180,31 @@ def main() -> None:
 
     for seed in args.seeds:
         measured("dev", seed, None, "base", base, dev, "dev")
+    torch.save(cache.pooled, cache_file)  # a process started beside this one reuses it
     trained = {}
-    # A training setting is its name in the results: "l2 MU" or "l2 MU, ratio R" (restricted in training).
-    # Each option alone, beside the plain recipe (not their product: each training costs minutes).
-    trainings = list(dict.fromkeys([(0.0, 0.0)] + [(l2, 0.0) for l2 in args.l2] + [(0.0, r) for r in args.train_ratio]))
-
-    def training_name(l2: float, ratio: float) -> float | str:
-        return l2 if not ratio else f"{l2:g}, ratio {ratio:g}"
-
-    for l2, ratio in trainings:
-        full = (l2, ratio) == (0.0, 0.0)
+    # A training is named in the results by training_name: the plain recipe and each option alone beside
+    # it (not their product: each training costs minutes).
+    plain = (0.0, 0.0, 0.0)
+    trainings = list(dict.fromkeys([plain] + [(l2, 0.0, 0.0) for l2 in args.l2]
+                                   + [(0.0, r, 0.0) for r in args.train_ratio]
+                                   + [(0.0, 0.0, nu) for nu in args.reference_l2]))
+    for training in trainings:
         for seed in args.seeds:
-            encoder = trained[(training_name(l2, ratio), seed)] = train(seed, l2, ratio, out, sentences, pooled)
+            encoder = trained[(training_name(training), seed)] = train(seed, training, out, sentences, pooled)
             residual = encoder.term_residual
             trained_allowed = residual.allowed  # a restriction learnt in training stays under the others
-            for name, restriction in settings(tokens, full):
+            for name, restriction in training_settings(tokens, training):
                 allowed = restriction.get("allowed")
                 residual.restrict(scale=restriction.get("scale", 1.0), max_norm=restriction.get("max_norm"),
                                   allowed=allowed if allowed is not None else False)
-                measured("dev", seed, training_name(l2, ratio), name, encoder, dev, "dev")
+                measured("dev", seed, training_name(training), name, encoder, dev, "dev")
                 residual.allowed = trained_allowed
 
     # The table: one row per (training, setting), dev only; the choice reads nothing else.
     table = []
-    for l2_value, ratio in trainings:
-        l2 = training_name(l2_value, ratio)
-        for name, _ in settings(tokens, (l2_value, ratio) == (0.0, 0.0)):
+    for training in trainings:
+        l2 = training_name(training)
+        for name, _ in training_settings(tokens, training):
             gains, means, worst = [], [], []
             for seed in args.seeds:
                 row, reference = done[("dev", seed, l2, name)], done[("dev", seed, None, "base")]
@@ -191,7 +221,7 @@ def main() -> None:
     base_ndcg = np.mean([done[("dev", s, None, "base")]["ndcg@10"] for s in args.seeds])
     print(f"SciFact development claims (268, carved from train), base nDCG@10 {base_ndcg:.2f}; guard dev splits; "
           f"seeds {', '.join(map(str, args.seeds))} (mean; 'min gain' and 'max loss' over seeds)\n")
-    print("| training: residual_l2 (, restrict_tokens) | after training | dev nDCG@10 | gain | min gain | "
+    print("| training: residual_l2 (, restrict_tokens or reference_l2) | after training | dev nDCG@10 | gain | min gain | "
           "guard mean loss | guard max loss (set) |")
     print("|---:|---|---:|---:|---:|---:|---|")
     for row in table:
