@@ -60,6 +60,20 @@ def distinct_ordinary(ids, mask, special):
     return sorted({i for i, m in zip(ids, mask, strict=True) if m and i not in special})
 
 
+def random_residuals(methods, seed):
+    """The same random table in each method's residual, the methods in eval mode (no dropout)."""
+    for method in methods:
+        with torch.no_grad():
+            method.encoder.term_residual.weight.copy_(
+                torch.randn(method.encoder.term_residual.weight.shape, generator=torch.Generator().manual_seed(seed)))
+        method.eval()
+
+
+def squared_norm(weight, distinct):
+    """||r||^2 from the residual's formula: the rows of the distinct tokens summed, over sqrt(their count)."""
+    return float((sum(weight[t] for t in distinct) / math.sqrt(len(distinct))).pow(2).sum())
+
+
 # ----------------------------------------------------------------------------- the restrictions
 
 
@@ -139,11 +153,7 @@ def test_hybrid_distill_loss_adds_the_l2_pull(tmp_path):
     plain_method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False)
     pulled = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
                                residual_l2=0.7)
-    for method in (plain_method, pulled):
-        with torch.no_grad():
-            method.encoder.term_residual.weight.copy_(
-                torch.randn(method.encoder.term_residual.weight.shape, generator=torch.Generator().manual_seed(1)))
-        method.eval()
+    random_residuals((plain_method, pulled), seed=1)
     loss, logs = plain_method.training_loss({"texts": texts})
     pulled_loss, pulled_logs = pulled.training_loss({"texts": texts})
     tokens = pulled.encoder.tokenize(texts)
@@ -152,7 +162,7 @@ def test_hybrid_distill_loss_adds_the_l2_pull(tmp_path):
     norms = []
     for row in range(len(texts)):  # the residual's squared norm, from its formula, text by text
         distinct = distinct_ordinary(tokens["input_ids"][row].tolist(), tokens["attention_mask"][row].tolist(), special)
-        norms.append(float((sum(weight[t] for t in distinct) / math.sqrt(len(distinct))).pow(2).sum()))
+        norms.append(squared_norm(weight, distinct))
     assert pulled_logs["residual_l2"] == pytest.approx(np.mean(norms), rel=1e-5)
     assert float(pulled_loss) - float(loss) == pytest.approx(0.7 * np.mean(norms), rel=1e-4)
     with pytest.raises(ConfigError, match="student=term-residual"):
@@ -173,11 +183,7 @@ def test_hybrid_distill_loss_adds_the_reference_pull(tmp_path):
     plain_method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False)
     pulled = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
                                reference_l2=0.3, reference=str(reference))
-    for method in (plain_method, pulled):
-        with torch.no_grad():
-            method.encoder.term_residual.weight.copy_(
-                torch.randn(method.encoder.term_residual.weight.shape, generator=torch.Generator().manual_seed(2)))
-        method.eval()
+    random_residuals((plain_method, pulled), seed=2)
     loss, _ = plain_method.training_loss({"texts": texts})
     torch.manual_seed(11)
     pulled_loss, logs = pulled.training_loss({"texts": texts})
@@ -189,7 +195,7 @@ def test_hybrid_distill_loss_adds_the_reference_pull(tmp_path):
     for index in drawn:
         ids = pulled.encoder.tokenizer(general[index])["input_ids"]
         distinct = sorted(set(ids) - special)
-        norms.append(float((sum(weight[t] for t in distinct) / math.sqrt(len(distinct))).pow(2).sum()))
+        norms.append(squared_norm(weight, distinct))
     assert len(set(drawn)) > 1
     assert logs["reference_l2"] == pytest.approx(np.mean(norms), rel=1e-5)
     assert float(pulled_loss) - float(loss) == pytest.approx(0.3 * np.mean(norms), rel=1e-4)
