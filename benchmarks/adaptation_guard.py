@@ -63,7 +63,8 @@ def training_name(training: Training) -> float | str:
     l2, ratio, reference_l2 = training
     if not ratio and not reference_l2:
         return l2
-    return f"{l2:g}" + (f", ratio {ratio:g}" if ratio else "") + (f", reference {reference_l2:g}" if reference_l2 else "")
+    return (f"{l2:g}" + (f", ratio {ratio:g}" if ratio else "")
+            + (f", reference {reference_l2:g}" if reference_l2 else ""))
 
 
 def pooled_sentences(encoder: TextEncoder, texts: list[str], path: Path) -> dict:
@@ -221,8 +222,8 @@ def main() -> None:
     base_ndcg = np.mean([done[("dev", s, None, "base")]["ndcg@10"] for s in args.seeds])
     print(f"SciFact development claims (268, carved from train), base nDCG@10 {base_ndcg:.2f}; guard dev splits; "
           f"seeds {', '.join(map(str, args.seeds))} (mean; 'min gain' and 'max loss' over seeds)\n")
-    print("| training: residual_l2 (, restrict_tokens or reference_l2) | after training | dev nDCG@10 | gain | min gain | "
-          "guard mean loss | guard max loss (set) |")
+    print("| training: residual_l2 (, restrict_tokens or reference_l2) | after training | dev nDCG@10 | gain | "
+          "min gain | guard mean loss | guard max loss (set) |")
     print("|---:|---|---:|---:|---:|---:|---|")
     for row in table:
         print(f"| {row['l2']} | {row['setting']} | {row['ndcg']:.2f} | {row['gain']:+.2f} | {row['gain_min']:+.2f} | "

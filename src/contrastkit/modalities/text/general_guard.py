@@ -368,7 +368,7 @@ def record_general_guard(summary: dict) -> dict:
     return summary
 
 
-__all__ = ["GUARD_CHOICES", "GUARD_KMEANS_SEEDS", "GUARD_SETS", "GUARD_SPLITS", "FrozenBaseCache", "RETRIEVAL_SETS", "guard_split_for",
-           "record_general_guard", "with_general_guard",
+__all__ = ["GUARD_CHOICES", "GUARD_KMEANS_SEEDS", "GUARD_SETS", "GUARD_SPLITS", "FrozenBaseCache", "RETRIEVAL_SETS",
+           "guard_split_for", "record_general_guard", "with_general_guard",
            "code_docstring_set", "coco_captions_set", "guard_eval_fn", "guard_loss", "guard_report", "measure_guard",
            "task_specs", "wordnet_definitions_set"]

@@ -322,7 +322,8 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
     restricting = [name for name in RESIDUAL_OPTIONS[1:] if settings[name] != DEFAULTS[name]]
     if student != "term-residual" and restricting:
         raise ConfigError(f"Option '{restricting[0]}' restricts the term residual; it needs student=term-residual.")
-    if settings["reference"] is not None and not (float(settings["restrict_tokens"]) or float(settings["reference_l2"])):
+    uses_reference = float(settings["restrict_tokens"]) or float(settings["reference_l2"])
+    if settings["reference"] is not None and not uses_reference:
         raise ConfigError("Option 'reference' is the general corpus of restrict_tokens and reference_l2; set "
                           "restrict_tokens=RATIO or reference_l2=NU too.")
     corpus = read_corpus(settings["corpus"])
