@@ -133,7 +133,8 @@ DEFAULTS = {"corpus": None, "dense_weight": 0.6, "temperature": 0.05, "teacher_t
             "corpus_precision": "fp32", "cache_dir": None, "anchor_weight": 0.0,
             "query_crop": 0.0, "student": "term-residual", "residual_l2": 0.0, "residual_scale": 1.0,
             "residual_max_norm": None, "restrict_tokens": 0.0, "reference_l2": 0.0, "reference": None}
-RESIDUAL_OPTIONS = ("residual_l2", "residual_scale", "residual_max_norm", "restrict_tokens", "reference_l2")
+# The pulls are checked by HybridDistillation itself, each with its own message; the restrictions here.
+RESIDUAL_RESTRICTIONS = ("residual_scale", "residual_max_norm", "restrict_tokens")
 STUDENTS = ("term-residual", "encoder")
 
 MIN_QUERY_WORDS = 5
@@ -319,7 +320,7 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
         raise ConfigError("The method 'hybrid-distill' needs the corpus to rank: --option corpus=PATH (a BEIR "
                           "folder or a .jsonl[.gz] corpus with title and text fields).")
     student = str(settings["student"])
-    restricting = [name for name in RESIDUAL_OPTIONS[1:] if settings[name] != DEFAULTS[name]]
+    restricting = [name for name in RESIDUAL_RESTRICTIONS if settings[name] != DEFAULTS[name]]
     if student != "term-residual" and restricting:
         raise ConfigError(f"Option '{restricting[0]}' restricts the term residual; it needs student=term-residual.")
     uses_reference = float(settings["restrict_tokens"]) or float(settings["reference_l2"])
