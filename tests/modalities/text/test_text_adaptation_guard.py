@@ -1,7 +1,8 @@
 """Issue 31: a term residual that keeps general quality, and the guard that measures it.
 
 The residual's restrictions against hand computations (scale 0 is the base model bit for bit, scale
-alpha is the linear mix of base and adapted, the cap, the token restriction, the L2 pull's closed form),
+alpha is the linear mix of base and adapted, the cap, the token restriction, the length ramp, the corpus
+gate and its quantiles, the L2 pull's closed form),
 the domain-token rule against a hand count, the guard's cached embeddings against the encoder's own
 forward pass, its task specs against the project's task files, its sets' relevance against the raw
 files, the query tower's defaults (documents without the residual; a warning on general text), and the
@@ -9,6 +10,7 @@ CLI's summary."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -18,10 +20,10 @@ import pytest
 import torch
 
 from contrastkit.cli import main as cli_main
-from contrastkit.core.errors import ConfigError
+from contrastkit.core.errors import ConfigError, DataError
 from contrastkit.modalities.text import general_guard
 from contrastkit.modalities.text.benchmark_tasks import evaluate_tasks
-from contrastkit.modalities.text.encoders import load_text_encoder, small_random_encoder
+from contrastkit.modalities.text.encoders import TextEncoder, load_text_encoder, small_random_encoder
 from contrastkit.modalities.text.evaluation import encode_texts, evaluate_retrieval, evaluate_text_task
 from contrastkit.modalities.text.general_guard import (
     FrozenBaseCache,
@@ -33,8 +35,14 @@ from contrastkit.modalities.text.general_guard import (
     wordnet_definitions_set,
 )
 from contrastkit.modalities.text.methods import build_text_method
+from contrastkit.modalities.text.methods.hybrid_distill import corpus_gate_for
 from contrastkit.modalities.text.query_tower import QueryTowerWarning, document_tower, general_use_message
-from contrastkit.modalities.text.term_residual import TermResidual, over_represented_tokens, residual_l2
+from contrastkit.modalities.text.term_residual import (
+    TermResidual,
+    corpus_gate,
+    over_represented_tokens,
+    residual_l2,
+)
 from tests.conftest import data_path, requires_minilm, requires_transformers
 from tests.modalities.text.test_text_evaluation import SENTENCES, tiny_retrieval_set
 from tests.modalities.text.test_text_hybrid_distill import small_encoder, write_corpus
@@ -134,6 +142,103 @@ def test_restricted_tokens_have_no_row_but_still_count():
     assert grad_rows == {4, 7, 9}
 
 
+def test_min_tokens_ramps_short_texts_before_scale_and_cap():
+    torch.manual_seed(1)
+    residual = TermResidual(30, 5, special_ids=[0, 1])
+    with torch.no_grad():
+        residual.weight.normal_()
+    # 1, 2, 3 (a repeat counts once), 4 and 5 distinct ordinary tokens; padding (mask 0) counts for none.
+    ids = torch.tensor([[0, 4, 1, 1, 1, 1, 1], [0, 4, 9, 1, 1, 1, 1], [0, 4, 9, 9, 12, 1, 1],
+                        [0, 4, 9, 12, 13, 1, 1], [0, 4, 9, 12, 13, 20, 1]])
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0],
+                         [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
+    weight = residual.weight.detach()
+    residual.restrict(min_tokens=4, scale=0.5, max_norm=0.8)
+    got = residual(ids, mask)
+    for row in range(ids.shape[0]):
+        distinct = distinct_ordinary(ids[row].tolist(), mask[row].tolist(), {0, 1})
+        n = len(distinct)
+        expected = 0.5 * min(1.0, n / 4) * sum(weight[t] for t in distinct) / math.sqrt(n)
+        expected = expected * min(1.0, 0.8 / float(expected.norm()))  # the cap comes last
+        torch.testing.assert_close(got[row], expected)
+    residual.restrict(min_tokens=None, scale=1.0, max_norm=None)
+    torch.testing.assert_close(residual(ids, mask)[0], weight[4])  # no ramp: a word alone gets its whole row
+    assert residual.restrict(min_tokens=1).min_tokens is None  # 1 ramps nothing
+    for bad in (0, 2.5, -3, True):
+        with pytest.raises(ConfigError, match="min_tokens"):
+            residual.restrict(min_tokens=bad)
+
+
+def test_corpus_gate_lets_through_its_share_of_the_residual():
+    torch.manual_seed(2)
+    residual = TermResidual(30, 4, special_ids=[0, 1])
+    with torch.no_grad():
+        residual.weight.normal_()
+    ids = torch.tensor([[0, 4, 9, 1]] * 4)
+    mask = torch.ones_like(ids)
+    low, high = 0.2, 0.6
+    center = torch.tensor([2.0, 0.0, 0.0, 0.0])  # normalised by the gate: the first axis
+    # Base embeddings (not of unit length: the gate takes their cosine) at cosines 0.1, 0.3, 0.5 and 0.9.
+    base = torch.stack([3.0 * torch.tensor([c, math.sqrt(1 - c * c), 0.0, 0.0]) for c in (0.1, 0.3, 0.5, 0.9)])
+    full = residual(ids, mask)
+    residual.restrict(gate=(center, low, high), scale=0.5)
+    got = residual(ids, mask, base=base)
+    for row, closeness in enumerate((0.1, 0.3, 0.5, 0.9)):
+        share = min(1.0, max(0.0, (closeness - low) / (high - low)))  # 0, 0.25, 0.75, 1
+        torch.testing.assert_close(got[row], 0.5 * share * full[row])
+    torch.testing.assert_close(residual(ids, mask, gated=False), 0.5 * full)  # what the pulls act on
+    with pytest.raises(ConfigError, match="base embeddings"):
+        residual(ids, mask)
+    with pytest.raises(ConfigError, match="lo < hi"):
+        residual.restrict(gate=(center, 0.5, 0.5))
+    residual.restrict(gate=None, scale=1.0)
+    torch.testing.assert_close(residual(ids, mask), full)
+
+
+def test_corpus_gate_thresholds_are_the_quantiles_of_both_sides():
+    generator = torch.Generator().manual_seed(3)
+    axis = torch.zeros(8)
+    axis[0] = 1.0
+    documents = torch.randn(200, 8, generator=generator) + 3.0 * axis  # the corpus: along the first axis
+    reference = torch.randn(300, 8, generator=generator)  # general text: anywhere
+    center, low, high = corpus_gate(documents, reference, quantile=0.1)
+    def units(x):
+        return x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+
+    mean = units(documents).mean(axis=0)
+    np.testing.assert_allclose(center.numpy(), mean / np.linalg.norm(mean), atol=1e-6)
+
+    def cosines(x):
+        return units(x) @ (mean / np.linalg.norm(mean))
+
+    assert high == pytest.approx(float(np.quantile(cosines(documents), 0.1)), abs=1e-5)
+    assert low == pytest.approx(float(np.quantile(cosines(reference), 0.9)), abs=1e-5)
+    with pytest.raises(DataError, match="overlap"):
+        corpus_gate(reference[:150], reference[150:], quantile=0.1)  # both general: no gate can tell them apart
+    with pytest.raises(ConfigError, match="quantile"):
+        corpus_gate(documents, reference, quantile=0.5)
+
+
+@requires_transformers
+@requires_minilm
+def test_an_encoder_with_a_closed_gate_is_the_base_model():
+    encoder = residual_encoder()
+    tokens = encoder.tokenize(SENTENCES[:6])
+    with torch.no_grad():
+        f0 = plain(encoder)(tokens)
+        closeness = torch.nn.functional.normalize(f0, dim=1) @ torch.nn.functional.normalize(f0[1], dim=0)
+        farthest = int(closeness.argmin())
+        # Centred on text 1 (cosine 1: above hi, the whole residual); the farthest text sits at lo (none).
+        encoder.term_residual.restrict(gate=(f0[1], float(closeness.min()), float(closeness.max())))
+        gated = encoder(tokens)
+        shares = ((closeness - closeness.min()) / (closeness.max() - closeness.min())).unsqueeze(1)
+        expected = torch.nn.functional.normalize(f0 + shares * encoder.term_residual(
+            tokens["input_ids"], tokens["attention_mask"], gated=False), dim=1)
+    torch.testing.assert_close(gated[farthest], f0[farthest])  # a closed gate: the base model
+    torch.testing.assert_close(gated, expected)
+    assert not torch.allclose(gated[1], f0[1], atol=1e-3)  # an open one: the adapted model
+
+
 def test_residual_l2_closed_form():
     residual = TermResidual(10, 3)
     u, v = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.5, -1.0, 2.0])
@@ -221,11 +326,13 @@ def test_over_represented_tokens_by_hand():
 @requires_minilm
 def test_restrictions_and_corpus_survive_save_and_load(tmp_path):
     encoder = residual_encoder()
-    encoder.term_residual.restrict(scale=0.4, max_norm=0.25, allowed=[5, 1000, 2023])
+    encoder.term_residual.restrict(scale=0.4, max_norm=0.25, allowed=[5, 1000, 2023], min_tokens=6,
+                                   gate=(torch.arange(32, dtype=torch.float32), 0.1, 0.3))
     encoder.term_residual.corpus = {"role": "query tower", "path": "scifact", "documents": 5183}
     encoder.save(tmp_path / "model")
     loaded = load_text_encoder(tmp_path / "model")
     assert loaded.term_residual.settings() == encoder.term_residual.settings()
+    torch.testing.assert_close(loaded.term_residual.gate_center, encoder.term_residual.gate_center)
     np.testing.assert_allclose(encode_texts(loaded, SENTENCES), encode_texts(encoder, SENTENCES), atol=1e-6)
 
 
@@ -237,15 +344,59 @@ def test_options_restrict_the_residual_of_the_method(tmp_path):
     reference.write_text("the cat sat on the mat\nit was a sunny day\nwe went to the shop\n")
     method = build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
                                residual_scale=0.5, residual_max_norm=0.2, restrict_tokens=1.5,
-                               reference=str(reference))
+                               residual_min_tokens=4, reference=str(reference))
     residual = method.encoder.term_residual
-    assert residual.scale == 0.5 and residual.max_norm == 0.2
+    assert residual.scale == 0.5 and residual.max_norm == 0.2 and residual.min_tokens == 4
     the = method.encoder.tokenizer.convert_tokens_to_ids("the")
     assert residual.allowed is not None and not residual.allowed[the]  # general in the reference: no row
     assert residual.corpus["path"] == str(corpus) and residual.corpus["documents"] == len(SENTENCES)
     with pytest.raises(ConfigError, match="restrict_tokens"):
         build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
                           reference=str(reference))
+    with pytest.raises(ConfigError, match="residual_min_tokens"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          residual_min_tokens=2.5)
+    with pytest.raises(ConfigError, match="residual_min_tokens.*student=term-residual"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          student="encoder", residual_min_tokens=4)
+
+
+@requires_transformers
+@requires_minilm
+def test_corpus_gate_option_places_the_gate_from_the_corpus_and_the_reference(tmp_path):
+    # A medical corpus against everyday sentences: all-MiniLM-L6-v2 tells them apart (a random encoder
+    # would not, and the gate would refuse).
+    medical = ["protein folding determines enzyme function", "the vaccine reduced infection rates",
+               "mutations in the BRCA1 gene raise the risk of breast cancer", "insulin regulates blood glucose",
+               "antibodies bind viral antigens", "the drug lowered blood pressure in a randomised trial"]
+    corpus = write_corpus(tmp_path / "corpus.jsonl", medical)
+    reference = tmp_path / "general.txt"
+    general = ["the cat sat on the mat", "it was a sunny day", "we went to the shop", "he sings well",
+               "the train was late again", "my sister likes tea"]
+    reference.write_text("\n".join(general) + "\n")
+    minilm = TextEncoder.from_folder("minilm", max_length=32).eval()
+    method = build_text_method("hybrid-distill", copy.deepcopy(minilm), corpus=str(corpus), cache_dir=False,
+                               corpus_gate=0.1, reference=str(reference))
+    residual = method.encoder.term_residual
+    # Recomputed with the base model's own encode, not the method's document matrix.
+    documents = torch.nn.functional.normalize(minilm.encode(medical), dim=1)
+    center = torch.nn.functional.normalize(documents.mean(dim=0), dim=0)
+    torch.testing.assert_close(residual.gate_center, center, atol=1e-5, rtol=1e-5)
+    closeness = torch.nn.functional.normalize(minilm.encode(general), dim=1) @ center
+    assert residual.gate_low == pytest.approx(float(np.quantile(closeness.numpy(), 0.9)), abs=1e-5)
+    assert residual.gate_high == pytest.approx(float(np.quantile((documents @ center).numpy(), 0.1)), abs=1e-5)
+    # After training: the same gate from a query tower (its residual left out) and the corpus's path.
+    tower = copy.deepcopy(minilm)
+    tower.add_term_residual()
+    with torch.no_grad():
+        tower.term_residual.weight.normal_()
+    center, low, high = corpus_gate_for(tower, corpus, 0.1, str(reference), cache_dir=False)
+    torch.testing.assert_close(center, residual.gate_center, atol=1e-5, rtol=1e-5)
+    assert (low, high) == pytest.approx((residual.gate_low, residual.gate_high), abs=1e-5)
+    assert tower.term_residual is not None  # given back
+    with pytest.raises(ConfigError, match="corpus_gate.*student=term-residual"):
+        build_text_method("hybrid-distill", small_encoder(), corpus=str(corpus), cache_dir=False,
+                          student="encoder", corpus_gate=0.1)
 
 
 # ------------------------------------------------------------------------------------ the guard
@@ -321,9 +472,18 @@ def test_guard_supersenses_average_25_kmeans_runs():
     assert abs(score - 100 * np.mean(runs[:5])) > 1e-3  # not the task runner's five
 
 
-def test_wordnet_definitions_relevance_is_the_synsets_members():
+def test_check_split_has_only_the_wordnet_sets():
+    result = measure_guard(None, "check", sets=["stsb", "mrpc", "code-docstring", "coco-captions"])
+    assert result["sets"] == {} and set(result["skipped"]) == {"stsb", "mrpc", "code-docstring", "coco-captions"}
+    assert all("no 'check' sample" in why for why in result["skipped"].values())
+    spec = task_specs()["wordnet-supersenses"]
+    assert spec.entry("check").carve.remainder == 2 and spec.entry("test").carve.remainder == 1
+
+
+@pytest.mark.parametrize(("split", "bucket"), [("test", 1), ("check", 2)])
+def test_wordnet_definitions_relevance_is_the_synsets_members(split, bucket):
     path = data_path("wordnet/synsets.tsv.gz")
-    retrieval_set = wordnet_definitions_set("test")
+    retrieval_set = wordnet_definitions_set(split)
     lemma = dict(zip(retrieval_set.doc_ids, retrieval_set.texts, strict=True))
     members = {}
     import gzip
@@ -335,8 +495,8 @@ def test_wordnet_definitions_relevance_is_the_synsets_members():
             members[synset] = (pos, set(names.split("|")), definition)
     import hashlib
 
-    sample = [s for s, (pos, _, _) in members.items()  # the supersense task's test sample, by its rule
-              if pos == "n" and int.from_bytes(hashlib.sha256(s.encode()).digest(), "big") % 40 == 1]
+    sample = [s for s, (pos, _, _) in members.items()  # the supersense task's sample, by its rule
+              if pos == "n" and int.from_bytes(hashlib.sha256(s.encode()).digest(), "big") % 40 == bucket]
     assert sorted(retrieval_set.query_ids) == sorted(sample) and len(sample) > 1000
     for query, text in zip(retrieval_set.query_ids, retrieval_set.queries, strict=True):
         pos, names, definition = members[query]

@@ -263,7 +263,8 @@ class TextEncoder(nn.Module):
         embedding = F.normalize(pooled, dim=-1) if self.normalize else pooled
         if self.term_residual is None or self.term_residual.scale == 0:  # scale 0: the base model, bit for bit
             return embedding
-        embedding = embedding + self.term_residual(tokens["input_ids"], tokens["attention_mask"]).to(embedding)
+        residual = self.term_residual(tokens["input_ids"], tokens["attention_mask"], base=embedding)
+        embedding = embedding + residual.to(embedding)
         return F.normalize(embedding, dim=-1) if self.normalize else embedding
 
     def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -41,6 +41,11 @@ Protocols (all zero-shot: cosine of the encoder's embeddings, nothing fitted):
 ``benchmarks/adaptation_guard.py`` does); the test guard is what a run reports, and nothing reads it to
 pick a setting. A set whose data is missing is skipped with the reason.
 
+**A third, unread sample** (``split="check"``): the two WordNet sets have one more disjoint sample of noun
+synsets, bucket 2 mod 40 (the other sets have no third split and are skipped). It is kept for re-checking,
+once, a claim already read on test -- after test splits have been read more than once, the only unseen data
+left for these two sets.
+
 The encoder is used symmetrically (both sides of a pair or a search embedded by it): that is what a user
 who embeds general text with the adapted model gets. For an encoder whose Transformer is frozen (the term
 residual), :class:`FrozenBaseCache` computes the Transformer's pooled states once per text, so measuring
@@ -64,9 +69,11 @@ from contrastkit.modalities.text.encoders import TextEncoder
 from contrastkit.modalities.text.sources import RetrievalSet, hash_bucket, read_jsonl
 from contrastkit.modalities.text.task_files import Carve, DataEntry, TaskSpec
 
-GUARD_SPLITS = ("dev", "test")
+GUARD_SPLITS = ("dev", "test", "check")
 WORDNET_SAMPLE_MODULUS = 40
-WORDNET_SAMPLE = {"dev": 0, "test": 1}  # remainders: the supersense task's samples
+# Remainders: the supersense task's dev and test samples, and the unread re-check sample (module docstring).
+WORDNET_SAMPLE = {"dev": 0, "test": 1, "check": 2}
+CHECK_SETS = ("wordnet-supersenses", "wordnet-definitions")  # the sets with a "check" sample
 CODE_SPLITS = {"dev": "valid", "test": "test"}
 CAPTION_SPLITS = {"dev": "train2017", "test": "val2017"}
 MRPC_HEADER = ("label", "id1", "id2", "sentence1", "sentence2")
@@ -231,6 +238,8 @@ class _CachedEncoder:
 
 
 def _missing_data(name: str, split: str) -> str | None:
+    if split == "check" and name not in CHECK_SETS:
+        return f"no 'check' sample (only {' and '.join(CHECK_SETS)} have one)"
     if name in RETRIEVAL_SETS:
         path = data_root() / RETRIEVAL_SETS[name].data
     else:
@@ -261,7 +270,8 @@ def measure_guard(encoder, split: str = "test", sets: Sequence[str] | None = Non
     """The guard's scores of ``encoder`` (a TextEncoder, or anything with ``encode(texts, batch_size)``).
 
     Returns ``{"split", "sets": {name: {"metric", "score", "size"}}, "skipped": {name: why}}`` (scores
-    x100). ``split``: ``test`` for the report, ``dev`` for choosing settings (module docstring).
+    x100). ``split``: ``test`` for the report, ``dev`` for choosing settings, ``check`` for a re-check on
+    unread WordNet synsets (module docstring).
     ``cache``: a :class:`FrozenBaseCache` to go through (a TextEncoder whose Transformer stays frozen
     between calls)."""
     if split not in GUARD_SPLITS:
@@ -368,7 +378,8 @@ def record_general_guard(summary: dict) -> dict:
     return summary
 
 
-__all__ = ["GUARD_CHOICES", "GUARD_KMEANS_SEEDS", "GUARD_SETS", "GUARD_SPLITS", "FrozenBaseCache", "RETRIEVAL_SETS",
+__all__ = ["CHECK_SETS", "GUARD_CHOICES", "GUARD_KMEANS_SEEDS", "GUARD_SETS", "GUARD_SPLITS", "FrozenBaseCache",
+           "RETRIEVAL_SETS",
            "guard_split_for", "record_general_guard", "with_general_guard",
            "code_docstring_set", "coco_captions_set", "guard_eval_fn", "guard_loss", "guard_report", "measure_guard",
            "task_specs", "wordnet_definitions_set"]

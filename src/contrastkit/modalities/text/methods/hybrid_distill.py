@@ -61,9 +61,12 @@ measures the general guard (:mod:`contrastkit.modalities.text.general_guard`) be
 default (``--general-guard off`` to skip it). To keep general quality (issue 31), the residual can be
 restricted, at training (options below) or afterwards (:meth:`TermResidual.restrict`, no retraining):
 ``residual_scale`` alpha (mixing with the base embedding), ``residual_max_norm`` (a cap on its norm),
+``residual_min_tokens`` (a ramp that damps texts of few tokens, e.g. a word alone), ``corpus_gate`` (the
+residual only for texts whose base embedding is near the corpus's documents),
 ``restrict_tokens`` (only tokens over-represented in the corpus's documents against a general reference,
 :func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`). Measured in docs/benchmarks.md
-(``benchmarks/adaptation_guard.py``).
+(``benchmarks/adaptation_guard.py``): the setting chosen on development data is ``residual_l2`` 0.5 in training,
+then the corpus gate at 0.2 and the length ramp at 8 tokens afterwards (:func:`corpus_gate_for`).
 
 Only the query side is trained ("query-side fine-tuning", Lee, Sung, Kang & Chen, "Learning
 Dense Representations of Phrases at Scale", ACL 2021, https://arxiv.org/abs/2012.12624, Sec. 4.3):
@@ -101,6 +104,13 @@ Options (``build(encoder, **options)``):
         term-residual only; the sentences are ``reference``).
     residual_scale: alpha of the trained residual (1; term-residual only; applies in training too).
     residual_max_norm: the cap c on the residual's norm (none; term-residual only).
+    residual_min_tokens: m, a text of n < m distinct tokens gets n/m of its residual (0: no ramp;
+        term-residual only; :class:`~contrastkit.modalities.text.term_residual.TermResidual`).
+    corpus_gate: q, the quantile of :func:`~contrastkit.modalities.text.term_residual.corpus_gate` (0: no
+        gate; term-residual only): a text gets the residual in proportion to how close its base embedding is
+        to the corpus's centre, from none at the share q of ``reference`` sentences closest to it (a sample
+        of 2,000) to all at the share 1 - q of the documents. Applies in training too (the pulls act on the
+        ungated residual).
     restrict_tokens: the ratio of :func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`
         (0: every token has a row); the target is the corpus's documents, the reference ``reference``.
     reference: general-domain sentences, one per line, for ``restrict_tokens`` and ``reference_l2``
@@ -132,9 +142,12 @@ from contrastkit.modalities.text.term_residual import residual_l2
 DEFAULTS = {"corpus": None, "dense_weight": 0.6, "temperature": 0.05, "teacher_temperature": 0.05,
             "corpus_precision": "fp32", "cache_dir": None, "anchor_weight": 0.0,
             "query_crop": 0.0, "student": "term-residual", "residual_l2": 0.0, "residual_scale": 1.0,
-            "residual_max_norm": None, "restrict_tokens": 0.0, "reference_l2": 0.0, "reference": None}
+            "residual_max_norm": None, "residual_min_tokens": 0, "corpus_gate": 0.0, "restrict_tokens": 0.0,
+            "reference_l2": 0.0, "reference": None}
 # The pulls are checked by HybridDistillation itself, each with its own message; the restrictions here.
-RESIDUAL_RESTRICTIONS = ("residual_scale", "residual_max_norm", "restrict_tokens")
+RESIDUAL_RESTRICTIONS = ("residual_scale", "residual_max_norm", "residual_min_tokens", "corpus_gate",
+                         "restrict_tokens")
+GATE_REFERENCE_SAMPLE = 2000  # general sentences embedded to place the corpus gate's lower threshold
 STUDENTS = ("term-residual", "encoder")
 
 MIN_QUERY_WORDS = 5
@@ -299,13 +312,15 @@ class HybridDistillation(nn.Module):
         drift = (1.0 - (queries * base).sum(dim=1)).mean()
         loss = distillation + self.anchor_weight * drift / self.temperature if self.anchor_weight else distillation
         if self.residual_l2_weight:
-            pull = residual_l2(self.encoder.term_residual(tokens["input_ids"], tokens["attention_mask"]))
+            residual = self.encoder.term_residual(tokens["input_ids"], tokens["attention_mask"], gated=False)
+            pull = residual_l2(residual)
             loss = loss + self.residual_l2_weight * pull
             logs["residual_l2"] = float(pull.detach())
         if self.reference_l2_weight:
             # Torch's generator draws the sentences; the training loop reseeds it every step.
             rows = torch.randint(self.reference_ids.shape[0], (len(texts),))
-            general = residual_l2(self.encoder.term_residual(self.reference_ids[rows], self.reference_mask[rows]))
+            general = residual_l2(self.encoder.term_residual(self.reference_ids[rows], self.reference_mask[rows],
+                                                             gated=False))
             loss = loss + self.reference_l2_weight * general
             logs["reference_l2"] = float(general.detach())
         with torch.no_grad():
@@ -323,10 +338,11 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
     restricting = [name for name in RESIDUAL_RESTRICTIONS if settings[name] != DEFAULTS[name]]
     if student != "term-residual" and restricting:
         raise ConfigError(f"Option '{restricting[0]}' restricts the term residual; it needs student=term-residual.")
-    uses_reference = float(settings["restrict_tokens"]) or float(settings["reference_l2"])
+    uses_reference = (float(settings["restrict_tokens"]) or float(settings["reference_l2"])
+                      or float(settings["corpus_gate"]))
     if settings["reference"] is not None and not uses_reference:
-        raise ConfigError("Option 'reference' is the general corpus of restrict_tokens and reference_l2; set "
-                          "restrict_tokens=RATIO or reference_l2=NU too.")
+        raise ConfigError("Option 'reference' is the general corpus of restrict_tokens, reference_l2 and "
+                          "corpus_gate; set one of them too.")
     corpus = read_corpus(settings["corpus"])
     method = HybridDistillation(
         encoder, corpus, dense_weight=float(settings["dense_weight"]),
@@ -339,13 +355,55 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
         reference_texts=reference_sentences(settings["reference"]) if float(settings["reference_l2"]) else None,
     )
     if student == "term-residual":
-        cap = settings["residual_max_norm"]
+        cap, ramp = settings["residual_max_norm"], float(settings["residual_min_tokens"])
+        if ramp != int(ramp) or ramp < 0:
+            raise ConfigError(f"Option 'residual_min_tokens' must be a whole number of tokens >= 0 (0: no ramp), "
+                              f"got {settings['residual_min_tokens']}.")
         method.encoder.term_residual.restrict(scale=float(settings["residual_scale"]),
-                                              max_norm=None if cap in (None, "none") else float(cap))
+                                              max_norm=None if cap in (None, "none") else float(cap),
+                                              min_tokens=int(ramp) or None)
         if float(settings["restrict_tokens"]):
             domain_tokens(method.encoder, corpus.documents(DOCUMENT_SEPARATOR), float(settings["restrict_tokens"]),
                           settings["reference"], apply=True)
+        if float(settings["corpus_gate"]):
+            method.encoder.term_residual.restrict(gate=fit_corpus_gate(
+                method.document_encoder, method.documents, float(settings["corpus_gate"]), settings["reference"]))
     return method
+
+
+def corpus_gate_for(encoder: TextEncoder, corpus, quantile: float, reference: str | None = None,
+                    precision: str = "fp32", cache_dir=None) -> tuple[Tensor, float, float]:
+    """The corpus gate of a trained query tower, to apply after training (``encoder.term_residual.restrict(
+    gate=...)``): ``corpus`` (a BEIR folder or JSONL corpus, or a :class:`RetrievalSet`) embedded by the base
+    model -- ``encoder`` without its residual, through the evaluation's corpus cache -- against WikiText-2's
+    (or ``reference``'s) sentences. Reads nothing but the corpus and the reference."""
+    documents = read_corpus(corpus) if not isinstance(corpus, RetrievalSet) else corpus
+    residual, encoder.term_residual = encoder.term_residual, None  # the base model's own embeddings
+    try:
+        embedded = encode_corpus(encoder, documents, cache_dir, precision=check_precision(precision))
+    finally:
+        encoder.term_residual = residual
+    return fit_corpus_gate(encoder, torch.from_numpy(embedded), quantile, reference)
+
+
+def fit_corpus_gate(base: TextEncoder, documents: Tensor, quantile: float, reference: str | None = None,
+                    sample: int = GATE_REFERENCE_SAMPLE, seed: int = 0) -> tuple[Tensor, float, float]:
+    """:func:`~contrastkit.modalities.text.term_residual.corpus_gate` of the corpus's base embeddings
+    ``documents`` (N, D) against ``sample`` general ``reference`` sentences (default: WikiText-2's) drawn with
+    ``seed`` and embedded by the base model ``base`` (without a term residual)."""
+    import random
+
+    from contrastkit.modalities.text.term_residual import corpus_gate
+
+    sentences = reference_sentences(reference)
+    if len(sentences) > sample:
+        sentences = random.Random(seed).sample(sentences, sample)
+    residual, base.term_residual = base.term_residual, None  # the base model's own embeddings
+    try:
+        general = base.encode(sentences)
+    finally:
+        base.term_residual = residual
+    return corpus_gate(documents.float().cpu(), general, quantile)
 
 
 def reference_sentences(reference: str | None = None) -> list[str]:
@@ -376,4 +434,4 @@ def domain_tokens(encoder: TextEncoder, target_texts, min_ratio: float, referenc
 
 
 __all__ = ["HybridDistillation", "build", "crop_words", "hybrid_teacher_logits", "listwise_distillation",
-           "domain_tokens", "reference_sentences"]
+           "corpus_gate_for", "domain_tokens", "fit_corpus_gate", "reference_sentences"]
