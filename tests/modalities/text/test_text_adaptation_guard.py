@@ -385,6 +385,17 @@ def test_corpus_gate_option_places_the_gate_from_the_corpus_and_the_reference(tm
     closeness = torch.nn.functional.normalize(minilm.encode(general), dim=1) @ center
     assert residual.gate_low == pytest.approx(float(np.quantile(closeness.numpy(), 0.9)), abs=1e-5)
     assert residual.gate_high == pytest.approx(float(np.quantile((documents @ center).numpy(), 0.1)), abs=1e-5)
+    # In training the student's queries go through the gate (a general sentence's residual gets no gradient).
+    with torch.no_grad():
+        residual.weight.normal_()
+    method.train()
+    loss, _ = method.training_loss({"texts": [general[0], medical[0]]})
+    loss.backward()
+    shares = residual.gate_share(minilm.encode([general[0], medical[0]]))
+    assert float(shares[0]) == 0.0 and float(shares[1]) == 1.0  # the reference's and the corpus's own texts
+    rows = residual.weight.grad.abs().sum(dim=1)
+    cat, protein = (minilm.tokenizer.convert_tokens_to_ids(w) for w in ("cat", "protein"))
+    assert float(rows[cat]) == 0.0 and float(rows[protein]) > 0.0
     # After training: the same gate from a query tower (its residual left out) and the corpus's path.
     tower = copy.deepcopy(minilm)
     tower.add_term_residual()
