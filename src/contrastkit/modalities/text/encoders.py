@@ -259,7 +259,7 @@ class TextEncoder(nn.Module):
 
     def finish(self, pooled: torch.Tensor, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The embedding from :meth:`pooled`'s output: normalisation, and the term residual if any
-        (added to the normalised embedding, then normalised again)."""
+        (added to the normalised embedding, then normalised again; a corpus gate reads that embedding)."""
         embedding = F.normalize(pooled, dim=-1) if self.normalize else pooled
         if self.term_residual is None or self.term_residual.scale == 0:  # scale 0: the base model, bit for bit
             return embedding
