@@ -192,10 +192,20 @@ def test_chromium_check_sees_a_broken_page(tmp_path):
 @pytest.mark.slow
 def test_umap_map_keeps_the_classes_apart(tmp_path):
     """The UMAP map (umap-learn, ~20 s to import numba) keeps well-separated classes apart: a 1-NN
-    classifier on the 2-D points, leave-one-out, agrees with the labels almost always."""
+    classifier on the 2-D points, leave-one-out, agrees with the labels almost always; and the caller's torch
+    thread count survives it."""
     pytest.importorskip("umap", reason="umap-learn (the report extra) is not installed")
     run = image_run(tmp_path, "digits", n_rows=300)
-    points = np.array([p[:3] for p in page_data(write_html_report(run, map_method="umap"))["points"]])
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        points = np.array([p[:3] for p in page_data(write_html_report(run, map_method="umap"))["points"]])
+        # UMAP's numba kernels reset the OpenMP thread count torch shares; the report gives it back.
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     xy, label = points[:, :2], points[:, 2]
     distance = ((xy[:, None] - xy[None]) ** 2).sum(-1)
     np.fill_diagonal(distance, np.inf)

@@ -24,9 +24,11 @@ whether the page ran cleanly (``tests/report/test_html_report.py``).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib.util
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,21 @@ def _embeddings_file(run_dir: Path) -> Path | None:
     return next((run_dir / name for name in EMBEDDING_FILES if (run_dir / name).is_file()), None)
 
 
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Give torch its intra-op thread count back after the block. UMAP's numba kernels set the OpenMP
+    runtime's thread count, which torch shares: after a report, a caller held at 1 thread (one per process,
+    or the test suite's one per worker) would run at every core and oversubscribe the machine (measured:
+    a test 6x slower in the suite than alone)."""
+    torch = sys.modules.get("torch")  # not imported here: a report needs no torch
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def _map_coordinates(embeddings: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     if method == "auto":
         method = "umap" if importlib.util.find_spec("umap") is not None else "pca"
@@ -233,8 +250,9 @@ def _map_coordinates(embeddings: np.ndarray, method: str, seed: int) -> tuple[np
             raise ConfigError("the UMAP map needs umap-learn (pip install 'contrastkit[report]'); "
                               "--map pca draws a PCA map instead.") from None
         neighbours = min(15, len(embeddings) - 1)
-        return umap.UMAP(n_components=2, n_neighbors=max(neighbours, 2), random_state=seed).fit_transform(
-            embeddings), "UMAP"
+        with _torch_threads_kept():
+            return umap.UMAP(n_components=2, n_neighbors=max(neighbours, 2), random_state=seed).fit_transform(
+                embeddings), "UMAP"
     from contrastkit.report.plots import pca_2d
 
     return pca_2d(embeddings), "PCA"
