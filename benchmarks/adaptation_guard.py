@@ -154,6 +154,15 @@ def training_settings(ratios_tokens: dict[float, list[int]], gates: dict[float, 
     return [(name, rule) for name, rule in rows if not (training[1] and "allowed" in rule)]
 
 
+def restrict(residual, restriction: dict, trained_allowed) -> None:
+    """Apply one setting's restrictions to a trained residual; a token restriction learnt in training
+    (``trained_allowed``) stays unless the setting has its own."""
+    residual.allowed = trained_allowed
+    residual.restrict(scale=restriction.get("scale", 1.0), max_norm=restriction.get("max_norm"),
+                      allowed=restriction.get("allowed", False), min_tokens=restriction.get("min_tokens"),
+                      gate=restriction.get("gate"))
+
+
 def score(model, base: TextEncoder, retrieval_set, guard_split: str, cache: FrozenBaseCache) -> dict:
     wrapped = cache.wrap(model)
     retrieval = evaluate_retrieval(wrapped, retrieval_set, k_values=(10,), document_encoder=base, precision="fp32")
@@ -233,12 +242,9 @@ def main() -> None:
             residual = encoder.term_residual
             trained_allowed = residual.allowed  # a restriction learnt in training stays under the others
             for name, restriction in training_settings(tokens, gates, training):
-                allowed = restriction.get("allowed")
-                residual.restrict(scale=restriction.get("scale", 1.0), max_norm=restriction.get("max_norm"),
-                                  allowed=allowed if allowed is not None else False,
-                                  min_tokens=restriction.get("min_tokens"), gate=restriction.get("gate"))
+                restrict(residual, restriction, trained_allowed)
                 measured("dev", seed, training_name(training), name, encoder, dev, "dev")
-                residual.allowed = trained_allowed
+            restrict(residual, {}, trained_allowed)
 
     # The table: one row per (training, setting), dev only; the choice reads nothing else.
     table = []
@@ -297,15 +303,15 @@ def main() -> None:
         reference = measured("test", seed, None, "base", base, test, "test")
         print(f"| {seed} | base | {reference['ndcg@10']:.2f} |" + " |" * 7)
         encoder = trained[(chosen["l2"], seed)]
-        for name, restrict in (("unrestricted", {}), (chosen["setting"], restriction)):
-            encoder.term_residual.restrict(scale=restrict.get("scale", 1.0), max_norm=restrict.get("max_norm"),
-                                           allowed=restrict.get("allowed"), min_tokens=restrict.get("min_tokens"),
-                                           gate=restrict.get("gate"))
+        trained_allowed = encoder.term_residual.allowed  # every setting was undone after the dev sweep
+        for name, setting in (("unrestricted", {}), (chosen["setting"], restriction)):
+            restrict(encoder.term_residual, setting, trained_allowed)
             row = measured("test", seed, chosen["l2"], name, encoder, test, "test")
             loss = guard_loss(reference["guard"], row["guard"])
             print(f"| {seed} | l2 {chosen['l2']}, {name} | {row['ndcg@10']:.2f} | " + " | ".join(
                 f"{loss[n]:+.2f}" for n in ("stsb", "mrpc", "wordnet-supersenses", "code-docstring",
                                             "wordnet-definitions", "coco-captions")) + f" | {loss['mean']:+.2f} |")
+        restrict(encoder.term_residual, {}, trained_allowed)
     torch.save(cache.pooled, cache_file)
     if not args.check:
         return
@@ -318,15 +324,15 @@ def main() -> None:
             record({"split": "check", "seed": seed, "l2": None, "setting": "base",
                     "guard": measure_guard(base, "check", CHECK_SETS, cache=cache)})
         encoder = trained[(chosen["l2"], seed)]
-        for name, restrict in (("unrestricted", {}), (chosen["setting"], restriction)):
-            encoder.term_residual.restrict(scale=restrict.get("scale", 1.0), max_norm=restrict.get("max_norm"),
-                                           allowed=restrict.get("allowed"), min_tokens=restrict.get("min_tokens"),
-                                           gate=restrict.get("gate"))
+        trained_allowed = encoder.term_residual.allowed
+        for name, setting in (("unrestricted", {}), (chosen["setting"], restriction)):
+            restrict(encoder.term_residual, setting, trained_allowed)
             if ("check", seed, chosen["l2"], name) not in done:
                 record({"split": "check", "seed": seed, "l2": chosen["l2"], "setting": name,
                         "guard": measure_guard(encoder, "check", CHECK_SETS, cache=cache)})
             loss = guard_loss(done[key]["guard"], done[("check", seed, chosen["l2"], name)]["guard"])
-            print(f"| {seed} | l2 {chosen['l2']}, {name} | " + " | ".join(f"{loss[n]:+.2f}" for n in CHECK_SETS) + " |")
+            print(f"| {seed} | l2 {chosen['l2']}, {name} | "
+                  + " | ".join(f"{loss[n]:+.2f}" for n in CHECK_SETS) + " |")
     torch.save(cache.pooled, cache_file)
 
 
