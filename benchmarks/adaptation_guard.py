@@ -94,23 +94,26 @@ def pooled_sentences(encoder: TextEncoder, texts: list[str], path: Path) -> dict
     return {(RECIPE["max_length"], t): row for t, row in zip(saved["texts"], saved["pooled"], strict=True)}
 
 
-def train(seed: int, training: Training, out: Path, sentences: SentenceData, pooled: dict) -> TextEncoder:
-    """The run folder's trained encoder, trained now if the folder has none."""
+def train(seed: int, training: Training, out: Path, sentences: SentenceData, pooled: dict,
+          options: dict | None = None) -> TextEncoder:
+    """The run folder's trained encoder, trained now if the folder has none (``options``: more hybrid-distill
+    options, named in the folder)."""
     l2, ratio, reference_l2 = training
     folder = out / (f"hd-l2-{l2:g}" + (f"-ratio-{ratio:g}" if ratio else "")
-                    + (f"-reference-l2-{reference_l2:g}" if reference_l2 else "") + f"-seed{seed}")
+                    + (f"-reference-l2-{reference_l2:g}" if reference_l2 else "")
+                    + "".join(f"-{name}-{value:g}" for name, value in (options or {}).items()) + f"-seed{seed}")
     if not (folder / "encoder").is_dir():
         encoder = TextEncoder.from_folder("minilm")
         method = build_text_method("hybrid-distill", encoder, corpus=str(data_root() / "scifact"),
                                    corpus_precision="fp32", residual_l2=l2, restrict_tokens=ratio,
-                                   reference_l2=reference_l2)
+                                   reference_l2=reference_l2, **(options or {}))
         method.pooled_cache = dict(pooled)  # the base's states of every sentence: no Transformer pass
         fit_text(method, sentences, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], max_steps=RECIPE["max_steps"],
                  max_minutes=None, warmup_steps=RECIPE["warmup_steps"], weight_decay=RECIPE["weight_decay"],
                  seed=seed, out_dir=folder, log_every=50, max_length=RECIPE["max_length"],
                  precision=RECIPE["precision"],
                  extra_summary={"benchmark": "adaptation_guard", "residual_l2": l2, "restrict_tokens": ratio,
-                                "reference_l2": reference_l2})
+                                "reference_l2": reference_l2, **(options or {})})
     return TextEncoder.from_folder(folder / "encoder")
 
 
