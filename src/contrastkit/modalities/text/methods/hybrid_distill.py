@@ -110,7 +110,8 @@ Options (``build(encoder, **options)``):
         gate; term-residual only): a text gets the residual in proportion to how close its base embedding is
         to the corpus's centre, from none at the share q of ``reference`` sentences closest to it (a sample
         of 2,000) to all at the share 1 - q of the documents. Applies in training too (the pulls act on the
-        ungated residual).
+        ungated residual); on SciFact that keeps 0.3-0.4 less dev gain than gating after training
+        (:func:`corpus_gate_for`), for the same guard (docs/benchmarks.md).
     restrict_tokens: the ratio of :func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`
         (0: every token has a row); the target is the corpus's documents, the reference ``reference``.
     reference: general-domain sentences, one per line, for ``restrict_tokens`` and ``reference_l2``
