@@ -202,6 +202,7 @@ def test_corpus_gate_thresholds_are_the_quantiles_of_both_sides():
     documents = torch.randn(200, 8, generator=generator) + 3.0 * axis  # the corpus: along the first axis
     reference = torch.randn(300, 8, generator=generator)  # general text: anywhere
     center, low, high = corpus_gate(documents, reference, quantile=0.1)
+
     def units(x):
         return x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
 
