@@ -411,6 +411,31 @@ def test_corpus_gate_option_places_the_gate_from_the_corpus_and_the_reference(tm
                           student="encoder", corpus_gate=0.1)
 
 
+@requires_transformers
+@requires_minilm
+def test_build_reads_the_reference_once_for_every_option_that_needs_it(tmp_path, monkeypatch):
+    from contrastkit.modalities.text.data import SentenceData
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", ["protein folding determines enzyme function",
+                                                      "the vaccine reduced infection rates",
+                                                      "insulin regulates blood glucose"])
+    reference = tmp_path / "general.txt"
+    reference.write_text("the cat sat on the mat\nit was a sunny day\nwe went to the shop\nhe sings well\n")
+    reads = []
+    from_file = SentenceData.from_file.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        reads.append(str(path))
+        return from_file(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceData, "from_file", classmethod(counted))
+    method = build_text_method("hybrid-distill", TextEncoder.from_folder("minilm", max_length=32), corpus=str(corpus),
+                               cache_dir=False, restrict_tokens=1.5, reference_l2=1.0, corpus_gate=0.2,
+                               reference=str(reference))
+    assert reads == [str(reference)]
+    assert method.reference_ids.shape[0] == 4 and method.encoder.term_residual.gate_center is not None
+
+
 # ------------------------------------------------------------------------------------ the guard
 
 

@@ -121,6 +121,7 @@ Options (``build(encoder, **options)``):
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 
 import torch
@@ -345,6 +346,8 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
         raise ConfigError("Option 'reference' is the general corpus of restrict_tokens, reference_l2 and "
                           "corpus_gate; set one of them too.")
     corpus = read_corpus(settings["corpus"])
+    # Read once for every option that needs general sentences (the pull, the token restriction, the gate).
+    reference = reference_sentences(settings["reference"]) if uses_reference else None
     method = HybridDistillation(
         encoder, corpus, dense_weight=float(settings["dense_weight"]),
         temperature=float(settings["temperature"]), teacher_temperature=float(settings["teacher_temperature"]),
@@ -353,7 +356,7 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
         student=student, residual_l2_weight=float(settings["residual_l2"]),
         corpus_description={"path": str(settings["corpus"])},
         reference_l2_weight=float(settings["reference_l2"]),
-        reference_texts=reference_sentences(settings["reference"]) if float(settings["reference_l2"]) else None,
+        reference_texts=reference if float(settings["reference_l2"]) else None,
     )
     if student == "term-residual":
         cap, ramp = settings["residual_max_norm"], float(settings["residual_min_tokens"])
@@ -365,10 +368,10 @@ def build(encoder: TextEncoder, **options) -> HybridDistillation:
                                               min_tokens=int(ramp) or None)
         if float(settings["restrict_tokens"]):
             domain_tokens(method.encoder, corpus.documents(DOCUMENT_SEPARATOR), float(settings["restrict_tokens"]),
-                          settings["reference"], apply=True)
+                          reference, apply=True)
         if float(settings["corpus_gate"]):
             method.encoder.term_residual.restrict(gate=fit_corpus_gate(
-                method.document_encoder, method.documents, float(settings["corpus_gate"]), settings["reference"]))
+                method.document_encoder, method.documents, float(settings["corpus_gate"]), reference))
     return method
 
 
@@ -387,11 +390,13 @@ def corpus_gate_for(encoder: TextEncoder, corpus, quantile: float, reference: st
     return fit_corpus_gate(encoder, torch.from_numpy(embedded), quantile, reference)
 
 
-def fit_corpus_gate(base: TextEncoder, documents: Tensor, quantile: float, reference: str | None = None,
+def fit_corpus_gate(base: TextEncoder, documents: Tensor, quantile: float,
+                    reference: str | Sequence[str] | None = None,
                     sample: int = GATE_REFERENCE_SAMPLE, seed: int = 0) -> tuple[Tensor, float, float]:
     """:func:`~contrastkit.modalities.text.term_residual.corpus_gate` of the corpus's base embeddings
-    ``documents`` (N, D) against ``sample`` general ``reference`` sentences (default: WikiText-2's) drawn with
-    ``seed`` and embedded by the base model ``base`` (without a term residual)."""
+    ``documents`` (N, D) against ``sample`` general ``reference`` sentences (a file or the sentences;
+    default: WikiText-2's) drawn with ``seed`` and embedded by the base model ``base`` (without a term
+    residual)."""
     import random
 
     from contrastkit.modalities.text.term_residual import corpus_gate
@@ -407,17 +412,21 @@ def fit_corpus_gate(base: TextEncoder, documents: Tensor, quantile: float, refer
     return corpus_gate(documents.float().cpu(), general, quantile)
 
 
-def reference_sentences(reference: str | None = None) -> list[str]:
-    """The general reference sentences of ``restrict_tokens`` and ``reference_l2``: the file ``reference``
-    (one per line), by default WikiText-2's sentences under the data root."""
+def reference_sentences(reference: str | Sequence[str] | None = None) -> list[str]:
+    """The general reference sentences of ``restrict_tokens``, ``reference_l2`` and ``corpus_gate``: the file
+    ``reference`` (one per line), by default WikiText-2's sentences under the data root; sentences already
+    read (a list) are returned as they are."""
     from contrastkit.core.paths import data_root
     from contrastkit.modalities.text.data import SentenceData
+
+    if reference is not None and not isinstance(reference, (str, os.PathLike)):
+        return list(reference)
 
     path = reference or str(data_root() / "wikitext2" / "sentences_valid_test.txt")
     return list(SentenceData.from_file(path).texts)
 
 
-def domain_tokens(encoder: TextEncoder, target_texts, min_ratio: float, reference: str | None = None,
+def domain_tokens(encoder: TextEncoder, target_texts, min_ratio: float, reference: str | Sequence[str] | None = None,
                   apply: bool = False) -> list[int]:
     """:func:`~contrastkit.modalities.text.term_residual.over_represented_tokens` of ``target_texts``
     against the ``reference`` sentences (default: WikiText-2's, under the data root), in the encoder's
