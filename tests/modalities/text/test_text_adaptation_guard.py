@@ -591,7 +591,10 @@ def test_sts_with_a_query_tower_warns_with_its_recorded_cost(tmp_path):
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"general_guard": {
         "split": "test", "loss": {"stsb": 3.76, "mrpc": 0.5, "mean": 2.13, "max": 3.76, "worst": "stsb"}}}))
     message = general_use_message(load_text_encoder(tmp_path / "run" / "encoder"), tmp_path / "run" / "encoder", "STS")
-    assert "2.13 points on average" in message and "stsb +3.76" in message
+    assert "2.13 points on average" in message and "stsb +3.76" in message and "corpus gate" not in message
+    gated = load_text_encoder(tmp_path / "run" / "encoder")
+    gated.term_residual.restrict(gate=(torch.ones(32), 0.1, 0.3))
+    assert "its corpus gate gives a text the residual" in general_use_message(gated, "a gated tower", "STS")
     task = tmp_path / "tasks" / "my-sts.yaml"
     task.parent.mkdir()
     task.write_text(f"name: my-sts\ntype: sts\ndata:\n  dev: {sts}\n")

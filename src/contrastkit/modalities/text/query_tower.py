@@ -13,7 +13,8 @@ module turns into defaults:
   ``evaluate`` keeps the model it was given -- a figure must be of the model named on the command line,
   and measuring what the adaptation costs is a legitimate use -- but says, once per call, that the model
   is a query tower for its corpus, what it cost on the general guard when it was trained (from the run's
-  ``summary.json``, :mod:`contrastkit.modalities.text.general_guard`), and which folder holds the base model.
+  ``summary.json``, :mod:`contrastkit.modalities.text.general_guard`), and which folder holds the base model
+  (and, for a residual with a corpus gate, that general text gets little of the residual).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def general_use_message(encoder: TextEncoder, model: str | Path, task: str) -> s
     where = corpus.get("path") or "its training corpus"
     message = (f"'{model}' carries a term residual trained as the query tower for retrieval over {where} "
                f"(documents: the base model). On general text ({task}) it is not the base model: ")
+    residual = encoder.term_residual
+    if residual.gate_center is not None:
+        message += ("its corpus gate gives a text the residual in proportion to how close it is to the corpus, "
+                    "so general text gets little of it, but not none. ")
     guard = guard_cost(model) if isinstance(model, (str, Path)) and Path(str(model)).exists() else None
     if guard is not None:
         loss = guard["loss"]
