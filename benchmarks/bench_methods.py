@@ -6,9 +6,9 @@ seed and written to an ``.npz`` that every run reads; ``--limit`` would take the
 which in a class-sorted image folder are one or two classes), with the held-out protocol of
 ``fit``: a stratified 20 % is kept out of pretraining, kNN (k = 200, weighted) is fit on the
 rest's embeddings and scored on it. Throughput is ``summary.json``'s ``samples_per_second``
-(training batches only). JEPA has no CNN backbone (its own patch transformer, sized by
-``--width``) and is trained with AdamW, as I-JEPA; the others use SGD with the defaults of
-``contrastkit fit``. The untrained encoder's kNN accuracy is printed beside each as the floor.
+(training batches only). JEPA has no CNN backbone (it builds a ViT, sized by ``--width``, which the
+summary's ``backbone`` names) and is trained with AdamW, as I-JEPA; the others use SGD with the defaults
+of ``contrastkit fit``. The untrained encoder's kNN accuracy is printed beside each as the floor.
 
 Usage (the table of docs/benchmarks.md; about 15 minutes on a loaded 2-core machine)::
 
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for method in args.methods:
         summary = run_method(method, data, args, out_dir / method)
-        backbone = "patch transformer" if method == "jepa" else summary["backbone"]
-        rows.append((method, backbone, summary["knn_top1"], summary["baselines"]["untrained"]["knn_top1"],
+        rows.append((method, summary["backbone"], summary["knn_top1"], summary["baselines"]["untrained"]["knn_top1"],
                      summary["samples_per_second"], summary["collapse"]["collapsed"]))
         print(f"{method}: kNN {summary['knn_top1']:.3f}, {summary['samples_per_second']:.1f} img/s", file=sys.stderr)
 
