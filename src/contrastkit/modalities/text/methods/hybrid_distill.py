@@ -114,8 +114,9 @@ Options (``build(encoder, **options)``):
         (:func:`corpus_gate_for`), for the same guard (docs/benchmarks.md).
     restrict_tokens: the ratio of :func:`~contrastkit.modalities.text.term_residual.over_represented_tokens`
         (0: every token has a row); the target is the corpus's documents, the reference ``reference``.
-    reference: general-domain sentences, one per line, for ``restrict_tokens`` and ``reference_l2``
-        (default: WikiText-2's sentences under the data root, ``wikitext2/sentences_valid_test.txt``).
+    reference: general-domain sentences, one per line, for ``restrict_tokens``, ``reference_l2`` and
+        ``corpus_gate`` (default: WikiText-2's sentences under the data root,
+        ``wikitext2/sentences_valid_test.txt``).
 """
 
 from __future__ import annotations
