@@ -139,6 +139,7 @@ from contrastkit.modalities.text.evaluation import (
     encode_corpus,
 )
 from contrastkit.modalities.text.methods import check_options
+from contrastkit.modalities.text.query_tower import document_tower
 from contrastkit.modalities.text.sources import RetrievalSet, read_corpus
 from contrastkit.modalities.text.term_residual import residual_l2
 
@@ -383,11 +384,7 @@ def corpus_gate_for(encoder: TextEncoder, corpus, quantile: float, reference: st
     model -- ``encoder`` without its residual, through the evaluation's corpus cache -- against WikiText-2's
     (or ``reference``'s) sentences. Reads nothing but the corpus and the reference."""
     documents = read_corpus(corpus) if not isinstance(corpus, RetrievalSet) else corpus
-    residual, encoder.term_residual = encoder.term_residual, None  # the base model's own embeddings
-    try:
-        embedded = encode_corpus(encoder, documents, cache_dir, precision=check_precision(precision))
-    finally:
-        encoder.term_residual = residual
+    embedded = encode_corpus(document_tower(encoder), documents, cache_dir, precision=check_precision(precision))
     return fit_corpus_gate(encoder, torch.from_numpy(embedded), quantile, reference)
 
 
@@ -405,11 +402,7 @@ def fit_corpus_gate(base: TextEncoder, documents: Tensor, quantile: float,
     sentences = reference_sentences(reference)
     if len(sentences) > sample:
         sentences = random.Random(seed).sample(sentences, sample)
-    residual, base.term_residual = base.term_residual, None  # the base model's own embeddings
-    try:
-        general = base.encode(sentences)
-    finally:
-        base.term_residual = residual
+    general = document_tower(base).encode(sentences)  # the base model's own embeddings
     return corpus_gate(documents.float().cpu(), general, quantile)
 
 
