@@ -19,6 +19,7 @@ from contrastkit.modalities.text.evaluation import encode_corpus
 from contrastkit.modalities.text.general_guard import coco_captions_set, code_docstring_set, wordnet_definitions_set
 from contrastkit.modalities.text.methods.hybrid_distill import fit_corpus_gate
 from contrastkit.modalities.text.sources import read_beir, read_sts
+from contrastkit.modalities.text.term_residual import gate_share
 
 
 def main() -> None:
@@ -42,12 +43,10 @@ def main() -> None:
              "WordNet lemmas": definitions.texts, "code-docstring docstrings": code_docstring_set("dev").queries,
              "COCO captions": coco_captions_set("dev").texts,
              "STS-B dev sentences": list(dict.fromkeys(sts.first + sts.second))}
-    center, low, high = gates[args.table]
     print(f"\nShare of the residual under gate {args.table:g}\n")
     print("| dev texts | n | share 0 (%) | share 1 (%) | mean share |\n|---|---:|---:|---:|---:|")
     for name, items in texts.items():
-        closeness = torch.nn.functional.normalize(base.encode(list(items)), dim=1) @ center
-        share = ((closeness - low) / (high - low)).clamp(0.0, 1.0)
+        share = gate_share(base.encode(list(items)), gates[args.table])
         print(f"| {name} | {len(items):,} | {100 * float((share == 0).float().mean()):.1f} | "
               f"{100 * float((share == 1).float().mean()):.1f} | {float(share.mean()):.3f} |")
 

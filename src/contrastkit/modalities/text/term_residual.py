@@ -162,8 +162,7 @@ class TermResidual(nn.Module):
 
     def gate_share(self, base: Tensor) -> Tensor:
         """(B, 1) the share of the residual the corpus gate lets through for base embeddings (B, D)."""
-        closeness = F.normalize(base.float(), dim=-1) @ self.gate_center.to(base.device)
-        return ((closeness - self.gate_low) / (self.gate_high - self.gate_low)).clamp(0.0, 1.0).unsqueeze(-1)
+        return gate_share(base, (self.gate_center, self.gate_low, self.gate_high)).unsqueeze(-1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, base: Tensor | None = None,
                 gated: bool = True) -> Tensor:
@@ -238,6 +237,14 @@ class TermResidual(nn.Module):
         return residual
 
 
+def gate_share(base: Tensor, gate: tuple[Tensor, float, float]) -> Tensor:
+    """(B,) the share ``clamp((cos(base, mu) - lo) / (hi - lo), 0, 1)`` of the residual a corpus gate
+    ``(mu, lo, hi)`` (:func:`corpus_gate`) gives texts of base embeddings ``base`` (B, D)."""
+    center, low, high = gate
+    closeness = F.normalize(base.float(), dim=-1) @ F.normalize(center.float(), dim=0).to(base.device)
+    return ((closeness - low) / (high - low)).clamp(0.0, 1.0)
+
+
 def corpus_gate(documents: Tensor, reference: Tensor, quantile: float = 0.1) -> tuple[Tensor, float, float]:
     """``(centre, lo, hi)`` of a corpus gate (module docstring) from base embeddings: ``documents`` (N, D), the
     corpus's, and ``reference`` (M, D), general sentences'. The centre is the mean of the documents' unit
@@ -302,4 +309,5 @@ def over_represented_tokens(target: Sequence[Sequence[int]], reference: Sequence
                   and (df / n_target) / ((in_reference.get(t, 0) + 1) / (n_reference + 1)) >= min_ratio)
 
 
-__all__ = ["TERM_RESIDUAL_FILE", "TermResidual", "corpus_gate", "over_represented_tokens", "residual_l2"]
+__all__ = ["TERM_RESIDUAL_FILE", "TermResidual", "corpus_gate", "gate_share", "over_represented_tokens",
+           "residual_l2"]
