@@ -157,6 +157,19 @@ def training_settings(ratios_tokens: dict[float, list[int]], gates: dict[float, 
     return [(name, rule) for name, rule in rows if not (training[1] and "allowed" in rule)]
 
 
+def row_key(row: dict) -> tuple:
+    """A result row's key: (split, seed, training name, setting)."""
+    return row["split"], row["seed"], row["l2"], row["setting"]
+
+
+def read_results(out: Path) -> dict[tuple, dict]:
+    """The rows of ``out/results.jsonl`` by :func:`row_key` (a later row of the same key wins)."""
+    results_file = out / "results.jsonl"
+    if not results_file.is_file():
+        return {}
+    return {row_key(row): row for row in map(json.loads, results_file.read_text().splitlines())}
+
+
 def restrict(residual, restriction: dict, trained_allowed) -> None:
     """Apply one setting's restrictions to a trained residual; a token restriction learnt in training
     (``trained_allowed``) stays unless the setting has its own."""
@@ -193,14 +206,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {}
-    if results_file.is_file():
-        for line in results_file.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["split"], row["seed"], row["l2"], row["setting"])] = row
+    done = read_results(out)
 
     def record(row: dict) -> dict:
-        done[(row["split"], row["seed"], row["l2"], row["setting"])] = row
+        done[row_key(row)] = row
         with results_file.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         return row

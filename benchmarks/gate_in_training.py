@@ -15,7 +15,6 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adaptation_guard import pooled_sentences, score, train  # noqa: E402
+from adaptation_guard import pooled_sentences, read_results, score, train  # noqa: E402
 
 from contrastkit.core.paths import data_root  # noqa: E402
 from contrastkit.modalities.text.data import SentenceData  # noqa: E402
@@ -44,10 +43,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recorded = {}
-    for line in (out / "results.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        recorded[(row["split"], row["seed"], row["l2"], row["setting"])] = row
+    recorded = read_results(out)
     cache = FrozenBaseCache()
     cache.pooled.update(torch.load(out / "guard-pooled.pt"))
     base = TextEncoder.from_folder("minilm").eval()
