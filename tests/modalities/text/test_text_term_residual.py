@@ -118,7 +118,23 @@ def test_fingerprint_sees_the_residual_and_keeps_plain_encoders_unchanged():
     assert encoder_fingerprint(small_encoder()) == before  # deterministic, and no residual: as before
     with torch.no_grad():
         with_residual.term_residual.weight[5, 0] = 1e-3
-    assert encoder_fingerprint(with_residual) not in (first, before)
+    trained = encoder_fingerprint(with_residual)
+    assert trained not in (first, before)
+    # Every restriction changes what the encoder embeds, so each changes the fingerprint (a cached corpus
+    # embedded under one is not reused under another); undoing them gives the first one back.
+    seen = {trained}
+    residual = with_residual.term_residual
+    dim = residual.weight.shape[1]
+    for restriction in ({"scale": 0.5}, {"max_norm": 0.2}, {"min_tokens": 4}, {"allowed": [5, 7]},
+                        {"allowed": [5, 8]}, {"gate": (torch.ones(dim), 0.1, 0.3)},
+                        {"gate": (torch.ones(dim), 0.1, 0.4)},
+                        {"gate": (torch.arange(dim, dtype=torch.float32), 0.1, 0.4)}):
+        residual.restrict(**restriction)
+        fingerprint = encoder_fingerprint(with_residual)
+        assert fingerprint not in seen, restriction
+        seen.add(fingerprint)
+    residual.restrict(scale=1.0, max_norm=None, min_tokens=None, allowed=None, gate=None)
+    assert encoder_fingerprint(with_residual) == trained
 
 
 @requires_transformers

@@ -128,8 +128,15 @@ def encoder_fingerprint(encoder: TextEncoder) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, 0-d too
     if encoder.term_residual is not None:  # hashed apart, so encoders without one keep their old fingerprint
-        weight = encoder.term_residual.weight.detach().float().cpu().contiguous()
+        residual = encoder.term_residual
+        weight = residual.weight.detach().float().cpu().contiguous()
         digest.update(b"term_residual|" + weight.reshape(-1).view(torch.uint8).numpy().tobytes())
+        # Its restrictions change the embeddings as much as its rows do (scale, cap, ramp, tokens, gate).
+        restrictions = {k: v for k, v in residual.settings().items() if k != "corpus"}
+        digest.update(f"|{sorted(restrictions.items())!r}|".encode())
+        for extra in (residual.allowed, residual.gate_center):
+            if extra is not None:
+                digest.update(extra.detach().float().cpu().contiguous().numpy().tobytes())
     digest.update(_tokenizer_description(encoder.tokenizer).encode())
     digest.update(f"|{encoder.pooling}|{encoder.normalize}|{encoder.max_length}".encode())
     return digest.hexdigest()
