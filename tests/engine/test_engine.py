@@ -142,6 +142,45 @@ def test_a_run_stopped_right_after_an_end_of_epoch_checkpoint_resumes_exactly(tm
     assert_same_training_state(load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "broken"))
 
 
+def test_a_run_stopped_between_a_step_checkpoint_and_its_row_resumes_with_every_row(tmp_path, monkeypatch):
+    """Lightning writes a step's row after the callbacks' on_train_batch_end, so the crash right
+    after step 6's checkpoint (inside that hook) leaves metrics.csv without step 6's row; the
+    resumed run starts at step 7. The checkpoint carries the row, and the resumed file must equal
+    the uninterrupted run's, line for line (it lacked that line before the checkpoint carried it)."""
+    from contrastkit.engine import callbacks
+
+    _fit(tmp_path / "whole")
+    save = callbacks.Checkpointing.on_train_batch_end
+
+    def save_then_crash(self, trainer, module, outputs, batch, batch_idx):
+        save(self, trainer, module, outputs, batch, batch_idx)
+        if trainer.global_step == 6:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(callbacks.Checkpointing, "on_train_batch_end", save_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path / "broken")
+    monkeypatch.setattr(callbacks.Checkpointing, "on_train_batch_end", save)
+    assert load_checkpoint(tmp_path / "broken")["global_step"] == 6
+    killed = (tmp_path / "broken" / "metrics.csv").read_text().splitlines()
+    whole = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()
+    assert killed == whole[:6]  # the header and steps 1..5: step 6's row was never written
+    _fit(tmp_path / "broken", resume=True)
+    assert (tmp_path / "broken" / "metrics.csv").read_text().splitlines() == whole
+
+
+def test_trimming_writes_back_the_checkpoints_last_row_only_when_missing(tmp_path):
+    path = tmp_path / "metrics.csv"
+    header = "epoch,step,train/loss,train/lr"
+    path.write_text(f"{header}\n0,0,1.0,0.1\n0,1,0.9,0.1\n0,2,0.8,0.1\n")
+    trim_after_step(path, 3, {"epoch": 0, "step": 2, "train/loss": 0.8, "train/lr": 0.1})  # present: kept once
+    assert path.read_text().splitlines() == [header, "0,0,1.0,0.1", "0,1,0.9,0.1", "0,2,0.8,0.1"]
+    path.write_text(f"{header}\n0,0,1.0,0.1\n0,1,0.9,0.1\n")
+    trim_after_step(path, 3, {"epoch": 0, "step": 2, "train/loss": 0.75, "train/lr": 0.1, "train/extra": 2.0})
+    assert path.read_text().splitlines() == [header + ",train/extra", "0,0,1.0,0.1,", "0,1,0.9,0.1,",
+                                             "0,2,0.75,0.1,2.0"]
+
+
 def test_trimming_keeps_the_rows_the_checkpoint_holds(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,train/loss,probe/knn\n0,0,1.0,\n0,1,0.9,\n0,1,,0.5\n1,1,0.8,\n1,2,0.7,\n")

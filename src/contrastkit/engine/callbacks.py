@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from contrastkit.engine.data import ResumableLoader
+from contrastkit.engine.metrics_log import LAST_STEP_ROW, pending_step_row
 
 
 class Throughput(L.Callback):
@@ -64,6 +65,7 @@ class Checkpointing(L.Callback):
     def __init__(self, path: Path, every_steps: int | None = None):
         self.path = Path(path)
         self.every_steps = every_steps
+        self._last_step_row: dict | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # Resumable loaders store, in each checkpoint, the epoch and the batches of it already
@@ -86,14 +88,25 @@ class Checkpointing(L.Callback):
             return
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the last batch of the epoch: the end-of-epoch checkpoint follows, after the probe
-        self._save(trainer)
+        # Lightning writes this step's row after the callbacks' on_train_batch_end: a kill between the
+        # two would lose it for good (the resumed run starts at the next step). The checkpoint carries
+        # it, and a resume writes it back if metrics.csv lacks it (metrics_log.trim_after_step).
+        self._last_step_row = pending_step_row(trainer)
+        try:
+            self._save(trainer)
+        finally:
+            self._last_step_row = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._save(trainer)
 
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        if self._last_step_row is not None:
+            checkpoint[LAST_STEP_ROW] = self._last_step_row
+
     def _save(self, trainer: L.Trainer) -> None:
         # The metrics logged so far go to disk first: after a SIGKILL, metrics.csv then holds the
-        # rows of every step in the checkpoint but the last one, whose row is written at its end.
+        # rows of every step in the checkpoint but the last one, which the checkpoint carries.
         for logger in trainer.loggers:
             logger.save()
         trainer.save_checkpoint(self.path)

@@ -4,6 +4,11 @@ Lightning's CSV logger deletes an existing metrics.csv when it starts, so `--res
 history of the run it continues. This logger keeps the file and appends to it (taking over its
 header), and :func:`trim_after_step` first drops the rows of the steps a killed run did after its
 last checkpoint (the resumed run does them again).
+
+A checkpoint written every N steps is written before Lightning logs the row of its last step, so a
+run killed between the two would resume without that row. The checkpoint carries the row
+(:func:`pending_step_row`, under ``LAST_STEP_ROW``) and :func:`trim_after_step` writes it back when
+the file lacks it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -35,19 +41,44 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def trim_after_step(path: Path, checkpoint_step: int) -> None:
+LAST_STEP_ROW = "contrastkit_last_step_row"  # the checkpoint's key for the row of its last step
+
+
+def pending_step_row(trainer) -> dict | None:
+    """The row Lightning will log for the training step that just ended, as its CSV writer gets it;
+    None when this step logs none. Called from a callback's ``on_train_batch_end``: Lightning logs
+    ``metrics["log"]`` right after those hooks (``_LoggerConnector.update_train_step_metrics``),
+    adding the epoch and taking as step the batches stepped before this one's count is added."""
+    connector = trainer._logger_connector
+    if not trainer.loggers or not connector.should_update_logs:
+        return None
+    row = convert_tensors_to_scalars(connector.metrics["log"])
+    if not row:
+        return None
+    row.setdefault("epoch", trainer.current_epoch)
+    row["step"] = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return row
+
+
+def trim_after_step(path: Path, checkpoint_step: int, last_step_row: dict | None = None) -> None:
     """Drop from a metrics.csv (atomically) the rows a resumed run will write again: those of
     optimiser steps the checkpoint (taken after ``checkpoint_step`` steps) does not hold.
 
     A training step's row carries the step count before its update (``step < checkpoint_step``
     for the steps the checkpoint holds); an epoch's rows (probe, diagnostics) carry the count at
-    the epoch's end, and were logged before the end-of-epoch checkpoint (``step <= checkpoint_step``)."""
+    the epoch's end, and were logged before the end-of-epoch checkpoint (``step <= checkpoint_step``).
+    ``last_step_row`` (the checkpoint's ``LAST_STEP_ROW``) is appended when the file has no row
+    of that step: the run was killed after the checkpoint and before Lightning wrote it."""
     if not path.is_file():
         return
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames or []
         rows = [row for row in reader if _kept(row, checkpoint_step)]
+    if last_step_row is not None and not any(_is_training_row(row) and _step(row) == last_step_row["step"]
+                                             for row in rows):
+        fields = fields + [key for key in last_step_row if key not in fields]
+        rows.append(last_step_row)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".csv")
     with os.fdopen(fd, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -56,9 +87,15 @@ def trim_after_step(path: Path, checkpoint_step: int) -> None:
     os.replace(tmp, path)
 
 
+def _step(row: dict) -> int:
+    return int(float(row["step"]))
+
+
+def _is_training_row(row: dict) -> bool:
+    return bool(row.get("train/loss"))
+
+
 def _kept(row: dict, checkpoint_step: int) -> bool:
     if not row.get("step"):
         return True
-    step = int(float(row["step"]))
-    is_training_step = bool(row.get("train/loss"))
-    return step < checkpoint_step or (step == checkpoint_step and not is_training_step)
+    return _step(row) < checkpoint_step or (_step(row) == checkpoint_step and not _is_training_row(row))

@@ -36,7 +36,7 @@ from contrastkit.engine.callbacks import Checkpointing, Throughput
 from contrastkit.engine.checkpoint import AtomicCheckpointIO
 from contrastkit.engine.data import ResumableLoader
 from contrastkit.engine.init_weights import load_initial_weights, write_init_record
-from contrastkit.engine.metrics_log import trim_after_step
+from contrastkit.engine.metrics_log import LAST_STEP_ROW, trim_after_step
 from contrastkit.engine.module import EngineModule
 from contrastkit.engine.run_folder import CHECKPOINT, claim_run_dir, is_first_process, release_run_dir
 from contrastkit.engine.settings import TrainSettings
@@ -131,7 +131,7 @@ def _train(method, data, settings, run_dir, resume, description, callbacks, modu
             raise DataError(f"'{resume_from}' is not a checkpoint of a run (no 'global_step'); start the run "
                             f"again without resuming it.")
         if is_first_process():
-            trim_after_step(run_dir / "metrics.csv", checkpoint["global_step"])
+            trim_after_step(run_dir / "metrics.csv", checkpoint["global_step"], checkpoint.get(LAST_STEP_ROW))
         del checkpoint
     # Lightning keeps the modes it finds: a Hugging Face model loads in eval mode (no dropout), and a
     # method keeps its frozen parts in eval through its own train() (gcl-local's encoder, whose BatchNorm
