@@ -181,6 +181,37 @@ def test_trimming_writes_back_the_checkpoints_last_row_only_when_missing(tmp_pat
                                              "0,2,0.75,0.1,2.0"]
 
 
+def test_a_new_column_rewrites_metrics_csv_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A new column makes the CSV writer rewrite the file; a crash in the middle of that rewrite must
+    leave the rows already written (Lightning's own rewrite truncates the file first)."""
+    import csv
+
+    from contrastkit.engine.metrics_log import ResumableCSVLogger
+
+    logger = ResumableCSVLogger(tmp_path, name="", version="")
+    for step in range(3):
+        logger.log_metrics({"train/loss": 1.0 - 0.1 * step}, step=step)
+    logger.save()
+    before = (tmp_path / "metrics.csv").read_text()
+    assert len(before.splitlines()) == 4
+    write_rows = csv.DictWriter.writerows
+
+    def crash_midway(self, rows):
+        write_rows(self, list(rows)[:1])
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", crash_midway)
+    logger.log_metrics({"train/loss": 0.6, "probe/knn": 0.5}, step=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        logger.save()
+    assert (tmp_path / "metrics.csv").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # no temporary file left
+    monkeypatch.setattr(csv.DictWriter, "writerows", write_rows)
+    logger.save()  # the row is still pending: written with the new column
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [row["train/loss"] for row in rows] == ["1.0", "0.9", "0.8", "0.6"] and rows[-1]["probe/knn"] == "0.5"
+
+
 def test_trimming_keeps_the_rows_the_checkpoint_holds(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,train/loss,probe/knn\n0,0,1.0,\n0,1,0.9,\n0,1,,0.5\n1,1,0.8,\n1,2,0.7,\n")

@@ -8,7 +8,8 @@ last checkpoint (the resumed run does them again).
 A checkpoint written every N steps is written before Lightning logs the row of its last step, so a
 run killed between the two would resume without that row. The checkpoint carries the row
 (:func:`pending_step_row`, under ``LAST_STEP_ROW``) and :func:`trim_after_step` writes it back when
-the file lacks it.
+the file lacks it. Besides appending rows, the file is only ever replaced whole
+(:func:`write_rows_atomically`): by the trim, and when a new column makes Lightning rewrite it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from lightning.pytorch.loggers import CSVLogger
 from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -29,6 +30,19 @@ class AppendingExperimentWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
                 self.metrics_keys = sorted(next(csv.reader(handle), []))
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # A new column (a probe's first epoch, a term logged late) rewrites the whole file. Lightning
+        # truncates it in place, so a kill during the rewrite would lose the run's history.
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        try:
+            write_rows_atomically(path, fieldnames, rows)
+        except BaseException:
+            self.metrics_keys = sorted(reader.fieldnames or [])  # the file's header still: the next save rewrites
+            raise
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -79,12 +93,22 @@ def trim_after_step(path: Path, checkpoint_step: int, last_step_row: dict | None
                                              for row in rows):
         fields = fields + [key for key in last_step_row if key not in fields]
         rows.append(last_step_row)
+    write_rows_atomically(path, fields, rows)
+
+
+def write_rows_atomically(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Replace ``path`` by a CSV of ``rows`` under the header ``fields``: a temporary file beside it, then
+    ``os.replace``, so that a kill at any moment leaves the old file or the new one, whole."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".csv")
-    with os.fdopen(fd, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _step(row: dict) -> int:
