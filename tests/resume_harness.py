@@ -6,7 +6,8 @@ holds at least ``kill_after_step`` optimiser steps, lets the run go on for a ran
 kill lands mid-way through the next stretch: a training step, an epoch's end or a checkpoint write),
 SIGKILLs it, then runs ``resume_command`` to the end. The final checkpoint must equal that of the
 uninterrupted run in ``reference_dir``: every parameter and buffer (EMA targets, queues), every
-optimiser state tensor, the scheduler and the step count, compared with ``torch.equal``.
+optimiser state tensor, the scheduler and the step count, compared with ``torch.equal``; and where
+the run writes a ``metrics.csv``, its training losses, step by step.
 
 In-process crashes, for runs that resume within one test: ``crash_on_call(method, n)`` makes the
 n-th call of ``method.training_loss`` raise, and ``crash_after_first_epoch_checkpoint(monkeypatch)``
@@ -15,6 +16,7 @@ makes the engine raise right after writing its first end-of-epoch checkpoint.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -145,6 +147,17 @@ def assert_kill_and_resume_is_exact(command: list[str], resume_command: list[str
     """The whole check (module docstring); ``reference_dir`` holds the uninterrupted run."""
     resumed = kill_then_resume(command, resume_command, run_dir, kill_after_step, seed=seed, env=env)
     assert_same_training_state(load_checkpoint(reference_dir), resumed)
+    if (Path(reference_dir) / "metrics.csv").is_file():
+        assert training_losses(run_dir) == training_losses(reference_dir), "metrics.csv's losses differ"
+
+
+def training_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) of every training row of ``run_dir/metrics.csv``, in file order: a resumed
+    run must log each step once, as the uninterrupted run did (the killed steps' rows dropped and
+    written again, the checkpoint's last row kept or written back)."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as handle:
+        return [(int(float(row["step"])), float(row["train/loss"])) for row in csv.DictReader(handle)
+                if row.get("train/loss")]
 
 
 def assert_fit_resumes_exactly(tmp_path: Path, options: list[str], kill_after_step: int, seed: int = 0) -> Path:
