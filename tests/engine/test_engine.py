@@ -208,7 +208,7 @@ def test_a_new_column_rewrites_metrics_csv_whole_or_not_at_all(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # no temporary file left
     monkeypatch.setattr(csv.DictWriter, "writerows", write_rows)
     logger.save()  # the row is still pending: written with the new column
-    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
     assert [row["train/loss"] for row in rows] == ["1.0", "0.9", "0.8", "0.6"] and rows[-1]["probe/knn"] == "0.5"
 
 
