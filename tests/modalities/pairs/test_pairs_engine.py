@@ -5,7 +5,6 @@ concatenated batch, the run folder and its reloadable towers, and the option che
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ import torch
 
 from contrastkit.core.errors import ConfigError
 from tests.conftest import data_path, requires_minilm, requires_transformers
-from tests.resume_harness import assert_kill_and_resume_is_exact, cli, load_checkpoint
+from tests.resume_harness import assert_kill_and_resume_is_exact, cli, load_checkpoint, training_losses
 
 # A small random text tower keeps a step at a fraction of a second; the rest is the real command.
 TOWER = {"hidden_size": 32, "layers": 1, "heads": 2, "max_length": 64}
@@ -41,8 +40,7 @@ def _env() -> dict:
 
 
 def _losses(run_dir) -> list[float]:
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+    return [loss for _, loss in training_losses(run_dir)]
 
 
 @requires_transformers
